@@ -1,0 +1,56 @@
+"""Models stage: one ``create_model`` entry point for every recipe (as in timm).
+
+Example:
+    >>> import torch
+    >>> from braintumor.config import Recipe
+    >>> recipe = Recipe.model_validate(
+    ...     {"name": "tiny", "data": {"image_size": 32},
+    ...      "model": {"architecture": "custom_cnn", "conv_channels": [8, 16]}})
+    >>> model = create_model(recipe)
+    >>> model(torch.zeros(2, 3, 32, 32)).shape
+    torch.Size([2, 4])
+"""
+
+from __future__ import annotations
+
+import timm
+
+from braintumor.config import Recipe
+from braintumor.data.preprocessing import Preprocessing
+from braintumor.layout_constants import CLASS_NAMES
+from braintumor.models.network import BrainTumorNet, SeedCNN, SeedHead
+from braintumor.models.pretrained import create_backbone
+
+__all__ = ["BrainTumorNet", "create_model", "resolve_preprocessing"]
+
+
+def create_model(recipe: Recipe, *, load_pretrained: bool = True, num_classes: int = len(CLASS_NAMES)) -> BrainTumorNet:
+    """Build the recipe's network. ``load_pretrained=False`` skips weight loading (bundles bring their own)."""
+    spec = recipe.model
+    if spec.architecture == "custom_cnn":
+        backbone = SeedCNN(spec.conv_channels, recipe.data.image_size)
+        num_features = backbone.num_features
+        frozen = False
+    else:
+        backbone = create_backbone(spec.backbone, pretrained=spec.pretrained and load_pretrained, weights=spec.weights)
+        num_features = backbone.num_features
+        frozen = spec.freeze_backbone
+    head = SeedHead(num_features, spec.head_hidden, spec.dropout, num_classes)
+    return BrainTumorNet(backbone, num_features, head, frozen_backbone=frozen)
+
+
+def resolve_preprocessing(recipe: Recipe, model: BrainTumorNet) -> Preprocessing:
+    """Normalisation and interpolation from the backbone's pretrained config; [0, 1] pixels for the CNN."""
+    size = recipe.data.image_size
+    if recipe.model.architecture == "custom_cnn":
+        return Preprocessing(image_size=size, interpolation="bilinear")
+    data_config = timm.data.resolve_data_config(model=model.backbone)
+    interpolation = data_config.get("interpolation", "bilinear")
+    if interpolation not in {"nearest", "bilinear", "bicubic"}:
+        interpolation = "bilinear"
+    return Preprocessing(
+        image_size=size,
+        mean=tuple(float(v) for v in data_config["mean"]),
+        std=tuple(float(v) for v in data_config["std"]),
+        interpolation=interpolation,
+    )

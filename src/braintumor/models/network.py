@@ -1,0 +1,85 @@
+"""The one network shape every recipe builds: a feature extractor followed by the seed's head.
+
+``forward_features`` gives one vector per image, ``forward_head`` maps vectors to logits. A frozen
+backbone can therefore be run once and its features cached while only the head trains.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+
+class SeedHead(nn.Sequential):
+    """The seed's classifier head: Dense(hidden, ReLU), BatchNorm, Dropout, Dense(num_classes)."""
+
+    def __init__(self, in_features: int, hidden: int, dropout: float, num_classes: int) -> None:
+        super().__init__(
+            nn.Linear(in_features, hidden),
+            nn.ReLU(inplace=True),
+            nn.BatchNorm1d(hidden),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, num_classes),
+        )
+
+
+class SeedCNN(nn.Module):
+    """The seed's from-scratch feature extractor: blocks of Conv(3x3, same)+ReLU+MaxPool(2), then Flatten.
+
+    Example:
+        >>> net = SeedCNN(channels=[8, 16], image_size=32)
+        >>> net(torch.zeros(2, 3, 32, 32)).shape
+        torch.Size([2, 1024])
+    """
+
+    def __init__(self, channels: list[int], image_size: int) -> None:
+        super().__init__()
+        if image_size % (2 ** len(channels)):
+            raise ValueError(f"image_size {image_size} must be divisible by 2**{len(channels)} (one pool per block)")
+        blocks: list[nn.Module] = []
+        in_channels = 3
+        for out_channels in channels:
+            blocks.append(
+                nn.Sequential(
+                    nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1),
+                    nn.ReLU(inplace=True),
+                    nn.MaxPool2d(2),
+                )
+            )
+            in_channels = out_channels
+        self.blocks = nn.Sequential(*blocks)
+        side = image_size // 2 ** len(channels)
+        self.num_features = in_channels * side * side
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.flatten(self.blocks(x), 1)
+
+
+class BrainTumorNet(nn.Module):
+    """Backbone (image to feature vector) plus :class:`SeedHead`; ``forward`` returns logits."""
+
+    def __init__(self, backbone: nn.Module, num_features: int, head: nn.Module, frozen_backbone: bool) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.num_features = num_features
+        self.head = head
+        self.frozen_backbone = frozen_backbone
+        if frozen_backbone:
+            self.backbone.requires_grad_(False)
+            self.backbone.eval()
+
+    def train(self, mode: bool = True) -> BrainTumorNet:
+        super().train(mode)
+        if self.frozen_backbone:
+            # A frozen backbone keeps its BatchNorm statistics: that is what makes cached features exact.
+            self.backbone.eval()
+        return self
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone(x)
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        return self.head(features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))

@@ -1,0 +1,92 @@
+"""timm backbones with pretrained weights from the hub or from a local file, with clear offline errors.
+
+Weights are found, in order: an explicit ``weights`` file; ``$BRAINTUMOR_WEIGHTS_DIR/<backbone>.safetensors``
+(or ``.pth``); timm's normal hub download. Local files go through timm's own loader
+(``pretrained_cfg_overlay=dict(file=...)``), which reads ``.pth`` files with ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import socket
+from pathlib import Path
+
+import timm
+import torch.nn as nn
+
+from braintumor.errors import WeightsUnavailableError
+
+WEIGHTS_DIR_ENV = "BRAINTUMOR_WEIGHTS_DIR"
+WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
+HUB_HOST = "huggingface.co"
+
+
+def check_backbone_name(name: str) -> None:
+    """Refuse an unknown timm model name, suggesting close matches."""
+    if timm.is_model(name):
+        return
+    close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
+    hint = f" Did you mean: {', '.join(close)}?" if close else ""
+    raise WeightsUnavailableError(f"unknown timm backbone {name!r}.{hint}")
+
+
+def find_local_weights(backbone: str) -> Path | None:
+    """Look for ``<backbone>.<suffix>`` in ``$BRAINTUMOR_WEIGHTS_DIR``."""
+    folder = os.environ.get(WEIGHTS_DIR_ENV)
+    if not folder:
+        return None
+    for suffix in WEIGHT_SUFFIXES:
+        candidate = Path(folder) / f"{backbone}{suffix}"
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _hub_reachable(timeout_s: float = 3.0) -> bool:
+    # timm retries for about a minute when offline; a quick look first gives a prompt, clear error.
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes"}:
+        return False
+    try:
+        with socket.create_connection((HUB_HOST, 443), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
+def _offline_message(backbone: str, reason: str) -> str:
+    return (
+        f"cannot get pretrained weights for {backbone!r}: {reason}. Pass a local file with "
+        f"--weights PATH (.safetensors or .pth with timm's key names), put {backbone}.safetensors in "
+        f"${WEIGHTS_DIR_ENV}, or train without pretraining (model.pretrained=false)."
+    )
+
+
+def create_backbone(name: str, *, pretrained: bool, weights: Path | None = None) -> nn.Module:
+    """A timm feature extractor (``num_classes=0``: pooled features out) with the requested weights."""
+    check_backbone_name(name)
+    if not pretrained:
+        return timm.create_model(name, pretrained=False, num_classes=0)
+    weights = weights or find_local_weights(name)
+    if weights is not None:
+        weights = Path(weights)
+        if not weights.is_file():
+            raise WeightsUnavailableError(f"weights file {weights} does not exist")
+        if weights.suffix.lower() not in WEIGHT_SUFFIXES:
+            raise WeightsUnavailableError(
+                f"weights file {weights} must be one of {', '.join(WEIGHT_SUFFIXES)} (got {weights.suffix!r})"
+            )
+        try:
+            return timm.create_model(
+                name, pretrained=True, num_classes=0, pretrained_cfg_overlay={"file": str(weights)}
+            )
+        except Exception as error:  # timm/torch raise RuntimeError, KeyError, pickle errors, ...
+            raise WeightsUnavailableError(
+                f"weights file {weights} does not fit backbone {name!r}: {str(error).splitlines()[0][:300]}"
+            ) from None
+    if not _hub_reachable():
+        raise WeightsUnavailableError(_offline_message(name, f"the model hub ({HUB_HOST}) is not reachable"))
+    try:
+        return timm.create_model(name, pretrained=True, num_classes=0)
+    except Exception as error:
+        raise WeightsUnavailableError(_offline_message(name, f"download failed ({error})")) from None

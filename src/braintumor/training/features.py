@@ -1,0 +1,102 @@
+"""The frozen-backbone fast path: run the backbone once per view, then train only the head.
+
+With a frozen backbone (kept in eval mode, BatchNorm statistics fixed) the features of an image are
+a pure function of its pixels, so caching them is exact. Augmentation survives as ``views``: view 0
+is the clean image, views 1..K-1 are seeded augmented copies, and epoch ``e`` trains on view ``e % K``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import lightning as L
+import torch
+from torch.utils.data import Dataset
+
+from braintumor.data.dataset import ImageSet
+from braintumor.models.network import BrainTumorNet
+from braintumor.progress import progress_bar
+
+
+@torch.inference_mode()
+def extract_features(
+    model: BrainTumorNet,
+    image_set: ImageSet,
+    transform: Callable[[torch.Tensor], torch.Tensor],
+    *,
+    batch_size: int = 64,
+    description: str = "Backbone features",
+    show_progress: bool = True,
+) -> torch.Tensor:
+    """Pooled backbone features ``[N, D]``; ``transform`` is applied per image (so augmentation is per image)."""
+    model.eval()
+    chunks: list[torch.Tensor] = []
+    with progress_bar(show_progress) as progress:
+        task = progress.add_task(description, total=len(image_set))
+        for start in range(0, len(image_set), batch_size):
+            images = image_set.images[start : start + batch_size]
+            batch = torch.stack([transform(image) for image in images])
+            chunks.append(model.forward_features(batch).float())
+            progress.advance(task, len(images))
+    return torch.cat(chunks)
+
+
+def build_view_features(
+    model: BrainTumorNet,
+    image_set: ImageSet,
+    clean_transform: Callable[[torch.Tensor], torch.Tensor],
+    augmented_transform: Callable[[torch.Tensor], torch.Tensor],
+    *,
+    views: int,
+    seed: int,
+    show_progress: bool = True,
+) -> torch.Tensor:
+    """Features ``[views, N, D]``: view 0 clean, the others augmented with seeds ``seed + view``."""
+    stacked = [
+        extract_features(
+            model, image_set, clean_transform, description="Features (clean view)", show_progress=show_progress
+        )
+    ]
+    for view in range(1, views):
+        torch.manual_seed(seed + view)
+        stacked.append(
+            extract_features(
+                model,
+                image_set,
+                augmented_transform,
+                description=f"Features (augmented view {view}/{views - 1})",
+                show_progress=show_progress,
+            )
+        )
+    return torch.stack(stacked)
+
+
+class FeatureViewDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
+    """Serves one view of cached features at a time; :class:`FeatureViewScheduler` picks the view."""
+
+    def __init__(self, features: torch.Tensor, labels: torch.Tensor) -> None:
+        if features.dim() == 2:
+            features = features.unsqueeze(0)
+        self.features = features
+        self.labels = labels
+        self.view = 0
+
+    @property
+    def num_views(self) -> int:
+        return self.features.shape[0]
+
+    def __len__(self) -> int:
+        return self.features.shape[1]
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.features[self.view, index], self.labels[index]
+
+
+class FeatureViewScheduler(L.Callback):
+    """Sets the training view to ``epoch % num_views`` at the start of every epoch."""
+
+    def __init__(self, dataset: FeatureViewDataset) -> None:
+        self.dataset = dataset
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.dataset.view = trainer.current_epoch % self.dataset.num_views
