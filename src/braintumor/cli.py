@@ -98,6 +98,7 @@ def evaluate_command(
     data: Path | None = DataOption,
     split: str = typer.Option("Testing", "--split", help="Split folder to evaluate."),
     out: Path | None = typer.Option(None, "--out", "-o", help="Output folder (default: <bundle>/../eval-<split>)."),
+    report: bool = typer.Option(False, "--report", help="Also write report.html (plots, Grad-CAM, model card)."),
     quiet: bool = QuietOption,
 ) -> None:
     """Accuracy, loss, per-class metrics, confusion matrix and per-image predictions on a split."""
@@ -115,6 +116,13 @@ def evaluate_command(
         console.print(f"skipped {skipped.path}: {skipped.reason}")
     console.print(metrics_table(result.metrics, f"{result.metrics['recipe']} on {split}"))
     console.print(f"evaluation files: {out_dir}")
+    if report:
+        from braintumor.evaluation.report import build_report
+
+        try:
+            console.print(f"report: {build_report(result, bundle, show_progress=not quiet)}")
+        except BrainTumorError as error:
+            _fail(str(error))
 
 
 @app.command()
@@ -183,6 +191,13 @@ def recipes() -> None:
 
 # Commands of the other stages are defined next to their stage and registered here, one line each.
 # --- stage commands (audit, explain, export, serve, runs) ---
+from braintumor.explain.command import explain_command  # noqa: E402 (typer only; heavy imports run inside)
+
+app.command("explain")(explain_command)
+from braintumor.serving.commands import export_command, serve_command  # noqa: E402 (typer only)
+
+app.command("export")(export_command)
+app.command("serve")(serve_command)
 
 
 def main() -> None:

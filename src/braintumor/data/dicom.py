@@ -1,65 +1,146 @@
 """DICOM decoding with pydicom: rescale slope/intercept, VOI LUT or window, MONOCHROME1 inversion.
 
+Grey images go through the standard display pipeline: the modality LUT (rescale slope and
+intercept), then the VOI LUT or the window centre/width, whose output range (not the pixels' own
+range) is mapped to 0..255, then inversion where the header says MONOCHROME1. Without a VOI the
+modality values are scaled from their minimum to their maximum. Sizes are checked from the header
+before any pixel is decoded, so a file claiming a huge image costs nothing.
+
 pydicom is an optional dependency (``pip install braintumor[serve]``); without it a DICOM file
 gets a clear error instead of an import traceback.
+
+Example:
+    >>> import io
+    >>> import numpy as np
+    >>> from pydicom.dataset import Dataset, FileMetaDataset
+    >>> from pydicom.uid import ExplicitVRLittleEndian
+    >>> ds = Dataset()
+    >>> ds.file_meta = FileMetaDataset()
+    >>> ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    >>> ds.Rows, ds.Columns, ds.SamplesPerPixel, ds.PhotometricInterpretation = 4, 6, 1, "MONOCHROME2"
+    >>> ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    >>> ds.PixelData = np.arange(24, dtype=np.uint16).reshape(4, 6).tobytes()
+    >>> buffer = io.BytesIO()
+    >>> ds.save_as(buffer, enforce_file_format=True)
+    >>> decode_dicom_bytes(buffer.getvalue(), "slice.dcm").size
+    (6, 4)
 """
 
 from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
 from braintumor.errors import ImageDecodeError
 
+# Same default as braintumor.data.images.DEFAULT_MAX_PIXELS (not imported: images imports this module lazily).
+DEFAULT_MAX_PIXELS = 50_000_000
 
-def dicom_frames(data: bytes, source: str | Path) -> list[Image.Image]:
-    """Decode every frame of a DICOM file into 8-bit RGB images, display-ready."""
+
+def _voi(values: np.ndarray, dataset: Any) -> tuple[np.ndarray, tuple[float, float] | None]:
+    """Apply the VOI LUT (preferred, as pydicom does) or the window; return values and their output range."""
+    from pydicom.pixels import apply_voi, apply_windowing
+
+    if dataset.get("VOILUTSequence"):
+        bits = int(dataset.VOILUTSequence[0].LUTDescriptor[2])
+        # A VOI LUT is indexed by stored values: the modality output must be whole numbers here.
+        return apply_voi(np.rint(values).astype(np.int64), dataset), (0.0, float(2**bits - 1))
+    if "WindowCenter" in dataset and "WindowWidth" in dataset:
+        # The window's output range is what pydicom maps values far outside the window to.
+        with np.errstate(over="ignore"):
+            bounds = apply_windowing(np.array([-1e30, 1e30]), dataset)
+        return apply_windowing(values, dataset), (float(bounds.min()), float(bounds.max()))
+    return values, None
+
+
+def _grey_to_rgb(frame: np.ndarray, dataset: Any, photometric: str) -> Image.Image:
+    from pydicom.pixels import apply_modality_lut
+
+    values = np.asarray(apply_modality_lut(frame, dataset), dtype=np.float64)
+    values, output_range = _voi(values, dataset)
+    values = np.asarray(values, dtype=np.float64)
+    low, high = output_range if output_range is not None else (float(values.min()), float(values.max()))
+    scaled = np.clip((values - low) / (high - low), 0.0, 1.0) if high > low else np.zeros_like(values)
+    if photometric == "MONOCHROME1":  # MONOCHROME1 means high values are dark.
+        scaled = 1.0 - scaled
+    return Image.fromarray((scaled * 255.0).round().astype(np.uint8), mode="L").convert("RGB")
+
+
+def _colour_to_rgb(frame: np.ndarray, dataset: Any, photometric: str) -> Image.Image:
+    from pydicom.pixels import apply_color_lut
+
+    array = np.asarray(apply_color_lut(frame, dataset) if photometric == "PALETTE COLOR" else frame)
+    if array.dtype != np.uint8:
+        low, high = float(array.min()), float(array.max())
+        array = ((array - low) / (high - low) * 255.0).round() if high > low else np.zeros_like(array)
+        array = array.astype(np.uint8)
+    return Image.fromarray(array).convert("RGB")
+
+
+def _header_int(dataset: Any, keyword: str, default: int) -> int:
+    try:
+        return int(dataset.get(keyword, default) or default)
+    except (TypeError, ValueError):
+        return default
+
+
+def dicom_frames(
+    data: bytes, source: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS, max_frames: int | None = None
+) -> list[Image.Image]:
+    """Decode every frame of a DICOM file into 8-bit RGB images, display-ready.
+
+    Raises :class:`ImageDecodeError` for anything unusable: not DICOM, no pixel data, more than
+    ``max_pixels`` pixels in all frames together, more than ``max_frames`` frames, or pixel data that
+    pydicom cannot decode (truncated, or compressed without the plugin installed).
+    """
     try:
         import pydicom
-        from pydicom.errors import InvalidDicomError
-        from pydicom.pixels import apply_modality_lut, apply_voi_lut
     except ImportError:
         raise ImageDecodeError(source, "DICOM support needs pydicom: pip install pydicom") from None
     try:
         dataset = pydicom.dcmread(io.BytesIO(data))
-    except (InvalidDicomError, OSError, ValueError, EOFError) as error:
-        raise ImageDecodeError(source, f"not a readable DICOM file: {error}") from None
+    except Exception as error:  # a damaged header makes pydicom raise almost any type
+        raise ImageDecodeError(source, f"not a readable DICOM file: {error or type(error).__name__}") from None
     if "PixelData" not in dataset:
-        raise ImageDecodeError(source, "DICOM file has no pixel data")
+        raise ImageDecodeError(source, "DICOM file has no pixel data (a report or other non-image object?)")
+    rows, columns = _header_int(dataset, "Rows", 0), _header_int(dataset, "Columns", 0)
+    frame_count = _header_int(dataset, "NumberOfFrames", 1)
+    if rows < 1 or columns < 1:
+        raise ImageDecodeError(source, f"DICOM header gives no image size (Rows {rows}, Columns {columns})")
+    if max_frames is not None and frame_count > max_frames:
+        raise ImageDecodeError(
+            source,
+            f"DICOM file has {frame_count} frames; send one 2D slice per file"
+            + ("" if max_frames == 1 else f" or at most {max_frames} frames"),
+        )
+    if rows * columns * frame_count > max_pixels:
+        raise ImageDecodeError(
+            source,
+            f"DICOM image is {columns}x{rows} pixels x {frame_count} frame(s), over the limit of {max_pixels:,} pixels",
+        )
     try:
         pixels = dataset.pixel_array
-    except Exception as error:  # pydicom raises many types for compressed or broken pixel data
+    except Exception as error:  # pydicom raises many types for compressed, truncated or broken pixel data
         raise ImageDecodeError(source, f"cannot decode DICOM pixel data: {error}") from None
-    photometric = str(dataset.get("PhotometricInterpretation", "MONOCHROME2")).upper()
-    frame_count = int(dataset.get("NumberOfFrames", 1) or 1)
+    photometric = str(dataset.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
     frames = pixels if frame_count > 1 else pixels[np.newaxis]
     images: list[Image.Image] = []
-    for frame in frames:
-        if photometric.startswith("MONOCHROME"):
-            values = apply_modality_lut(frame, dataset)
-            values = apply_voi_lut(values, dataset)
-            values = np.asarray(values, dtype=np.float64)
-            low, high = float(values.min()), float(values.max())
-            scaled = (values - low) / (high - low) if high > low else np.zeros_like(values)
-            if photometric == "MONOCHROME1":  # MONOCHROME1 means high values are dark.
-                scaled = 1.0 - scaled
-            images.append(Image.fromarray((scaled * 255.0).round().astype(np.uint8), mode="L").convert("RGB"))
-        else:
-            array = np.asarray(frame)
-            if array.dtype != np.uint8:
-                array = (255.0 * (array - array.min()) / max(float(np.ptp(array)), 1e-9)).astype(np.uint8)
-            images.append(Image.fromarray(array).convert("RGB"))
+    try:
+        for frame in frames:
+            if photometric.startswith("MONOCHROME"):
+                images.append(_grey_to_rgb(frame, dataset, photometric))
+            else:
+                images.append(_colour_to_rgb(frame, dataset, photometric))
+    except (ValueError, TypeError, KeyError, AttributeError, NotImplementedError) as error:
+        # An inconsistent LUT or window (e.g. width 0) is a broken header, not a server fault.
+        raise ImageDecodeError(source, f"cannot apply the DICOM display settings: {error}") from None
     return images
 
 
-def decode_dicom_bytes(data: bytes, source: str | Path) -> Image.Image:
+def decode_dicom_bytes(data: bytes, source: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     """Decode a single-frame DICOM; a multi-frame file is a clear error (use :func:`dicom_frames`)."""
-    frames = dicom_frames(data, source)
-    if len(frames) != 1:
-        raise ImageDecodeError(
-            source, f"DICOM file has {len(frames)} frames; send one 2D slice per file (or predict per frame)"
-        )
-    return frames[0]
+    return dicom_frames(data, source, max_pixels=max_pixels, max_frames=1)[0]

@@ -43,6 +43,13 @@ def is_dicom(data: bytes) -> bool:
     return len(data) >= DICOM_MAGIC_OFFSET + 4 and data[DICOM_MAGIC_OFFSET : DICOM_MAGIC_OFFSET + 4] == b"DICM"
 
 
+def _reason(context: str, error: BaseException) -> str:
+    detail = str(error) or type(error).__name__
+    if "truncated" in detail.lower():
+        return f"truncated or corrupt image data ({detail})"
+    return f"{context}: {detail}"
+
+
 def _to_rgb(image: Image.Image) -> Image.Image:
     """Convert any PIL mode to 8-bit RGB; high-bit-depth greys are min-max scaled, not clipped."""
     if image.mode in {"I", "I;16", "I;16B", "I;16L", "F"}:
@@ -70,17 +77,17 @@ def decode_image_bytes(
     if is_dicom(data):
         from braintumor.data.dicom import decode_dicom_bytes
 
-        return decode_dicom_bytes(data, source)
+        return decode_dicom_bytes(data, source, max_pixels=max_pixels)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
         raise ImageDecodeError(source, "not an image (unrecognised content)") from None
-    except Image.DecompressionBombWarning as error:
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as error:
         raise ImageDecodeError(source, f"image too large: {error}") from None
     except (OSError, ValueError, SyntaxError) as error:
-        raise ImageDecodeError(source, f"cannot read image header: {error}") from None
+        raise ImageDecodeError(source, _reason("cannot read image header", error)) from None
     width, height = image.size
     if width < 1 or height < 1:
         raise ImageDecodeError(source, f"image has no pixels ({width}x{height})")
@@ -89,10 +96,7 @@ def decode_image_bytes(
     try:
         image.load()
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
-        reason = str(error) or type(error).__name__
-        if "truncated" in reason.lower():
-            reason = f"truncated or corrupt image data ({reason})"
-        raise ImageDecodeError(source, reason) from None
+        raise ImageDecodeError(source, _reason("cannot decode image data", error)) from None
     try:
         return _to_rgb(image)
     except (OSError, ValueError) as error:

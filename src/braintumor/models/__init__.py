@@ -33,7 +33,8 @@ def create_model(recipe: Recipe, *, load_pretrained: bool = True, num_classes: i
         frozen = False
     else:
         backbone = create_backbone(spec.backbone, pretrained=spec.pretrained and load_pretrained, weights=spec.weights)
-        num_features = backbone.num_features
+        # Some families (MobileNetV3, ...) add a conv head after num_features: use its width then.
+        num_features = getattr(backbone, "head_hidden_size", None) or backbone.num_features
         frozen = spec.freeze_backbone
     head = SeedHead(num_features, spec.head_hidden, spec.dropout, num_classes)
     return BrainTumorNet(backbone, num_features, head, frozen_backbone=frozen)

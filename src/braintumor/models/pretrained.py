@@ -43,6 +43,18 @@ def find_local_weights(backbone: str) -> Path | None:
     return None
 
 
+def _check_weight_keys(model: nn.Module, weights: Path) -> None:
+    # timm only warns about missing keys when a file does not match; a backbone left half random
+    # must be an error. Reading the file again is cheap next to what training costs.
+    file_keys = set(timm.models.load_state_dict(str(weights)).keys())
+    missing = [key for key in model.state_dict() if key not in file_keys and not key.endswith("num_batches_tracked")]
+    if missing:
+        raise WeightsUnavailableError(
+            f"weights file {weights} does not fit backbone {model.default_cfg.get('architecture', '?')!r}: "
+            f"{len(missing)} of its tensors are missing from the file (first: {missing[0]})"
+        )
+
+
 def _hub_reachable(timeout_s: float = 3.0) -> bool:
     # timm retries for about a minute when offline; a quick look first gives a prompt, clear error.
     if os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes"}:
@@ -77,13 +89,17 @@ def create_backbone(name: str, *, pretrained: bool, weights: Path | None = None)
                 f"weights file {weights} must be one of {', '.join(WEIGHT_SUFFIXES)} (got {weights.suffix!r})"
             )
         try:
-            return timm.create_model(
+            model = timm.create_model(
                 name, pretrained=True, num_classes=0, pretrained_cfg_overlay={"file": str(weights)}
             )
+            _check_weight_keys(model, weights)
+        except WeightsUnavailableError:
+            raise
         except Exception as error:  # timm/torch raise RuntimeError, KeyError, pickle errors, ...
             raise WeightsUnavailableError(
                 f"weights file {weights} does not fit backbone {name!r}: {str(error).splitlines()[0][:300]}"
             ) from None
+        return model
     if not _hub_reachable():
         raise WeightsUnavailableError(_offline_message(name, f"the model hub ({HUB_HOST}) is not reachable"))
     try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -65,6 +66,8 @@ def _quiet_lightning() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*`isinstance\\(treespec, LeafSpec\\)`.*")
+    # A frozen backbone is in eval mode on purpose (fixed BatchNorm statistics).
+    warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode at the start of training.*")
 
 
 @torch.inference_mode()
@@ -219,6 +222,8 @@ def train_recipe(
     started = time.perf_counter()
     data_root, run_dir = Path(data_root), Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    # A fresh run must not pick up an older run's "best" checkpoint from the same folder.
+    shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
     L.seed_everything(recipe.train.seed, workers=True, verbose=False)
 
     samples = discover_split(data_root, "Training")  # layout errors surface before any model is built

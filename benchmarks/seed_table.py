@@ -1,0 +1,140 @@
+"""Reproduce the seed project's comparison: train each recipe on Training, evaluate on Testing.
+
+Writes a Markdown table (and JSON) with test accuracy, test loss, macro-F1, glioma recall, training
+time and epochs, beside the seed's published numbers. A recipe whose pretrained weights cannot be had
+on this machine gets a row that says so; no number is ever filled in by hand.
+
+    python benchmarks/seed_table.py --data ../shared/data/brain-tumor-mri --weights-dir ../shared/weights
+
+``--evaluate-only`` re-evaluates bundles already in ``--runs-dir`` (e.g. after a data audit exists).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+from braintumor.config import load_recipe
+from braintumor.errors import BrainTumorError
+from braintumor.evaluation.evaluate import evaluate_bundle
+from braintumor.inference.bundle import read_bundle_config
+from braintumor.training.train import train_recipe
+
+SEED_PUBLISHED = {
+    "seed-cnn": ("64.72%", "1.2796"),
+    "seed-resnet50": ("70.81%", "1.2345"),
+}
+DEFAULT_RECIPES = ["lite0-frozen", "seed-resnet50", "seed-cnn"]
+
+
+def _row(recipe: str, bundle_dir: Path, data: Path, out_dir: Path) -> dict[str, Any]:
+    config = read_bundle_config(bundle_dir)
+    evaluation = evaluate_bundle(bundle_dir, data, "Testing", out_dir / f"eval-{recipe}", show_progress=False)
+    metrics = evaluation.metrics
+    training = config["training"]
+    row: dict[str, Any] = {
+        "recipe": recipe,
+        "test_accuracy": metrics["accuracy"],
+        "test_loss": metrics["loss"],
+        "macro_f1": metrics["macro_f1"],
+        "glioma_recall": metrics["per_class"]["glioma"]["recall"],
+        "val_accuracy": training["val_metrics"]["accuracy"],
+        "training_s": training["duration_s"],
+        "epochs_run": training["epochs_run"],
+        "best_epoch": training["best_epoch"],
+    }
+    deduplicated = metrics.get("deduplicated")
+    if deduplicated:
+        row["dedup_accuracy"] = deduplicated["accuracy"]
+        row["dedup_macro_f1"] = deduplicated["macro_f1"]
+        row["dedup_n"] = deduplicated["n_images"]
+    return row
+
+
+def _markdown(rows: list[dict[str, Any]], command: str) -> str:
+    has_dedup = any("dedup_accuracy" in row for row in rows)
+    header = ["recipe", "test acc", "test loss", "macro-F1", "glioma recall"]
+    if has_dedup:
+        header += ["dedup test acc", "dedup macro-F1"]
+    header += ["val acc", "train time", "epochs (best)", "seed paper acc / loss"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        published = " / ".join(SEED_PUBLISHED.get(row["recipe"], ("-", "-")))
+        if "error" in row:
+            cells = [row["recipe"], f"not measured: {row['error']}"] + [""] * (len(header) - 3) + [published]
+        else:
+            cells = [
+                row["recipe"],
+                f"{row['test_accuracy']:.2%}",
+                f"{row['test_loss']:.4f}",
+                f"{row['macro_f1']:.3f}",
+                f"{row['glioma_recall']:.2f}",
+            ]
+            if has_dedup:
+                cells += (
+                    [f"{row['dedup_accuracy']:.2%} (n={row['dedup_n']})", f"{row['dedup_macro_f1']:.3f}"]
+                    if "dedup_accuracy" in row
+                    else ["-", "-"]
+                )
+            cells += [
+                f"{row['val_accuracy']:.2%}",
+                f"{row['training_s'] / 60:.1f} min",
+                f"{row['epochs_run']} ({row['best_epoch']})",
+                published,
+            ]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        f"Produced by `{command}` on {platform.machine()} with {os.cpu_count()} CPU cores, "
+        f"{time.strftime('%Y-%m-%d')}.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--data", type=Path, default=Path(os.environ.get("BRAINTUMOR_DATA", "../shared/data/brain-tumor-mri"))
+    )
+    parser.add_argument("--weights-dir", type=Path, default=None, help="Sets BRAINTUMOR_WEIGHTS_DIR.")
+    parser.add_argument("--recipes", nargs="+", default=DEFAULT_RECIPES)
+    parser.add_argument("--runs-dir", type=Path, default=Path("runs/seed-table"))
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/seed_table.md"))
+    parser.add_argument("--evaluate-only", action="store_true", help="Only re-evaluate existing bundles.")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], help="Override for every recipe.")
+    args = parser.parse_args()
+    if args.weights_dir:
+        os.environ["BRAINTUMOR_WEIGHTS_DIR"] = str(args.weights_dir.resolve())
+    command = "python benchmarks/seed_table.py " + " ".join(
+        [f"--data {args.data}"]
+        + ([f"--weights-dir {args.weights_dir}"] if args.weights_dir else [])
+        + (["--evaluate-only"] if args.evaluate_only else [])
+        + ([f"--recipes {' '.join(args.recipes)}"] if args.recipes != DEFAULT_RECIPES else [])
+        + [f"--set {o}" for o in args.overrides]
+    )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    rows: list[dict[str, Any]] = []
+    for name in args.recipes:
+        run_dir = args.runs_dir / name
+        try:
+            if not args.evaluate_only:
+                print(f"== training {name}", flush=True)
+                train_recipe(
+                    load_recipe(name, args.overrides), args.data, run_dir, show_progress=False, console_log=print
+                )
+            rows.append(_row(name, run_dir / "bundle", args.data, args.runs_dir))
+        except BrainTumorError as error:
+            print(f"== {name}: not measured: {error}", flush=True)
+            rows.append({"recipe": name, "error": str(error).split(". Pass")[0]})
+        args.out.write_text(_markdown(rows, command), encoding="utf-8")
+        args.out.with_suffix(".json").write_text(json.dumps(rows, indent=2), encoding="utf-8")
+        print(args.out.read_text(encoding="utf-8"), flush=True)
+
+
+if __name__ == "__main__":
+    main()

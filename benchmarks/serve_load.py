@@ -1,0 +1,186 @@
+"""Load test of ``braintumor serve``: N concurrent clients posting one image for a bounded time.
+
+Usage:
+    .venv/bin/python benchmarks/serve_load.py BUNDLE [--clients 4] [--duration 30] [--image SCAN.jpg]
+
+The server is started as a subprocess on 127.0.0.1 only (a free port), warmed up, then driven by
+``--clients`` concurrent HTTP clients (one asyncio loop, httpx) that each post the image to
+``/v1/predict`` as a multipart upload, one request after another, for ``--duration`` seconds.
+Reported: requests per second, latency p50/p95/p99/max and the number of errors (any non-200
+answer or transport failure). Target on the 2-core machine: >= 60 requests/s with p99 <= 150 ms
+and zero errors. The clients share the machine with the server, as a local caller would.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+from rich.console import Console
+
+TARGET_RPS = 60.0
+TARGET_P99_MS = 150.0
+console = Console()
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _sample_image(image_path: Path | None) -> tuple[bytes, str]:
+    if image_path is not None:
+        return image_path.read_bytes(), image_path.name
+    from braintumor.data.synthetic import synthetic_image
+
+    buffer = io.BytesIO()
+    synthetic_image("glioma", 512, np.random.default_rng(0)).save(buffer, format="JPEG", quality=95)
+    return buffer.getvalue(), "synthetic.jpg"
+
+
+def _wait_healthy(url: str, process: subprocess.Popen, timeout_s: float) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"the server exited with code {process.returncode} before answering")
+        try:
+            response = httpx.get(f"{url}/v1/health", timeout=2.0)
+            if response.status_code == 200:
+                return response.json()
+        except httpx.TransportError:
+            pass
+        time.sleep(0.5)
+    raise SystemExit(f"the server did not answer {url}/v1/health within {timeout_s:.0f} s")
+
+
+async def _drive(
+    url: str, data: bytes, filename: str, clients: int, duration_s: float, warmup_s: float
+) -> tuple[list[float], int, float, dict[str, int]]:
+    latencies: list[float] = []
+    errors: dict[str, int] = {}
+    start = time.perf_counter()
+    measure_from = start + warmup_s
+    stop_at = measure_from + duration_s
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+
+    async def client_loop(client: httpx.AsyncClient) -> None:
+        while True:
+            sent = time.perf_counter()
+            if sent >= stop_at:
+                return
+            try:
+                response = await client.post(
+                    f"{url}/v1/predict", files={"file": (filename, data, "application/octet-stream")}
+                )
+                outcome = None if response.status_code == 200 else f"HTTP {response.status_code}"
+            except httpx.HTTPError as error:
+                outcome = type(error).__name__
+            done = time.perf_counter()
+            if sent >= measure_from and done <= stop_at:
+                if outcome is None:
+                    latencies.append((done - sent) * 1000.0)
+                else:
+                    errors[outcome] = errors.get(outcome, 0) + 1
+
+    async with httpx.AsyncClient(limits=limits, timeout=30.0) as client:
+        await asyncio.gather(*(client_loop(client) for _ in range(clients)))
+    return latencies, sum(errors.values()), duration_s, errors
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("bundle", type=Path)
+    parser.add_argument("--clients", type=int, default=4, help="concurrent clients")
+    parser.add_argument("--duration", type=float, default=30.0, help="measured seconds")
+    parser.add_argument("--warmup", type=float, default=5.0, help="seconds of load before measuring")
+    parser.add_argument("--image", type=Path, help="image to post (default: synthetic 512x512 JPEG)")
+    parser.add_argument("--workers", type=int, default=1, help="server worker processes")
+    parser.add_argument("--backend", default="auto", help="server backend: auto, onnx or torch")
+    parser.add_argument("--threads", type=int, help="server: onnxruntime threads per model run")
+    parser.add_argument("--concurrency", type=int, help="server: model runs at the same time")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args()
+
+    data, filename = _sample_image(args.image)
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    command = [
+        sys.executable, "-m", "braintumor.cli", "serve", str(args.bundle),
+        "--host", "127.0.0.1", "--port", str(port), "--workers", str(args.workers),
+        "--backend", args.backend, "--log-level", "warning",
+    ]  # fmt: skip
+    for option in ("threads", "concurrency"):
+        if getattr(args, option) is not None:
+            command += [f"--{option}", str(getattr(args, option))]
+    console.print("starting: " + " ".join(command[1:]), highlight=False)
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        health = _wait_healthy(url, server, timeout_s=180.0)
+        console.print(f"serving {health['model']['name']} ({health['model']['backend']}) at {url}", highlight=False)
+        load_before = os.getloadavg()
+        latencies, error_count, measured_s, errors = asyncio.run(
+            _drive(url, data, filename, args.clients, args.duration, args.warmup)
+        )
+        load_after = os.getloadavg()
+    finally:
+        server.send_signal(signal.SIGINT)
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+    if not latencies:
+        console.print("[red]no request succeeded[/]")
+        return 1
+    values = np.asarray(latencies)
+    results = {
+        "bundle": str(args.bundle),
+        "backend": health["model"]["backend"],
+        "clients": args.clients,
+        "workers": args.workers,
+        "server_threads": args.threads,
+        "server_concurrency": args.concurrency,
+        "duration_s": measured_s,
+        "image_bytes": len(data),
+        "requests_ok": len(latencies),
+        "errors": error_count,
+        "error_kinds": errors,
+        "requests_per_s": len(latencies) / measured_s,
+        "p50_ms": float(np.percentile(values, 50)),
+        "p95_ms": float(np.percentile(values, 95)),
+        "p99_ms": float(np.percentile(values, 99)),
+        "max_ms": float(values.max()),
+        "cpu_count": os.cpu_count(),
+        "loadavg_before": load_before,
+        "loadavg_after": load_after,
+    }
+    console.print(
+        f"{args.clients} clients x {measured_s:.0f} s, {health['model']['backend']}: "
+        f"{results['requests_per_s']:.1f} req/s, p50 {results['p50_ms']:.1f} ms, p95 {results['p95_ms']:.1f} ms, "
+        f"p99 {results['p99_ms']:.1f} ms, max {results['max_ms']:.0f} ms, errors {error_count} {errors or ''}",
+        highlight=False,
+    )
+    console.print(f"load average before {load_before[0]:.2f}, after {load_after[0]:.2f} ({os.cpu_count()} cores)")
+    met = results["requests_per_s"] >= TARGET_RPS and results["p99_ms"] <= TARGET_P99_MS and error_count == 0
+    console.print(
+        f"target: >= {TARGET_RPS:.0f} req/s, p99 <= {TARGET_P99_MS:.0f} ms, 0 errors: "
+        + ("[green]met[/]" if met else "[red]missed[/]")
+    )
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2), encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,49 @@
+"""Explain stage: Grad-CAM, Grad-CAM++ and SHAP maps for a bundle's predictions, and their sanity checks.
+
+Names are imported lazily, so ``braintumor --help`` does not load torch and captum.
+
+Example:
+    >>> from braintumor.explain import METHODS
+    >>> METHODS
+    ('gradcam', 'gradcam++', 'shap')
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from braintumor.explain.explainer import METHODS, Explainer, explainer_for, gradcam_overlay
+    from braintumor.explain.gradcam import ExplainError, find_target_layer, resolve_layer
+    from braintumor.explain.run import explain_paths, sanity_checks
+
+_EXPORTS = {
+    "METHODS": "braintumor.explain.explainer",
+    "Explainer": "braintumor.explain.explainer",
+    "explainer_for": "braintumor.explain.explainer",
+    "gradcam_overlay": "braintumor.explain.explainer",
+    "ExplainError": "braintumor.explain.gradcam",
+    "find_target_layer": "braintumor.explain.gradcam",
+    "resolve_layer": "braintumor.explain.gradcam",
+    "explain_paths": "braintumor.explain.run",
+    "sanity_checks": "braintumor.explain.run",
+}
+
+__all__ = [
+    "METHODS",
+    "ExplainError",
+    "Explainer",
+    "explain_paths",
+    "explainer_for",
+    "find_target_layer",
+    "gradcam_overlay",
+    "resolve_layer",
+    "sanity_checks",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'braintumor.explain' has no attribute {name!r}")

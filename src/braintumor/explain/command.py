@@ -1,0 +1,77 @@
+"""The ``braintumor explain`` command (registered in ``braintumor.cli``); heavy imports happen when it runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+
+def explain_command(
+    bundle: Path = typer.Argument(..., help="Model bundle folder."),
+    inputs: list[Path] = typer.Argument(..., help="Image files or folders (JPEG, PNG, BMP, TIFF or DICOM)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for one PNG per image and explanations.json."),
+    method: str = typer.Option(
+        "gradcam", "--method", "-m", help="gradcam, gradcam++, shap, a comma list of them, or all."
+    ),
+    target: str | None = typer.Option(None, "--target", "-t", help="Class to explain, 'predicted' (default) or 'all'."),
+    layer: str | None = typer.Option(
+        None, "--layer", help="Grad-CAM layer as a dotted path, e.g. backbone.layer4 (default: last conv stage)."
+    ),
+    background_dir: Path | None = typer.Option(
+        None,
+        "--background-dir",
+        help="SHAP background images: a data root or an image folder (default: the bundle's training data).",
+    ),
+    shap_samples: int = typer.Option(32, "--shap-samples", min=1, help="GradientShap samples per image."),
+    sanity: bool = typer.Option(
+        False, "--sanity", help="Also run the model randomisation test and the deletion curve on these images."
+    ),
+    sanity_images: int = typer.Option(16, "--sanity-images", min=1, help="Images used by --sanity (the first N)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+) -> None:
+    """Grad-CAM, Grad-CAM++ and SHAP heat maps over each image, as PNG beside the original."""
+    from rich.table import Table
+
+    from braintumor.cli import _fail
+    from braintumor.display import console
+    from braintumor.errors import BrainTumorError
+    from braintumor.explain.run import explain_paths, parse_methods, summarise_sanity
+
+    try:
+        run = explain_paths(
+            bundle,
+            inputs,
+            out,
+            methods=parse_methods(method),
+            target=target,
+            layer=layer,
+            background_dir=background_dir,
+            shap_samples=shap_samples,
+            sanity=sanity,
+            sanity_images=sanity_images,
+            show_progress=not quiet,
+        )
+    except BrainTumorError as error:
+        _fail(str(error))
+        return
+    for note in run.notes:
+        console.print(f"[yellow]note[/] {note}", highlight=False)
+    for item in run.skipped:
+        console.print(f"[yellow]skipped[/] {item.path}: {item.reason}", highlight=False)
+    table = Table(title=f"Explanations in {run.out_dir}")
+    for column in ("image", "predicted", "confidence", "figure"):
+        table.add_column(column, overflow="fold")
+    for item in run.images:
+        predicted = item["predicted_class"]
+        table.add_row(Path(item["path"]).name, predicted, f"{item['probabilities'][predicted]:.1%}", item["figure"])
+    console.print(table)
+    if run.sanity:
+        sanity_table = Table(title=f"Sanity checks on {run.sanity['n_images']} images (layer {run.sanity['layer']})")
+        for column in ("method", "model randomisation", "deletion curve"):
+            sanity_table.add_column(column)
+        for row in summarise_sanity(run.sanity):
+            sanity_table.add_row(*row)
+        console.print(sanity_table)
+    if not run.images:
+        _fail("no image could be read")

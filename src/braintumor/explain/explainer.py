@@ -1,0 +1,140 @@
+"""One object that explains a bundle's predictions: Grad-CAM, Grad-CAM++ and GradientShap.
+
+:class:`Explainer` works on a private copy of the bundle's network with every weight frozen: the
+inputs carry the gradient, so a frozen backbone explains as well as a fine-tuned one, and captum's
+temporary hooks never touch the model another thread (a server's predictor) is running.
+
+Example:
+    >>> import tempfile
+    >>> from PIL import Image
+    >>> from braintumor.config import Recipe
+    >>> from braintumor.models import create_model, resolve_preprocessing
+    >>> from braintumor.inference.bundle import load_bundle, save_bundle
+    >>> recipe = Recipe.model_validate(
+    ...     {"name": "tiny", "data": {"image_size": 32},
+    ...      "model": {"architecture": "custom_cnn", "conv_channels": [4, 8]}})
+    >>> model = create_model(recipe)
+    >>> folder = save_bundle(tempfile.mkdtemp() + "/b", model, recipe, resolve_preprocessing(recipe, model))
+    >>> bundle = load_bundle(folder)
+    >>> overlay, target = gradcam_overlay(bundle, Image.new("RGB", (60, 50), (80, 80, 80)), target="glioma")
+    >>> overlay.size, target
+    ((60, 50), 'glioma')
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+import weakref
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from braintumor.data.preprocessing import eval_transform, resize_to_uint8_tensor
+from braintumor.explain.attributions import Background, fallback_baselines, shap_maps
+from braintumor.explain.gradcam import CAM_METHODS, ExplainError, class_activation_maps, resolve_layer
+from braintumor.explain.overlay import overlay_heatmap
+from braintumor.inference.bundle import Bundle
+
+METHODS: tuple[str, ...] = (*CAM_METHODS, "shap")
+
+
+class Explainer:
+    """Maps for a bundle's model: ``maps(inputs, targets, method)`` with inputs from :meth:`to_inputs`."""
+
+    def __init__(self, bundle: Bundle, *, layer: str | None = None) -> None:
+        self.bundle = bundle
+        # A private, fully frozen copy: hooks and autograd here never disturb bundle.model.
+        self.model = copy.deepcopy(bundle.model).eval()
+        self.model.requires_grad_(False)
+        self.layer_name, self.layer = resolve_layer(self.model, layer)
+        self.transform = eval_transform(bundle.preprocessing)
+        self.temperature = float(bundle.config.get("extras", {}).get("temperature", 1.0))
+        prep = bundle.preprocessing
+        self.black = (torch.zeros(3) - torch.tensor(prep.mean)) / torch.tensor(prep.std)
+        self._lock = threading.Lock()
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.bundle.class_names
+
+    def class_index(self, name: str) -> int:
+        """Index of a class name; a clear error listing the classes otherwise."""
+        if name not in self.class_names:
+            raise ExplainError(f"unknown class {name!r}; the model's classes are {', '.join(self.class_names)}")
+        return self.class_names.index(name)
+
+    def to_uint8(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """Decoded images of any size to ``[N, 3, S, S]`` uint8 at the model's size."""
+        return torch.stack([resize_to_uint8_tensor(image, self.bundle.preprocessing) for image in images])
+
+    def to_inputs(self, images: Sequence[Image.Image] | torch.Tensor) -> torch.Tensor:
+        """Normalised model inputs from PIL images or uint8 ``[N, 3, S, S]`` tensors."""
+        batch = images if isinstance(images, torch.Tensor) else self.to_uint8(images)
+        return self.transform(batch)
+
+    @torch.no_grad()
+    def probabilities(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Softmax probabilities ``[N, C]`` (with the bundle's temperature, as the predictor reports them)."""
+        with self._lock:
+            return torch.softmax(self.model(inputs) / self.temperature, dim=1)
+
+    def maps(
+        self,
+        inputs: torch.Tensor,
+        targets: Sequence[int],
+        method: str = "gradcam",
+        *,
+        background: Background | None = None,
+        n_samples: int = 32,
+    ) -> torch.Tensor:
+        """Maps ``[N, S, S]``: in [0, 1] for Grad-CAM/Grad-CAM++, signed in [-1, 1] for SHAP."""
+        if method not in METHODS:
+            raise ExplainError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+        with self._lock:
+            if method in CAM_METHODS:
+                return class_activation_maps(self.model, self.layer, inputs, targets, method)
+            if background is not None and background.images is not None:
+                baselines: torch.Tensor | list[torch.Tensor] = self.transform(background.images)
+            else:
+                baselines = [fallback_baselines(single, self.black) for single in inputs]
+            return shap_maps(self.model, inputs, targets, baselines, n_samples=n_samples)
+
+
+# One explainer per loaded bundle, so a server does not copy the network on every request.
+_EXPLAINERS: dict[int, tuple[weakref.ref[Bundle], str | None, Explainer]] = {}
+_EXPLAINERS_LOCK = threading.Lock()
+
+
+def explainer_for(bundle: Bundle, layer: str | None = None) -> Explainer:
+    """A cached :class:`Explainer` for this bundle object (and layer)."""
+    key = id(bundle)
+    with _EXPLAINERS_LOCK:
+        cached = _EXPLAINERS.get(key)
+        if cached is not None and cached[0]() is bundle and cached[1] == layer:
+            return cached[2]
+        for stale in [k for k, (ref, _, _) in _EXPLAINERS.items() if ref() is None]:
+            del _EXPLAINERS[stale]
+        explainer = Explainer(bundle, layer=layer)
+        _EXPLAINERS[key] = (weakref.ref(bundle), layer, explainer)
+        return explainer
+
+
+def gradcam_overlay(
+    bundle: Bundle, image: Image.Image, target: str | None = None, method: str = "gradcam"
+) -> tuple[Image.Image, str]:
+    """Grad-CAM (or Grad-CAM++) heat map over ``image`` for ``target`` (default: the predicted class).
+
+    Returns the RGB overlay at the image's own size (longest side capped at 1024 px) and the class name
+    the map explains. Raises :class:`~braintumor.explain.gradcam.ExplainError` for an unknown class or method.
+    """
+    if method not in CAM_METHODS:
+        raise ExplainError(f"unknown method {method!r} for an overlay; choose one of {', '.join(CAM_METHODS)}")
+    explainer = explainer_for(bundle)
+    inputs = explainer.to_inputs([image.convert("RGB")])
+    # The predicted class, as the predictor would report it (argmax does not depend on the temperature).
+    index = int(explainer.probabilities(inputs).argmax(dim=1)[0]) if target is None else explainer.class_index(target)
+    heatmap = explainer.maps(inputs, [index], method)[0].numpy()
+    return overlay_heatmap(image, np.asarray(heatmap)), explainer.class_names[index]

@@ -1,0 +1,300 @@
+"""The ``braintumor explain`` pipeline: images in, one PNG per image and a JSON summary out.
+
+Example:
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> from braintumor.config import Recipe
+    >>> from braintumor.data.synthetic import make_synthetic_dataset
+    >>> from braintumor.models import create_model, resolve_preprocessing
+    >>> from braintumor.inference.bundle import save_bundle
+    >>> recipe = Recipe.model_validate(
+    ...     {"name": "tiny", "data": {"image_size": 32},
+    ...      "model": {"architecture": "custom_cnn", "conv_channels": [4, 8]}})
+    >>> model = create_model(recipe)
+    >>> work = Path(tempfile.mkdtemp())
+    >>> bundle = save_bundle(work / "b", model, recipe, resolve_preprocessing(recipe, model))
+    >>> root = make_synthetic_dataset(work / "data", per_class=1, test_per_class=2, size=32)
+    >>> run = explain_paths(bundle, [root / "Testing" / "glioma_tumor"], work / "out", show_progress=False)
+    >>> [Path(item["figure"]).suffix for item in run.images]
+    ['.png', '.png']
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import torch
+
+from braintumor.data.images import SkippedFile, load_image_rgb
+from braintumor.errors import ImageDecodeError
+from braintumor.explain.attributions import Background, background_images, fallback_baselines, shap_maps
+from braintumor.explain.explainer import METHODS, Explainer
+from braintumor.explain.gradcam import CAM_METHODS, ExplainError, class_activation_maps
+from braintumor.explain.overlay import Panel, save_explanation_figure
+from braintumor.explain.sanity import ExplainFunction, deletion_curve, model_randomisation_test
+from braintumor.inference.bundle import Bundle, load_bundle, write_json_atomic
+from braintumor.inference.predictor import expand_inputs
+from braintumor.progress import progress_bar
+
+
+@dataclass
+class ExplainRun:
+    """What ``explain_paths`` wrote: one entry per image, the sanity numbers, skipped files and notes."""
+
+    out_dir: Path
+    images: list[dict[str, Any]]
+    sanity: dict[str, Any] | None = None
+    skipped: list[SkippedFile] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def parse_methods(method: str) -> list[str]:
+    """``gradcam``, ``gradcam++``, ``shap``, a comma list of them, or ``all``."""
+    if method == "all":
+        return list(METHODS)
+    chosen = [part.strip().lower() for part in method.split(",") if part.strip()]
+    unknown = [m for m in chosen if m not in METHODS]
+    if unknown or not chosen:
+        raise ExplainError(f"unknown method {method!r}; choose from {', '.join(METHODS)} or all")
+    return list(dict.fromkeys(chosen))
+
+
+def method_explain_function(
+    explainer: Explainer, method: str, background: Background | None = None, n_samples: int = 32
+) -> ExplainFunction:
+    """``explain(model, inputs, targets)`` for the sanity checks: the same method on any copy of the network."""
+    if method in CAM_METHODS:
+
+        def cam(model: torch.nn.Module, inputs: torch.Tensor, targets: Sequence[int]) -> torch.Tensor:
+            return class_activation_maps(model, model.get_submodule(explainer.layer_name), inputs, targets, method)
+
+        return cam
+
+    def shap(model: torch.nn.Module, inputs: torch.Tensor, targets: Sequence[int]) -> torch.Tensor:
+        if background is not None and background.images is not None:
+            return shap_maps(model, inputs, targets, explainer.transform(background.images), n_samples=n_samples)
+        baselines = [fallback_baselines(single, explainer.black) for single in inputs]
+        return shap_maps(model, inputs, targets, baselines, n_samples=n_samples)
+
+    return shap
+
+
+def sanity_checks(
+    explainer: Explainer,
+    inputs: torch.Tensor,
+    targets: Sequence[int],
+    methods: Sequence[str] = ("gradcam",),
+    *,
+    background: Background | None = None,
+    n_samples: int = 32,
+    steps: int = 16,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Model randomisation test and deletion curve for each method, as JSON-ready numbers."""
+    results: dict[str, Any] = {"n_images": len(inputs), "layer": explainer.layer_name, "methods": {}}
+    for method in methods:
+        explain = method_explain_function(explainer, method, background, n_samples)
+        randomisation = model_randomisation_test(explainer.model, inputs, targets, explain, seed=seed)
+        maps = explain(explainer.model, inputs, targets)
+        deletion = deletion_curve(
+            explainer.model,
+            inputs,
+            targets,
+            maps,
+            explainer.black,
+            steps=steps,
+            seed=seed,
+            temperature=explainer.temperature,
+        )
+        results["methods"][method] = {"randomisation": randomisation.to_dict(), "deletion": deletion.to_dict()}
+    return results
+
+
+def plot_deletion_curves(sanity: dict[str, Any], path: Path) -> Path:
+    """Mean class probability against the deleted fraction, attributed order vs random, one line pair per method."""
+    figure, axis = plt.subplots(figsize=(6, 4))
+    for index, (method, values) in enumerate(sanity["methods"].items()):
+        deletion = values["deletion"]
+        colour = f"C{index}"
+        axis.plot(
+            deletion["fractions"],
+            deletion["attributed_scores"],
+            color=colour,
+            marker="o",
+            markersize=3,
+            label=f"{method}: most attributed first (AUC {deletion['auc_attributed']:.3f})",
+        )
+        axis.plot(
+            deletion["fractions"],
+            deletion["random_scores"],
+            color=colour,
+            linestyle="--",
+            label=f"{method}: random order (AUC {deletion['auc_random']:.3f})",
+        )
+    axis.set(
+        xlabel="fraction of pixels deleted (set to black)",
+        ylabel="probability of the explained class",
+        title=f"Deletion curves ({sanity['n_images']} images)",
+        ylim=(0, 1.02),
+    )
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=7)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+def _figure_name(path: Path, used: set[str]) -> str:
+    stem = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in path.stem) or "image"
+    name, counter = f"{stem}.png", 2
+    while name in used:
+        name, counter = f"{stem}-{counter}.png", counter + 1
+    used.add(name)
+    return name
+
+
+def explain_paths(
+    bundle: Bundle | Path | str,
+    inputs: Sequence[Path | str],
+    out_dir: Path | str,
+    *,
+    methods: Sequence[str] = ("gradcam",),
+    target: str | None = None,
+    layer: str | None = None,
+    background_dir: Path | str | None = None,
+    shap_samples: int = 32,
+    sanity: bool = False,
+    sanity_images: int = 16,
+    show_progress: bool = True,
+) -> ExplainRun:
+    """Explain every decodable image under ``inputs`` and write ``<out_dir>/<image>.png`` + ``explanations.json``.
+
+    ``target`` is a class name, ``"all"`` (every class), or ``None``/``"predicted"`` for the predicted
+    class. With ``sanity``, the model randomisation test and the deletion curve run on the first
+    ``sanity_images`` of these images (explaining their predicted class, or the named one) and go to
+    ``sanity.json`` and ``deletion_curves.png``.
+    """
+    bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
+    out_dir = Path(out_dir)
+    methods = list(methods)
+    for method in methods:
+        if method not in METHODS:
+            raise ExplainError(f"unknown method {method!r}; choose from {', '.join(METHODS)} or all")
+    explainer = Explainer(bundle, layer=layer)
+    fixed_targets: list[int] | None = None
+    if target == "all":
+        fixed_targets = list(range(len(explainer.class_names)))
+    elif target is not None and target != "predicted":
+        fixed_targets = [explainer.class_index(target)]
+    paths = expand_inputs(inputs)
+    run = ExplainRun(out_dir, [])
+    background: Background | None = None
+    if "shap" in methods:
+        background = background_images(bundle, background_dir=background_dir)
+        if background.note:
+            run.notes.append(background.note)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    used_names: set[str] = set()
+    kept_uint8: list[torch.Tensor] = []
+    kept_targets: list[int] = []
+    with progress_bar(show_progress) as progress:
+        task = progress.add_task("Explaining", total=len(paths))
+        for path in paths:
+            progress.advance(task)
+            try:
+                image = load_image_rgb(path)
+            except ImageDecodeError as error:
+                run.skipped.append(SkippedFile(str(path), error.reason))
+                continue
+            uint8 = explainer.to_uint8([image])
+            inputs_tensor = explainer.to_inputs(uint8)
+            probabilities = explainer.probabilities(inputs_tensor)[0]
+            predicted = int(probabilities.argmax())
+            targets = fixed_targets if fixed_targets is not None else [predicted]
+            rows: list[list[Panel]] = []
+            for method in methods:
+                batch = inputs_tensor.expand(len(targets), -1, -1, -1)
+                maps = explainer.maps(batch, targets, method, background=background, n_samples=shap_samples)
+                rows.append(
+                    [
+                        Panel(
+                            method,
+                            explainer.class_names[t],
+                            maps[i].numpy(),
+                            f"{method}: {explainer.class_names[t]} (p={float(probabilities[t]):.2f})",
+                        )
+                        for i, t in enumerate(targets)
+                    ]
+                )
+            figure = out_dir / _figure_name(path, used_names)
+            title = (
+                f"{path.name}: predicted {explainer.class_names[predicted]} "
+                f"({float(probabilities[predicted]):.1%}) - {bundle.name}, layer {explainer.layer_name}"
+            )
+            save_explanation_figure(figure, image, rows, title, note="; ".join(run.notes) or None)
+            run.images.append(
+                {
+                    "path": str(path),
+                    "figure": str(figure),
+                    "predicted_class": explainer.class_names[predicted],
+                    "probabilities": {
+                        name: float(p) for name, p in zip(explainer.class_names, probabilities.tolist(), strict=True)
+                    },
+                    "targets": [explainer.class_names[t] for t in targets],
+                    "methods": methods,
+                }
+            )
+            if len(kept_uint8) < sanity_images:
+                kept_uint8.append(uint8[0])
+                kept_targets.append(predicted if fixed_targets is None or len(fixed_targets) > 1 else targets[0])
+    if sanity and kept_uint8:
+        run.sanity = sanity_checks(
+            explainer,
+            explainer.to_inputs(torch.stack(kept_uint8)),
+            kept_targets,
+            methods,
+            background=background,
+            n_samples=shap_samples,
+        )
+        write_json_atomic(out_dir / "sanity.json", run.sanity)
+        plot_deletion_curves(run.sanity, out_dir / "deletion_curves.png")
+    write_json_atomic(
+        out_dir / "explanations.json",
+        {
+            "bundle": str(bundle.path),
+            "layer": explainer.layer_name,
+            "methods": methods,
+            "shap_background": background.source if background is not None else None,
+            "notes": run.notes,
+            "images": run.images,
+            "skipped": [vars(s) for s in run.skipped],
+            "sanity": run.sanity,
+        },
+    )
+    return run
+
+
+def summarise_sanity(sanity: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """Rows ``(method, randomisation, deletion)`` in words and numbers, for the terminal and the report."""
+    rows = []
+    for method, values in sanity["methods"].items():
+        rand, deletion = values["randomisation"], values["deletion"]
+        rows.append(
+            (
+                method,
+                f"mean |rank corr.| {rand['mean_abs_rank_correlation']:.3f} "
+                f"({'pass' if rand['passed'] else 'FAIL'}: < {rand['threshold']})",
+                f"AUC {deletion['auc_attributed']:.3f} vs random {deletion['auc_random']:.3f} "
+                f"({'pass' if deletion['passed'] else 'FAIL'})",
+            )
+        )
+    return rows

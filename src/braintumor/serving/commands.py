@@ -1,0 +1,106 @@
+"""``braintumor export`` and ``braintumor serve``: option parsing only; the work is in the stage modules."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import typer
+
+from braintumor.errors import BrainTumorError
+
+
+def _fail(message: str) -> None:
+    from braintumor.display import console
+
+    console.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(code=2)
+
+
+def export_command(
+    bundle: Path = typer.Argument(..., help="Model bundle folder."),
+    onnx: bool = typer.Option(False, "--onnx", help="Write model.onnx into the bundle (checked against PyTorch)."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Write the ONNX file here instead of the bundle."),
+    opset: int = typer.Option(18, "--opset", help="ONNX opset version."),
+) -> None:
+    """Export a bundle's network to ONNX and check its probabilities against PyTorch."""
+    if not onnx:
+        _fail("nothing to export: pass --onnx")
+    from braintumor.display import console
+    from braintumor.inference.bundle import load_bundle
+    from braintumor.inference.onnx_export import PARITY_TOLERANCE, export_onnx
+
+    try:
+        with console.status(f"exporting {bundle} to ONNX"):
+            result = export_onnx(load_bundle(bundle), out=out, opset=opset)
+    except BrainTumorError as error:
+        _fail(str(error))
+        return
+    console.print(
+        f"parity: max |p_onnx - p_torch| = {result.max_abs_diff:.2e} over {result.samples} images "
+        f"(limit {PARITY_TOLERANCE:.0e}): [green]ok[/]",
+        highlight=False,
+    )
+    console.print(f"wrote {result.path} (opset {result.opset}, dynamic batch axis)", highlight=False)
+
+
+def serve_command(
+    bundle: Path = typer.Argument(..., help="Model bundle folder."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0: every interface)."),
+    port: int = typer.Option(8000, "--port", help="TCP port."),
+    workers: int = typer.Option(1, "--workers", min=1, help="Worker processes (each loads the model)."),
+    backend: str = typer.Option("auto", "--backend", help="auto (ONNX when model.onnx exists), onnx or torch."),
+    max_upload_mb: float = typer.Option(20.0, "--max-upload-mb", help="Largest upload accepted (413 above)."),
+    max_pixels: int = typer.Option(25_000_000, "--max-pixels", help="Largest image in pixels (422 above)."),
+    threads: int | None = typer.Option(
+        None, "--threads", help="onnxruntime threads per model run (default: cores/workers)."
+    ),
+    concurrency: int | None = typer.Option(
+        None, "--concurrency", help="Model runs at the same time per worker (default: cores/workers)."
+    ),
+    log_level: str = typer.Option("info", "--log-level", help="uvicorn log level."),
+) -> None:
+    """Serve a bundle over HTTP: JSON API under /v1, a web page at /, API docs at /docs.
+
+    Set BRAINTUMOR_API_KEY to require that key in the X-API-Key header.
+    """
+    import uvicorn
+
+    from braintumor.serving.settings import BUNDLE_ENV, SETTINGS_ENV, ServeSettings
+
+    if workers > 1:
+        share = max(1, (os.cpu_count() or 1) // workers)
+        threads = threads or share
+        concurrency = concurrency or share
+    try:
+        settings = ServeSettings.from_env(
+            max_upload_bytes=int(max_upload_mb * 1024 * 1024),
+            max_pixels=max_pixels,
+            backend=backend,
+            threads=threads,
+            concurrency=concurrency,
+        )
+        if workers == 1:
+            from braintumor.serving.app import create_app
+
+            app = create_app(bundle, settings)
+        else:
+            from braintumor.inference.bundle import read_bundle_config
+
+            read_bundle_config(bundle)  # fail here, once, rather than in every worker
+    except BrainTumorError as error:
+        _fail(str(error))
+        return
+    if workers == 1:
+        uvicorn.run(app, host=host, port=port, log_level=log_level)
+        return
+    os.environ[BUNDLE_ENV] = str(bundle.resolve())
+    os.environ[SETTINGS_ENV] = settings.to_env()
+    uvicorn.run(
+        "braintumor.serving.app:create_app_from_env",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level=log_level,
+    )

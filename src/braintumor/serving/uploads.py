@@ -1,0 +1,194 @@
+"""Reading an upload safely: bounded in memory, parsed without temporary files, content sniffed.
+
+Every refusal is an :class:`UploadError` carrying the HTTP status and a message meant for a person:
+413 for a body over the limit (checked against Content-Length first, then counted while reading, so
+an oversized body is never held whole), 415 for content that is not an accepted image whatever its
+name or declared type, 400 for a malformed multipart body, 422 for an image that cannot be decoded.
+
+Example:
+    >>> sniff_format(b"\\x89PNG\\r\\n\\x1a\\n" + bytes(8))
+    'PNG'
+    >>> sniff_format(b"hello") is None
+    True
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from PIL import Image
+
+from braintumor.data.images import decode_image_bytes, is_dicom
+from braintumor.errors import ImageDecodeError
+
+# Leading bytes of the formats Pillow reads; the DICOM magic sits at byte 128 (see is_dicom).
+_MAGIC = (
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (b"BM", "BMP"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+    (b"GIF87a", "GIF"),
+    (b"GIF89a", "GIF"),
+)
+RAW_CONTENT_TYPES = ("image/", "application/dicom", "application/octet-stream")
+
+
+class UploadError(Exception):
+    """A request the service refuses, with its HTTP status, a short code and a plain-words message."""
+
+    def __init__(self, status: int, code: str, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.code = code
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class Upload:
+    """The uploaded file's bytes and the name the client gave it (for messages only)."""
+
+    data: bytes
+    filename: str
+
+
+@dataclass(frozen=True)
+class DecodedUpload:
+    image: Image.Image
+    format: str
+    filename: str
+
+
+def sniff_format(data: bytes) -> str | None:
+    """The image format the bytes really hold (by their magic numbers), or None."""
+    if is_dicom(data):
+        return "DICOM"
+    for magic, name in _MAGIC:
+        if data.startswith(magic):
+            return name
+    if len(data) >= 12 and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WEBP"
+    return None
+
+
+def readable_list(names: tuple[str, ...] | list[str]) -> str:
+    """``("JPEG", "PNG", "DICOM")`` as ``"JPEG, PNG or DICOM"``."""
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + f" or {names[-1]}"
+
+
+def too_large(limit: int) -> UploadError:
+    return UploadError(
+        413, "upload_too_large", f"the upload is larger than this service accepts ({limit / 1024 / 1024:.1f} MB)"
+    )
+
+
+async def read_limited(chunks: AsyncIterator[bytes], limit: int, declared_length: str | None) -> bytes:
+    """Collect a request body of at most ``limit`` bytes; refuse a larger one as soon as it shows."""
+    if declared_length is not None:
+        try:
+            if int(declared_length) > limit:
+                raise too_large(limit)
+        except ValueError:
+            raise UploadError(400, "bad_request", "the Content-Length header is not a number") from None
+    body = bytearray()
+    async for chunk in chunks:
+        if len(body) + len(chunk) > limit:
+            raise too_large(limit)
+        body.extend(chunk)
+    return bytes(body)
+
+
+def parse_multipart(content_type: str, body: bytes, field: str = "file") -> Upload:
+    """The file part of a ``multipart/form-data`` body, parsed in memory (no temporary files).
+
+    The part named ``field`` is used; failing that, the first part that carries a file name.
+    """
+    from python_multipart.exceptions import MultipartParseError
+    from python_multipart.multipart import MultipartParser, parse_options_header
+
+    _, params = parse_options_header(content_type)
+    boundary = params.get(b"boundary")
+    if not boundary:
+        raise UploadError(400, "bad_multipart", "the multipart upload has no boundary in its Content-Type")
+    parts: list[dict[str, bytes | bytearray | dict[bytes, bytes]]] = []
+    header: dict[str, bytearray] = {"name": bytearray(), "value": bytearray()}
+    current: dict = {}
+
+    def on_part_begin() -> None:
+        current.clear()
+        current.update(headers={}, data=bytearray())
+
+    def on_header_field(data: bytes, start: int, end: int) -> None:
+        header["name"] += data[start:end]
+
+    def on_header_value(data: bytes, start: int, end: int) -> None:
+        header["value"] += data[start:end]
+
+    def on_header_end() -> None:
+        current["headers"][bytes(header["name"]).lower()] = bytes(header["value"])
+        header["name"].clear()
+        header["value"].clear()
+
+    def on_part_data(data: bytes, start: int, end: int) -> None:
+        current["data"] += data[start:end]
+
+    def on_part_end() -> None:
+        parts.append(dict(current))
+
+    callbacks = {
+        "on_part_begin": on_part_begin,
+        "on_header_field": on_header_field,
+        "on_header_value": on_header_value,
+        "on_header_end": on_header_end,
+        "on_part_data": on_part_data,
+        "on_part_end": on_part_end,
+    }
+    try:
+        parser = MultipartParser(boundary, callbacks)  # type: ignore[arg-type]
+        parser.write(body)
+        parser.finalize()
+    except MultipartParseError as error:
+        raise UploadError(400, "bad_multipart", f"the multipart upload is malformed: {error}") from None
+    fallback: Upload | None = None
+    for part in parts:
+        _, options = parse_options_header(part["headers"].get(b"content-disposition", b""))  # type: ignore[union-attr]
+        name = options.get(b"name", b"").decode("utf-8", "replace")
+        filename = options.get(b"filename")
+        upload = Upload(bytes(part["data"]), filename.decode("utf-8", "replace") if filename else name)  # type: ignore[arg-type]
+        if name == field:
+            return upload
+        if filename is not None and fallback is None:
+            fallback = upload
+    if fallback is not None:
+        return fallback
+    raise UploadError(422, "no_file", f"the upload has no file: send it as the form field {field!r}")
+
+
+def upload_from_body(content_type: str | None, body: bytes) -> Upload:
+    """A multipart form's file part, or the raw body for image/DICOM/octet-stream requests."""
+    kind = (content_type or "").split(";", 1)[0].strip().lower()
+    if kind == "multipart/form-data":
+        return parse_multipart(content_type or "", body)
+    return Upload(body, "upload")
+
+
+def decode_upload(upload: Upload, *, allowed_formats: tuple[str, ...], max_pixels: int) -> DecodedUpload:
+    """Sniff and decode an upload to an RGB image, or raise :class:`UploadError` (415 or 422)."""
+    if not upload.data:
+        raise UploadError(422, "empty_upload", "the uploaded file is empty (0 bytes)")
+    found = sniff_format(upload.data)
+    accepted = readable_list(allowed_formats)
+    if found is None:
+        raise UploadError(
+            415, "unsupported_media_type", f"the file is not an image this service reads: send {accepted}"
+        )
+    if found not in allowed_formats:
+        raise UploadError(
+            415, "unsupported_media_type", f"the file is a {found} image; this service accepts {accepted}"
+        )
+    try:
+        image = decode_image_bytes(upload.data, upload.filename, max_pixels=max_pixels)
+    except ImageDecodeError as error:
+        raise UploadError(422, "undecodable_image", f"the {found} file cannot be used: {error.reason}") from None
+    return DecodedUpload(image, found, upload.filename)

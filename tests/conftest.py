@@ -1,0 +1,55 @@
+"""Shared fixtures: small synthetic data sets and a tiny trained bundle, built once per session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from braintumor.config import Recipe
+from braintumor.data.synthetic import make_synthetic_dataset
+
+# Test models are tiny: one thread avoids OpenMP barrier stalls that make every small op slow when
+# the two cores are busy (measured: 10 ms per elementwise op under load with two threads).
+torch.set_num_threads(1)
+
+TINY_RECIPE = {
+    "name": "tiny-cnn",
+    "data": {"image_size": 32, "batch_size": 16, "val_fraction": 0.25},
+    "model": {"architecture": "custom_cnn", "conv_channels": [8, 16, 32], "head_hidden": 32, "dropout": 0.2},
+    "augment": {"enabled": False},
+    "train": {"max_epochs": 15, "learning_rate": 0.003, "early_stopping_patience": 6},
+}
+
+
+def tiny_recipe(**sections: dict) -> Recipe:
+    """The tiny test recipe with some sections updated (``tiny_recipe(train={"max_epochs": 2})``)."""
+    raw = {key: dict(value) if isinstance(value, dict) else value for key, value in TINY_RECIPE.items()}
+    for key, value in sections.items():
+        raw[key] = {**raw.get(key, {}), **value} if isinstance(value, dict) else value
+    return Recipe.model_validate(raw)
+
+
+@pytest.fixture(scope="session")
+def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Training 16 per class, Testing 8 per class, 48 px JPEGs, Sartaj folder names."""
+    return make_synthetic_dataset(tmp_path_factory.mktemp("synthetic"), per_class=16, test_per_class=8, size=48)
+
+
+@pytest.fixture(scope="session")
+def trained_run(synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory):
+    """A tiny custom-CNN run trained once for the whole session (a few seconds)."""
+    from braintumor.training.train import train_recipe
+
+    return train_recipe(tiny_recipe(), synthetic_root, tmp_path_factory.mktemp("run") / "tiny", show_progress=False)
+
+
+@pytest.fixture(scope="session")
+def real_data_root() -> Path:
+    """The shared Brain Tumor MRI data set; tests using it skip when BRAINTUMOR_DATA is unset."""
+    value = os.environ.get("BRAINTUMOR_DATA")
+    if not value or not Path(value).is_dir():
+        pytest.skip("BRAINTUMOR_DATA is not set to the shared brain-tumor-mri folder")
+    return Path(value)

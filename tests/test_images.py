@@ -1,0 +1,109 @@
+"""Every bad-input case: a clear error naming the file and the reason; runs go on without it."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from braintumor.data.dataset import load_images
+from braintumor.data.images import decode_image_bytes, load_image_rgb
+from braintumor.data.layout import discover_split
+from braintumor.data.preprocessing import Preprocessing
+from braintumor.data.synthetic import make_synthetic_dataset
+from braintumor.errors import DatasetLayoutError, ImageDecodeError
+
+
+def _png_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _jpeg_bytes(size: int = 64) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (size, size), dtype=np.uint8)).save(buffer, "JPEG")
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        (b"", "empty file"),
+        (b"this is a text file, not a picture\n", "not an image"),
+        (_jpeg_bytes()[:300], "truncated|corrupt|image file"),
+        (b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, "cannot read image header|not an image|truncated|corrupt"),
+    ],
+    ids=["zero-bytes", "text", "truncated-jpeg", "broken-png"],
+)
+def test_bad_files_name_the_file_and_the_reason(tmp_path: Path, content: bytes, reason: str) -> None:
+    path = tmp_path / "scan.jpg"
+    path.write_bytes(content)
+    with pytest.raises(ImageDecodeError, match=reason) as caught:
+        load_image_rgb(path)
+    assert caught.value.path == path
+    assert str(path) in str(caught.value)
+
+
+def test_png_named_jpg_loads(tmp_path: Path) -> None:
+    path = tmp_path / "really_a_png.jpg"
+    path.write_bytes(_png_bytes(Image.new("L", (20, 10), 200)))
+    image = load_image_rgb(path)
+    assert image.mode == "RGB" and image.size == (20, 10)
+
+
+def test_huge_image_is_refused_before_decoding(tmp_path: Path) -> None:
+    path = tmp_path / "huge.png"
+    Image.new("1", (9000, 7000)).save(path)  # 63 Mpx but a tiny file: a decompression bomb
+    with pytest.raises(ImageDecodeError, match="over the limit"):
+        load_image_rgb(path)
+
+
+def test_oversized_file_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "big.jpg"
+    path.write_bytes(_jpeg_bytes())
+    with pytest.raises(ImageDecodeError, match="over the limit"):
+        load_image_rgb(path, max_file_bytes=100)
+
+
+@pytest.mark.parametrize("mode", ["I;16", "RGBA", "P", "LA", "CMYK", "F"])
+def test_any_mode_becomes_rgb(mode: str) -> None:
+    if mode == "I;16":
+        image = Image.fromarray(np.linspace(0, 4000, 64, dtype=np.uint16).reshape(8, 8))
+    elif mode == "F":
+        image = Image.fromarray(np.linspace(-1, 1, 64, dtype=np.float32).reshape(8, 8))
+    else:
+        image = Image.new(mode, (8, 8))
+    buffer = io.BytesIO()
+    image.save(buffer, format="TIFF")
+    decoded = decode_image_bytes(buffer.getvalue(), f"{mode}.tiff")
+    assert decoded.mode == "RGB" and decoded.size == (8, 8)
+    if mode in {"I;16", "F"}:  # high bit depth is stretched to the full 8-bit range, not clipped
+        pixels = np.asarray(decoded)
+        assert pixels.min() == 0 and pixels.max() == 255
+
+
+def test_loading_a_split_skips_bad_files_and_reports_them(tmp_path: Path) -> None:
+    root = make_synthetic_dataset(tmp_path, per_class=3, size=24)
+    glioma = root / "Training" / "glioma_tumor"
+    (glioma / "empty.jpg").write_bytes(b"")
+    (glioma / "notes.txt").write_text("not an image")
+    (glioma / "cut.jpg").write_bytes(_jpeg_bytes()[:200])
+    (glioma / "png_named.jpg").write_bytes(_png_bytes(Image.new("RGB", (30, 30), (50, 60, 70))))
+    image_set = load_images(discover_split(root, "Training"), Preprocessing(image_size=16), show_progress=False)
+    assert len(image_set) == 13  # 12 synthetic + the PNG named .jpg
+    assert image_set.images.shape == (13, 3, 16, 16)
+    reasons = {Path(s.path).name: s.reason for s in image_set.skipped}
+    assert set(reasons) == {"empty.jpg", "notes.txt", "cut.jpg"}
+    assert "empty" in reasons["empty.jpg"] and "not an image" in reasons["notes.txt"]
+
+
+def test_a_split_with_no_decodable_file_is_an_error(tmp_path: Path) -> None:
+    folder = tmp_path / "Training" / "glioma"
+    folder.mkdir(parents=True)
+    (folder / "a.jpg").write_bytes(b"garbage")
+    with pytest.raises(DatasetLayoutError, match="none of the 1 files"):
+        load_images(discover_split(tmp_path, "Training"), Preprocessing(image_size=16), show_progress=False)
