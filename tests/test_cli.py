@@ -26,8 +26,21 @@ def recipe_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def cli_run(recipe_file: Path, synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     run_dir = tmp_path_factory.mktemp("cli") / "run"
-    result = runner.invoke(app, ["train", str(recipe_file), "--data", str(synthetic_root), "--out", str(run_dir),
-                                 "--epochs", "4", "--evaluate", "--quiet"])
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            str(recipe_file),
+            "--data",
+            str(synthetic_root),
+            "--out",
+            str(run_dir),
+            "--epochs",
+            "4",
+            "--evaluate",
+            "--quiet",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "validation split" in result.output and "official Testing split" in result.output
     return run_dir
@@ -43,8 +56,9 @@ def test_train_with_evaluate_writes_bundle_and_evaluation(cli_run: Path) -> None
 
 
 def test_evaluate_command_writes_all_metrics(cli_run: Path, synthetic_root: Path, tmp_path: Path) -> None:
-    result = runner.invoke(app, ["evaluate", str(cli_run / "bundle"), "--data", str(synthetic_root),
-                                 "--out", str(tmp_path), "--quiet"])
+    result = runner.invoke(
+        app, ["evaluate", str(cli_run / "bundle"), "--data", str(synthetic_root), "--out", str(tmp_path), "--quiet"]
+    )
     assert result.exit_code == 0, result.output
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["n_images"] == 32 and metrics["split"] == "Testing"
@@ -65,15 +79,31 @@ def test_predict_files_and_folders_to_json_and_csv(cli_run: Path, synthetic_root
     bad = tmp_path / "notes.jpg"
     bad.write_text("not an image")
     json_out, csv_out = tmp_path / "p.json", tmp_path / "p.csv"
-    result = runner.invoke(app, ["predict", str(cli_run / "bundle"), str(single), str(folder), str(bad),
-                                 "--json", str(json_out), "--csv", str(csv_out)])
+    result = runner.invoke(
+        app,
+        [
+            "predict",
+            str(cli_run / "bundle"),
+            str(single),
+            str(folder),
+            str(bad),
+            "--json",
+            str(json_out),
+            "--csv",
+            str(csv_out),
+        ],
+    )
     assert result.exit_code == 0, result.output
     payload = json.loads(json_out.read_text())
     assert len(payload["predictions"]) == 9
     assert payload["skipped"] == [{"path": str(bad), "reason": "not an image (unrecognised content)"}]
     first = payload["predictions"][0]
     assert first["source"] == str(single) and set(first["probabilities"]) == {
-        "glioma", "meningioma", "no_tumor", "pituitary"}
+        "glioma",
+        "meningioma",
+        "no_tumor",
+        "pituitary",
+    }
     assert len(csv_out.read_text().strip().splitlines()) == 10
     assert "skipped" in result.output and "notes.jpg" in result.output
 

@@ -23,7 +23,9 @@ def test_seed_cnn_matches_the_published_architecture() -> None:
     assert [c.out_channels for c in convs] == [32, 64, 128, 256, 512]
     assert all(c.kernel_size == (3, 3) and c.padding == (1, 1) for c in convs)
     assert sum(isinstance(m, torch.nn.MaxPool2d) for m in model.backbone.modules()) == 5
-    conv_params = sum(3 * 3 * cin * cout + cout for cin, cout in zip([3, 32, 64, 128, 256], [32, 64, 128, 256, 512], strict=True))
+    conv_params = sum(
+        3 * 3 * cin * cout + cout for cin, cout in zip([3, 32, 64, 128, 256], [32, 64, 128, 256, 512], strict=True)
+    )
     flat = 512 * 7 * 7  # 224 / 2**5 = 7
     head_params = (flat * 128 + 128) + 2 * 128 + (128 * 4 + 4)
     assert _count(model) == conv_params + head_params == 4_780_740
@@ -88,7 +90,7 @@ def test_bad_weights_files_are_clear_errors(tmp_path: Path) -> None:
     save_file({"x": torch.zeros(2)}, str(wrong))
     with pytest.raises(WeightsUnavailableError, match="does not fit backbone"):
         create_backbone("resnet18", pretrained=True, weights=wrong)
-    with pytest.raises(WeightsUnavailableError, match="unknown timm backbone 'resnet5O'.*resnet50"):
+    with pytest.raises(WeightsUnavailableError, match=r"unknown timm backbone 'resnet5O'.*resnet50"):
         create_backbone("resnet5O", pretrained=False)
 
 
@@ -96,8 +98,9 @@ def test_shared_lite0_weights_classify_like_imagenet(real_data_root: Path) -> No
     weights = real_data_root.parents[1] / "weights" / "tf_efficientnet_lite0.safetensors"
     if not weights.is_file():
         pytest.skip("shared EfficientNet-Lite0 weights not found")
-    recipe = Recipe.model_validate({"name": "lite0", "model": {"backbone": "tf_efficientnet_lite0",
-                                                                "weights": str(weights)}})
+    recipe = Recipe.model_validate(
+        {"name": "lite0", "model": {"backbone": "tf_efficientnet_lite0", "weights": str(weights)}}
+    )
     model = create_model(recipe)
     reference = timm.create_model("tf_efficientnet_lite0", num_classes=0)
     assert not torch.equal(model.backbone.conv_stem.weight, reference.conv_stem.weight)

@@ -73,6 +73,9 @@ def test_cli_export_writes_a_graph_that_matches_pytorch(exported_cnn: Path) -> N
     # The temperature is applied in both backends: probabilities are softer than at T=1.
     assert float(reference.max()) < 0.999
     assert onnx_predictor.predict_images([]).shape == (0, 4)
+    # Test-time augmentation averages the same views' logits in both backends.
+    with_tta = OnnxPredictor(bundle, tta=True).predict_images(images[:3])
+    assert np.abs(Predictor(bundle, tta=True).predict_images(images[:3]) - with_tta).max() <= PARITY_TOLERANCE
     prediction = onnx_predictor.to_prediction("a", exported[0])
     assert prediction.class_name == CLASSES[int(reference[0].argmax())]
 

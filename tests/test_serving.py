@@ -136,6 +136,7 @@ def test_health_model_page_and_docs(client: TestClient) -> None:
     assert card["recipe"]["name"] == "tiny-serve"
     assert card["temperature"] == TEMPERATURE and card["refer_threshold"] == REFER_THRESHOLD
     assert "validation" in card["metrics"]
+    assert "val_paths" not in str(card) and "data_root" not in str(card)  # no server paths
 
     page = client.get("/")
     assert page.status_code == 200 and "text/html" in page.headers["content-type"]
@@ -180,6 +181,13 @@ def test_bundle_without_calibration_has_no_refer_flag(tmp_path: Path) -> None:
     body = client.post("/v1/predict", files={"file": ("a.png", _encode(_mri(32), "PNG"), "image/png")}).json()
     assert body["calibrated"] is False and body["temperature"] is None
     assert body["refer"] is None and body["refer_threshold"] is None
+
+
+def test_refer_threshold_stored_as_a_record(tmp_path: Path) -> None:
+    folder = _bundle(tmp_path / "record", extras={"refer_threshold": {"threshold": 0.99, "coverage": 0.8}})
+    client = TestClient(create_app(folder))
+    body = client.post("/v1/predict", files={"file": ("a.png", _encode(_mri(32), "PNG"), "image/png")}).json()
+    assert body["refer_threshold"] == 0.99 and body["refer"] is True  # a random 4-class model is never 99% sure
 
 
 def test_explain_returns_a_png_overlay(client: TestClient) -> None:
@@ -260,6 +268,7 @@ def _bad_requests() -> list[tuple[str, dict, int, str]]:
     ]
 
 
+@pytest.mark.filterwarnings("ignore:End of file reached:UserWarning")  # pydicom on the garbage header
 def test_every_bad_input_is_refused_clearly_and_the_service_keeps_answering(client: TestClient) -> None:
     good = _encode(_mri(32), "PNG")
     for label, request, status, words in _bad_requests():

@@ -71,8 +71,12 @@ def test_training_is_repeatable_with_a_seed(synthetic_root: Path, tmp_path: Path
 
 def test_frozen_backbone_trains_the_head_on_cached_features(synthetic_root: Path, tmp_path: Path) -> None:
     recipe = tiny_recipe(
-        model={"architecture": "transfer", "backbone": "mobilenetv3_small_050", "pretrained": False,
-               "freeze_backbone": True},
+        model={
+            "architecture": "transfer",
+            "backbone": "mobilenetv3_small_050",
+            "pretrained": False,
+            "freeze_backbone": True,
+        },
         augment={"enabled": True},
         train={"max_epochs": 3, "cache_views": 2},
     )
@@ -95,8 +99,9 @@ def test_training_goes_on_past_bad_files(synthetic_root: Path, tmp_path: Path) -
     shutil.copytree(synthetic_root, root)
     (root / "Training" / "no_tumor" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really")
     messages: list[str] = []
-    result = train_recipe(tiny_recipe(train={"max_epochs": 1}), root, tmp_path / "run", show_progress=False,
-                          console_log=messages.append)
+    result = train_recipe(
+        tiny_recipe(train={"max_epochs": 1}), root, tmp_path / "run", show_progress=False, console_log=messages.append
+    )
     assert [Path(s.path).name for s in result.skipped] == ["broken.jpg"]
     assert any("broken.jpg" in m for m in messages) and any("1 of 65 files" in m for m in messages)
     assert (result.bundle_dir / "model.safetensors").is_file()
@@ -112,8 +117,9 @@ def test_exact_duplicates_in_training_are_dropped(synthetic_root: Path, tmp_path
     shutil.copy(source, glioma / "copy.jpg")
     shutil.copy(source, root / "Training" / "meningioma_tumor" / "conflict.jpg")
     messages: list[str] = []
-    result = train_recipe(tiny_recipe(train={"max_epochs": 1}), root, tmp_path / "run", show_progress=False,
-                          console_log=messages.append)
+    result = train_recipe(
+        tiny_recipe(train={"max_epochs": 1}), root, tmp_path / "run", show_progress=False, console_log=messages.append
+    )
     duplicates = json.loads((result.bundle_dir / "config.json").read_text())["training"]["duplicates"]
     # The glioma file and its glioma copy agree, but the meningioma copy conflicts: all three go.
     assert duplicates["removed_label_conflicts"] == 3 and duplicates["removed_copies"] == 0

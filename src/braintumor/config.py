@@ -16,15 +16,17 @@ Example:
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from braintumor.errors import BrainTumorError
+
 REPO_CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 
 
-class RecipeError(ValueError):
+class RecipeError(BrainTumorError, ValueError):
     """A recipe file or override that cannot be used, with a message a person can act on."""
 
 
@@ -83,6 +85,15 @@ class TrainConfig(_Strict):
     lr_factor: float = Field(0.5, gt=0.0, lt=1.0)
     seed: int = 42
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+    loss: Literal["cross_entropy", "focal"] = Field(
+        "cross_entropy", description="Training loss; validation loss is always plain cross-entropy."
+    )
+    focal_gamma: float = Field(2.0, ge=0.0, le=10.0, description="Focal loss exponent (0 is cross-entropy).")
+    class_weights: Literal["none", "balanced"] | list[Annotated[float, Field(gt=0.0)]] = Field(
+        "none",
+        description="Per-class loss weights: none, balanced (n / (classes * count) from the training split), "
+        "or one positive number per class in class order. With the focal loss they are its alpha.",
+    )
     feature_cache: bool = Field(
         True, description="Frozen backbone: compute features once and train only the head on them."
     )
@@ -90,6 +101,13 @@ class TrainConfig(_Strict):
         4, ge=1, le=64, description="Augmented views per image in the feature cache (view e%K in epoch e)."
     )
     precision: str = Field("32-true", description="Lightning precision string.")
+
+    @model_validator(mode="after")
+    def _check_loss(self) -> TrainConfig:
+        # Label smoothing is defined for cross-entropy; silently ignoring it under focal loss would mislead.
+        if self.loss == "focal" and self.label_smoothing > 0:
+            raise ValueError("label_smoothing applies to loss: cross_entropy only; set it to 0 with loss: focal")
+        return self
 
 
 class Recipe(_Strict):

@@ -8,7 +8,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from braintumor.inference.predictor import Prediction
+from braintumor.inference.predictor import REFER_MESSAGE, Prediction
 
 console = Console()
 
@@ -36,13 +36,74 @@ def metrics_table(metrics: dict[str, Any], title: str) -> Table:
 
 
 def predictions_table(predictions: Sequence[Prediction], class_names: Sequence[str]) -> Table:
+    # Bundles with a referral threshold (braintumor calibrate) say which answers a person must check.
+    with_referral = any(prediction.referred is not None for prediction in predictions)
     table = Table(title="Predictions")
     table.add_column("image", overflow="fold")
     table.add_column("class", style="bold")
     for name in class_names:
         table.add_column(name, justify="right")
+    if with_referral:
+        table.add_column("advice", no_wrap=True)
     for prediction in predictions:
+        advice = [f"[bold yellow]{REFER_MESSAGE}" if prediction.referred else ""] if with_referral else []
         table.add_row(
-            prediction.source, prediction.class_name, *[f"{prediction.probabilities[name]:.3f}" for name in class_names]
+            prediction.source,
+            prediction.class_name,
+            *[f"{prediction.probabilities[name]:.3f}" for name in class_names],
+            *advice,
+        )
+    return table
+
+
+def uncertainty_lines(metrics: dict[str, Any]) -> list[str]:
+    """Confidence intervals, calibration and selective prediction of one evaluation, one line each."""
+    lines = []
+    intervals = metrics.get("confidence_intervals")
+    if intervals:
+        accuracy, f1 = intervals["accuracy"], intervals["macro_f1"]
+        lines.append(
+            f"95% CI ({intervals['n_resamples']} bootstrap resamples): accuracy [{accuracy['low']:.2%}, "
+            f"{accuracy['high']:.2%}], macro-F1 [{f1['low']:.3f}, {f1['high']:.3f}]"
+        )
+    calibration = metrics.get("calibration")
+    if calibration:
+        lines.append(
+            f"calibration (T = {calibration['temperature']:.3g}): ECE {calibration['ece']:.4f}, "
+            f"Brier {calibration['brier']:.4f}, log loss {calibration['log_loss']:.4f}"
+        )
+    selective = metrics.get("selective")
+    if selective:
+        accuracy = selective["selective_accuracy"]
+        lines.append(
+            f"referral threshold {selective['threshold']:.4f}: answered {selective['coverage']:.1%} "
+            f"with accuracy {'n/a' if accuracy is None else f'{accuracy:.2%}'}, referred {selective['n_referred']}"
+        )
+    return lines
+
+
+def runs_table(rows: Sequence[dict[str, Any]]) -> Table:
+    """``braintumor runs``: one line per tracked training run."""
+    import datetime as dt
+
+    def number(value: float | None, percent: bool = False) -> str:
+        if value is None:
+            return "-"
+        return f"{value:.2%}" if percent else f"{value:.4f}"
+
+    table = Table(title="Training runs (MLflow)")
+    for column in ("started (UTC)", "run", "recipe", "status", "val acc", "val loss", "test acc", "test macro-F1"):
+        table.add_column(column)
+    for row in rows:
+        started = dt.datetime.fromtimestamp(row["started"] / 1000, tz=dt.UTC).strftime("%Y-%m-%d %H:%M")
+        table.add_row(
+            started,
+            row["name"],
+            row["recipe"],
+            row["status"],
+            number(row["best_val_accuracy"], True),
+            number(row["best_val_loss"]),
+            number(row["test_accuracy"], True),
+            number(row["test_macro_f1"]),
         )
     return table

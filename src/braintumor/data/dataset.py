@@ -61,6 +61,15 @@ class ImageSet:
         return dict(zip(CLASS_NAMES, counts, strict=True))
 
 
+def file_digest(data: bytes) -> str:
+    """Content hash of a file's bytes (blake2b, 128 bits): equal digests mean byte-identical files.
+
+    Training's duplicate dropping and the data audit (:mod:`braintumor.data.audit`) both use it, so
+    their exact-copy groups are the same.
+    """
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
 def _decode_one(sample: Sample, prep: Preprocessing) -> tuple[torch.Tensor, str] | SkippedFile:
     try:
         data = read_file_bytes(sample.path)
@@ -68,8 +77,7 @@ def _decode_one(sample: Sample, prep: Preprocessing) -> tuple[torch.Tensor, str]
     except ImageDecodeError as error:
         return SkippedFile(path=str(sample.path), reason=error.reason)
     # Hash the file's bytes (not pixels) so exact-copy groups match the data audit's.
-    digest = hashlib.blake2b(data, digest_size=16).hexdigest()
-    return resize_to_uint8_tensor(image, prep), digest
+    return resize_to_uint8_tensor(image, prep), file_digest(data)
 
 
 def load_images(

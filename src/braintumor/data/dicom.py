@@ -13,10 +13,12 @@ Example:
     >>> import io
     >>> import numpy as np
     >>> from pydicom.dataset import Dataset, FileMetaDataset
-    >>> from pydicom.uid import ExplicitVRLittleEndian
+    >>> from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
     >>> ds = Dataset()
     >>> ds.file_meta = FileMetaDataset()
     >>> ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    >>> ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID = MRImageStorage
+    >>> ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID = generate_uid()
     >>> ds.Rows, ds.Columns, ds.SamplesPerPixel, ds.PhotometricInterpretation = 4, 6, 1, "MONOCHROME2"
     >>> ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
     >>> ds.PixelData = np.arange(24, dtype=np.uint16).reshape(4, 6).tobytes()

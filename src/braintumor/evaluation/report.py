@@ -56,15 +56,16 @@ from PIL import Image
 from scipy.stats import bootstrap
 from sklearn.calibration import calibration_curve
 from sklearn.metrics import precision_recall_fscore_support, roc_auc_score, roc_curve
-from torchmetrics.functional.classification import multiclass_calibration_error
 
 from braintumor.data.images import load_image_rgb
 from braintumor.errors import BrainTumorError, ImageDecodeError
+from braintumor.evaluation.calibration import expected_calibration_error, risk_coverage
 from braintumor.evaluation.evaluate import EvaluationResult
 from braintumor.evaluation.metrics import classification_metrics
 from braintumor.evaluation.plots import plot_confusion_matrix, plot_training_curves
 from braintumor.evaluation.report_template import REPORT_TEMPLATE
 from braintumor.inference.bundle import Bundle, library_versions, load_bundle
+from braintumor.inference.predictor import read_refer_threshold as read_threshold
 from braintumor.progress import progress_bar
 
 REPORT_FILE = "report.html"
@@ -144,39 +145,6 @@ def uncalibrated(probabilities: np.ndarray, temperature: float) -> np.ndarray:
     scaled -= scaled.max(axis=1, keepdims=True)
     exponentials = np.exp(scaled)
     return exponentials / exponentials.sum(axis=1, keepdims=True)
-
-
-def expected_calibration_error(probabilities: np.ndarray, labels: np.ndarray, n_bins: int = 10) -> float:
-    """Top-label ECE with equal-width bins (torchmetrics)."""
-    return float(
-        multiclass_calibration_error(
-            torch.as_tensor(probabilities, dtype=torch.float32),
-            torch.as_tensor(labels, dtype=torch.long),
-            num_classes=probabilities.shape[1],
-            n_bins=n_bins,
-            norm="l1",
-        )
-    )
-
-
-def risk_coverage(probabilities: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Coverage, risk (error rate among the answered) and the confidence at each cut, most confident first."""
-    confidence = probabilities.max(axis=1)
-    wrong = (probabilities.argmax(axis=1) != labels).astype(float)
-    order = np.argsort(-confidence, kind="stable")
-    answered = np.arange(1, len(order) + 1)
-    return answered / len(order), np.cumsum(wrong[order]) / answered, confidence[order]
-
-
-def read_threshold(value: Any) -> float | None:
-    """The referral threshold as a float, whether stored as a number or as ``{"threshold": x}``."""
-    if isinstance(value, int | float):
-        return float(value)
-    if isinstance(value, dict):
-        for key in ("threshold", "confidence", "value"):
-            if isinstance(value.get(key), int | float):
-                return float(value[key])
-    return None
 
 
 def dedup_mask(result: EvaluationResult, dedup: dict[str, Any]) -> np.ndarray | None:
@@ -548,7 +516,16 @@ def build_report(
                 loaded.append((item[1], int(predicted[index])))
         if loaded:
             inputs = explainer.to_inputs(torch.stack([uint8 for uint8, _ in loaded]))
-            sanity = sanity_checks(explainer, inputs, [t for _, t in loaded], ("gradcam", "gradcam++"), seed=seed)
+            # Fewer deletion steps and random orders than the explain command: the report must stay quick on a CPU.
+            sanity = sanity_checks(
+                explainer,
+                inputs,
+                [t for _, t in loaded],
+                ("gradcam", "gradcam++"),
+                steps=10,
+                random_orders=2,
+                seed=seed,
+            )
             for method, values in sanity["methods"].items():
                 rand, deletion = values["randomisation"], values["deletion"]
                 sanity_rows.append(
@@ -567,7 +544,7 @@ def build_report(
                     "Deletion curves",
                     _plot_to_uri(lambda path: plot_deletion_curves(sanity, path)),
                     "Probability of the predicted class as pixels are set to black, most attributed first "
-                    "(solid) or in random order (dashed, mean of 3 orders). A faithful map falls faster.",
+                    "(solid) or in random order (dashed, mean of 2 orders). A faithful map falls faster.",
                 )
             )
             sanity_note = (

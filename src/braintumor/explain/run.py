@@ -38,7 +38,12 @@ from braintumor.explain.attributions import Background, background_images, fallb
 from braintumor.explain.explainer import METHODS, Explainer
 from braintumor.explain.gradcam import CAM_METHODS, ExplainError, class_activation_maps
 from braintumor.explain.overlay import Panel, save_explanation_figure
-from braintumor.explain.sanity import ExplainFunction, deletion_curve, model_randomisation_test
+from braintumor.explain.sanity import (
+    ExplainFunction,
+    deletion_curve,
+    model_randomisation_test,
+    random_deletion_scores,
+)
 from braintumor.inference.bundle import Bundle, load_bundle, write_json_atomic
 from braintumor.inference.predictor import expand_inputs
 from braintumor.progress import progress_bar
@@ -95,14 +100,34 @@ def sanity_checks(
     background: Background | None = None,
     n_samples: int = 32,
     steps: int = 16,
+    random_orders: int = 3,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """Model randomisation test and deletion curve for each method, as JSON-ready numbers."""
-    results: dict[str, Any] = {"n_images": len(inputs), "layer": explainer.layer_name, "methods": {}}
+    """Model randomisation test and deletion curve for each method, as JSON-ready numbers.
+
+    The random-order deletion curve does not depend on the method and is computed once.
+    """
+    results: dict[str, Any] = {
+        "n_images": len(inputs),
+        "layer": explainer.layer_name,
+        "deletion_steps": steps,
+        "random_orders": random_orders,
+        "methods": {},
+    }
+    random_scores = random_deletion_scores(
+        explainer.model,
+        inputs,
+        targets,
+        explainer.black,
+        steps=steps,
+        random_orders=random_orders,
+        seed=seed,
+        temperature=explainer.temperature,
+    )
     for method in methods:
         explain = method_explain_function(explainer, method, background, n_samples)
-        randomisation = model_randomisation_test(explainer.model, inputs, targets, explain, seed=seed)
         maps = explain(explainer.model, inputs, targets)
+        randomisation = model_randomisation_test(explainer.model, inputs, targets, explain, seed=seed, original=maps)
         deletion = deletion_curve(
             explainer.model,
             inputs,
@@ -110,34 +135,34 @@ def sanity_checks(
             maps,
             explainer.black,
             steps=steps,
-            seed=seed,
             temperature=explainer.temperature,
+            random_scores=random_scores,
         )
         results["methods"][method] = {"randomisation": randomisation.to_dict(), "deletion": deletion.to_dict()}
     return results
 
 
 def plot_deletion_curves(sanity: dict[str, Any], path: Path) -> Path:
-    """Mean class probability against the deleted fraction, attributed order vs random, one line pair per method."""
+    """Mean class probability against the deleted fraction: one line per method and the shared random order."""
     figure, axis = plt.subplots(figsize=(6, 4))
     for index, (method, values) in enumerate(sanity["methods"].items()):
         deletion = values["deletion"]
-        colour = f"C{index}"
         axis.plot(
             deletion["fractions"],
             deletion["attributed_scores"],
-            color=colour,
+            color=f"C{index}",
             marker="o",
             markersize=3,
             label=f"{method}: most attributed first (AUC {deletion['auc_attributed']:.3f})",
         )
-        axis.plot(
-            deletion["fractions"],
-            deletion["random_scores"],
-            color=colour,
-            linestyle="--",
-            label=f"{method}: random order (AUC {deletion['auc_random']:.3f})",
-        )
+    reference = next(iter(sanity["methods"].values()))["deletion"]
+    axis.plot(
+        reference["fractions"],
+        reference["random_scores"],
+        color="black",
+        linestyle="--",
+        label=f"random order (AUC {reference['auc_random']:.3f})",
+    )
     axis.set(
         xlabel="fraction of pixels deleted (set to black)",
         ylabel="probability of the explained class",

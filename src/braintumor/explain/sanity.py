@@ -116,13 +116,16 @@ def model_randomisation_test(
     *,
     seed: int = 0,
     threshold: float = RANDOMISATION_MAX_MEAN_ABS_RHO,
+    original: torch.Tensor | None = None,
 ) -> RandomisationResult:
     """Explain ``inputs`` with ``model`` and with a re-initialised copy; maps must stop agreeing.
 
-    ``explain(model, inputs, targets)`` returns one map per input. A map that became constant after
-    randomisation counts as rho = 0 (it keeps no ranking of the original).
+    ``explain(model, inputs, targets)`` returns one map per input; ``original`` passes the trained
+    model's maps when they are already computed. A map that became constant after randomisation
+    counts as rho = 0 (it keeps no ranking of the original).
     """
-    original = explain(model, inputs, targets)
+    if original is None:
+        original = explain(model, inputs, targets)
     randomised_model, reset = randomised_copy(model, seed)
     randomised = explain(randomised_model, inputs, targets)
     rhos: list[float] = []
@@ -161,6 +164,36 @@ def _deletion_scores(
     return probabilities[:, target].numpy()
 
 
+def random_deletion_scores(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    targets: Sequence[int],
+    fill: torch.Tensor,
+    *,
+    steps: int = 16,
+    random_orders: int = 3,
+    seed: int = 0,
+    temperature: float = 1.0,
+) -> np.ndarray:
+    """Deletion scores ``[N, steps + 1]`` in random pixel orders (mean of ``random_orders``): the reference curve.
+
+    It does not depend on the map, so one computation serves every method being checked.
+    """
+    model = model.eval()
+    generator = torch.Generator().manual_seed(seed)
+    n_pixels = inputs.shape[-2] * inputs.shape[-1]
+    curves = []
+    for image, target in zip(inputs, targets, strict=True):
+        repeats = [
+            _deletion_scores(
+                model, image, int(target), torch.randperm(n_pixels, generator=generator), fill, steps, temperature
+            )
+            for _ in range(random_orders)
+        ]
+        curves.append(np.mean(repeats, axis=0))
+    return np.asarray(curves)
+
+
 def deletion_curve(
     model: nn.Module,
     inputs: torch.Tensor,
@@ -172,28 +205,28 @@ def deletion_curve(
     random_orders: int = 3,
     seed: int = 0,
     temperature: float = 1.0,
+    random_scores: np.ndarray | None = None,
 ) -> DeletionResult:
     """Deletion curves for ``maps`` (most-attributed pixels first) against random pixel orders.
 
     ``fill`` is the normalised value of a deleted pixel per channel (the preprocessing's black).
     AUCs are trapezoid areas over the deleted fraction in [0, 1]; lower means the score fell faster.
+    ``random_scores`` reuses a :func:`random_deletion_scores` result computed with the same ``steps``.
     """
     model = model.eval()
-    generator = torch.Generator().manual_seed(seed)
     fractions = np.linspace(0.0, 1.0, steps + 1)
-    attributed, random = [], []
+    if random_scores is None:
+        random_scores = random_deletion_scores(
+            model, inputs, targets, fill, steps=steps, random_orders=random_orders, seed=seed, temperature=temperature
+        )
+    if random_scores.shape != (len(inputs), steps + 1):
+        raise ValueError(f"random_scores has shape {random_scores.shape}, expected {(len(inputs), steps + 1)}")
+    attributed = []
     for image, target, saliency in zip(inputs, targets, maps, strict=True):
         # Stable sort on the negated map: ties (flat upsampled regions) keep raster order, reproducibly.
         order = torch.argsort(-saliency.flatten(), stable=True)
         attributed.append(_deletion_scores(model, image, int(target), order, fill, steps, temperature))
-        random_curves = [
-            _deletion_scores(
-                model, image, int(target), torch.randperm(order.numel(), generator=generator), fill, steps, temperature
-            )
-            for _ in range(random_orders)
-        ]
-        random.append(np.mean(random_curves, axis=0))
-    attributed_array, random_array = np.asarray(attributed), np.asarray(random)
+    attributed_array, random_array = np.asarray(attributed), np.asarray(random_scores)
     per_image_attributed = [float(np.trapezoid(curve, fractions)) for curve in attributed_array]
     per_image_random = [float(np.trapezoid(curve, fractions)) for curve in random_array]
     auc_attributed = float(np.mean(per_image_attributed))

@@ -95,6 +95,7 @@ def save_bundle(
     *,
     training: dict[str, Any] | None = None,
     extras: dict[str, Any] | None = None,
+    manifest: dict[str, Any] | None = None,
 ) -> Path:
     """Write a bundle atomically and return its folder. An existing bundle there is replaced whole."""
     folder = Path(folder)
@@ -108,6 +109,7 @@ def save_bundle(
         "recipe": recipe.model_dump(mode="json"),
         "training": training or {},
         "extras": extras or {},
+        "manifest": manifest or {},
         "versions": library_versions(),
         "created_utc": datetime.now(UTC).isoformat(timespec="seconds"),
     }

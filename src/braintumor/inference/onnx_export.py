@@ -32,17 +32,20 @@ import logging
 import os
 import tempfile
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn as nn
+from PIL import Image
 
-from braintumor.data.preprocessing import Preprocessing
+from braintumor.data.preprocessing import Preprocessing, resize_to_uint8_tensor
 from braintumor.errors import BrainTumorError, BundleError
 from braintumor.inference.bundle import Bundle
 from braintumor.inference.predictor import Predictor
+from braintumor.inference.tta import tta_views
 
 ONNX_FILE = "model.onnx"
 INPUT_NAME = "image"
@@ -100,13 +103,6 @@ def parity_samples(image_size: int, count: int = 8, seed: int = 0) -> torch.Tens
     for index, image in enumerate(fixed[: max(0, count - 1)]):
         images[index + 1] = image
     return images
-
-
-def _softmax(logits: np.ndarray, temperature: float) -> np.ndarray:
-    scaled = logits.astype(np.float64) / temperature
-    scaled -= scaled.max(axis=1, keepdims=True)
-    exponentials = np.exp(scaled)
-    return (exponentials / exponentials.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
 def _run_exporter(wrapper: nn.Module, example: torch.Tensor, destination: Path, opset: int) -> None:
@@ -207,6 +203,7 @@ class OnnxPredictor(Predictor):
         onnx_path: an exported graph (see :func:`export_onnx`).
         threads: onnxruntime intra-op threads (default: the number of CPU cores).
         spin: let idle onnxruntime threads busy-wait (lower latency on an otherwise idle machine).
+        batch_size, tta: as for :class:`Predictor` (test-time views are run through the graph too).
     """
 
     backend = "onnxruntime"
@@ -219,8 +216,9 @@ class OnnxPredictor(Predictor):
         threads: int | None = None,
         spin: bool = False,
         batch_size: int = 32,
+        tta: bool = False,
     ) -> None:
-        super().__init__(bundle, batch_size=batch_size)
+        super().__init__(bundle, batch_size=batch_size, tta=tta)
         try:
             import onnxruntime as ort
         except ImportError:
@@ -244,17 +242,31 @@ class OnnxPredictor(Predictor):
                 "export it again"
             )
 
-    def predict_uint8(self, images: torch.Tensor | np.ndarray) -> np.ndarray:
-        """Probabilities ``[N, C]`` for uint8 images ``[N, 3, S, S]`` already at the model's size."""
+    def predict_images(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """Probabilities for decoded PIL images of any size (resized as :class:`Predictor` does)."""
+        if not images:
+            return np.zeros((0, len(self.class_names)), dtype=np.float32)
+        # numpy, not torch.stack: torch copies even one small image with its thread pool, which costs
+        # ~15 ms on a busy 2-core machine; onnxruntime needs a numpy array anyway.
+        prep = self.bundle.preprocessing
+        return self.predict_uint8(np.stack([resize_to_uint8_tensor(image, prep).numpy() for image in images]))
+
+    def predict_logits_uint8(self, images: torch.Tensor | np.ndarray) -> np.ndarray:
+        """Raw logits ``[N, C]`` (no temperature) for uint8 images ``[N, 3, S, S]`` at the model's size.
+
+        The temperature and the softmax are applied by :meth:`Predictor.predict_uint8`, as for PyTorch.
+        """
         array = images.numpy() if isinstance(images, torch.Tensor) else np.asarray(images)
         array = np.ascontiguousarray(array, dtype=np.uint8)
         outputs = []
         for start in range(0, len(array), self.batch_size):
-            (logits,) = self.session.run([OUTPUT_NAME], {INPUT_NAME: array[start : start + self.batch_size]})
-            outputs.append(_softmax(logits, self.temperature))
+            batch = array[start : start + self.batch_size]
+            views = [view.numpy() for view in tta_views(torch.from_numpy(batch))] if self.tta else [batch]
+            runs = [self.session.run([OUTPUT_NAME], {INPUT_NAME: np.ascontiguousarray(view)})[0] for view in views]
+            outputs.append(np.mean(runs, axis=0, dtype=np.float32) if len(runs) > 1 else runs[0])
         if not outputs:
             return np.zeros((0, len(self.class_names)), dtype=np.float32)
-        return np.concatenate(outputs)
+        return np.concatenate(outputs).astype(np.float32, copy=False)
 
 
 def make_predictor(bundle: Bundle, backend: str = "auto", *, threads: int | None = None) -> Predictor:

@@ -15,6 +15,8 @@ Example:
     >>> probabilities = predictor.predict_images([Image.new("RGB", (50, 40))])
     >>> probabilities.shape
     (1, 4)
+    >>> Predictor(load_bundle(folder), tta=True).predict_images([Image.new("RGB", (50, 40))]).sum().round(4)
+    np.float32(1.0)
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,8 +32,12 @@ from PIL import Image
 
 from braintumor.data.images import SkippedFile, load_image_rgb
 from braintumor.data.preprocessing import eval_transform, resize_to_uint8_tensor
-from braintumor.errors import BrainTumorError, ImageDecodeError
+from braintumor.errors import BrainTumorError, BundleError, ImageDecodeError
 from braintumor.inference.bundle import Bundle
+from braintumor.inference.tta import tta_views
+
+# What a prediction below the bundle's confidence threshold (selective prediction) tells the user.
+REFER_MESSAGE = "refer to a radiologist"
 
 
 @dataclass(frozen=True)
@@ -41,6 +48,8 @@ class Prediction:
     class_name: str
     confidence: float
     probabilities: dict[str, float]
+    # True: confidence below the bundle's refer_threshold; None: the bundle has no threshold.
+    referred: bool | None = None
 
 
 def expand_inputs(inputs: Iterable[Path | str]) -> list[Path]:
@@ -57,30 +66,93 @@ def expand_inputs(inputs: Iterable[Path | str]) -> list[Path]:
     return paths
 
 
-class Predictor:
-    """Runs a bundle's model on images, in batches, with the bundle's own preprocessing."""
+def read_refer_threshold(value: Any) -> float | None:
+    """A stored referral threshold as a float, whether a number or ``{"threshold": x}``; else ``None``.
 
-    def __init__(self, bundle: Bundle, *, batch_size: int = 32) -> None:
+    Example:
+        >>> read_refer_threshold(0.8), read_refer_threshold({"threshold": 0.7}), read_refer_threshold("high")
+        (0.8, 0.7, None)
+    """
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, dict):
+        for key in ("threshold", "confidence", "value"):
+            if isinstance(value.get(key), int | float) and not isinstance(value.get(key), bool):
+                return float(value[key])
+    return None
+
+
+def _positive_extra(bundle: Bundle, key: str) -> float | None:
+    """``extras[key]`` as a positive finite float, ``None`` when absent; a clear error when unusable."""
+    value = (bundle.config.get("extras") or {}).get(key)
+    if value is None:
+        return None
+    try:
+        number = float(read_refer_threshold(value) if key == "refer_threshold" and isinstance(value, dict) else value)
+    except (TypeError, ValueError):
+        raise BundleError(f"{bundle.path}: extras.{key} must be a number, got {value!r}") from None
+    if not np.isfinite(number) or number <= 0:
+        raise BundleError(f"{bundle.path}: extras.{key} must be a positive number, got {value!r}")
+    return number
+
+
+def probabilities_from_logits(logits: np.ndarray | torch.Tensor, temperature: float = 1.0) -> np.ndarray:
+    """``softmax(logits / temperature)`` in float32, the one place every predictor turns logits into probabilities.
+
+    Example:
+        >>> probabilities_from_logits(np.array([[0.0, 0.0]])).tolist()
+        [[0.5, 0.5]]
+    """
+    tensor = torch.as_tensor(np.asarray(logits), dtype=torch.float32)
+    return torch.softmax(tensor / temperature, dim=1).numpy()
+
+
+class Predictor:
+    """Runs a bundle's model on images, in batches, with the bundle's own preprocessing.
+
+    Args:
+        bundle: a loaded bundle; its ``extras`` may hold a ``temperature`` (probabilities are
+            ``softmax(logits / T)``) and a ``refer_threshold`` (see ``braintumor calibrate``).
+        batch_size: images per forward pass.
+        tta: test-time augmentation: average the logits of the views of :func:`~braintumor.inference.tta.tta_views`
+            (6 forward passes per image). Logits rather than probabilities are averaged so that the
+            temperature fitted on logits keeps its meaning.
+    """
+
+    def __init__(self, bundle: Bundle, *, batch_size: int = 32, tta: bool = False) -> None:
         self.bundle = bundle
         self.batch_size = batch_size
+        self.tta = tta
         self.transform = eval_transform(bundle.preprocessing)
-        self.temperature = float(bundle.config.get("extras", {}).get("temperature", 1.0))
+        self.temperature = _positive_extra(bundle, "temperature") or 1.0
+        self.refer_threshold = _positive_extra(bundle, "refer_threshold")
 
     @property
     def class_names(self) -> list[str]:
         return self.bundle.class_names
 
     @torch.inference_mode()
-    def predict_uint8(self, images: torch.Tensor) -> np.ndarray:
-        """Probabilities ``[N, C]`` for uint8 images ``[N, 3, S, S]`` already at the model's size."""
+    def predict_logits_uint8(self, images: torch.Tensor) -> np.ndarray:
+        """Raw logits ``[N, C]`` (no temperature) for uint8 images ``[N, 3, S, S]`` at the model's size."""
         outputs = []
         for start in range(0, len(images), self.batch_size):
-            batch = self.transform(images[start : start + self.batch_size])
-            logits = self.bundle.model(batch) / self.temperature
-            outputs.append(torch.softmax(logits, dim=1))
+            batch = images[start : start + self.batch_size]
+            views = tta_views(batch) if self.tta else [batch]
+            logits = torch.stack([self.bundle.model(self.transform(view)) for view in views]).mean(dim=0)
+            outputs.append(logits.float())
         if not outputs:
             return np.zeros((0, len(self.class_names)), dtype=np.float32)
         return torch.cat(outputs).numpy()
+
+    def predict_uint8(self, images: torch.Tensor) -> np.ndarray:
+        """Probabilities ``[N, C]`` for uint8 images ``[N, 3, S, S]`` already at the model's size."""
+        return probabilities_from_logits(self.predict_logits_uint8(images), self.temperature)
+
+    def referred(self, probabilities: np.ndarray) -> np.ndarray | None:
+        """Per image, whether its top probability is below the bundle's ``refer_threshold`` (None without one)."""
+        if self.refer_threshold is None:
+            return None
+        return np.asarray(probabilities).max(axis=1) < self.refer_threshold
 
     def predict_images(self, images: Sequence[Image.Image]) -> np.ndarray:
         """Probabilities for decoded PIL images of any size."""
@@ -91,11 +163,13 @@ class Predictor:
 
     def to_prediction(self, source: str, probabilities: np.ndarray) -> Prediction:
         index = int(np.argmax(probabilities))
+        confidence = float(probabilities[index])
         return Prediction(
             source=source,
             class_name=self.class_names[index],
-            confidence=float(probabilities[index]),
+            confidence=confidence,
             probabilities={name: float(p) for name, p in zip(self.class_names, probabilities, strict=True)},
+            referred=None if self.refer_threshold is None else confidence < self.refer_threshold,
         )
 
     def predict_paths(self, paths: Sequence[Path | str]) -> tuple[list[Prediction], list[SkippedFile]]:

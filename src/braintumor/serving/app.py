@@ -28,7 +28,6 @@ import hashlib
 import importlib
 import io
 import logging
-import math
 import os
 import secrets
 import threading
@@ -46,7 +45,7 @@ from fastapi.security import APIKeyHeader
 from PIL import Image
 from pydantic import BaseModel, Field
 
-from braintumor.errors import BrainTumorError, BundleError
+from braintumor.errors import BrainTumorError
 from braintumor.inference.bundle import WEIGHTS_FILE, Bundle, load_bundle
 from braintumor.inference.onnx_export import OnnxPredictor, make_predictor
 from braintumor.serving.settings import BUNDLE_ENV, ServeSettings
@@ -157,19 +156,6 @@ def weights_version(bundle_path: Path) -> str:
     return digest.hexdigest()[:12]
 
 
-def _optional_number(extras: dict[str, Any], key: str, bundle_path: Path) -> float | None:
-    value = extras.get(key)
-    if value is None:
-        return None
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise BundleError(f"{bundle_path}: extras.{key} must be a number, got {value!r}") from None
-    if not math.isfinite(number) or number <= 0:
-        raise BundleError(f"{bundle_path}: extras.{key} must be a positive number, got {value!r}")
-    return number
-
-
 def _gradcam_function() -> tuple[Callable[..., tuple[Image.Image, str]] | None, str]:
     """``braintumor.explain.gradcam_overlay`` when it can be imported, else None and the reason."""
     try:
@@ -182,18 +168,28 @@ def _gradcam_function() -> tuple[Callable[..., tuple[Image.Image, str]] | None, 
     return function, ""
 
 
+def _public_recipe(recipe: Any) -> Any:
+    """The recipe without the server's file paths (a local weights file is named, not located)."""
+    if not isinstance(recipe, dict) or not isinstance(recipe.get("model"), dict) or not recipe["model"].get("weights"):
+        return recipe
+    return {**recipe, "model": {**recipe["model"], "weights": Path(str(recipe["model"]["weights"])).name}}
+
+
 class ModelService:
     """The loaded bundle, its predictor and what the endpoints report about it."""
 
     def __init__(self, bundle_path: Path | str, settings: ServeSettings) -> None:
         self.settings = settings
         self.bundle: Bundle = load_bundle(bundle_path)
-        self.predictor = make_predictor(self.bundle, settings.backend, threads=settings.threads)
+        # One thread per model run and as many runs as cores: requests proceed side by side on their own
+        # core, which gave more requests/s than two threads per run (docs/serving.md).
+        self.predictor = make_predictor(self.bundle, settings.backend, threads=settings.threads or 1)
         backend = "onnxruntime" if isinstance(self.predictor, OnnxPredictor) else "pytorch"
         self.ref = ModelRef(name=self.bundle.name, version=weights_version(self.bundle.path), backend=backend)
+        # The predictor reads and checks the bundle's calibration (temperature, refer threshold).
         extras = self.bundle.config.get("extras") or {}
-        self.temperature = _optional_number(extras, "temperature", self.bundle.path)
-        self.refer_threshold = _optional_number(extras, "refer_threshold", self.bundle.path)
+        self.temperature = self.predictor.temperature if extras.get("temperature") is not None else None
+        self.refer_threshold = self.predictor.refer_threshold
         # One PyTorch model serves Grad-CAM (hooks, gradients) and, without ONNX, predictions:
         # concurrent use would mix one request's activations into another's explanation.
         self.torch_lock = threading.Lock()
@@ -231,9 +227,9 @@ class ModelService:
         return {
             "model": self.ref.model_dump(),
             "class_names": self.bundle.class_names,
-            "recipe": config.get("recipe"),
+            "recipe": _public_recipe(config.get("recipe")),
             "preprocessing": config.get("preprocessing"),
-            # Only the validation split's numbers: the bundle never saw the Testing split.
+            # Validation-split numbers only: the official Testing split is for reports, never for the model.
             "metrics": {"validation": training.get("val_metrics")},
             "training": {key: training.get(key) for key in ("n_train", "n_val", "epochs_run", "best_epoch")},
             "temperature": self.temperature,

@@ -53,7 +53,7 @@ def serve_command(
     max_upload_mb: float = typer.Option(20.0, "--max-upload-mb", help="Largest upload accepted (413 above)."),
     max_pixels: int = typer.Option(25_000_000, "--max-pixels", help="Largest image in pixels (422 above)."),
     threads: int | None = typer.Option(
-        None, "--threads", help="onnxruntime threads per model run (default: cores/workers)."
+        None, "--threads", help="onnxruntime threads per model run (default 1: runs go side by side)."
     ),
     concurrency: int | None = typer.Option(
         None, "--concurrency", help="Model runs at the same time per worker (default: cores/workers)."
@@ -69,9 +69,7 @@ def serve_command(
     from braintumor.serving.settings import BUNDLE_ENV, SETTINGS_ENV, ServeSettings
 
     if workers > 1:
-        share = max(1, (os.cpu_count() or 1) // workers)
-        threads = threads or share
-        concurrency = concurrency or share
+        concurrency = concurrency or max(1, (os.cpu_count() or 1) // workers)
     try:
         settings = ServeSettings.from_env(
             max_upload_bytes=int(max_upload_mb * 1024 * 1024),

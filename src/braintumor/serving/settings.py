@@ -52,7 +52,7 @@ class ServeSettings(BaseModel):
     backend: Literal["auto", "onnx", "torch"] = Field(
         "auto", description="auto: onnxruntime when the bundle has model.onnx, else PyTorch."
     )
-    threads: int | None = Field(None, ge=1, description="onnxruntime intra-op threads per model run.")
+    threads: int | None = Field(None, ge=1, description="onnxruntime intra-op threads per model run (default 1).")
     concurrency: int | None = Field(
         None, ge=1, description="Model runs at the same time (default: CPU cores); further requests wait."
     )

@@ -15,7 +15,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from PIL import Image
 
@@ -51,6 +51,14 @@ class Upload:
 
     data: bytes
     filename: str
+
+
+@dataclass
+class _Part:
+    """One part of a multipart body while it is parsed."""
+
+    headers: dict[bytes, bytes] = field(default_factory=dict)
+    data: bytearray = field(default_factory=bytearray)
 
 
 @dataclass(frozen=True)
@@ -99,10 +107,10 @@ async def read_limited(chunks: AsyncIterator[bytes], limit: int, declared_length
     return bytes(body)
 
 
-def parse_multipart(content_type: str, body: bytes, field: str = "file") -> Upload:
+def parse_multipart(content_type: str, body: bytes, field_name: str = "file") -> Upload:
     """The file part of a ``multipart/form-data`` body, parsed in memory (no temporary files).
 
-    The part named ``field`` is used; failing that, the first part that carries a file name.
+    The part named ``field_name`` is used; failing that, the first part that carries a file name.
     """
     from python_multipart.exceptions import MultipartParseError
     from python_multipart.multipart import MultipartParser, parse_options_header
@@ -111,30 +119,25 @@ def parse_multipart(content_type: str, body: bytes, field: str = "file") -> Uplo
     boundary = params.get(b"boundary")
     if not boundary:
         raise UploadError(400, "bad_multipart", "the multipart upload has no boundary in its Content-Type")
-    parts: list[dict[str, bytes | bytearray | dict[bytes, bytes]]] = []
-    header: dict[str, bytearray] = {"name": bytearray(), "value": bytearray()}
-    current: dict = {}
+    parts: list[_Part] = []
+    header_name, header_value = bytearray(), bytearray()
 
     def on_part_begin() -> None:
-        current.clear()
-        current.update(headers={}, data=bytearray())
+        parts.append(_Part())
 
     def on_header_field(data: bytes, start: int, end: int) -> None:
-        header["name"] += data[start:end]
+        header_name.extend(data[start:end])
 
     def on_header_value(data: bytes, start: int, end: int) -> None:
-        header["value"] += data[start:end]
+        header_value.extend(data[start:end])
 
     def on_header_end() -> None:
-        current["headers"][bytes(header["name"]).lower()] = bytes(header["value"])
-        header["name"].clear()
-        header["value"].clear()
+        parts[-1].headers[bytes(header_name).lower()] = bytes(header_value)
+        header_name.clear()
+        header_value.clear()
 
     def on_part_data(data: bytes, start: int, end: int) -> None:
-        current["data"] += data[start:end]
-
-    def on_part_end() -> None:
-        parts.append(dict(current))
+        parts[-1].data.extend(data[start:end])
 
     callbacks = {
         "on_part_begin": on_part_begin,
@@ -142,7 +145,6 @@ def parse_multipart(content_type: str, body: bytes, field: str = "file") -> Uplo
         "on_header_value": on_header_value,
         "on_header_end": on_header_end,
         "on_part_data": on_part_data,
-        "on_part_end": on_part_end,
     }
     try:
         parser = MultipartParser(boundary, callbacks)  # type: ignore[arg-type]
@@ -152,17 +154,17 @@ def parse_multipart(content_type: str, body: bytes, field: str = "file") -> Uplo
         raise UploadError(400, "bad_multipart", f"the multipart upload is malformed: {error}") from None
     fallback: Upload | None = None
     for part in parts:
-        _, options = parse_options_header(part["headers"].get(b"content-disposition", b""))  # type: ignore[union-attr]
+        _, options = parse_options_header(part.headers.get(b"content-disposition", b""))
         name = options.get(b"name", b"").decode("utf-8", "replace")
         filename = options.get(b"filename")
-        upload = Upload(bytes(part["data"]), filename.decode("utf-8", "replace") if filename else name)  # type: ignore[arg-type]
-        if name == field:
+        upload = Upload(bytes(part.data), filename.decode("utf-8", "replace") if filename is not None else name)
+        if name == field_name:
             return upload
         if filename is not None and fallback is None:
             fallback = upload
     if fallback is not None:
         return fallback
-    raise UploadError(422, "no_file", f"the upload has no file: send it as the form field {field!r}")
+    raise UploadError(422, "no_file", f"the upload has no file: send it as the form field {field_name!r}")
 
 
 def upload_from_body(content_type: str | None, body: bytes) -> Upload:

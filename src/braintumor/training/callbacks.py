@@ -32,7 +32,7 @@ class EpochHistory(L.Callback):
         row["learning_rate"] = float(trainer.optimizers[0].param_groups[0]["lr"]) if trainer.optimizers else None
         row["epoch_seconds"] = round(time.perf_counter() - self._epoch_started, 3)
         self.rows.append(row)
-        if self.csv_path is not None:
+        if self.csv_path is not None and trainer.is_global_zero:
             self.write_csv(self.csv_path)
 
     def write_csv(self, path: Path) -> None:

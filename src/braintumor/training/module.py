@@ -11,18 +11,35 @@ import torch.nn.functional as F
 from torchmetrics.classification import MulticlassAccuracy
 
 from braintumor.config import TrainConfig
+from braintumor.training.losses import training_loss
 
 
 class ClassifierModule(L.LightningModule):
-    """Cross-entropy training of ``network`` (a whole :class:`BrainTumorNet`, or just its head).
+    """Training of ``network`` (a whole :class:`BrainTumorNet`, or just its head) with the recipe's loss.
 
-    Adam/AdamW on the parameters that require gradients, ReduceLROnPlateau on validation loss.
+    The loss is cross-entropy or focal loss (``train_config.loss``), weighted per class by
+    ``class_weights`` (see :func:`braintumor.training.losses.resolve_class_weights`; ``None`` means
+    unweighted). Adam/AdamW on the parameters that require gradients, ReduceLROnPlateau on validation loss.
     """
 
-    def __init__(self, network: nn.Module, train_config: TrainConfig, num_classes: int) -> None:
+    def __init__(
+        self,
+        network: nn.Module,
+        train_config: TrainConfig,
+        num_classes: int,
+        class_weights: torch.Tensor | None = None,
+    ) -> None:
         super().__init__()
         self.network = network
         self.train_config = train_config
+        if class_weights is not None and class_weights.shape != (num_classes,):
+            raise ValueError(f"class_weights must have shape ({num_classes},), got {tuple(class_weights.shape)}")
+        # A buffer follows the module to the GPU; not persistent, so checkpoints keep their old keys.
+        self.register_buffer(
+            "class_weights",
+            None if class_weights is None else class_weights.detach().float().clone(),
+            persistent=False,
+        )
         self.train_accuracy = MulticlassAccuracy(num_classes=num_classes, average="micro")
         self.val_accuracy = MulticlassAccuracy(num_classes=num_classes, average="micro")
 
@@ -30,14 +47,16 @@ class ClassifierModule(L.LightningModule):
         return self.network(x)
 
     def _loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(logits, targets, label_smoothing=self.train_config.label_smoothing)
+        return training_loss(logits, targets, self.train_config, self.class_weights)
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         inputs, targets = batch
         logits = self(inputs)
         loss = self._loss(logits, targets)
         self.train_accuracy(logits, targets)
-        self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(targets))
+        self.log(
+            "train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(targets), sync_dist=True
+        )
         self.log("train_acc", self.train_accuracy, on_step=False, on_epoch=True, batch_size=len(targets))
         return loss
 
@@ -47,7 +66,9 @@ class ClassifierModule(L.LightningModule):
         # Plain cross-entropy (no smoothing) so validation loss is comparable across recipes.
         loss = F.cross_entropy(logits, targets)
         self.val_accuracy(logits, targets)
-        self.log("val_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(targets))
+        self.log(
+            "val_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(targets), sync_dist=True
+        )
         self.log("val_acc", self.val_accuracy, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(targets))
 
     def configure_optimizers(self) -> dict[str, Any]:

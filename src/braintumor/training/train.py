@@ -8,12 +8,13 @@ The official Testing split is never read here.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import shutil
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,10 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.loggers import Logger
+from lightning.pytorch.utilities import rank_zero_only
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 from torch.utils.data import DataLoader
 
 from braintumor.config import Recipe
@@ -34,6 +39,7 @@ from braintumor.data.dataset import (
 from braintumor.data.images import SkippedFile
 from braintumor.data.layout import discover_split
 from braintumor.data.preprocessing import Preprocessing, eval_transform, train_transform
+from braintumor.errors import BrainTumorError
 from braintumor.evaluation.metrics import classification_metrics
 from braintumor.evaluation.plots import plot_training_curves
 from braintumor.inference.bundle import save_bundle, write_json_atomic
@@ -42,9 +48,20 @@ from braintumor.models import create_model, resolve_preprocessing
 from braintumor.models.network import BrainTumorNet
 from braintumor.training.callbacks import EpochHistory
 from braintumor.training.features import FeatureViewDataset, FeatureViewScheduler, build_view_features
+from braintumor.training.manifest import build_manifest
 from braintumor.training.module import ClassifierModule
+from braintumor.training.tracking import (
+    TrackerName,
+    create_logger,
+    describe_logger,
+    flatten_params,
+    log_artifacts,
+    log_final_metrics,
+)
 
 log = logging.getLogger(__name__)
+RUN_FILE = "run.json"
+FEATURE_CACHE_FILE = "feature_cache.safetensors"
 
 
 @dataclass
@@ -58,6 +75,8 @@ class TrainResult:
     best_epoch: int
     duration_s: float
     skipped: list[SkippedFile] = field(default_factory=list)
+    logger: Any = None
+    tracking: dict[str, Any] = field(default_factory=dict)
 
 
 def _quiet_lightning() -> None:
@@ -92,8 +111,29 @@ def _restore_best(module: ClassifierModule, checkpoint: ModelCheckpoint) -> None
     module.load_state_dict(state["state_dict"])
 
 
+@dataclass
+class RunOptions:
+    """How to run a training (not what to train: that is the recipe)."""
+
+    show_progress: bool = True
+    tracker: TrackerName = "mlflow"
+    tracking_uri: str | None = None
+    accelerator: str = "auto"
+    devices: int | str = 1
+    num_nodes: int = 1
+    strategy: str = "auto"
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
 def _make_trainer(
-    recipe: Recipe, run_dir: Path, history: EpochHistory, extra: list[L.Callback], show_progress: bool
+    recipe: Recipe,
+    run_dir: Path,
+    history: EpochHistory,
+    extra: list[L.Callback],
+    options: RunOptions,
+    logger: Logger | None,
 ) -> tuple[L.Trainer, ModelCheckpoint]:
     checkpoint = ModelCheckpoint(
         dirpath=run_dir / "checkpoints",
@@ -102,6 +142,7 @@ def _make_trainer(
         mode="min",
         save_top_k=1,
         save_last=True,
+        every_n_epochs=1,
     )
     callbacks: list[L.Callback] = [
         history,
@@ -111,64 +152,93 @@ def _make_trainer(
     ]
     trainer = L.Trainer(
         max_epochs=recipe.train.max_epochs,
-        accelerator="auto",
-        devices=1,
+        accelerator=options.accelerator,
+        devices=options.devices,
+        num_nodes=options.num_nodes,
+        strategy=options.strategy,
         precision=recipe.train.precision,
         callbacks=callbacks,
-        logger=False,
-        enable_progress_bar=show_progress,
+        logger=logger if logger is not None else False,
+        log_every_n_steps=1,
+        enable_progress_bar=options.show_progress,
         enable_model_summary=False,
         num_sanity_val_steps=0,
-        deterministic=False,
         default_root_dir=run_dir,
     )
     return trainer, checkpoint
 
 
-def _fit_full(
-    model: BrainTumorNet,
+def _fit(
+    module: ClassifierModule,
+    train_loader: DataLoader,
+    val_loader: DataLoader,
     recipe: Recipe,
-    prep: Preprocessing,
-    train_set: ImageSet,
-    val_set: ImageSet,
     run_dir: Path,
     history: EpochHistory,
-    show_progress: bool,
-) -> ClassifierModule:
-    generator = torch.Generator().manual_seed(recipe.train.seed)
+    extra: list[L.Callback],
+    options: RunOptions,
+    logger: Logger | None,
+    resume_from: Path | None,
+) -> L.Trainer:
+    trainer, checkpoint = _make_trainer(recipe, run_dir, history, extra, options, logger)
+    trainer.fit(module, train_loader, val_loader, ckpt_path=resume_from)
+    _restore_best(module, checkpoint)
+    return trainer
+
+
+def _image_loaders(
+    recipe: Recipe, prep: Preprocessing, train_set: ImageSet, val_set: ImageSet
+) -> tuple[DataLoader, DataLoader]:
+    workers = recipe.data.num_workers
     train_loader = DataLoader(
         ImageTensorDataset(train_set, train_transform(recipe.augment, prep)),
         batch_size=recipe.data.batch_size,
         shuffle=True,
-        num_workers=recipe.data.num_workers,
-        generator=generator,
-        persistent_workers=recipe.data.num_workers > 0,
+        num_workers=workers,
+        generator=torch.Generator().manual_seed(recipe.train.seed),
+        persistent_workers=workers > 0,
     )
     val_loader = DataLoader(
         ImageTensorDataset(val_set, eval_transform(prep)),
         batch_size=recipe.data.batch_size * 2,
-        num_workers=recipe.data.num_workers,
-        persistent_workers=recipe.data.num_workers > 0,
+        num_workers=workers,
+        persistent_workers=workers > 0,
     )
-    module = ClassifierModule(model, recipe.train, num_classes=len(CLASS_NAMES))
-    trainer, checkpoint = _make_trainer(recipe, run_dir, history, [], show_progress)
-    trainer.fit(module, train_loader, val_loader)
-    _restore_best(module, checkpoint)
-    return module
+    return train_loader, val_loader
 
 
-def _fit_head_on_features(
+def _cached_features(
     model: BrainTumorNet,
     recipe: Recipe,
     prep: Preprocessing,
     train_set: ImageSet,
     val_set: ImageSet,
     run_dir: Path,
-    history: EpochHistory,
     show_progress: bool,
-) -> tuple[ClassifierModule, dict[str, float]]:
-    started = time.perf_counter()
+) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """Backbone features for every view, read from ``feature_cache.safetensors`` when it matches this run."""
     views = recipe.train.cache_views if recipe.augment.enabled else 1
+    fingerprint = hashlib.sha256(
+        json.dumps(
+            [
+                recipe.model.model_dump(mode="json"),
+                recipe.augment.model_dump(mode="json"),
+                prep.model_dump(mode="json"),
+                views,
+                recipe.train.seed,
+                train_set.hashes,
+                val_set.hashes,
+            ]
+        ).encode()
+    ).hexdigest()
+    cache_file = run_dir / FEATURE_CACHE_FILE
+    if cache_file.is_file():
+        try:
+            with safe_open(str(cache_file), framework="pt") as handle:
+                if (handle.metadata() or {}).get("fingerprint") == fingerprint:
+                    return handle.get_tensor("train"), handle.get_tensor("val"), True
+        except (SafetensorError, OSError):
+            pass  # an unreadable cache is recomputed
     train_features = build_view_features(
         model,
         train_set,
@@ -186,22 +256,27 @@ def _fit_head_on_features(
         views=1,
         seed=recipe.train.seed,
         show_progress=show_progress,
-    )
-    feature_seconds = time.perf_counter() - started
-    train_dataset = FeatureViewDataset(train_features, train_set.labels)
-    generator = torch.Generator().manual_seed(recipe.train.seed)
-    train_loader = DataLoader(train_dataset, batch_size=recipe.data.batch_size, shuffle=True, generator=generator)
-    val_loader = DataLoader(FeatureViewDataset(val_features, val_set.labels), batch_size=512)
-    module = ClassifierModule(model.head, recipe.train, num_classes=len(CLASS_NAMES))
-    trainer, checkpoint = _make_trainer(recipe, run_dir, history, [FeatureViewScheduler(train_dataset)], show_progress)
-    trainer.fit(module, train_loader, val_loader)
-    _restore_best(module, checkpoint)
-    timing = {
-        "feature_extraction_s": round(feature_seconds, 2),
-        "feature_views": views,
-        "head_training_s": round(time.perf_counter() - started - feature_seconds, 2),
-    }
-    return module, timing
+    )[0]
+    if rank_zero_only.rank == 0:
+        temporary = cache_file.with_suffix(".tmp")
+        save_file(
+            {"train": train_features.contiguous(), "val": val_features.contiguous()},
+            str(temporary),
+            metadata={"fingerprint": fingerprint},
+        )
+        temporary.replace(cache_file)
+    return train_features, val_features, False
+
+
+def read_run_file(run_dir: Path | str) -> dict[str, Any]:
+    """The ``run.json`` a training writes when it starts (recipe, data root, options, tracker run)."""
+    path = Path(run_dir) / RUN_FILE
+    if not path.is_file():
+        raise BrainTumorError(f"{run_dir} is not a training run folder (no {RUN_FILE}); nothing to resume")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as error:
+        raise BrainTumorError(f"{path} is unreadable: {error}") from None
 
 
 def train_recipe(
@@ -209,27 +284,43 @@ def train_recipe(
     data_root: Path | str,
     run_dir: Path | str,
     *,
-    show_progress: bool = True,
+    show_progress: bool | None = None,
     console_log: Any = None,
-) -> TrainResult:
+    options: RunOptions | None = None,
+    resume: bool = False,
+) -> TrainResult | None:
     """Train ``recipe`` on ``<data_root>/Training`` and write ``<run_dir>/bundle``.
 
     ``console_log`` is any callable taking a string (``rich.console.Console.print``); messages about
-    skipped files and duplicates go there so the person running it sees them.
+    skipped files and duplicates go there so the person running it sees them. With ``resume=True`` the
+    run continues from ``<run_dir>/checkpoints/last.ckpt`` (same recipe, same split, same tracker run).
+    Returns ``None`` in the non-zero ranks of a multi-process run; rank zero writes every file.
     """
+    options = options or RunOptions()
+    if show_progress is not None:
+        options.show_progress = show_progress
     say = console_log or log.info
+    if rank_zero_only.rank != 0:
+        say = log.debug
     _quiet_lightning()
     started = time.perf_counter()
     data_root, run_dir = Path(data_root), Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    # A fresh run must not pick up an older run's "best" checkpoint from the same folder.
-    shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+    last_checkpoint = run_dir / "checkpoints" / "last.ckpt"
+    previous = read_run_file(run_dir) if resume else {}
+    resume_from = last_checkpoint if resume and last_checkpoint.is_file() else None
+    if resume and resume_from is None:
+        say(f"no checkpoint in {run_dir / 'checkpoints'} yet: starting the run from the first epoch")
+    if not resume and rank_zero_only.rank == 0:
+        # A fresh run must not pick up an older run's checkpoints or features from the same folder.
+        shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+        (run_dir / FEATURE_CACHE_FILE).unlink(missing_ok=True)
     L.seed_everything(recipe.train.seed, workers=True, verbose=False)
 
     samples = discover_split(data_root, "Training")  # layout errors surface before any model is built
     model = create_model(recipe)
     prep = resolve_preprocessing(recipe, model)
-    image_set = load_images(samples, prep, description="Decoding Training", show_progress=show_progress)
+    image_set = load_images(samples, prep, description="Decoding Training", show_progress=options.show_progress)
     for skipped in image_set.skipped:
         say(f"skipped {skipped.path}: {skipped.reason}")
     if image_set.skipped:
@@ -253,15 +344,69 @@ def train_recipe(
         f"{recipe.data.split_seed}); class counts {train_set.class_counts()}"
     )
 
+    tracking = dict(previous.get("tracking") or {})
+    logger = None
+    if rank_zero_only.rank == 0:
+        logger = create_logger(
+            options.tracker,
+            run_name=f"{recipe.name}-{run_dir.name}",
+            tracking_uri=options.tracking_uri or tracking.get("tracking_uri"),
+            run_id=tracking.get("run_id") if resume else None,
+        )
+        tracking = describe_logger(options.tracker, logger)
+        if logger is not None and not resume:
+            logger.log_hyperparams(flatten_params(recipe.model_dump(mode="json")))
+        write_json_atomic(
+            run_dir / RUN_FILE,
+            {
+                "recipe": recipe.model_dump(mode="json"),
+                "data_root": str(data_root.resolve()),
+                "options": options.to_json(),
+                "tracking": tracking,
+            },
+        )
+
     history = EpochHistory(run_dir / "history.csv")
     timing: dict[str, Any] = {}
     use_cache = model.frozen_backbone and recipe.train.feature_cache
     fit_started = time.perf_counter()
     if use_cache:
-        _, timing = _fit_head_on_features(model, recipe, prep, train_set, val_set, run_dir, history, show_progress)
+        train_features, val_features, reused = _cached_features(
+            model, recipe, prep, train_set, val_set, run_dir, options.show_progress
+        )
+        timing.update(
+            feature_views=int(train_features.shape[0]),
+            feature_cache_reused=reused,
+            feature_extraction_s=round(time.perf_counter() - fit_started, 2),
+        )
+        train_dataset = FeatureViewDataset(train_features, train_set.labels)
+        train_loader = DataLoader(
+            train_dataset,
+            batch_size=recipe.data.batch_size,
+            shuffle=True,
+            generator=torch.Generator().manual_seed(recipe.train.seed),
+        )
+        val_loader = DataLoader(FeatureViewDataset(val_features, val_set.labels), batch_size=512)
+        module = ClassifierModule(model.head, recipe.train, num_classes=len(CLASS_NAMES))
+        trainer = _fit(
+            module,
+            train_loader,
+            val_loader,
+            recipe,
+            run_dir,
+            history,
+            [FeatureViewScheduler(train_dataset)],
+            options,
+            logger,
+            resume_from,
+        )
     else:
-        _fit_full(model, recipe, prep, train_set, val_set, run_dir, history, show_progress)
+        train_loader, val_loader = _image_loaders(recipe, prep, train_set, val_set)
+        module = ClassifierModule(model, recipe.train, num_classes=len(CLASS_NAMES))
+        trainer = _fit(module, train_loader, val_loader, recipe, run_dir, history, [], options, logger, resume_from)
     timing["fit_s"] = round(time.perf_counter() - fit_started, 2)
+    if not trainer.is_global_zero:
+        return None
 
     val_probabilities = predict_probabilities(model, val_set, prep)
     val_metrics = classification_metrics(val_set.labels.numpy(), val_probabilities, list(CLASS_NAMES))
@@ -283,10 +428,68 @@ def train_recipe(
         "feature_cache": use_cache,
         "timing": timing,
         "duration_s": round(duration, 2),
+        "resumed": resume_from is not None,
+        "devices": {
+            "accelerator": options.accelerator,
+            "devices": options.devices,
+            "num_nodes": options.num_nodes,
+            "strategy": options.strategy,
+            "world_size": trainer.world_size,
+        },
+        "tracking": tracking,
     }
-    bundle_dir = save_bundle(run_dir / "bundle", model, recipe, prep, training=training_record)
+    manifest = build_manifest(recipe, data_root, image_set.paths, image_set.hashes)
+    bundle_dir = save_bundle(run_dir / "bundle", model, recipe, prep, training=training_record, manifest=manifest)
     if history.rows:
         plot_training_curves(history.rows, run_dir / "training_curves.png", title=recipe.name)
     write_json_atomic(run_dir / "val_metrics.json", val_metrics)
-    (run_dir / "recipe.json").write_text(json.dumps(recipe.model_dump(mode="json"), indent=2), encoding="utf-8")
-    return TrainResult(run_dir, bundle_dir, history.rows, val_metrics, best_epoch, duration, image_set.skipped)
+    write_json_atomic(run_dir / "run_manifest.json", manifest)
+    if logger is not None:
+        log_final_metrics(
+            logger,
+            {
+                "best_val_loss": val_metrics["loss"],
+                "best_val_accuracy": val_metrics["accuracy"],
+                "best_val_macro_f1": val_metrics["macro_f1"],
+                "best_epoch": best_epoch,
+            },
+        )
+        log_artifacts(
+            logger,
+            [bundle_dir, run_dir / "training_curves.png", run_dir / "history.csv", run_dir / "run_manifest.json"],
+        )
+    return TrainResult(
+        run_dir,
+        bundle_dir,
+        history.rows,
+        val_metrics,
+        best_epoch,
+        duration,
+        image_set.skipped,
+        logger=logger,
+        tracking=tracking,
+    )
+
+
+def resume_run(
+    run_dir: Path | str,
+    *,
+    options: RunOptions | None = None,
+    console_log: Any = None,
+    show_progress: bool | None = None,
+) -> TrainResult | None:
+    """Continue an interrupted run from its last checkpoint, with the recipe and data it started with."""
+    record = read_run_file(run_dir)
+    recipe = Recipe.model_validate(record["recipe"])
+    if options is None:
+        saved = record.get("options", {})
+        options = RunOptions(**{k: v for k, v in saved.items() if k in RunOptions.__dataclass_fields__})
+    return train_recipe(
+        recipe,
+        record["data_root"],
+        run_dir,
+        options=options,
+        console_log=console_log,
+        show_progress=show_progress,
+        resume=True,
+    )

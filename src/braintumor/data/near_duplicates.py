@@ -1,0 +1,314 @@
+"""Near-copies between two image sets: vectorised whole-image correlation, then an aligned check of fine detail.
+
+Stage 1, candidates: every image is a 64x64 grey thumbnail made zero-mean and unit-norm, so the dot
+product of two thumbnails is their normalised cross-correlation (NCC). NCC ignores brightness and
+contrast changes (``a * x + b``) and barely moves under re-encoding or resizing. Queries meet every
+reference image, plain and mirrored, in blocked matrix products that keep only the ``k`` best per
+query, so memory stays bounded and 100k images are a few minutes of BLAS, not a Python loop.
+
+Stage 2, verification: whole-image NCC alone cannot tell a cropped or padded copy (0.71-0.95 on the
+Sartaj data) from an adjacent slice of the same scan (up to 0.97). So each candidate pair is aligned
+(an axis-aligned scale and shift, fitted in one batch for all pairs by gradient ascent on the NCC of
+blurred 32 px images, from two starts) and then scored by the NCC of the fine detail (image minus its
+Gaussian blur) at 128 px over the overlap. A copy keeps its detail after alignment, a different slice
+does not: see ``docs/audit.md`` for the pairs on both sides of the threshold.
+
+Example:
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> reference = rng.integers(0, 256, (5, 64, 64), dtype=np.uint8)
+    >>> query = reference[[3]][:, :, ::-1]  # a mirrored copy of reference image 3
+    >>> found = nearest_candidates(query, reference, k=2)
+    >>> int(found.indices[0, 0]), bool(found.mirrored[0, 0]), round(float(found.scores[0, 0]), 3)
+    (3, True, 1.0)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torchvision.transforms.v2.functional import gaussian_blur
+
+THUMBNAIL_SIZE = 64
+DETAIL_SIZE = 128
+FIT_SIZE = 32
+FIT_STEPS = 60
+FIT_LEARNING_RATE = 0.02
+# The shared part must cover at least half of one of the two images.
+MIN_OVERLAP = 0.5
+# Blur widths in 128 px units: the detail is what a 2 px blur removes; the fit sees a 3 px blur.
+DETAIL_SIGMA = 2.0
+FIT_SIGMA = 3.0
+# Unaligned detail NCC this high is a copy whatever the threshold; fitting could only raise it.
+SKIP_FIT_ABOVE = 0.95
+
+
+@dataclass
+class Candidates:
+    """The ``k`` most correlated reference images per query (best first); ``-inf`` pads missing ones."""
+
+    scores: np.ndarray
+    indices: np.ndarray
+    mirrored: np.ndarray
+
+
+def normalise_thumbnails(thumbnails: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """Flatten ``[N, S, S]`` thumbnails to zero-mean, unit-norm float rows (flat images become zeros)."""
+    rows = torch.as_tensor(np.ascontiguousarray(thumbnails)).reshape(len(thumbnails), -1).float()
+    rows = rows - rows.mean(dim=1, keepdim=True)
+    norms = rows.norm(dim=1, keepdim=True)
+    # A flat image has no structure to match; a zero row correlates 0 with everything.
+    return torch.where(norms > 1e-3, rows / norms.clamp_min(1e-3), torch.zeros_like(rows))
+
+
+def nearest_candidates(
+    query: np.ndarray,
+    reference: np.ndarray,
+    k: int = 3,
+    *,
+    query_block: int = 2048,
+    reference_block: int = 4096,
+    on_block: Callable[[], None] | None = None,
+) -> Candidates:
+    """Top-``k`` whole-image NCC matches in ``reference`` for each ``query`` thumbnail, mirrored too.
+
+    ``query`` and ``reference`` are ``[N, S, S]`` uint8 grey thumbnails. The reference side is
+    normalised one block at a time, so memory is ``O(query + block)``, never ``O(query x reference)``.
+    ``on_block`` is called after each reference block (progress bars).
+    """
+    n_query, n_reference = len(query), len(reference)
+    k = max(0, min(k, n_reference))
+    scores = torch.full((n_query, k), -math.inf)
+    indices = torch.zeros((n_query, k), dtype=torch.long)
+    mirrored = torch.zeros((n_query, k), dtype=torch.bool)
+    if n_query == 0 or k == 0:
+        return Candidates(scores.numpy(), indices.numpy(), mirrored.numpy())
+    plain_rows = normalise_thumbnails(query)
+    # NCC(mirror(q), r) == NCC(q, mirror(r)): mirroring the smaller query side is enough.
+    mirror_rows = normalise_thumbnails(np.ascontiguousarray(query[:, :, ::-1]))
+    with torch.no_grad():
+        for start in range(0, n_reference, reference_block):
+            block = normalise_thumbnails(reference[start : start + reference_block]).T
+            for q0 in range(0, n_query, query_block):
+                q1 = min(q0 + query_block, n_query)
+                plain = plain_rows[q0:q1] @ block
+                mirror = mirror_rows[q0:q1] @ block
+                use_mirror = mirror > plain
+                combined = torch.where(use_mirror, mirror, plain)
+                top_scores, top_index = combined.topk(min(k, combined.shape[1]), dim=1)
+                top_mirror = use_mirror.gather(1, top_index)
+                merged_scores = torch.cat([scores[q0:q1], top_scores], dim=1)
+                merged_index = torch.cat([indices[q0:q1], top_index + start], dim=1)
+                merged_mirror = torch.cat([mirrored[q0:q1], top_mirror], dim=1)
+                best_scores, order = merged_scores.topk(k, dim=1)
+                scores[q0:q1] = best_scores
+                indices[q0:q1] = merged_index.gather(1, order)
+                mirrored[q0:q1] = merged_mirror.gather(1, order)
+            if on_block is not None:
+                on_block()
+    return Candidates(scores.numpy(), indices.numpy(), mirrored.numpy())
+
+
+@dataclass
+class PairCheck:
+    """Aligned detail similarity of candidate pairs.
+
+    ``transform`` holds ``(scale_x, scale_y, shift_x, shift_y)`` mapping query coordinates to reference
+    coordinates (both in ``[-1, 1]``); ``aligned`` is False where no fit was needed (identity).
+    """
+
+    detail_ncc: np.ndarray
+    overlap: np.ndarray
+    aligned: np.ndarray
+    transform: np.ndarray
+
+
+def _blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
+    kernel = 2 * math.ceil(3 * sigma) + 1
+    return gaussian_blur(images, [kernel, kernel], [sigma, sigma])
+
+
+def _warp(images: torch.Tensor, transform: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sample ``images`` (the reference side) on the query's ``size`` x ``size`` grid; returns (warped, inside)."""
+    centres = (torch.arange(size, dtype=torch.float32) + 0.5) / size * 2 - 1
+    grid_y, grid_x = torch.meshgrid(centres, centres, indexing="ij")
+    x = transform[:, 0, None, None] * grid_x + transform[:, 2, None, None]
+    y = transform[:, 1, None, None] * grid_y + transform[:, 3, None, None]
+    warped = F.grid_sample(images, torch.stack([x, y], dim=-1), mode="bilinear", padding_mode="border",
+                           align_corners=False)
+    inside = ((x.abs() <= 1) & (y.abs() <= 1)).float()[:, None]
+    return warped, inside
+
+
+def _masked_ncc(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    count = mask.sum(dim=(1, 2, 3)).clamp_min(1.0)
+    mean_a = (a * mask).sum(dim=(1, 2, 3)) / count
+    mean_b = (b * mask).sum(dim=(1, 2, 3)) / count
+    da = (a - mean_a[:, None, None, None]) * mask
+    db = (b - mean_b[:, None, None, None]) * mask
+    denominator = torch.sqrt((da * da).sum(dim=(1, 2, 3)) * (db * db).sum(dim=(1, 2, 3)))
+    return torch.where(denominator > 1e-6, (da * db).sum(dim=(1, 2, 3)) / denominator.clamp_min(1e-6), 0.0)
+
+
+def _overlap(inside: torch.Tensor, transform: torch.Tensor) -> torch.Tensor:
+    """Share of the smaller image that the other one covers (query share, or reference share)."""
+    query_share = inside.mean(dim=(1, 2, 3))
+    reference_share = query_share * transform[:, 0].abs() * transform[:, 1].abs()
+    return torch.maximum(query_share, reference_share.clamp(max=1.0))
+
+
+def content_box(grey: np.ndarray) -> tuple[float, float, float, float] | None:
+    """The bright content (the head) of a grey image as ``(x0, y0, x1, y1)`` fractions, or None if there is none.
+
+    A pixel is bright when it is above the darkest one by a tenth of the range (so an intensity offset
+    does not make the background bright); a row or column belongs to the box when more than 2% of its
+    pixels are bright, so text, markers and thin frame lines in the background do not stretch it.
+    """
+    low, high = float(grey.min()), float(grey.max())
+    if high - low < 10:
+        return None
+    mask = grey > low + 0.1 * (high - low)
+    rows, cols = mask.mean(axis=1) > 0.02, mask.mean(axis=0) > 0.02
+    if rows.sum() < 2 or cols.sum() < 2:
+        return None
+    height, width = grey.shape
+    y0, y1 = int(rows.argmax()), height - int(rows[::-1].argmax())
+    x0, x1 = int(cols.argmax()), width - int(cols[::-1].argmax())
+    return x0 / width, y0 / height, x1 / width, y1 / height
+
+
+def _content_box(images: torch.Tensor) -> torch.Tensor:
+    """``(x0, y0, x1, y1)`` in [-1, 1] of the head of each ``[P, 1, S, S]`` image (rules of :func:`content_box`)."""
+    size = images.shape[-1]
+    low, high = images.amin(dim=(1, 2, 3), keepdim=True), images.amax(dim=(1, 2, 3), keepdim=True)
+    mask = (images > low + 0.1 * (high - low)) & (high - low >= 10)
+    # A row or column belongs to the head when more than 2% of it is bright (ignores text and dots).
+    rows = (mask.float().mean(dim=3)[:, 0] > 0.02).int()
+    cols = (mask.float().mean(dim=2)[:, 0] > 0.02).int()
+    first_row, last_row = rows.argmax(dim=1), size - 1 - rows.flip(1).argmax(dim=1)
+    first_col, last_col = cols.argmax(dim=1), size - 1 - cols.flip(1).argmax(dim=1)
+    boxes = torch.stack([first_col, first_row, last_col + 1, last_row + 1], dim=1).float() / size * 2 - 1
+    found = (rows.sum(dim=1) >= 2) & (cols.sum(dim=1) >= 2)
+    return torch.where(found[:, None], boxes, torch.tensor([[-1.0, -1.0, 1.0, 1.0]]))
+
+
+def _box_transform(query_box: torch.Tensor, reference_box: torch.Tensor) -> torch.Tensor:
+    """The scale and shift that map the query's content box onto the reference's."""
+    scale_x = (reference_box[:, 2] - reference_box[:, 0]) / (query_box[:, 2] - query_box[:, 0])
+    scale_y = (reference_box[:, 3] - reference_box[:, 1]) / (query_box[:, 3] - query_box[:, 1])
+    shift_x = reference_box[:, 0] - scale_x * query_box[:, 0]
+    shift_y = reference_box[:, 1] - scale_y * query_box[:, 1]
+    return torch.stack([scale_x, scale_y, shift_x, shift_y], dim=1).clamp(-2.5, 2.5)
+
+
+def _fit(query: torch.Tensor, reference: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
+    """Gradient ascent on the masked NCC of blurred 32 px images; all pairs in one batch."""
+    small_query = F.interpolate(_blur(query, FIT_SIGMA), size=(FIT_SIZE, FIT_SIZE), mode="area")
+    small_reference = F.interpolate(_blur(reference, FIT_SIGMA), size=(FIT_SIZE, FIT_SIZE), mode="area")
+    transform = start.clone().requires_grad_(True)
+    optimiser = torch.optim.Adam([transform], lr=FIT_LEARNING_RATE)
+    # Adam's steps stay near the learning rate; decaying it lets the last steps settle to a fraction of a pixel.
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, FIT_STEPS, eta_min=FIT_LEARNING_RATE * 0.05)
+    for _ in range(FIT_STEPS):
+        warped, inside = _warp(small_reference, transform, FIT_SIZE)
+        similarity = _masked_ncc(small_query, warped, inside)
+        # Shrinking the overlap to a sliver could raise NCC: penalise overlaps under the minimum.
+        loss = -(similarity - 2.0 * torch.relu(MIN_OVERLAP - _overlap(inside, transform))).sum()
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        schedule.step()
+        with torch.no_grad():
+            transform[:, :2].clamp_(0.4, 2.5)
+    return transform.detach()
+
+
+def _detail_score(query_detail: torch.Tensor, reference_detail: torch.Tensor, transform: torch.Tensor
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    warped, inside = _warp(reference_detail, transform, query_detail.shape[-1])
+    overlap = _overlap(inside, transform)
+    score = _masked_ncc(query_detail, warped, inside)
+    return torch.where(overlap >= MIN_OVERLAP, score, torch.full_like(score, -1.0)), overlap
+
+
+@contextmanager
+def _one_thread() -> Iterator[None]:
+    """Run small tensor kernels on one thread: on 32-128 px images, thread start-up costs more than it saves,
+    and on a busy machine extra threads made the checks four times slower (measured on 2 cores)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def check_pairs(
+    query: np.ndarray,
+    reference: np.ndarray,
+    *,
+    skip_fit_above: float = SKIP_FIT_ABOVE,
+    batch_size: int = 256,
+    on_batch: Callable[[int], None] | None = None,
+) -> PairCheck:
+    """Aligned fine-detail NCC of each ``(query[i], reference[i])`` pair of ``[P, 128, 128]`` uint8 images.
+
+    The score is the best of the unaligned images and two fitted alignments; pairs whose unaligned
+    score already reaches ``skip_fit_above`` are not fitted. Mirror the reference image before calling
+    when the candidate was a mirrored match.
+    """
+    n_pairs = len(query)
+    detail_ncc = np.full(n_pairs, -1.0, dtype=np.float32)
+    overlap = np.zeros(n_pairs, dtype=np.float32)
+    aligned = np.zeros(n_pairs, dtype=bool)
+    transform = np.tile(np.array([1.0, 1.0, 0.0, 0.0], dtype=np.float32), (n_pairs, 1))
+    with _one_thread():
+        for start in range(0, n_pairs, batch_size):
+            _check_batch(query, reference, start, min(start + batch_size, n_pairs), skip_fit_above,
+                         (detail_ncc, overlap, aligned, transform))
+            if on_batch is not None:
+                on_batch(min(start + batch_size, n_pairs) - start)
+    return PairCheck(detail_ncc, overlap, aligned, transform)
+
+
+def _check_batch(
+    query: np.ndarray,
+    reference: np.ndarray,
+    start: int,
+    stop: int,
+    skip_fit_above: float,
+    outputs: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+) -> None:
+    """Score pairs ``start:stop`` and write the results into ``outputs`` (detail NCC, overlap, aligned, transform)."""
+    detail_ncc, overlap, aligned, transform = outputs
+    q = torch.from_numpy(np.ascontiguousarray(query[start:stop])).float()[:, None]
+    r = torch.from_numpy(np.ascontiguousarray(reference[start:stop])).float()[:, None]
+    q_detail, r_detail = q - _blur(q, DETAIL_SIGMA), r - _blur(r, DETAIL_SIGMA)
+    identity = torch.tensor([[1.0, 1.0, 0.0, 0.0]]).repeat(len(q), 1)
+    with torch.no_grad():
+        best, best_overlap = _detail_score(q_detail, r_detail, identity)
+    best_transform, best_aligned = identity.clone(), torch.zeros(len(q), dtype=torch.bool)
+    todo = torch.nonzero(best < skip_fit_above).flatten()
+    if len(todo):
+        # Two starts: the frames coincide (resized copies) or the heads' boxes coincide (crops, padding).
+        starts = (identity[todo], _box_transform(_content_box(q[todo]), _content_box(r[todo])))
+        for start_transform in starts:
+            fitted = _fit(q[todo], r[todo], start_transform)
+            with torch.no_grad():
+                score, fitted_overlap = _detail_score(q_detail[todo], r_detail[todo], fitted)
+            better = score > best[todo]
+            chosen = todo[better]
+            best[chosen] = score[better]
+            best_overlap[chosen] = fitted_overlap[better]
+            best_transform[chosen] = fitted[better]
+            best_aligned[chosen] = True
+    detail_ncc[start:stop] = best.numpy()
+    overlap[start:stop] = best_overlap.numpy()
+    aligned[start:stop] = best_aligned.numpy()
+    transform[start:stop] = best_transform.numpy()

@@ -1,0 +1,59 @@
+"""The ``braintumor calibrate`` command (registered in ``braintumor.cli``); heavy imports happen when it runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+
+def calibrate_command(
+    bundle: Path = typer.Argument(..., help="Model bundle folder (updated in place: extras in config.json)."),
+    data: Path | None = typer.Option(
+        None,
+        "--data",
+        "-d",
+        help="Data root the bundle was trained on (default: $BRAINTUMOR_DATA, else the recorded paths).",
+        show_default=False,
+    ),
+    target_coverage: float = typer.Option(
+        0.9, "--target-coverage", help="Share of validation images to answer; the rest are referred (0-1]."
+    ),
+    out: Path | None = typer.Option(
+        None, "--out", "-o", help="Folder for the plots (default: <bundle>/../calibration)."
+    ),
+    tta: bool = typer.Option(False, "--tta", help="Calibrate the test-time-augmented predictions (use with --tta)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+) -> None:
+    """Fit temperature scaling and a referral threshold on the bundle's validation split (never Testing)."""
+    import os
+
+    from rich.table import Table
+
+    from braintumor.cli import DATA_ENV, _fail
+    from braintumor.display import console
+    from braintumor.errors import BrainTumorError
+    from braintumor.evaluation.calibrate import calibrate_bundle, summary_rows
+
+    root = data or (Path(os.environ[DATA_ENV]) if os.environ.get(DATA_ENV) else None)
+    try:
+        result = calibrate_bundle(bundle, root, out, target_coverage=target_coverage, tta=tta, show_progress=not quiet)
+    except BrainTumorError as error:
+        _fail(str(error))
+        return
+    record = result.record
+    table = Table(title=f"Calibration on the validation split ({record['n_images']} images)")
+    for column in ("score", "before", "after"):
+        table.add_column(column, justify="right" if column != "score" else "left")
+    for row in summary_rows(record):
+        table.add_row(*row)
+    console.print(table)
+    selective = record["validation_selective"]
+    console.print(
+        f"referral threshold {result.refer_threshold:.4f}: answers {selective['coverage']:.1%} of validation images "
+        f"(target {record['target_coverage']:.0%}) with accuracy {selective['selective_accuracy']:.2%}; "
+        f"{selective['n_referred']} referred",
+        highlight=False,
+    )
+    console.print(f"bundle updated: {result.bundle_dir / 'config.json'}")
+    console.print(f"calibration files: {result.out_dir}")

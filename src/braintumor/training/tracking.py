@@ -1,0 +1,200 @@
+"""Experiment tracking: MLflow by default (a local store, no server), ClearML on request, or none.
+
+Both trackers are Lightning loggers, so per-epoch metrics flow through ``self.log`` as usual; the
+recipe goes in as flattened parameters and the run's files (bundle, plots, report) as artifacts.
+
+Example:
+    >>> flatten_params({"train": {"learning_rate": 0.001}, "name": "x"})
+    {'train.learning_rate': 0.001, 'name': 'x'}
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from lightning.pytorch.loggers import Logger
+from lightning.pytorch.utilities import rank_zero_only
+
+from braintumor.errors import BrainTumorError
+
+TrackerName = Literal["mlflow", "clearml", "none"]
+EXPERIMENT_NAME = "braintumor"
+DEFAULT_MLFLOW_URI_ENV = "MLFLOW_TRACKING_URI"
+
+
+class TrackingError(BrainTumorError):
+    """The tracker could not be set up (missing package, unreachable server)."""
+
+
+def flatten_params(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested recipe sections to ``section.field`` keys, the shape trackers expect for parameters."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten_params(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def default_mlflow_uri() -> str:
+    """``$MLFLOW_TRACKING_URI``, else a SQLite store ``mlflow.db`` in the working directory (no server)."""
+    return os.environ.get(DEFAULT_MLFLOW_URI_ENV) or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+
+
+class ClearMLLogger(Logger):
+    """A Lightning logger on ClearML's SDK; with no server configured it runs in ClearML's offline mode."""
+
+    def __init__(self, project: str, task_name: str) -> None:
+        super().__init__()
+        try:
+            from clearml import Task
+        except ImportError:
+            raise TrackingError("--tracker clearml needs the clearml package: pip install clearml") from None
+        configured = (
+            any(os.environ.get(k) for k in ("CLEARML_API_HOST", "CLEARML_CONFIG_FILE"))
+            or (Path.home() / "clearml.conf").is_file()
+        )
+        self.offline = not configured
+        if self.offline:
+            Task.set_offline(offline_mode=True)
+        self.task = Task.init(
+            project_name=project,
+            task_name=task_name,
+            reuse_last_task_id=False,
+            auto_connect_frameworks=False,
+            auto_resource_monitoring=False,
+        )
+        self._name = task_name
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def version(self) -> str:
+        return str(self.task.id)
+
+    @rank_zero_only
+    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
+        self.task.connect(dict(params), name="recipe")
+
+    @rank_zero_only
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        reporter = self.task.get_logger()
+        for key, value in metrics.items():
+            title, _, series = key.partition("_")
+            reporter.report_scalar(title=title, series=series or title, value=float(value), iteration=step or 0)
+
+    @rank_zero_only
+    def log_artifact(self, path: Path, name: str | None = None) -> None:
+        self.task.upload_artifact(name or path.name, artifact_object=str(path))
+
+    def offline_folder(self) -> Path | None:
+        return Path(self.task.get_offline_mode_folder()) if self.offline else None
+
+    @rank_zero_only
+    def finalize(self, status: str) -> None:
+        self.task.flush(wait_for_uploads=True)
+
+
+def create_logger(
+    tracker: TrackerName, run_name: str, *, tracking_uri: str | None = None, run_id: str | None = None
+) -> Logger | None:
+    """The Lightning logger for ``tracker``; ``run_id`` continues an MLflow run (resume)."""
+    if tracker == "none":
+        return None
+    if tracker == "clearml":
+        return ClearMLLogger(project=EXPERIMENT_NAME, task_name=run_name)
+    try:
+        from lightning.pytorch.loggers import MLFlowLogger
+    except ImportError:  # pragma: no cover - lightning always ships it, mlflow may be missing
+        raise TrackingError("MLflow tracking needs mlflow: pip install mlflow (or use --tracker none)") from None
+    try:
+        import mlflow  # noqa: F401
+    except ImportError:
+        raise TrackingError("MLflow tracking needs mlflow: pip install mlflow (or use --tracker none)") from None
+    return MLFlowLogger(
+        experiment_name=EXPERIMENT_NAME,
+        run_name=run_name,
+        tracking_uri=tracking_uri or default_mlflow_uri(),
+        run_id=run_id,
+    )
+
+
+def describe_logger(tracker: TrackerName, logger: Logger | None) -> dict[str, Any]:
+    """What a later process needs to find this run again (resume, ``braintumor runs``)."""
+    if logger is None:
+        return {"tracker": "none"}
+    if isinstance(logger, ClearMLLogger):
+        folder = logger.offline_folder()
+        return {"tracker": "clearml", "task_id": logger.version, "offline_folder": str(folder) if folder else None}
+    return {
+        "tracker": tracker,
+        "run_id": logger.run_id,
+        "experiment_id": logger.experiment_id,
+        "tracking_uri": logger._tracking_uri,
+    }
+
+
+def log_artifacts(logger: Logger | None, paths: list[Path]) -> None:
+    """Upload files and folders that exist to the run (rank zero only)."""
+    if logger is None:
+        return
+    from lightning.pytorch.loggers import MLFlowLogger
+
+    for path in paths:
+        if not path.exists():
+            continue
+        if isinstance(logger, MLFlowLogger):
+            if path.is_dir():
+                logger.experiment.log_artifacts(logger.run_id, str(path), artifact_path=path.name)
+            else:
+                logger.experiment.log_artifact(logger.run_id, str(path))
+        elif isinstance(logger, ClearMLLogger):
+            logger.log_artifact(path)
+
+
+def log_final_metrics(logger: Logger | None, metrics: Mapping[str, float]) -> None:
+    """Headline numbers logged once at the end (e.g. ``test_accuracy`` after --evaluate)."""
+    if logger is not None:
+        logger.log_metrics(dict(metrics))
+        logger.save()
+
+
+def list_runs(tracking_uri: str | None = None, *, limit: int = 20) -> list[dict[str, Any]]:
+    """Recent runs of the braintumor experiment with their headline metrics, newest first."""
+    try:
+        from mlflow.tracking import MlflowClient
+    except ImportError:
+        raise TrackingError("listing runs needs mlflow: pip install mlflow") from None
+    uri = tracking_uri or default_mlflow_uri()
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        return []  # no store yet: do not create an empty database just to list nothing
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name(EXPERIMENT_NAME)
+    if experiment is None:
+        return []
+    runs = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time DESC"], max_results=limit)
+    rows = []
+    for run in runs:
+        metrics = run.data.metrics
+        rows.append(
+            {
+                "run_id": run.info.run_id,
+                "name": run.info.run_name,
+                "status": run.info.status,
+                "started": run.info.start_time,
+                "recipe": run.data.params.get("name", ""),
+                "best_val_accuracy": metrics.get("best_val_accuracy"),
+                "best_val_loss": metrics.get("best_val_loss"),
+                "test_accuracy": metrics.get("test_accuracy"),
+                "test_macro_f1": metrics.get("test_macro_f1"),
+                "epochs": metrics.get("best_epoch"),
+            }
+        )
+    return rows
