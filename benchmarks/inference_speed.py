@@ -7,8 +7,9 @@ Three measurements per backend, taken in alternating rounds so both see the same
 ``model``: one uint8 image already at the model's size through the network (the issue's target:
 p50 <= 15 ms for EfficientNet-Lite0 at 224x224 on 2 cores); ``end-to-end``: JPEG bytes decoded,
 resized and classified, as the service does per request; ``batch``: images per second through
-``predict_uint8`` in batches. When the bundle has no ``model.onnx`` the graph is exported to a
-temporary folder first (the bundle is not changed).
+``predict_uint8`` in batches. The CPU time per single-image model run (all threads of the process)
+is printed too: it shows each backend's own cost whatever else runs on the machine. When the bundle
+has no ``model.onnx`` the graph is exported to a temporary folder first (the bundle is not changed).
 """
 
 from __future__ import annotations
@@ -110,11 +111,16 @@ def main() -> int:
             _timed(lambda p=predictor: p.predict_uint8(batch), 1)
         samples: dict[str, dict[str, list[float]]] = {name: {"model": [], "end_to_end": []} for name in predictors}
         batch_ms: dict[str, list[float]] = {name: [] for name in predictors}
+        # CPU time of this process (all its threads) per single-image run: unlike the wall-clock
+        # latency it hardly depends on the machine's other load, so it shows each backend's own cost.
+        model_cpu_ms: dict[str, float] = dict.fromkeys(predictors, 0.0)
         per_round = max(1, args.runs // args.rounds)
         batches_per_round = max(1, args.batches // args.rounds)
         for _ in range(args.rounds):
             for name, predictor in predictors.items():
+                cpu_started = time.process_time()
                 samples[name]["model"] += _timed(lambda p=predictor: p.predict_uint8(one), per_round)
+                model_cpu_ms[name] += (time.process_time() - cpu_started) * 1000.0
                 samples[name]["end_to_end"] += _timed(end_to_end(predictor), per_round)
                 batch_ms[name] += _timed(lambda p=predictor: p.predict_uint8(batch), batches_per_round)
         load_after = os.getloadavg()
@@ -139,6 +145,7 @@ def main() -> int:
         "backend",
         "model p50",
         "model p95",
+        "model CPU",
         "end-to-end p50",
         "end-to-end p95",
         f"batch {args.batch} img/s",
@@ -148,6 +155,7 @@ def main() -> int:
         model_stats = _percentiles(samples[name]["model"])
         e2e_stats = _percentiles(samples[name]["end_to_end"])
         throughput = args.batch / (float(np.median(batch_ms[name])) / 1000.0)
+        model_stats["cpu_ms_per_image"] = model_cpu_ms[name] / max(1, len(samples[name]["model"]))
         results["backends"][name] = {  # type: ignore[index]
             "model": model_stats,
             "end_to_end": e2e_stats,
@@ -158,6 +166,7 @@ def main() -> int:
             name,
             f"{model_stats['p50_ms']:.1f} ms",
             f"{model_stats['p95_ms']:.1f} ms",
+            f"{model_stats['cpu_ms_per_image']:.1f} ms",
             f"{e2e_stats['p50_ms']:.1f} ms",
             f"{e2e_stats['p95_ms']:.1f} ms",
             f"{throughput:.0f}",

@@ -23,13 +23,25 @@ from braintumor.config import load_recipe
 from braintumor.errors import BrainTumorError
 from braintumor.evaluation.evaluate import evaluate_bundle
 from braintumor.inference.bundle import read_bundle_config
-from braintumor.training.train import train_recipe
+from braintumor.training.train import RunOptions, train_recipe
 
 SEED_PUBLISHED = {
     "seed-cnn": ("64.72%", "1.2796"),
     "seed-resnet50": ("70.81%", "1.2345"),
 }
 DEFAULT_RECIPES = ["lite0-frozen", "seed-resnet50", "seed-cnn"]
+
+
+def _overrides_for(recipe: str, overrides: list[str]) -> list[str]:
+    """``section.field=value`` applies to every recipe, ``RECIPE:section.field=value`` to one."""
+    chosen = []
+    for override in overrides:
+        key = override.split("=", 1)[0]
+        if ":" not in key:
+            chosen.append(override)
+        elif key.split(":", 1)[0] == recipe:
+            chosen.append(override.split(":", 1)[1])
+    return chosen
 
 
 def _row(recipe: str, bundle_dir: Path, data: Path, out_dir: Path) -> dict[str, Any]:
@@ -106,7 +118,13 @@ def main() -> None:
     parser.add_argument("--runs-dir", type=Path, default=Path("runs/seed-table"))
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/seed_table.md"))
     parser.add_argument("--evaluate-only", action="store_true", help="Only re-evaluate existing bundles.")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], help="Override for every recipe.")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        help="Override for every recipe, or RECIPE:section.field=value for one.",
+    )
     args = parser.parse_args()
     if args.weights_dir:
         os.environ["BRAINTUMOR_WEIGHTS_DIR"] = str(args.weights_dir.resolve())
@@ -124,9 +142,9 @@ def main() -> None:
         try:
             if not args.evaluate_only:
                 print(f"== training {name}", flush=True)
-                train_recipe(
-                    load_recipe(name, args.overrides), args.data, run_dir, show_progress=False, console_log=print
-                )
+                recipe = load_recipe(name, _overrides_for(name, args.overrides))
+                options = RunOptions(show_progress=False, tracker="none")
+                train_recipe(recipe, args.data, run_dir, console_log=print, options=options)
             rows.append(_row(name, run_dir / "bundle", args.data, args.runs_dir))
         except BrainTumorError as error:
             print(f"== {name}: not measured: {error}", flush=True)

@@ -6,9 +6,11 @@ Usage:
 The server is started as a subprocess on 127.0.0.1 only (a free port), warmed up, then driven by
 ``--clients`` concurrent HTTP clients (one asyncio loop, httpx) that each post the image to
 ``/v1/predict`` as a multipart upload, one request after another, for ``--duration`` seconds.
-Reported: requests per second, latency p50/p95/p99/max and the number of errors (any non-200
-answer or transport failure). Target on the 2-core machine: >= 60 requests/s with p99 <= 150 ms
-and zero errors. The clients share the machine with the server, as a local caller would.
+Reported: requests per second, latency p50/p95/p99/max, the number of errors (any non-200
+answer or transport failure), and the CPU time the server (and the load generator) spent per
+request, which, unlike the rates, does not depend on what else runs on the machine. Target on the
+2-core machine: >= 60 requests/s with p99 <= 150 ms and zero errors. The clients share the machine
+with the server, as a local caller would.
 """
 
 from __future__ import annotations
@@ -50,6 +52,28 @@ def _sample_image(image_path: Path | None) -> tuple[bytes, str]:
     return buffer.getvalue(), "synthetic.jpg"
 
 
+def _cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) used so far by process ``pid`` and its live children (uvicorn workers)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+
+    def stat(path: Path) -> list[str] | None:
+        try:
+            # The command name (field 2) may contain spaces: split after its closing parenthesis.
+            return path.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            return None
+
+    total = 0.0
+    for stat_path in Path("/proc").glob("[0-9]*/stat"):
+        fields = stat(stat_path)
+        if fields is None:
+            continue
+        process_id, parent_id = int(stat_path.parent.name), int(fields[1])
+        if process_id == pid or parent_id == pid:
+            total += (int(fields[11]) + int(fields[12])) / ticks
+    return total
+
+
 def _wait_healthy(url: str, process: subprocess.Popen, timeout_s: float) -> dict:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -66,8 +90,8 @@ def _wait_healthy(url: str, process: subprocess.Popen, timeout_s: float) -> dict
 
 
 async def _drive(
-    url: str, data: bytes, filename: str, clients: int, duration_s: float, warmup_s: float
-) -> tuple[list[float], int, float, dict[str, int]]:
+    url: str, data: bytes, filename: str, clients: int, duration_s: float, warmup_s: float, server_pid: int
+) -> tuple[list[float], int, float, dict[str, int], float, float]:
     latencies: list[float] = []
     errors: dict[str, int] = {}
     start = time.perf_counter()
@@ -94,9 +118,18 @@ async def _drive(
                 else:
                     errors[outcome] = errors.get(outcome, 0) + 1
 
+    async def cpu_window() -> tuple[float, float]:
+        """Server and client CPU seconds spent during the measured window."""
+        await asyncio.sleep(max(0.0, measure_from - time.perf_counter()))
+        server_start, client_start = _cpu_seconds(server_pid), time.process_time()
+        await asyncio.sleep(max(0.0, stop_at - time.perf_counter()))
+        return _cpu_seconds(server_pid) - server_start, time.process_time() - client_start
+
     async with httpx.AsyncClient(limits=limits, timeout=30.0) as client:
+        window = asyncio.create_task(cpu_window())
         await asyncio.gather(*(client_loop(client) for _ in range(clients)))
-    return latencies, sum(errors.values()), duration_s, errors
+        server_cpu_s, client_cpu_s = await window
+    return latencies, sum(errors.values()), duration_s, errors, server_cpu_s, client_cpu_s
 
 
 def main() -> int:
@@ -130,8 +163,8 @@ def main() -> int:
         health = _wait_healthy(url, server, timeout_s=180.0)
         console.print(f"serving {health['model']['name']} ({health['model']['backend']}) at {url}", highlight=False)
         load_before = os.getloadavg()
-        latencies, error_count, measured_s, errors = asyncio.run(
-            _drive(url, data, filename, args.clients, args.duration, args.warmup)
+        latencies, error_count, measured_s, errors, server_cpu_s, client_cpu_s = asyncio.run(
+            _drive(url, data, filename, args.clients, args.duration, args.warmup, server.pid)
         )
         load_after = os.getloadavg()
     finally:
@@ -161,6 +194,9 @@ def main() -> int:
         "p95_ms": float(np.percentile(values, 95)),
         "p99_ms": float(np.percentile(values, 99)),
         "max_ms": float(values.max()),
+        "server_cpu_ms_per_request": 1000.0 * server_cpu_s / len(latencies) if latencies else None,
+        "client_cpu_ms_per_request": 1000.0 * client_cpu_s / len(latencies) if latencies else None,
+        "server_cpu_share": server_cpu_s / measured_s,
         "cpu_count": os.cpu_count(),
         "loadavg_before": load_before,
         "loadavg_after": load_after,
@@ -172,6 +208,12 @@ def main() -> int:
         highlight=False,
     )
     console.print(f"load average before {load_before[0]:.2f}, after {load_after[0]:.2f} ({os.cpu_count()} cores)")
+    # CPU time per request does not depend on what else runs on the machine: it shows the service's own cost.
+    console.print(
+        f"server CPU: {results['server_cpu_ms_per_request']:.1f} ms per request, {results['server_cpu_share']:.2f} "
+        f"cores used on average; load generator: {results['client_cpu_ms_per_request']:.1f} ms CPU per request",
+        highlight=False,
+    )
     met = results["requests_per_s"] >= TARGET_RPS and results["p99_ms"] <= TARGET_P99_MS and error_count == 0
     console.print(
         f"target: >= {TARGET_RPS:.0f} req/s, p99 <= {TARGET_P99_MS:.0f} ms, 0 errors: "

@@ -250,7 +250,10 @@ def test_cli_audit_and_errors(leaky_root: Path, tmp_path: Path) -> None:
     runner = CliRunner()
     result = runner.invoke(app, ["audit", str(leaky_root), "--out", str(tmp_path / "a"), "--exact-only", "-q"])
     assert result.exit_code == 0, result.output
-    assert "not searched" in result.output and (tmp_path / "a" / AUDIT_FILE).is_file()
+    assert "audit took" in result.output
+    saved = json.loads((tmp_path / "a" / AUDIT_FILE).read_text())
+    assert not saved["leakage"]["Testing"]["near_search"] and saved["leakage"]["Testing"]["exact_copy"] == 2
+    assert load_clean_test_paths(leaky_root, tmp_path / "a") is None  # exact-only: no clean split claimed
     missing = runner.invoke(app, ["audit", str(tmp_path / "missing"), "-q"])
     assert missing.exit_code == 2 and "does not exist" in missing.output
     bad = runner.invoke(app, ["audit", str(leaky_root), "--threshold", "1.5", "-q"])

@@ -124,3 +124,10 @@ def test_exact_duplicates_in_training_are_dropped(synthetic_root: Path, tmp_path
     # The glioma file and its glioma copy agree, but the meningioma copy conflicts: all three go.
     assert duplicates["removed_label_conflicts"] == 3 and duplicates["removed_copies"] == 0
     assert any("conflicting labels" in m for m in messages)
+
+
+def test_balanced_class_weights_reach_the_training_record(synthetic_root: Path, tmp_path: Path) -> None:
+    recipe = tiny_recipe(train={"max_epochs": 1, "class_weights": "balanced", "loss": "focal", "focal_gamma": 2.0})
+    result = train_recipe(recipe, synthetic_root, tmp_path / "run", show_progress=False)
+    weights = json.loads((result.bundle_dir / "config.json").read_text())["training"]["class_weights"]
+    assert weights == pytest.approx([1.0, 1.0, 1.0, 1.0])  # the synthetic classes are balanced

@@ -68,7 +68,7 @@ REFERENCE_SPLIT = "Training"
 QUERY_SPLITS = ("Validation", "Testing")
 # Aligned fine-detail NCC at or above this marks a near copy. On the Sartaj data copies score >= 0.91
 # and the closest different images (adjacent slices of one scan) <= 0.81; docs/audit.md shows both sides.
-DEFAULT_NEAR_THRESHOLD = 0.86
+DEFAULT_NEAR_THRESHOLD = 0.89
 DEFAULT_CANDIDATES = 3
 # Candidates under this whole-image NCC are not checked: the lowest-scoring real copy was 0.71.
 CANDIDATE_FLOOR = 0.5
@@ -123,6 +123,8 @@ def manifest_name(split: str) -> str:
 
 
 def _discover(root: Path) -> dict[str, list[Sample]]:
+    if not root.is_dir():
+        raise DatasetLayoutError(f"data folder {root} does not exist or is not a folder")
     splits: dict[str, list[Sample]] = {}
     for split in (REFERENCE_SPLIT, *QUERY_SPLITS):
         try:

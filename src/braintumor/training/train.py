@@ -48,6 +48,7 @@ from braintumor.models import create_model, resolve_preprocessing
 from braintumor.models.network import BrainTumorNet
 from braintumor.training.callbacks import EpochHistory
 from braintumor.training.features import FeatureViewDataset, FeatureViewScheduler, build_view_features
+from braintumor.training.losses import resolve_class_weights
 from braintumor.training.manifest import build_manifest
 from braintumor.training.module import ClassifierModule
 from braintumor.training.tracking import (
@@ -366,6 +367,7 @@ def train_recipe(
             },
         )
 
+    class_weights = resolve_class_weights(recipe.train, train_set.labels, len(CLASS_NAMES))
     history = EpochHistory(run_dir / "history.csv")
     timing: dict[str, Any] = {}
     use_cache = model.frozen_backbone and recipe.train.feature_cache
@@ -387,7 +389,7 @@ def train_recipe(
             generator=torch.Generator().manual_seed(recipe.train.seed),
         )
         val_loader = DataLoader(FeatureViewDataset(val_features, val_set.labels), batch_size=512)
-        module = ClassifierModule(model.head, recipe.train, num_classes=len(CLASS_NAMES))
+        module = ClassifierModule(model.head, recipe.train, num_classes=len(CLASS_NAMES), class_weights=class_weights)
         trainer = _fit(
             module,
             train_loader,
@@ -402,7 +404,7 @@ def train_recipe(
         )
     else:
         train_loader, val_loader = _image_loaders(recipe, prep, train_set, val_set)
-        module = ClassifierModule(model, recipe.train, num_classes=len(CLASS_NAMES))
+        module = ClassifierModule(model, recipe.train, num_classes=len(CLASS_NAMES), class_weights=class_weights)
         trainer = _fit(module, train_loader, val_loader, recipe, run_dir, history, [], options, logger, resume_from)
     timing["fit_s"] = round(time.perf_counter() - fit_started, 2)
     if not trainer.is_global_zero:
@@ -426,6 +428,7 @@ def train_recipe(
         "history": history.rows,
         "val_metrics": val_metrics,
         "feature_cache": use_cache,
+        "class_weights": None if class_weights is None else class_weights.tolist(),
         "timing": timing,
         "duration_s": round(duration, 2),
         "resumed": resume_from is not None,
