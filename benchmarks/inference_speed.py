@@ -37,7 +37,7 @@ from braintumor.inference import Predictor, load_bundle
 from braintumor.inference.onnx_export import ONNX_FILE, OnnxPredictor, export_onnx
 
 TARGET_P50_MS = 15.0
-console = Console()
+console = Console(width=120)
 
 
 def _percentiles(samples_ms: list[float]) -> dict[str, float]:

@@ -19,6 +19,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from braintumor.config import load_recipe
 from braintumor.errors import BrainTumorError
 from braintumor.evaluation.evaluate import evaluate_bundle
@@ -118,6 +120,8 @@ def main() -> None:
     parser.add_argument("--runs-dir", type=Path, default=Path("runs/seed-table"))
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/seed_table.md"))
     parser.add_argument("--evaluate-only", action="store_true", help="Only re-evaluate existing bundles.")
+    parser.add_argument("--reuse", action="store_true", help="Re-evaluate recipes whose bundle exists; train the rest.")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (1 is faster on a busy machine).")
     parser.add_argument(
         "--set",
         dest="overrides",
@@ -132,15 +136,19 @@ def main() -> None:
         [f"--data {args.data}"]
         + ([f"--weights-dir {args.weights_dir}"] if args.weights_dir else [])
         + (["--evaluate-only"] if args.evaluate_only else [])
+        + (["--reuse"] if args.reuse else [])
+        + ([f"--threads {args.threads}"] if args.threads else [])
         + ([f"--recipes {' '.join(args.recipes)}"] if args.recipes != DEFAULT_RECIPES else [])
         + [f"--set {o}" for o in args.overrides]
     )
+    if args.threads:
+        torch.set_num_threads(args.threads)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
     for name in args.recipes:
         run_dir = args.runs_dir / name
         try:
-            if not args.evaluate_only:
+            if not args.evaluate_only and not (args.reuse and (run_dir / "bundle" / "config.json").is_file()):
                 print(f"== training {name}", flush=True)
                 recipe = load_recipe(name, _overrides_for(name, args.overrides))
                 options = RunOptions(show_progress=False, tracker="none")

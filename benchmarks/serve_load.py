@@ -33,7 +33,7 @@ from rich.console import Console
 
 TARGET_RPS = 60.0
 TARGET_P99_MS = 150.0
-console = Console()
+console = Console(width=120)
 
 
 def _free_port() -> int:

@@ -140,7 +140,8 @@ def test_every_planted_copy_is_found_and_no_unrelated_image_is_flagged(leaky_aud
 def test_exact_groups_label_conflicts_and_undecodable_files(leaky_audit: dict) -> None:
     exact = leaky_audit["exact_duplicates"]
     assert exact["cross_split_groups"] == 2
-    conflicts = {frozenset(f["path"] for f in c["files"]) for c in leaky_audit["label_conflicts"] if c["kind"] == "exact"}
+    exact_conflicts = [c for c in leaky_audit["label_conflicts"] if c["kind"] == "exact"]
+    conflicts = {frozenset(f["path"] for f in c["files"]) for c in exact_conflicts}
     assert conflicts == {
         frozenset({"Training/glioma_tumor/t3.jpg", "Testing/meningioma_tumor/conflict.jpg"}),
         frozenset({"Training/no_tumor/t1.jpg", "Training/pituitary_tumor/conflict.jpg"}),

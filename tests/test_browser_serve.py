@@ -44,7 +44,11 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     recipe = Recipe.model_validate(
-        {"name": "browser-demo", "data": {"image_size": 64}, "model": {"architecture": "custom_cnn", "conv_channels": [8, 16]}}
+        {
+            "name": "browser-demo",
+            "data": {"image_size": 64},
+            "model": {"architecture": "custom_cnn", "conv_channels": [8, 16]},
+        }
     )
     model = create_model(recipe)
     # A refer threshold above any confidence a 4-class random model reaches: the warning must show.

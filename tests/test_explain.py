@@ -18,7 +18,7 @@ from braintumor.errors import BrainTumorError
 from braintumor.explain import Explainer, ExplainError, find_target_layer, gradcam_overlay, resolve_layer
 from braintumor.explain.attributions import background_images
 from braintumor.explain.gradcam import class_activation_maps
-from braintumor.explain.run import method_explain_function
+from braintumor.explain.run import cam_grid, method_explain_function
 from braintumor.explain.sanity import deletion_curve, model_randomisation_test
 from braintumor.inference import Predictor, load_bundle
 from braintumor.models import create_model
@@ -173,11 +173,15 @@ def test_deletion_curve_ranks_gradcam_above_random_and_inverted_orders(bundle, t
     inputs = explainer.to_inputs([Image.open(p).convert("RGB") for p in test_images])
     targets = explainer.probabilities(inputs).argmax(dim=1).tolist()
     maps = explainer.maps(inputs, targets, "gradcam")
-    result = deletion_curve(explainer.model, inputs, targets, maps, explainer.black, steps=8)
+    grid = cam_grid(explainer, inputs)
+    size = bundle.preprocessing.image_size
+    assert grid == (size // 2 ** len(bundle.model.backbone.blocks),) * 2
+    result = deletion_curve(explainer.model, inputs, targets, maps, explainer.black, steps=8, grid=grid)
     assert len(result.fractions) == 9 and result.fractions[0] == 0.0 and result.fractions[-1] == 1.0
+    assert result.random_grid == list(grid)
     assert result.passed and result.auc_attributed < result.auc_random
     # Deleting the least attributed pixels first keeps the score up longer: the curve measures the ordering.
-    inverted = deletion_curve(explainer.model, inputs, targets, 1.0 - maps, explainer.black, steps=8)
+    inverted = deletion_curve(explainer.model, inputs, targets, 1.0 - maps, explainer.black, steps=8, grid=grid)
     assert inverted.auc_attributed > result.auc_attributed
 
 

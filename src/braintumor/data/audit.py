@@ -45,10 +45,11 @@ from PIL import Image
 
 from braintumor.data.dataset import file_digest
 from braintumor.data.images import decode_image_bytes, is_dicom, read_file_bytes
-from braintumor.data.layout import Sample, discover_split, find_split_dir
+from braintumor.data.layout import _SPLIT_ALIASES, Sample, discover_split, find_split_dir
 from braintumor.data.near_duplicates import (
     DETAIL_SIZE,
     THUMBNAIL_SIZE,
+    PairCheck,
     check_pairs,
     content_box,
     nearest_candidates,
@@ -72,6 +73,7 @@ DEFAULT_NEAR_THRESHOLD = 0.89
 DEFAULT_CANDIDATES = 3
 # Candidates under this whole-image NCC are not checked: the lowest-scoring real copy was 0.71.
 CANDIDATE_FLOOR = 0.5
+CHECK_CHUNK = 4096
 
 STATUS_CLEAN = "clean"
 STATUS_EXACT = "exact_copy"
@@ -112,6 +114,14 @@ class AuditResult:
 def default_audit_dir(data_root: Path | str) -> Path:
     """``audits/<data-root-name>`` under the working directory: where the audit goes and evaluate looks."""
     return DEFAULT_AUDIT_ROOT / Path(data_root).resolve().name
+
+
+def canonical_split(split: str) -> str:
+    """``Training``, ``Validation`` or ``Testing`` for any accepted folder name (``test``, ``val``, ...)."""
+    for canonical in (REFERENCE_SPLIT, *QUERY_SPLITS):
+        if split.lower() in _SPLIT_ALIASES[canonical.lower()]:
+            return canonical
+    return split
 
 
 def manifest_name(split: str) -> str:
@@ -349,19 +359,24 @@ def _near_copies(
             b = normalise_thumbnails(np.ascontiguousarray(reference_side[:, channel]))
             channel_ncc[:, channel] = (a * b).sum(dim=1).numpy()
     started = time.perf_counter()
+    checked = PairCheck(*(np.zeros(0) for _ in range(4)))
     if keys:
-        needed = sorted(set(pair_query) | set(pair_reference))
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            details = dict(zip(needed, pool.map(lambda i: _detail_thumbnail(root / records[i].path), needed),
-                               strict=True))
-        query_detail = np.stack([details[i] for i in pair_query])
-        reference_detail = np.stack(
-            [details[i][:, ::-1] if mirrored else details[i]
-             for i, mirrored in zip(pair_reference, pair_mirrored, strict=True)]
-        )
-        with progress_bar(show_progress) as progress:
+        parts = []
+        with ThreadPoolExecutor(max_workers=workers) as pool, progress_bar(show_progress) as progress:
             task = progress.add_task("Checking candidate pairs", total=len(keys))
-            checked = check_pairs(query_detail, reference_detail, on_batch=lambda n: progress.advance(task, n))
+            # In chunks, so the 128 px images in memory stay bounded on 100k-image sets.
+            for start in range(0, len(keys), CHECK_CHUNK):
+                chunk = range(start, min(start + CHECK_CHUNK, len(keys)))
+                needed = sorted({pair_query[p] for p in chunk} | {pair_reference[p] for p in chunk})
+                details = dict(zip(needed, pool.map(lambda i: _detail_thumbnail(root / records[i].path), needed),
+                                   strict=True))
+                query_detail = np.stack([details[pair_query[p]] for p in chunk])
+                reference_detail = np.stack([details[pair_reference[p]][:, ::-1] if pair_mirrored[p]
+                                             else details[pair_reference[p]] for p in chunk])
+                parts.append(check_pairs(query_detail, reference_detail,
+                                         on_batch=lambda n: progress.advance(task, n)))
+        checked = PairCheck(*(np.concatenate([getattr(part, name) for part in parts])
+                              for name in ("detail_ncc", "overlap", "aligned", "transform")))
     check_s = time.perf_counter() - started
 
     def copies_of(index: int) -> list[dict[str, str]]:
@@ -422,9 +437,13 @@ def _near_groups(records: Sequence[FileRecord], pairs: Sequence[dict[str, Any]])
     members: dict[str, set[str]] = defaultdict(set)
     for digest in list(parent):
         members[find(digest)].add(digest)
+    records_of: dict[str, list[FileRecord]] = defaultdict(list)
+    for record in records:
+        if record.digest in parent:
+            records_of[record.digest].append(record)
     groups = []
     for digests in members.values():
-        files = [_file_entry(r) for r in records if r.digest in digests]
+        files = [_file_entry(r) for digest in sorted(digests) for r in records_of[digest]]
         classes = sorted({f["class"] for f in files})
         groups.append({"files": files, "splits": sorted({f["split"] for f in files}), "classes": classes,
                        "label_conflict": len(classes) > 1})
@@ -615,7 +634,7 @@ def load_clean_test_paths(
     path = find_audit_file(data_root, audit)
     if path is None:
         return None
-    summary = load_audit(path).get("leakage", {}).get(split)
+    summary = load_audit(path).get("leakage", {}).get(canonical_split(split))
     if not summary or not summary.get("near_search"):
         return None
     manifest = path.parent / summary["manifest"]
@@ -649,6 +668,7 @@ def clean_subset(
     the audit or changed since (the audit is stale: run it again).
     """
     audit = load_audit(audit_path)
+    split = canonical_split(split)
     summary = audit.get("leakage", {}).get(split)
     if not summary or not summary.get("near_search"):
         raise AuditError(f"{audit_path} has no near-copy search of split {split!r}; run `braintumor audit` again")
@@ -692,6 +712,7 @@ def deduplicated_metrics(
     """
     from braintumor.evaluation.metrics import bootstrap_confidence_intervals, classification_metrics
 
+    split = canonical_split(split)
     if split == REFERENCE_SPLIT:
         return None, None
     path = find_audit_file(data_root, audit)

@@ -534,9 +534,11 @@ def build_report(
                         "rho": f"{rand['mean_abs_rank_correlation']:.3f}",
                         "threshold": rand["threshold"],
                         "rand_pass": rand["passed"],
+                        "constant": rand["constant_maps"],
                         "auc_attr": f"{deletion['auc_attributed']:.3f}",
                         "auc_random": f"{deletion['auc_random']:.3f}",
                         "del_pass": deletion["passed"],
+                        "wins": f"{deletion['images_faster_than_random']} of {len(deletion['per_image_auc_random'])}",
                     }
                 )
             sanity_figures.append(
@@ -544,7 +546,8 @@ def build_report(
                     "Deletion curves",
                     _plot_to_uri(lambda path: plot_deletion_curves(sanity, path)),
                     "Probability of the predicted class as pixels are set to black, most attributed first "
-                    "(solid) or in random order (dashed, mean of 2 orders). A faithful map falls faster.",
+                    "(solid) or in a random order (dashed: the ranking of random maps on the Grad-CAM layer's grid, "
+                    "upsampled the same way, mean of 2). A faithful map falls faster.",
                 )
             )
             sanity_note = (

@@ -131,9 +131,11 @@ diagnose, treat or triage patients. Its outputs are for research and education o
   <tr><th>method</th><th class="text">model randomisation test</th><th class="text">deletion curve</th></tr>
   {% for row in sanity_rows %}
   <tr><td>{{ row.method }}</td>
-      <td class="text">mean |Spearman rho| {{ row.rho }} (threshold &lt; {{ row.threshold }}):
+      <td class="text">mean |Spearman rho| {{ row.rho }} (threshold &lt; {{ row.threshold }}{% if row.constant %};
+          {{ row.constant }} randomised maps were empty, counted as rho 0{% endif %}):
           <span class="{{ 'pass' if row.rand_pass else 'fail' }}">{{ 'pass' if row.rand_pass else 'FAIL' }}</span></td>
-      <td class="text">AUC {{ row.auc_attr }} vs random order {{ row.auc_random }}:
+      <td class="text">AUC {{ row.auc_attr }} vs random order {{ row.auc_random }}
+          (faster on {{ row.wins }} images):
           <span class="{{ 'pass' if row.del_pass else 'fail' }}">{{ 'pass' if row.del_pass else 'FAIL' }}</span>
       </td></tr>
   {% endfor %}

@@ -38,7 +38,7 @@ from braintumor.inference.bundle import Bundle
 from braintumor.inference.predictor import expand_inputs
 
 # The share of |attribution| above which a map saturates: a few extreme pixels must not wash out the rest.
-SHAP_SCALE_QUANTILE = 0.995
+SHAP_SCALE_QUANTILE = 0.99
 
 
 @dataclass

@@ -64,7 +64,9 @@ def explain_command(
         table.add_column(column, overflow="fold")
     for item in run.images:
         predicted = item["predicted_class"]
-        table.add_row(Path(item["path"]).name, predicted, f"{item['probabilities'][predicted]:.1%}", item["figure"])
+        source = Path(item["path"])
+        confidence = f"{item['probabilities'][predicted]:.1%}"
+        table.add_row(f"{source.parent.name}/{source.name}", predicted, confidence, item["figure"])
     console.print(table)
     if run.sanity:
         sanity_table = Table(title=f"Sanity checks on {run.sanity['n_images']} images (layer {run.sanity['layer']})")

@@ -63,8 +63,12 @@ def overlay_heatmap(
     base = display_copy(image)
     values = _resize_map(heatmap, base.size)
     colours = colourise(values, signed=signed)
-    strength = np.abs(values)[..., None] if signed else np.clip(values, 0.0, 1.0)[..., None]
-    weight = alpha * (0.35 + 0.65 * strength)
+    if signed:
+        # Zero attribution keeps the original pixel; strong evidence either way is nearly opaque.
+        weight = np.clip(2.0 * alpha * np.abs(values), 0.0, 0.9)[..., None]
+    else:
+        # Class-activation maps tint everything a little (blue = no evidence), as readers of Grad-CAM expect.
+        weight = alpha * (0.35 + 0.65 * np.clip(values, 0.0, 1.0))[..., None]
     original = np.asarray(base, dtype=np.float32) / 255.0
     blended = (1.0 - weight) * original + weight * colours
     return Image.fromarray(np.clip(blended * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="RGB")
@@ -113,6 +117,6 @@ def save_explanation_figure(
     if note:
         figure.text(0.01, 0.005, note, fontsize=7, color="dimgray", wrap=True)
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=100)
+    figure.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(figure)
     return path

@@ -30,7 +30,9 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+import numpy as np
 import torch
+from captum.attr import LayerActivation
 
 from braintumor.data.images import SkippedFile, load_image_rgb
 from braintumor.errors import ImageDecodeError
@@ -91,6 +93,12 @@ def method_explain_function(
     return shap
 
 
+def cam_grid(explainer: Explainer, inputs: torch.Tensor) -> tuple[int, int]:
+    """The spatial size ``(h, w)`` of the Grad-CAM layer's output for these inputs (captum's LayerActivation)."""
+    activation = LayerActivation(explainer.model, explainer.layer).attribute(inputs[:1])
+    return int(activation.shape[-2]), int(activation.shape[-1])
+
+
 def sanity_checks(
     explainer: Explainer,
     inputs: torch.Tensor,
@@ -105,7 +113,8 @@ def sanity_checks(
 ) -> dict[str, Any]:
     """Model randomisation test and deletion curve for each method, as JSON-ready numbers.
 
-    The random-order deletion curve does not depend on the method and is computed once.
+    The random-order deletion curve uses random maps with the method's granularity (the Grad-CAM layer's
+    grid, or single pixels for SHAP) and is computed once per granularity.
     """
     results: dict[str, Any] = {
         "n_images": len(inputs),
@@ -114,17 +123,21 @@ def sanity_checks(
         "random_orders": random_orders,
         "methods": {},
     }
-    random_scores = random_deletion_scores(
-        explainer.model,
-        inputs,
-        targets,
-        explainer.black,
-        steps=steps,
-        random_orders=random_orders,
-        seed=seed,
-        temperature=explainer.temperature,
-    )
+    random_by_grid: dict[tuple[int, int] | None, np.ndarray] = {}
     for method in methods:
+        grid = cam_grid(explainer, inputs) if method in CAM_METHODS else None
+        if grid not in random_by_grid:
+            random_by_grid[grid] = random_deletion_scores(
+                explainer.model,
+                inputs,
+                targets,
+                explainer.black,
+                steps=steps,
+                random_orders=random_orders,
+                grid=grid,
+                seed=seed,
+                temperature=explainer.temperature,
+            )
         explain = method_explain_function(explainer, method, background, n_samples)
         maps = explain(explainer.model, inputs, targets)
         randomisation = model_randomisation_test(explainer.model, inputs, targets, explain, seed=seed, original=maps)
@@ -135,8 +148,9 @@ def sanity_checks(
             maps,
             explainer.black,
             steps=steps,
+            grid=grid,
             temperature=explainer.temperature,
-            random_scores=random_scores,
+            random_scores=random_by_grid[grid],
         )
         results["methods"][method] = {"randomisation": randomisation.to_dict(), "deletion": deletion.to_dict()}
     return results
@@ -155,14 +169,21 @@ def plot_deletion_curves(sanity: dict[str, Any], path: Path) -> Path:
             markersize=3,
             label=f"{method}: most attributed first (AUC {deletion['auc_attributed']:.3f})",
         )
-    reference = next(iter(sanity["methods"].values()))["deletion"]
-    axis.plot(
-        reference["fractions"],
-        reference["random_scores"],
-        color="black",
-        linestyle="--",
-        label=f"random order (AUC {reference['auc_random']:.3f})",
-    )
+    drawn: set[str] = set()
+    for index, values in enumerate(sanity["methods"].values()):
+        deletion = values["deletion"]
+        grid = deletion.get("random_grid")
+        name = f"random {grid[0]}x{grid[1]} maps" if grid else "random pixels"
+        if name in drawn:
+            continue  # methods on the same grid share one random reference curve
+        drawn.add(name)
+        axis.plot(
+            deletion["fractions"],
+            deletion["random_scores"],
+            color="black" if index == 0 else "grey",
+            linestyle="--" if index == 0 else ":",
+            label=f"{name} (AUC {deletion['auc_random']:.3f})",
+        )
     axis.set(
         xlabel="fraction of pixels deleted (set to black)",
         ylabel="probability of the explained class",
@@ -178,13 +199,23 @@ def plot_deletion_curves(sanity: dict[str, Any], path: Path) -> Path:
     return path
 
 
-def _figure_name(path: Path, used: set[str]) -> str:
-    stem = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in path.stem) or "image"
-    name, counter = f"{stem}.png", 2
-    while name in used:
-        name, counter = f"{stem}-{counter}.png", counter + 1
-    used.add(name)
-    return name
+def _figure_names(paths: Sequence[Path]) -> list[str]:
+    """``<stem>.png`` per image, or ``<folder>-<stem>.png`` where stems repeat (image(1).jpg in every class folder)."""
+
+    def clean(text: str) -> str:
+        return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in text) or "image"
+
+    stems = [path.stem for path in paths]
+    names: list[str] = []
+    used: set[str] = set()
+    for path in paths:
+        base = clean(path.stem) if stems.count(path.stem) == 1 else f"{clean(path.parent.name)}-{clean(path.stem)}"
+        name, counter = f"{base}.png", 2
+        while name in used:
+            name, counter = f"{base}-{counter}.png", counter + 1
+        used.add(name)
+        names.append(name)
+    return names
 
 
 def explain_paths(
@@ -228,7 +259,7 @@ def explain_paths(
         if background.note:
             run.notes.append(background.note)
     out_dir.mkdir(parents=True, exist_ok=True)
-    used_names: set[str] = set()
+    figure_names = dict(zip(paths, _figure_names(paths), strict=True))
     kept_uint8: list[torch.Tensor] = []
     kept_targets: list[int] = []
     with progress_bar(show_progress) as progress:
@@ -260,7 +291,7 @@ def explain_paths(
                         for i, t in enumerate(targets)
                     ]
                 )
-            figure = out_dir / _figure_name(path, used_names)
+            figure = out_dir / figure_names[path]
             title = (
                 f"{path.name}: predicted {explainer.class_names[predicted]} "
                 f"({float(probabilities[predicted]):.1%}) - {bundle.name}, layer {explainer.layer_name}"
@@ -319,7 +350,8 @@ def summarise_sanity(sanity: dict[str, Any]) -> list[tuple[str, str, str]]:
                 f"mean |rank corr.| {rand['mean_abs_rank_correlation']:.3f} "
                 f"({'pass' if rand['passed'] else 'FAIL'}: < {rand['threshold']})",
                 f"AUC {deletion['auc_attributed']:.3f} vs random {deletion['auc_random']:.3f} "
-                f"({'pass' if deletion['passed'] else 'FAIL'})",
+                f"({'pass' if deletion['passed'] else 'FAIL'}; faster on "
+                f"{deletion['images_faster_than_random']} of {len(deletion['per_image_auc_random'])} images)",
             )
         )
     return rows
