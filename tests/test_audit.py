@@ -221,6 +221,8 @@ def test_evaluate_reports_the_deduplicated_split(
     dedup = result.deduplicated
     assert dedup is not None and dedup["n_images"] == 9 and dedup["official_n_images"] == 18
     assert dedup["excluded_exact_copies"] == 2 and dedup["excluded_near_copies"] == 7
+    excluded = {Path(p).relative_to(leaky_root).as_posix() for p in dedup["excluded_paths"]}
+    assert excluded == set(PLANTED_NEAR) | PLANTED_EXACT
     clean = {leaky_root / p for p in (audit_dir / "clean_test_manifest.txt").read_text().split()}
     keep = np.array([p in clean for p in result.paths])
     expected = classification_metrics(result.labels[keep], result.probabilities[keep], list(dedup["class_names"]))
@@ -255,6 +257,9 @@ def test_cli_audit_and_errors(leaky_root: Path, tmp_path: Path) -> None:
     saved = json.loads((tmp_path / "a" / AUDIT_FILE).read_text())
     assert not saved["leakage"]["Testing"]["near_search"] and saved["leakage"]["Testing"]["exact_copy"] == 2
     assert load_clean_test_paths(leaky_root, tmp_path / "a") is None  # exact-only: no clean split claimed
+    assert not (tmp_path / "a" / "clean_test_manifest.txt").exists()
+    assert saved["leakage"]["Testing"]["no_exact_copy"] == 16  # 20 files: 2 exact copies, 2 undecodable
+    assert "not searched" in (tmp_path / "a" / "audit.html").read_text()
     missing = runner.invoke(app, ["audit", str(tmp_path / "missing"), "-q"])
     assert missing.exit_code == 2 and "does not exist" in missing.output
     bad = runner.invoke(app, ["audit", str(leaky_root), "--threshold", "1.5", "-q"])

@@ -57,7 +57,7 @@ def test_target_layer_of_the_custom_cnn_is_its_last_conv_block(bundle) -> None:
     ("backbone", "expected_layer"),
     [
         ("resnet18", "backbone.layer4"),
-        ("tf_efficientnet_lite0", "backbone.blocks.6"),
+        ("tf_efficientnet_lite0", "backbone.bn2"),
         ("mobilenetv3_small_050", "backbone.blocks.5"),
     ],
 )

@@ -67,8 +67,8 @@ SCORES_PLOT_FILE = "near_duplicate_scores.png"
 DEFAULT_AUDIT_ROOT = Path("audits")
 REFERENCE_SPLIT = "Training"
 QUERY_SPLITS = ("Validation", "Testing")
-# Aligned fine-detail NCC at or above this marks a near copy. On the Sartaj data copies score >= 0.91
-# and the closest different images (adjacent slices of one scan) <= 0.81; docs/audit.md shows both sides.
+# Aligned fine-detail NCC at or above this marks a near copy. On the Sartaj data copies score >= 0.927
+# and the closest different images (neighbouring slices of one scan) <= 0.851; docs/audit.md shows both sides.
 DEFAULT_NEAR_THRESHOLD = 0.89
 DEFAULT_CANDIDATES = 3
 # Candidates under this whole-image NCC are not checked: the lowest-scoring real copy was 0.71.
@@ -79,6 +79,8 @@ STATUS_CLEAN = "clean"
 STATUS_EXACT = "exact_copy"
 STATUS_NEAR = "near_copy"
 STATUS_UNDECODABLE = "undecodable"
+# --exact-only: no byte-identical Training copy, but near copies were not searched, so not "clean".
+STATUS_NO_EXACT = "no_exact_copy"
 
 
 class AuditError(BrainTumorError):
@@ -331,11 +333,11 @@ def _near_copies(
     query_thumbs, reference_thumbs = thumbnails[rows[query_ids]], thumbnails[rows[reference_ids]]
     # Two channels: the whole frame (resized, re-encoded, mirrored, intensity-changed copies) and the
     # head's bounding box (padded or cropped copies, whose frames no longer line up).
-    channels = (("frame", 0), ("content box", 1))
+    channels = (0, 1)
     found: dict[tuple[int, int], tuple[float, bool]] = {}
     with progress_bar(show_progress) as progress:
         task = progress.add_task("Near-copy search", total=len(channels) * -(-len(reference_ids) // reference_block))
-        for _, channel in channels:
+        for channel in channels:
             top = nearest_candidates(query_thumbs[:, channel], reference_thumbs[:, channel], candidates,
                                      reference_block=reference_block, on_block=lambda: progress.advance(task))
             for q, rank in zip(*np.nonzero(top.scores >= CANDIDATE_FLOOR), strict=True):
@@ -501,28 +503,28 @@ def run_audit(
             record.status = STATUS_UNDECODABLE
         elif record.digest in reference_digests:
             record.status = STATUS_EXACT
-        elif record.digest in near_digests and run_near:
+        elif not run_near:
+            record.status = STATUS_NO_EXACT
+        elif record.digest in near_digests:
             record.status = STATUS_NEAR
         else:
             record.status = STATUS_CLEAN
 
     leakage: dict[str, Any] = {}
+    statuses = (STATUS_EXACT, STATUS_NEAR, STATUS_CLEAN, STATUS_UNDECODABLE) + (() if run_near else (STATUS_NO_EXACT,))
     for split in query_splits:
         members = [r for r in records if r.split == split]
         by_class = {
-            name: {status: sum(r.class_name == name and r.status == status for r in members)
-                   for status in (STATUS_EXACT, STATUS_NEAR, STATUS_CLEAN, STATUS_UNDECODABLE)}
+            name: {status: sum(r.class_name == name and r.status == status for r in members) for status in statuses}
             for name in CLASS_NAMES
         }
         leakage[split] = {
             "files": len(members),
-            STATUS_EXACT: sum(r.status == STATUS_EXACT for r in members),
-            STATUS_NEAR: sum(r.status == STATUS_NEAR for r in members),
-            STATUS_CLEAN: sum(r.status == STATUS_CLEAN for r in members),
-            STATUS_UNDECODABLE: sum(r.status == STATUS_UNDECODABLE for r in members),
+            **{status: sum(r.status == status for r in members) for status in statuses},
             "near_search": run_near,
             "by_class": by_class,
-            "manifest": manifest_name(split),
+            # Without the near search no file can be called clean, so no manifest is written.
+            "manifest": manifest_name(split) if run_near else None,
         }
     cross_groups = [g for g in exact if g["cross_split"]]
     label_conflicts = [{"kind": "exact", **g} for g in exact if g["label_conflict"]] + [
@@ -570,6 +572,8 @@ def write_audit(audit: dict[str, Any], out_dir: Path, report_root: Path | None =
     out_dir.mkdir(parents=True, exist_ok=True)
     outputs: dict[str, Path] = {}
     for split, summary in audit["leakage"].items():
+        if summary["manifest"] is None:
+            continue
         path = out_dir / summary["manifest"]
         clean = [f["path"] for f in audit["files"] if f["split"] == split and f["status"] == STATUS_CLEAN]
         path.write_text("".join(f"{p}\n" for p in clean), encoding="utf-8")
@@ -653,6 +657,7 @@ class CleanSubset:
     audit_path: Path
     excluded_exact: int
     excluded_near: int
+    excluded: np.ndarray
 
 
 def clean_subset(
@@ -675,6 +680,7 @@ def clean_subset(
     table = {f["path"]: f for f in audit.get("files", []) if f.get("split") == split}
     root = Path(data_root)
     keep: list[int] = []
+    dropped: list[int] = []
     exact = near = 0
     for index, (path, digest) in enumerate(zip(paths, digests, strict=True)):
         relative = Path(path).relative_to(root).as_posix()
@@ -685,11 +691,11 @@ def clean_subset(
         status = entry.get("status")
         if status == STATUS_CLEAN:
             keep.append(index)
-        elif status == STATUS_EXACT:
-            exact += 1
-        elif status == STATUS_NEAR:
-            near += 1
-    return CleanSubset(np.asarray(keep, dtype=np.int64), audit_path, exact, near)
+            continue
+        dropped.append(index)
+        exact += status == STATUS_EXACT
+        near += status == STATUS_NEAR
+    return CleanSubset(np.asarray(keep, dtype=np.int64), audit_path, exact, near, np.asarray(dropped, dtype=np.int64))
 
 
 def deduplicated_metrics(
@@ -740,5 +746,6 @@ def deduplicated_metrics(
         excluded_exact_copies=subset.excluded_exact,
         excluded_near_copies=subset.excluded_near,
         official_n_images=len(paths),
+        excluded_paths=[str(paths[i]) for i in subset.excluded],
     )
     return metrics, None

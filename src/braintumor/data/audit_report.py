@@ -150,15 +150,24 @@ def _leakage_section(audit: dict[str, Any]) -> str:
         f"{audit['settings']['near_threshold']:g}) were confirmed.</p>"
     )
     for split, summary in audit["leakage"].items():
-        rows = [[name, sum(v.values()), v["exact_copy"], v["near_copy"], v["clean"], v["undecodable"]]
-                for name, v in summary["by_class"].items()]
-        rows.append(["all", summary["files"], summary["exact_copy"], summary["near_copy"], summary["clean"],
-                     summary["undecodable"]])
+        searched = summary["near_search"]
+
+        def row(name: str, counts: dict[str, int], files: int, searched: bool = searched) -> list[Any]:
+            near, clean = (counts["near_copy"], counts["clean"]) if searched else ("not searched", "not searched")
+            return [name, files, counts["exact_copy"], near, clean, counts["undecodable"]]
+
+        rows = [row(name, v, sum(v.values())) for name, v in summary["by_class"].items()]
+        rows.append(row("all", summary, summary["files"]))
         parts.append(f"<h3>{_escape(split)}</h3>")
         parts.append(_table(["class", "files", "exact copy in Training", "near copy in Training (only)",
                              "clean", "undecodable"], rows))
-        parts.append(f"<p>Clean manifest: <code>{_escape(summary['manifest'])}</code> "
-                     f"({summary['clean']} files).</p>")
+        if summary["manifest"]:
+            parts.append(f"<p>Clean manifest: <code>{_escape(summary['manifest'])}</code> "
+                         f"({summary['clean']} files).</p>")
+        else:
+            parts.append(f"<p>Near copies were not searched (<code>--exact-only</code>): "
+                         f"{summary['no_exact_copy']} files have no byte-identical copy in Training, "
+                         f"and no clean manifest was written.</p>")
     return "".join(parts)
 
 
@@ -276,17 +285,19 @@ def summary_table(audit: dict[str, Any]) -> Any:
     table.add_column("clean", justify="right")
     for name, split in audit["splits"].items():
         leak = audit["leakage"].get(name)
-        near = (str(leak["near_copy"]) if leak["near_search"] else "not searched") if leak else ""
+        searched = bool(leak and leak["near_search"])
+        near = (str(leak["near_copy"]) if searched else "not searched") if leak else ""
+        clean = (str(leak["clean"]) if searched else "not searched") if leak else ""
         table.add_row(
             name, str(split["files"]), str(split["undecodable"]), str(split["redundant_exact_copies"]),
-            str(leak["exact_copy"]) if leak else "", near, str(leak["clean"]) if leak else "",
+            str(leak["exact_copy"]) if leak else "", near, clean,
         )
     for name, leak in audit["leakage"].items():
         for class_name, counts in leak["by_class"].items():
             table.add_row(
                 f"  {name} {class_name}", str(sum(counts.values())), str(counts["undecodable"]), "",
                 str(counts["exact_copy"]), str(counts["near_copy"]) if leak["near_search"] else "",
-                str(counts["clean"]),
+                str(counts["clean"]) if leak["near_search"] else "",
             )
     exact = audit["exact_duplicates"]
     table.caption = (

@@ -4,14 +4,17 @@ Stage 1, candidates: every image is a 64x64 grey thumbnail made zero-mean and un
 product of two thumbnails is their normalised cross-correlation (NCC). NCC ignores brightness and
 contrast changes (``a * x + b``) and barely moves under re-encoding or resizing. Queries meet every
 reference image, plain and mirrored, in blocked matrix products that keep only the ``k`` best per
-query, so memory stays bounded and 100k images are a few minutes of BLAS, not a Python loop.
+query, so memory stays bounded and 100k images are minutes of BLAS, not a Python loop. The caller
+runs it on two thumbnails per image: the whole frame and the head's bounding box (:func:`content_box`),
+where padded or cropped copies line up again.
 
 Stage 2, verification: whole-image NCC alone cannot tell a cropped or padded copy (0.71-0.95 on the
 Sartaj data) from an adjacent slice of the same scan (up to 0.97). So each candidate pair is aligned
 (an axis-aligned scale and shift, fitted in one batch for all pairs by gradient ascent on the NCC of
-blurred 32 px images, from two starts) and then scored by the NCC of the fine detail (image minus its
-Gaussian blur) at 128 px over the overlap. A copy keeps its detail after alignment, a different slice
-does not: see ``docs/audit.md`` for the pairs on both sides of the threshold.
+blurred 32 px images from two starts, then refined at 64 px where it matters) and then scored by the
+NCC of the fine detail (image minus its Gaussian blur) at 128 px over the overlap. A copy keeps its
+detail after alignment, a different slice does not: see ``docs/audit.md`` for the pairs on both sides
+of the threshold.
 
 Example:
     >>> import numpy as np

@@ -7,7 +7,8 @@ one library (and one set of hooks) for every method instead of adding pytorch-gr
 
 The target layer is the last convolutional stage: ``backbone.blocks[-1]`` for the custom CNN and, for
 timm backbones, the module of the last entry of timm's ``feature_info`` (``layer4`` for ResNets,
-``blocks.6`` for EfficientNet-Lite0, ``stages.3`` for ConvNeXt). Any module can be named instead.
+``blocks.5`` for MobileNetV3, ``stages.3`` for ConvNeXt), except for EfficientNet-style models whose
+1x1 conv head runs before pooling: there it is that head's output, ``bn2``. Any module can be named.
 
 Example:
     >>> import torch
@@ -36,6 +37,7 @@ import torch.nn.functional as F
 from captum._utils.gradient import compute_layer_gradients_and_eval
 from captum.attr import LayerAttribution, LayerGradCam
 from captum.attr._utils.attribution import GradientAttribution
+from timm.models.efficientnet import EfficientNet
 
 from braintumor.errors import BrainTumorError
 from braintumor.models.network import SeedCNN
@@ -80,6 +82,11 @@ def find_target_layer(model: nn.Module) -> tuple[str, nn.Module]:
         raise ExplainError("the model has no .backbone; name the target layer explicitly")
     if isinstance(backbone, SeedCNN):
         return f"backbone.blocks.{len(backbone.blocks) - 1}", backbone.blocks[-1]
+    if isinstance(backbone, EfficientNet) and isinstance(getattr(backbone, "bn2", None), nn.Module):
+        # EfficientNet-style models run a 1x1 conv head (conv_head + bn2 with its activation) after the last
+        # stage and before pooling: bn2's rectified output is the map the pooled features come from, where
+        # feature_info's last stage is the linear (signed) bottleneck below it.
+        return "backbone.bn2", backbone.bn2
     feature_info = getattr(backbone, "feature_info", None)
     if isinstance(feature_info, list) and feature_info and "module" in feature_info[-1]:
         name = str(feature_info[-1]["module"])

@@ -293,7 +293,7 @@ def explain_paths(
                 )
             figure = out_dir / figure_names[path]
             title = (
-                f"{path.name}: predicted {explainer.class_names[predicted]} "
+                f"{path.parent.name}/{path.name}: predicted {explainer.class_names[predicted]} "
                 f"({float(probabilities[predicted]):.1%}) - {bundle.name}, layer {explainer.layer_name}"
             )
             save_explanation_figure(figure, image, rows, title, note="; ".join(run.notes) or None)

@@ -46,6 +46,14 @@ def default_mlflow_uri() -> str:
     return os.environ.get(DEFAULT_MLFLOW_URI_ENV) or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
 
 
+def _artifact_location(tracking_uri: str) -> str | None:
+    # MLflow puts a SQLite store's artifacts in ./mlruns of whatever folder the process runs in;
+    # keep them beside the database instead, so a store is one self-contained folder.
+    if tracking_uri.startswith("sqlite:///"):
+        return (Path(tracking_uri.removeprefix("sqlite:///")).parent / "mlruns").resolve().as_uri()
+    return None
+
+
 class ClearMLLogger(Logger):
     """A Lightning logger on ClearML's SDK; with no server configured it runs in ClearML's offline mode."""
 
@@ -118,11 +126,13 @@ def create_logger(
         import mlflow  # noqa: F401
     except ImportError:
         raise TrackingError("MLflow tracking needs mlflow: pip install mlflow (or use --tracker none)") from None
+    uri = tracking_uri or default_mlflow_uri()
     return MLFlowLogger(
         experiment_name=EXPERIMENT_NAME,
         run_name=run_name,
-        tracking_uri=tracking_uri or default_mlflow_uri(),
+        tracking_uri=uri,
         run_id=run_id,
+        artifact_location=_artifact_location(uri),
     )
 
 
