@@ -98,17 +98,25 @@ def test_report_with_calibration_selective_prediction_and_audit(
     config["extras"] = {"temperature": 1.7, "refer_threshold": {"threshold": 0.5}}
     calibrated = replace(bundle, config=config)
     result = evaluate_bundle(calibrated, synthetic_root, "Testing", tmp_path / "eval", show_progress=False)
-    kept = [str(p) for i, p in enumerate(result.paths) if i % 3]  # as if an audit dropped every third image
+    # As braintumor.data.audit.deduplicated_metrics writes it, for an audit that dropped every third image.
     mask = np.array([bool(i % 3) for i in range(len(result.paths))])
     dedup = classification_metrics(result.labels[mask], result.probabilities[mask], bundle.class_names)
-    result.metrics["deduplicated"] = {**dedup, "kept_paths": kept}
+    excluded = [str(p) for p, keep in zip(result.paths, mask, strict=True) if not keep]
+    result.metrics["deduplicated"] = {
+        **dedup,
+        "audit": "audits/synthetic/audit.json",
+        "excluded_exact_copies": 4,
+        "excluded_near_copies": len(excluded) - 4,
+        "excluded_paths": excluded,
+    }
     path = build_report(result, calibrated, tmp_path / "custom" / "report.html", n_bootstrap=200, sanity_images=4)
     html = path.read_text(encoding="utf-8")
     assert "Reliability diagram" in html and "T = 1.7" in html and "ECE" in html
     assert "Risk-coverage" in html and "referral threshold 0.500" in html
     assert "no audit run" not in html
     assert f"{dedup['accuracy']:.1%} [" in html  # deduplicated accuracy with its interval
-    assert f"({len(kept)} of {len(result.paths)} images kept)" in html
+    kept_text = f"({int(mask.sum())} of {len(mask)} images kept"
+    assert f"4 byte-identical and {len(excluded) - 4} near copies left out {kept_text}" in html
 
 
 def test_bootstrap_intervals_contain_the_estimate_and_shrink_with_more_data() -> None:

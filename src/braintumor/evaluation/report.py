@@ -380,18 +380,27 @@ def build_report(
 
         # Official and deduplicated numbers with confidence intervals.
         official = bootstrap_intervals(labels, predicted, n_classes, n_resamples=n_bootstrap, seed=seed)
-        dedup = metrics.get("deduplicated") if isinstance(metrics.get("deduplicated"), dict) else None
+        dedup = metrics.get("deduplicated") or getattr(result, "deduplicated", None)
+        dedup = dedup if isinstance(dedup, dict) else None
         dedup_intervals = None
-        dedup_note = "No data audit was run for this evaluation: no deduplicated metrics (run braintumor audit)."
+        dedup_note = str(getattr(result, "audit_note", None) or "No data audit was run for this evaluation.")
+        dedup_note = f"No deduplicated metrics: {dedup_note} (braintumor audit ROOT, then evaluate again)."
         if dedup is not None:
             mask = dedup_mask(result, dedup)
             if mask is not None and mask.any():
                 dedup_intervals = bootstrap_intervals(
                     labels[mask], predicted[mask], n_classes, n_resamples=n_bootstrap, seed=seed
                 )
+            excluded = ""
+            if "excluded_exact_copies" in dedup or "excluded_near_copies" in dedup:
+                excluded = (
+                    f": {dedup.get('excluded_exact_copies', 0)} byte-identical and "
+                    f"{dedup.get('excluded_near_copies', 0)} near copies left out"
+                )
             dedup_note = (
-                f"The deduplicated split leaves out test images with an exact or near copy in Training "
-                f"({dedup.get('n_images', '?')} of {metrics.get('n_images', '?')} images kept)."
+                f"The deduplicated split keeps only test images with no exact or near copy in Training"
+                f"{excluded} ({dedup.get('n_images', '?')} of {metrics.get('n_images', '?')} images kept; "
+                f"audit {dedup.get('audit', 'not named')})."
             )
         progress.advance(task)
 

@@ -128,14 +128,19 @@ class RunOptions:
         return asdict(self)
 
 
-def _make_trainer(
+def _fit(
+    module: ClassifierModule,
+    train_loader: DataLoader,
+    val_loader: DataLoader,
     recipe: Recipe,
     run_dir: Path,
     history: EpochHistory,
     extra: list[L.Callback],
     options: RunOptions,
     logger: Logger | None,
-) -> tuple[L.Trainer, ModelCheckpoint]:
+    resume_from: Path | None,
+) -> L.Trainer:
+    """Lightning fit with early stopping and per-epoch checkpoints, then the best epoch's weights restored."""
     checkpoint = ModelCheckpoint(
         dirpath=run_dir / "checkpoints",
         filename="best",
@@ -166,22 +171,6 @@ def _make_trainer(
         num_sanity_val_steps=0,
         default_root_dir=run_dir,
     )
-    return trainer, checkpoint
-
-
-def _fit(
-    module: ClassifierModule,
-    train_loader: DataLoader,
-    val_loader: DataLoader,
-    recipe: Recipe,
-    run_dir: Path,
-    history: EpochHistory,
-    extra: list[L.Callback],
-    options: RunOptions,
-    logger: Logger | None,
-    resume_from: Path | None,
-) -> L.Trainer:
-    trainer, checkpoint = _make_trainer(recipe, run_dir, history, extra, options, logger)
     trainer.fit(module, train_loader, val_loader, ckpt_path=resume_from)
     _restore_best(module, checkpoint)
     return trainer
