@@ -84,6 +84,9 @@ def test_report_content(cli_report: Path, trained_run) -> None:
         assert text in html, text
     metrics = json.loads((cli_report.parent / "metrics.json").read_text())
     assert f"{metrics['accuracy']:.1%}" in html
+    # The report shows the same intervals as metrics.json and the terminal.
+    accuracy = metrics["confidence_intervals"]["accuracy"]
+    assert f"{accuracy['value']:.1%} [{accuracy['low']:.1%}, {accuracy['high']:.1%}]" in html
     sanity = json.loads((cli_report.parent / "sanity.json").read_text())
     for method in ("gradcam", "gradcam++"):
         rho = sanity["methods"][method]["randomisation"]["mean_abs_rank_correlation"]

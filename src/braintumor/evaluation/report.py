@@ -139,6 +139,31 @@ def bootstrap_intervals(
     }
 
 
+def adopt_recorded_intervals(intervals: dict[str, Any], recorded: Any, class_names: Sequence[str]) -> None:
+    """Use the intervals ``evaluate`` already stored (``metrics["confidence_intervals"]``) where they exist.
+
+    The terminal, ``metrics.json`` and the report then show the same accuracy, macro-F1 and recall intervals;
+    precision and F1 per class keep this module's bootstrap.
+    """
+    if not isinstance(recorded, dict):
+        return
+
+    def read(entry: Any) -> Interval | None:
+        if isinstance(entry, dict) and all(isinstance(entry.get(k), int | float) for k in ("value", "low", "high")):
+            return Interval(float(entry["value"]), float(entry["low"]), float(entry["high"]))
+        return None
+
+    for key in ("accuracy", "macro_f1"):
+        interval = read(recorded.get(key))
+        if interval is not None:
+            intervals[key] = interval
+    recalls = recorded.get("recall") if isinstance(recorded.get("recall"), dict) else {}
+    for index, name in enumerate(class_names):
+        interval = read(recalls.get(name))
+        if interval is not None:
+            intervals["recall"][index] = interval
+
+
 def uncalibrated(probabilities: np.ndarray, temperature: float) -> np.ndarray:
     """Undo temperature scaling: ``softmax(T * log p)`` equals ``softmax(logits)`` for ``p = softmax(logits / T)``."""
     scaled = temperature * np.log(np.clip(probabilities, 1e-12, 1.0))
@@ -380,9 +405,11 @@ def build_report(
 
         # Official and deduplicated numbers with confidence intervals.
         official = bootstrap_intervals(labels, predicted, n_classes, n_resamples=n_bootstrap, seed=seed)
+        adopt_recorded_intervals(official, metrics.get("confidence_intervals"), class_names)
         dedup = metrics.get("deduplicated") or getattr(result, "deduplicated", None)
         dedup = dedup if isinstance(dedup, dict) else None
         dedup_intervals = None
+        mask: np.ndarray | None = None
         dedup_note = str(getattr(result, "audit_note", None) or "No data audit was run for this evaluation.")
         dedup_note = f"No deduplicated metrics: {dedup_note} (braintumor audit ROOT, then evaluate again)."
         if dedup is not None:
@@ -391,6 +418,7 @@ def build_report(
                 dedup_intervals = bootstrap_intervals(
                     labels[mask], predicted[mask], n_classes, n_resamples=n_bootstrap, seed=seed
                 )
+                adopt_recorded_intervals(dedup_intervals, dedup.get("confidence_intervals"), class_names)
             excluded = ""
             if "excluded_exact_copies" in dedup or "excluded_near_copies" in dedup:
                 excluded = (
@@ -425,16 +453,21 @@ def build_report(
                 "dedup": _fmt(dedup.get("loss")) if dedup else "no audit run",
             },
         ]
+        official_support = np.bincount(labels, minlength=n_classes)
+        dedup_support = np.bincount(labels[mask], minlength=n_classes) if mask is not None and dedup_intervals else None
         for index, name in enumerate(class_names):
+            # Recall of a class with no image is undefined, not 0%.
+            official_recall = official["recall"][index].text(True) if official_support[index] else "no images"
             dedup_recall = "no audit run"
             if dedup is not None:
-                if dedup_intervals is not None:
-                    dedup_recall = dedup_intervals["recall"][index].text(True)
+                if dedup_support is not None:
+                    has_images = bool(dedup_support[index])
+                    dedup_recall = dedup_intervals["recall"][index].text(True) if has_images else "no images"
                 else:
-                    dedup_recall = _fmt(dedup.get("per_class", {}).get(name, {}).get("recall"), True)
-            headline.append(
-                {"name": f"recall {name}", "official": official["recall"][index].text(True), "dedup": dedup_recall}
-            )
+                    per_class = dedup.get("per_class", {}).get(name, {})
+                    has_images = per_class.get("support", 1) != 0
+                    dedup_recall = _fmt(per_class.get("recall"), True) if has_images else "no images"
+            headline.append({"name": f"recall {name}", "official": official_recall, "dedup": dedup_recall})
 
         # Figures of the metrics.
         roc, aucs = roc_figure(labels, probabilities, class_names)
@@ -609,8 +642,9 @@ def build_report(
         )
         + ".",
         "Known leakage: the project's default data (Sartaj Bhuvaji's public Brain Tumor MRI set) holds byte-identical "
-        "copies of images across its Training and Testing folders, nearly all no_tumor, so accuracy on the official "
-        "Testing split overstates accuracy on unseen images; the deduplicated column removes them.",
+        "copies of images across its Training and Testing folders, nearly all no_tumor, and many more near copies "
+        "(re-encoded, resized, mirrored), so accuracy on the official Testing split overstates accuracy on unseen "
+        "images; the deduplicated column leaves them out.",
         "Known shift: that Testing folder is distribution-shifted from Training (glioma recall on it is low for every "
         "published model), and the data set has no patient identifiers, so slices of one patient may sit on both "
         "sides of the validation split.",
@@ -695,8 +729,9 @@ def build_report(
         "subtitle": f"{len(labels)} images from {metrics.get('data_root', '?')}; bundle {bundle.path}",
         "split": split,
         "headline": headline,
-        "ci_note": f"Brackets: 95% percentile bootstrap confidence intervals ({n_bootstrap} resamples of the images, "
-        "scipy.stats.bootstrap).",
+        "ci_note": "Brackets: 95% percentile bootstrap confidence intervals over the images (accuracy, macro-F1 and "
+        "recall as evaluate recorded them in metrics.json when it did; precision and F1 per class from "
+        f"scipy.stats.bootstrap with {n_bootstrap} resamples).",
         "dedup_note": dedup_note,
         "card_details": card_details,
         "intended_use": intended_use,

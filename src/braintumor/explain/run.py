@@ -21,7 +21,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -110,6 +110,7 @@ def sanity_checks(
     steps: int = 16,
     random_orders: int = 3,
     seed: int = 0,
+    on_method_done: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Model randomisation test and deletion curve for each method, as JSON-ready numbers.
 
@@ -153,6 +154,8 @@ def sanity_checks(
             random_scores=random_by_grid[grid],
         )
         results["methods"][method] = {"randomisation": randomisation.to_dict(), "deletion": deletion.to_dict()}
+        if on_method_done is not None:
+            on_method_done(method)
     return results
 
 
@@ -313,14 +316,17 @@ def explain_paths(
                 kept_uint8.append(uint8[0])
                 kept_targets.append(predicted if fixed_targets is None or len(fixed_targets) > 1 else targets[0])
     if sanity and kept_uint8:
-        run.sanity = sanity_checks(
-            explainer,
-            explainer.to_inputs(torch.stack(kept_uint8)),
-            kept_targets,
-            methods,
-            background=background,
-            n_samples=shap_samples,
-        )
+        with progress_bar(show_progress) as progress:
+            task = progress.add_task(f"Sanity checks ({len(kept_uint8)} images)", total=len(methods))
+            run.sanity = sanity_checks(
+                explainer,
+                explainer.to_inputs(torch.stack(kept_uint8)),
+                kept_targets,
+                methods,
+                background=background,
+                n_samples=shap_samples,
+                on_method_done=lambda _: progress.advance(task),
+            )
         write_json_atomic(out_dir / "sanity.json", run.sanity)
         plot_deletion_curves(run.sanity, out_dir / "deletion_curves.png")
     write_json_atomic(
