@@ -70,6 +70,10 @@ class ClearMLLogger(Logger):
         self.offline = not configured
         if self.offline:
             Task.set_offline(offline_mode=True)
+        # ClearML's default reporter os.fork()s a monitor process; forking a process that already runs
+        # torch and Lightning threads can deadlock (seen in the test suite). Report from threads instead
+        # (the SDK's `sdk.development.report_use_subprocess: false`, set here for every run).
+        Task._report_subprocess_enabled = False
         self.task = Task.init(
             project_name=project,
             task_name=task_name,
