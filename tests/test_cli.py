@@ -38,6 +38,7 @@ def cli_run(recipe_file: Path, synthetic_root: Path, tmp_path_factory: pytest.Te
             "--epochs",
             "4",
             "--evaluate",
+            "--report",
             "--quiet",
         ],
     )
@@ -51,7 +52,8 @@ def test_train_with_evaluate_writes_bundle_and_evaluation(cli_run: Path) -> None
     config = json.loads((cli_run / "bundle" / "config.json").read_text())
     assert config["recipe"]["train"]["max_epochs"] == 4  # --epochs overrides the recipe
     evaluation = cli_run / "eval-Testing"
-    for name in ("metrics.json", "confusion_matrix.json", "confusion_matrix.png", "per_class.csv", "predictions.csv"):
+    for name in ("metrics.json", "confusion_matrix.json", "confusion_matrix.png", "per_class.csv", "predictions.csv",
+                 "report.html"):
         assert (evaluation / name).is_file(), name
 
 

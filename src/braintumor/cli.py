@@ -56,6 +56,7 @@ def train(
     epochs: int | None = typer.Option(None, "--epochs", help="Override train.max_epochs."),
     overrides: list[str] = typer.Option([], "--set", help="Recipe override section.field=value (repeatable)."),
     evaluate: bool = typer.Option(False, "--evaluate", help="Afterwards, evaluate on the official Testing split."),
+    report: bool = typer.Option(False, "--report", help="With --evaluate: also write and track report.html."),
     resume: Path | None = typer.Option(None, "--resume", help="Continue an interrupted run folder."),
     tracker: str = typer.Option("mlflow", "--tracker", help="mlflow (local store by default), clearml or none."),
     tracking_uri: str | None = typer.Option(None, "--tracking-uri", help="MLflow server or store URI "
@@ -110,6 +111,10 @@ def train(
             log_final_metrics(result.logger, {"test_accuracy": evaluation.metrics["accuracy"],
                                               "test_loss": evaluation.metrics["loss"],
                                               "test_macro_f1": evaluation.metrics["macro_f1"]})
+            if report:
+                from braintumor.evaluation.report import build_report
+
+                console.print(f"report: {build_report(evaluation, result.bundle_dir, show_progress=not quiet)}")
             log_artifacts(result.logger, [evaluation.out_dir])
     except BrainTumorError as error:
         _fail(str(error))
