@@ -61,8 +61,12 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=512)
     args = parser.parse_args()
     results: dict = {
-        "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "platform": platform.platform(),
-                    "load_average_1min": os.getloadavg()[0]},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "platform": platform.platform(),
+            "load_average_1min": os.getloadavg()[0],
+        },
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     if args.data:
@@ -73,10 +77,15 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as out:
             audit, wall, cpu = _timed(run_audit, args.data, out, show_progress=False)
         leak = audit.audit["leakage"].get("Testing", {})
-        results["real_data"] = {"data": str(args.data), "wall_s": wall, "cpu_s": cpu, "phases": audit.audit["timing"],
-                                "files": sum(s["files"] for s in audit.audit["splits"].values()),
-                                "pairs_checked": audit.audit["near_duplicates"].get("pairs_checked", 0),
-                                "testing": {k: leak.get(k) for k in ("files", "exact_copy", "near_copy", "clean")}}
+        results["real_data"] = {
+            "data": str(args.data),
+            "wall_s": wall,
+            "cpu_s": cpu,
+            "phases": audit.audit["timing"],
+            "files": sum(s["files"] for s in audit.audit["splits"].values()),
+            "pairs_checked": audit.audit["near_duplicates"].get("pairs_checked", 0),
+            "testing": {k: leak.get(k) for k in ("files", "exact_copy", "near_copy", "clean")},
+        }
         print(f"real data: {results['real_data']}")
 
     query = _smooth_images(args.queries, 64, 1)
@@ -85,15 +94,22 @@ def main() -> None:
     comparisons = 2 * args.queries * args.references
     rate = comparisons / wall
     results["candidate_search"] = {
-        "queries": args.queries, "references": args.references, "wall_s": wall, "cpu_s": cpu,
-        "comparisons_per_s": round(rate), "extrapolated_10k_x_90k_s": round(2 * 10_000 * 90_000 / rate, 1),
+        "queries": args.queries,
+        "references": args.references,
+        "wall_s": wall,
+        "cpu_s": cpu,
+        "comparisons_per_s": round(rate),
+        "extrapolated_10k_x_90k_s": round(2 * 10_000 * 90_000 / rate, 1),
     }
     print(f"candidate search: {results['candidate_search']}")
 
     detail = _smooth_images(2 * args.pairs, 128, 3)
     _, wall, cpu = _timed(check_pairs, detail[: args.pairs], detail[args.pairs :])
     results["pair_checks"] = {
-        "pairs": args.pairs, "wall_s": wall, "cpu_s": cpu, "pairs_per_s": round(args.pairs / wall, 1),
+        "pairs": args.pairs,
+        "wall_s": wall,
+        "cpu_s": cpu,
+        "pairs_per_s": round(args.pairs / wall, 1),
         "extrapolated_30k_pairs_s": round(30_000 * wall / args.pairs, 1),
     }
     print(f"pair checks: {results['pair_checks']}")

@@ -1,6 +1,6 @@
 """How many images of each split and class are 512x512: the framing shortcut a CNN can learn.
 
-    python benchmarks/image_sizes.py --data ../shared/data/brain-tumor-mri
+python benchmarks/image_sizes.py --data ../shared/data/brain-tumor-mri
 """
 
 from __future__ import annotations

@@ -74,8 +74,11 @@ def leaky_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     shutil.copy(train["glioma_tumor"][0], test / "glioma_tumor" / "exact.jpg")
     _save(source("glioma_tumor", 1), test / "glioma_tumor" / "reencoded.jpg", quality=55)
     _save(source("glioma_tumor", 2), test / "glioma_tumor" / "as_png.png")
-    _save(source("meningioma_tumor", 0).resize((100, 100), Image.Resampling.LANCZOS),
-          test / "meningioma_tumor" / "resized.jpg", quality=90)
+    _save(
+        source("meningioma_tumor", 0).resize((100, 100), Image.Resampling.LANCZOS),
+        test / "meningioma_tumor" / "resized.jpg",
+        quality=90,
+    )
     _save(ImageOps.mirror(source("meningioma_tumor", 1)), test / "meningioma_tumor" / "mirrored.jpg", quality=95)
     rescaled = (np.asarray(source("pituitary_tumor", 0), dtype=np.float32) * 0.6 + 40).astype(np.uint8)
     _save(Image.fromarray(rescaled), test / "pituitary_tumor" / "rescaled.jpg", quality=95)
@@ -216,8 +219,9 @@ def test_evaluate_reports_the_deduplicated_split(
     model = create_model(recipe)
     bundle = save_bundle(tmp_path / "bundle", model, recipe, resolve_preprocessing(recipe, model))
     audit_dir = Path(leaky_audit["_out"])
-    result = evaluate_bundle(bundle, leaky_root, "Testing", tmp_path / "eval", show_progress=False,
-                             audit=audit_dir, n_bootstrap=20)
+    result = evaluate_bundle(
+        bundle, leaky_root, "Testing", tmp_path / "eval", show_progress=False, audit=audit_dir, n_bootstrap=20
+    )
     dedup = result.deduplicated
     assert dedup is not None and dedup["n_images"] == 9 and dedup["official_n_images"] == 18
     assert dedup["excluded_exact_copies"] == 2 and dedup["excluded_near_copies"] == 7
@@ -245,8 +249,15 @@ def test_evaluate_reports_the_deduplicated_split(
     stale = evaluate_bundle(bundle, changed_root, "Testing", tmp_path / "eval3", show_progress=False, n_bootstrap=0)
     assert stale.deduplicated is None and "changed since" in (stale.audit_note or "")
     with pytest.raises(AuditError, match="changed since"):
-        evaluate_bundle(bundle, changed_root, "Testing", tmp_path / "eval4", show_progress=False, n_bootstrap=0,
-                        audit=default_audit_dir(changed_root))
+        evaluate_bundle(
+            bundle,
+            changed_root,
+            "Testing",
+            tmp_path / "eval4",
+            show_progress=False,
+            n_bootstrap=0,
+            audit=default_audit_dir(changed_root),
+        )
 
 
 def test_cli_audit_and_errors(leaky_root: Path, tmp_path: Path) -> None:

@@ -52,8 +52,14 @@ def test_train_with_evaluate_writes_bundle_and_evaluation(cli_run: Path) -> None
     config = json.loads((cli_run / "bundle" / "config.json").read_text())
     assert config["recipe"]["train"]["max_epochs"] == 4  # --epochs overrides the recipe
     evaluation = cli_run / "eval-Testing"
-    for name in ("metrics.json", "confusion_matrix.json", "confusion_matrix.png", "per_class.csv", "predictions.csv",
-                 "report.html"):
+    for name in (
+        "metrics.json",
+        "confusion_matrix.json",
+        "confusion_matrix.png",
+        "per_class.csv",
+        "predictions.csv",
+        "report.html",
+    ):
         assert (evaluation / name).is_file(), name
 
 

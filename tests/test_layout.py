@@ -15,10 +15,15 @@ MASOUD_FOLDERS = {"glioma": "glioma", "meningioma": "meningioma", "no_tumor": "n
 @pytest.mark.parametrize(
     ("folder", "expected"),
     [
-        ("glioma_tumor", "glioma"), ("glioma", "glioma"), ("Glioma-Tumor", "glioma"),
-        ("meningioma_tumor", "meningioma"), ("meningioma", "meningioma"),
-        ("no_tumor", "no_tumor"), ("notumor", "no_tumor"),
-        ("pituitary_tumor", "pituitary"), ("pituitary", "pituitary"),
+        ("glioma_tumor", "glioma"),
+        ("glioma", "glioma"),
+        ("Glioma-Tumor", "glioma"),
+        ("meningioma_tumor", "meningioma"),
+        ("meningioma", "meningioma"),
+        ("no_tumor", "no_tumor"),
+        ("notumor", "no_tumor"),
+        ("pituitary_tumor", "pituitary"),
+        ("pituitary", "pituitary"),
         ("cats", None),
     ],
 )

@@ -40,6 +40,7 @@ def test_train_and_predict_on_a_real_sample(real_data_root: Path, tmp_path: Path
     recipe = tiny_recipe(data={"image_size": 64}, train={"max_epochs": 2})
     result = train_recipe(recipe, sample_root, tmp_path / "run", show_progress=False)
     predictions, skipped = Predictor(load_bundle(result.bundle_dir)).predict_paths(
-        sorted((sample_root / "Testing").rglob("*.jpg")))
+        sorted((sample_root / "Testing").rglob("*.jpg"))
+    )
     assert len(predictions) == 8 and not skipped
     assert all(p.class_name in CLASS_NAMES for p in predictions)

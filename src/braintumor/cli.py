@@ -59,8 +59,9 @@ def train(
     report: bool = typer.Option(False, "--report", help="With --evaluate: also write and track report.html."),
     resume: Path | None = typer.Option(None, "--resume", help="Continue an interrupted run folder."),
     tracker: str = typer.Option("mlflow", "--tracker", help="mlflow (local store by default), clearml or none."),
-    tracking_uri: str | None = typer.Option(None, "--tracking-uri", help="MLflow server or store URI "
-                                            "(default: $MLFLOW_TRACKING_URI, else ./mlflow.db)."),
+    tracking_uri: str | None = typer.Option(
+        None, "--tracking-uri", help="MLflow server or store URI (default: $MLFLOW_TRACKING_URI, else ./mlflow.db)."
+    ),
     accelerator: str = typer.Option("auto", "--accelerator", help="cpu, gpu or auto."),
     devices: str = typer.Option("1", "--devices", help="Devices (processes) per node, or auto."),
     num_nodes: int = typer.Option(1, "--num-nodes", help="Machines taking part (multi-node DDP)."),
@@ -76,9 +77,15 @@ def train(
 
     if tracker not in {"mlflow", "clearml", "none"}:
         _fail(f"--tracker must be mlflow, clearml or none (got {tracker!r})")
-    options = RunOptions(show_progress=not quiet, tracker=tracker, tracking_uri=tracking_uri,  # type: ignore[arg-type]
-                         accelerator=accelerator, devices=int(devices) if devices.isdigit() else devices,
-                         num_nodes=num_nodes, strategy=strategy)
+    options = RunOptions(
+        show_progress=not quiet,
+        tracker=tracker,
+        tracking_uri=tracking_uri,  # type: ignore[arg-type]
+        accelerator=accelerator,
+        devices=int(devices) if devices.isdigit() else devices,
+        num_nodes=num_nodes,
+        strategy=strategy,
+    )
     try:
         if resume is not None:
             record = read_run_file(resume)
@@ -104,13 +111,19 @@ def train(
         if result.tracking.get("offline_folder"):
             console.print(f"ClearML offline session: {result.tracking['offline_folder']}")
         if evaluate:
-            evaluation = evaluate_bundle(result.bundle_dir, root, "Testing", run_dir / "eval-Testing",
-                                         show_progress=not quiet)
+            evaluation = evaluate_bundle(
+                result.bundle_dir, root, "Testing", run_dir / "eval-Testing", show_progress=not quiet
+            )
             console.print(metrics_table(evaluation.metrics, f"{name}: official Testing split"))
             console.print(f"evaluation files: {evaluation.out_dir}")
-            log_final_metrics(result.logger, {"test_accuracy": evaluation.metrics["accuracy"],
-                                              "test_loss": evaluation.metrics["loss"],
-                                              "test_macro_f1": evaluation.metrics["macro_f1"]})
+            log_final_metrics(
+                result.logger,
+                {
+                    "test_accuracy": evaluation.metrics["accuracy"],
+                    "test_loss": evaluation.metrics["loss"],
+                    "test_macro_f1": evaluation.metrics["macro_f1"],
+                },
+            )
             if report:
                 from braintumor.evaluation.report import build_report
 
@@ -148,8 +161,12 @@ def evaluate_command(
     out: Path | None = typer.Option(None, "--out", "-o", help="Output folder (default: <bundle>/../eval-<split>)."),
     report: bool = typer.Option(False, "--report", help="Also write report.html (plots, Grad-CAM, model card)."),
     tta: bool = typer.Option(False, "--tta", help="Test-time augmentation: average flipped and shifted views."),
-    audit: Path | None = typer.Option(None, "--audit", help="Data audit (audit.json or its folder) for the "
-                                      "deduplicated split (default: audits/<data root name>/ when present)."),
+    audit: Path | None = typer.Option(
+        None,
+        "--audit",
+        help="Data audit (audit.json or its folder) for the "
+        "deduplicated split (default: audits/<data root name>/ when present).",
+    ),
     quiet: bool = QuietOption,
 ) -> None:
     """Accuracy, loss, per-class metrics, confusion matrix and per-image predictions on a split."""
@@ -170,8 +187,13 @@ def evaluate_command(
         console.print(line, highlight=False)
     if result.deduplicated is not None:
         dedup = result.deduplicated
-        console.print(metrics_table(dedup, f"{result.metrics['recipe']} on {split}, deduplicated: {dedup['n_images']} "
-                                    f"of {dedup['official_n_images']} images have no copy in Training"))
+        console.print(
+            metrics_table(
+                dedup,
+                f"{result.metrics['recipe']} on {split}, deduplicated: {dedup['n_images']} "
+                f"of {dedup['official_n_images']} images have no copy in Training",
+            )
+        )
         for line in uncertainty_lines(dedup):
             console.print(line, highlight=False)
     elif result.audit_note:

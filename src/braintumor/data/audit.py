@@ -162,12 +162,12 @@ def _header(data: bytes) -> tuple[str | None, str | None]:
         return None, None
 
 
-def _grey_thumbnail(image: Image.Image, size: int, box: tuple[float, float, float, float] | None = None
-                    ) -> np.ndarray:
+def _grey_thumbnail(image: Image.Image, size: int, box: tuple[float, float, float, float] | None = None) -> np.ndarray:
     # Squashed to a square on purpose: a copy resized with another aspect ratio still lines up.
     grey = image if image.mode == "L" else image.convert("L")
-    pixels = None if box is None else (box[0] * grey.width, box[1] * grey.height,
-                                       box[2] * grey.width, box[3] * grey.height)
+    pixels = (
+        None if box is None else (box[0] * grey.width, box[1] * grey.height, box[2] * grey.width, box[3] * grey.height)
+    )
     resized = grey.resize((size, size), Image.Resampling.BILINEAR, box=pixels, reducing_gap=2.0)
     return np.asarray(resized, dtype=np.uint8)
 
@@ -323,8 +323,13 @@ def _near_copies(
             continue
         seen.add(record.digest)
         query_ids.append(index)
-    result: dict[str, Any] = {"threshold": threshold, "pairs": [], "candidates": [], "queries_searched": len(query_ids),
-                              "reference_images": len(reference_ids)}
+    result: dict[str, Any] = {
+        "threshold": threshold,
+        "pairs": [],
+        "candidates": [],
+        "queries_searched": len(query_ids),
+        "reference_images": len(reference_ids),
+    }
     if not query_ids or not reference_ids:
         return result
 
@@ -338,8 +343,13 @@ def _near_copies(
     with progress_bar(show_progress) as progress:
         task = progress.add_task("Near-copy search", total=len(channels) * -(-len(reference_ids) // reference_block))
         for channel in channels:
-            top = nearest_candidates(query_thumbs[:, channel], reference_thumbs[:, channel], candidates,
-                                     reference_block=reference_block, on_block=lambda: progress.advance(task))
+            top = nearest_candidates(
+                query_thumbs[:, channel],
+                reference_thumbs[:, channel],
+                candidates,
+                reference_block=reference_block,
+                on_block=lambda: progress.advance(task),
+            )
             for q, rank in zip(*np.nonzero(top.scores >= CANDIDATE_FLOOR), strict=True):
                 key, score = (int(q), int(top.indices[q, rank])), float(top.scores[q, rank])
                 if key not in found or score > found[key][0]:
@@ -370,15 +380,23 @@ def _near_copies(
             for start in range(0, len(keys), CHECK_CHUNK):
                 chunk = range(start, min(start + CHECK_CHUNK, len(keys)))
                 needed = sorted({pair_query[p] for p in chunk} | {pair_reference[p] for p in chunk})
-                details = dict(zip(needed, pool.map(lambda i: _detail_thumbnail(root / records[i].path), needed),
-                                   strict=True))
+                details = dict(
+                    zip(needed, pool.map(lambda i: _detail_thumbnail(root / records[i].path), needed), strict=True)
+                )
                 query_detail = np.stack([details[pair_query[p]] for p in chunk])
-                reference_detail = np.stack([details[pair_reference[p]][:, ::-1] if pair_mirrored[p]
-                                             else details[pair_reference[p]] for p in chunk])
-                parts.append(check_pairs(query_detail, reference_detail,
-                                         on_batch=lambda n: progress.advance(task, n)))
-        checked = PairCheck(*(np.concatenate([getattr(part, name) for part in parts])
-                              for name in ("detail_ncc", "overlap", "aligned", "transform")))
+                reference_detail = np.stack(
+                    [
+                        details[pair_reference[p]][:, ::-1] if pair_mirrored[p] else details[pair_reference[p]]
+                        for p in chunk
+                    ]
+                )
+                parts.append(check_pairs(query_detail, reference_detail, on_batch=lambda n: progress.advance(task, n)))
+        checked = PairCheck(
+            *(
+                np.concatenate([getattr(part, name) for part in parts])
+                for name in ("detail_ncc", "overlap", "aligned", "transform")
+            )
+        )
     check_s = time.perf_counter() - started
 
     def copies_of(index: int) -> list[dict[str, str]]:
@@ -386,8 +404,9 @@ def _near_copies(
 
     for p, (query_index, reference_index) in enumerate(zip(pair_query, pair_reference, strict=True)):
         query, reference = records[query_index], records[reference_index]
-        reference_classes = sorted({records[i].class_name for i in by_digest[reference.digest or ""]
-                                    if records[i].split == REFERENCE_SPLIT})
+        reference_classes = sorted(
+            {records[i].class_name for i in by_digest[reference.digest or ""] if records[i].split == REFERENCE_SPLIT}
+        )
         entry = {
             "query": query.path,
             "query_split": query.split,
@@ -417,8 +436,12 @@ def _near_copies(
     searched = {q for q, _ in keys}
     unchecked = [records[query_ids[q]].path for q in range(len(query_ids)) if q not in searched]
     # Queries whose best candidate in both channels was under the floor: nothing looked similar enough.
-    result.update(queries_without_candidates=unchecked, search_s=round(search_s, 2), check_s=round(check_s, 2),
-                  pairs_checked=len(keys))
+    result.update(
+        queries_without_candidates=unchecked,
+        search_s=round(search_s, 2),
+        check_s=round(check_s, 2),
+        pairs_checked=len(keys),
+    )
     return result
 
 
@@ -447,8 +470,14 @@ def _near_groups(records: Sequence[FileRecord], pairs: Sequence[dict[str, Any]])
     for digests in members.values():
         files = [_file_entry(r) for digest in sorted(digests) for r in records_of[digest]]
         classes = sorted({f["class"] for f in files})
-        groups.append({"files": files, "splits": sorted({f["split"] for f in files}), "classes": classes,
-                       "label_conflict": len(classes) > 1})
+        groups.append(
+            {
+                "files": files,
+                "splits": sorted({f["split"] for f in files}),
+                "classes": classes,
+                "label_conflict": len(classes) > 1,
+            }
+        )
     groups.sort(key=lambda g: (-len(g["files"]), g["files"][0]["path"]))
     return groups
 
@@ -489,8 +518,16 @@ def run_audit(
     run_near = near and REFERENCE_SPLIT in splits and bool(query_splits)
     near_result: dict[str, Any] = {"threshold": near_threshold, "pairs": [], "candidates": []}
     if run_near:
-        near_result = _near_copies(root, records, thumbnails, rows, threshold=near_threshold, candidates=candidates,
-                                   workers=workers, show_progress=show_progress)
+        near_result = _near_copies(
+            root,
+            records,
+            thumbnails,
+            rows,
+            threshold=near_threshold,
+            candidates=candidates,
+            workers=workers,
+            show_progress=show_progress,
+        )
     elif near and query_splits:
         say("no Training split: the near-copy search needs one (exact duplicates are still reported)")
 
@@ -528,9 +565,16 @@ def run_audit(
         }
     cross_groups = [g for g in exact if g["cross_split"]]
     label_conflicts = [{"kind": "exact", **g} for g in exact if g["label_conflict"]] + [
-        {"kind": "near", "query": p["query"], "query_class": p["query_class"], "reference": p["reference"],
-         "reference_class": p["reference_class"], "detail_ncc": p["detail_ncc"]}
-        for p in near_result["pairs"] if p["label_conflict"]
+        {
+            "kind": "near",
+            "query": p["query"],
+            "query_class": p["query_class"],
+            "reference": p["reference"],
+            "reference_class": p["reference_class"],
+            "detail_ncc": p["detail_ncc"],
+        }
+        for p in near_result["pairs"]
+        if p["label_conflict"]
     ]
     audit: dict[str, Any] = {
         "format": AUDIT_FORMAT,
@@ -559,9 +603,12 @@ def run_audit(
         "leakage": leakage,
         "files": [asdict(r) for r in records],
     }
-    audit["timing"] = {"read_s": round(read_s, 2), "search_s": near_result.get("search_s", 0.0),
-                       "check_s": near_result.get("check_s", 0.0),
-                       "total_s": round(time.perf_counter() - started, 2)}
+    audit["timing"] = {
+        "read_s": round(read_s, 2),
+        "search_s": near_result.get("search_s", 0.0),
+        "check_s": near_result.get("check_s", 0.0),
+        "total_s": round(time.perf_counter() - started, 2),
+    }
     outputs = write_audit(audit, out, root if write_report else None)
     audit["timing"]["total_s"] = round(time.perf_counter() - started, 2)
     return AuditResult(audit, out, outputs)
@@ -723,8 +770,10 @@ def deduplicated_metrics(
         return None, None
     path = find_audit_file(data_root, audit)
     if path is None:
-        return None, (f"no data audit at {default_audit_dir(data_root) / AUDIT_FILE}: run `braintumor audit "
-                      f"{data_root}` to also report the deduplicated {split} split")
+        return None, (
+            f"no data audit at {default_audit_dir(data_root) / AUDIT_FILE}: run `braintumor audit "
+            f"{data_root}` to also report the deduplicated {split} split"
+        )
     try:
         subset = clean_subset(path, data_root, split, paths, digests)
     except AuditError as error:
@@ -738,7 +787,10 @@ def deduplicated_metrics(
     if n_bootstrap > 0:
         # A few hundred clean images give wide intervals: report them with the point values.
         metrics["confidence_intervals"] = bootstrap_confidence_intervals(
-            clean_labels, clean_probabilities.argmax(axis=1), len(class_names), n_resamples=n_bootstrap,
+            clean_labels,
+            clean_probabilities.argmax(axis=1),
+            len(class_names),
+            n_resamples=n_bootstrap,
             class_names=class_names,
         )
     metrics.update(

@@ -105,11 +105,20 @@ def plot_scores(candidates: Sequence[dict[str, Any]], threshold: float, path: Pa
     figure, axis = plt.subplots(figsize=(7, 5))
     for near, colour, label in ((False, "#888888", "not a copy"), (True, "#d62728", "near copy")):
         chosen = [c for c in candidates if c["near_copy"] == near]
-        axis.scatter([c["whole_image_ncc"] for c in chosen], [c["detail_ncc"] for c in chosen], s=12,
-                     alpha=0.7, color=colour, label=f"{label} ({len(chosen)})")
+        axis.scatter(
+            [c["whole_image_ncc"] for c in chosen],
+            [c["detail_ncc"] for c in chosen],
+            s=12,
+            alpha=0.7,
+            color=colour,
+            label=f"{label} ({len(chosen)})",
+        )
     axis.axhline(threshold, color="black", linestyle="--", linewidth=1, label=f"threshold {threshold:g}")
-    axis.set(xlabel="whole-image NCC (64 px thumbnails, candidate search)",
-             ylabel="aligned fine-detail NCC (128 px)", title="Candidate pairs: query split vs Training")
+    axis.set(
+        xlabel="whole-image NCC (64 px thumbnails, candidate search)",
+        ylabel="aligned fine-detail NCC (128 px)",
+        title="Candidate pairs: query split vs Training",
+    )
     axis.grid(alpha=0.3)
     axis.legend(loc="lower right")
     figure.tight_layout()
@@ -121,13 +130,34 @@ def plot_scores(candidates: Sequence[dict[str, Any]], threshold: float, path: Pa
 def _summary_section(audit: dict[str, Any]) -> str:
     splits = audit["splits"]
     rows = [
-        [name, s["files"], s["decodable"], s["undecodable"], s["exact_duplicate_groups"], s["redundant_exact_copies"],
-         s["distinct_sizes"], ", ".join(f"{k} {v}" for k, v in s["modes"].items())]
+        [
+            name,
+            s["files"],
+            s["decodable"],
+            s["undecodable"],
+            s["exact_duplicate_groups"],
+            s["redundant_exact_copies"],
+            s["distinct_sizes"],
+            ", ".join(f"{k} {v}" for k, v in s["modes"].items()),
+        ]
         for name, s in splits.items()
     ]
-    parts = ["<h2>Splits</h2>", _table(
-        ["split", "files", "decodable", "undecodable", "exact-copy groups inside", "redundant copies inside",
-         "distinct sizes", "modes"], rows)]
+    parts = [
+        "<h2>Splits</h2>",
+        _table(
+            [
+                "split",
+                "files",
+                "decodable",
+                "undecodable",
+                "exact-copy groups inside",
+                "redundant copies inside",
+                "distinct sizes",
+                "modes",
+            ],
+            rows,
+        ),
+    ]
     class_names = list(next(iter(splits.values()))["classes"])
     parts.append(_table(["split", *class_names], [[n, *s["classes"].values()] for n, s in splits.items()]))
     drop = audit.get("training_drop")
@@ -135,8 +165,12 @@ def _summary_section(audit: dict[str, Any]) -> str:
         parts.append(
             f"<p><code>braintumor train</code> drops {drop['removed_copies']} byte-identical copies inside "
             f"Training by default (<code>data.drop_train_duplicates</code>)"
-            + (f" and {drop['removed_label_conflicts']} files whose copies disagree on the label" if
-               drop["removed_label_conflicts"] else "") + ".</p>"
+            + (
+                f" and {drop['removed_label_conflicts']} files whose copies disagree on the label"
+                if drop["removed_label_conflicts"]
+                else ""
+            )
+            + ".</p>"
         )
     return "".join(parts)
 
@@ -159,15 +193,22 @@ def _leakage_section(audit: dict[str, Any]) -> str:
         rows = [row(name, v, sum(v.values())) for name, v in summary["by_class"].items()]
         rows.append(row("all", summary, summary["files"]))
         parts.append(f"<h3>{_escape(split)}</h3>")
-        parts.append(_table(["class", "files", "exact copy in Training", "near copy in Training (only)",
-                             "clean", "undecodable"], rows))
+        parts.append(
+            _table(
+                ["class", "files", "exact copy in Training", "near copy in Training (only)", "clean", "undecodable"],
+                rows,
+            )
+        )
         if summary["manifest"]:
-            parts.append(f"<p>Clean manifest: <code>{_escape(summary['manifest'])}</code> "
-                         f"({summary['clean']} files).</p>")
+            parts.append(
+                f"<p>Clean manifest: <code>{_escape(summary['manifest'])}</code> ({summary['clean']} files).</p>"
+            )
         else:
-            parts.append(f"<p>Near copies were not searched (<code>--exact-only</code>): "
-                         f"{summary['no_exact_copy']} files have no byte-identical copy in Training, "
-                         f"and no clean manifest was written.</p>")
+            parts.append(
+                f"<p>Near copies were not searched (<code>--exact-only</code>): "
+                f"{summary['no_exact_copy']} files have no byte-identical copy in Training, "
+                f"and no clean manifest was written.</p>"
+            )
     return "".join(parts)
 
 
@@ -181,26 +222,35 @@ def _examples_section(audit: dict[str, Any], root: Path) -> str:
         for group in cross:
             query = next(f for f in group["files"] if f["split"] != "Training")
             reference = next(f for f in group["files"] if f["split"] == "Training")
-            caption = (f"<code>{_escape(query['path'])}</code> = <code>{_escape(reference['path'])}</code> "
-                       f"({len(group['files'])} files in the group)")
+            caption = (
+                f"<code>{_escape(query['path'])}</code> = <code>{_escape(reference['path'])}</code> "
+                f"({len(group['files'])} files in the group)"
+            )
             parts.append(_figure(root, query["path"], reference["path"], caption))
     kinds = (
-        ("Near copies, whole image (re-encoded, resized, mirrored or intensity-changed)",
-         [p for p in pairs if not p["aligned"] and not p["label_conflict"]]),
-        ("Near copies after alignment (cropped, padded or shifted)",
-         [p for p in pairs if p["aligned"] and not p["label_conflict"]]),
+        (
+            "Near copies, whole image (re-encoded, resized, mirrored or intensity-changed)",
+            [p for p in pairs if not p["aligned"] and not p["label_conflict"]],
+        ),
+        (
+            "Near copies after alignment (cropped, padded or shifted)",
+            [p for p in pairs if p["aligned"] and not p["label_conflict"]],
+        ),
         ("Near copies whose labels disagree", [p for p in pairs if p["label_conflict"]]),
     )
     for title, chosen in kinds:
         if chosen:
             parts.append(f"<h3>{_escape(title)}: {len(chosen)} pairs, the lowest-scoring shown</h3>")
-            parts.extend(_figure(root, p["query"], p["reference"], _pair_caption(p))
-                         for p in chosen[:EXAMPLES_PER_KIND + (3 if "disagree" in title else 0)])
+            parts.extend(
+                _figure(root, p["query"], p["reference"], _pair_caption(p))
+                for p in chosen[: EXAMPLES_PER_KIND + (3 if "disagree" in title else 0)]
+            )
     rejected = sorted((c for c in near["candidates"] if not c["near_copy"]), key=lambda c: -c["detail_ncc"])
     if rejected:
         parts.append("<h3>Closest pairs not called copies (highest detail NCC under the threshold)</h3>")
-        parts.extend(_figure(root, c["query"], c["reference"], _pair_caption(c))
-                     for c in rejected[:EXAMPLES_PER_KIND + 1])
+        parts.extend(
+            _figure(root, c["query"], c["reference"], _pair_caption(c)) for c in rejected[: EXAMPLES_PER_KIND + 1]
+        )
     return "".join(parts)
 
 
@@ -214,8 +264,13 @@ def _lists_section(audit: dict[str, Any]) -> str:
             if c["kind"] == "exact":
                 rows.append(["exact", "; ".join(f"{f['path']} ({f['class']})" for f in c["files"]), ""])
             else:
-                rows.append(["near", f"{c['query']} ({c['query_class']}); {c['reference']} ({c['reference_class']})",
-                             f"{c['detail_ncc']:.4f}"])
+                rows.append(
+                    [
+                        "near",
+                        f"{c['query']} ({c['query_class']}); {c['reference']} ({c['reference_class']})",
+                        f"{c['detail_ncc']:.4f}",
+                    ]
+                )
         parts.append(_table(["kind", "files", "detail NCC"], rows))
     undecodable = audit["undecodable"]
     parts.append(f"<h2>Undecodable files ({len(undecodable)})</h2>")
@@ -223,10 +278,22 @@ def _lists_section(audit: dict[str, Any]) -> str:
         parts.append(_table(["file", "reason"], [[u["path"], u["reason"]] for u in undecodable]))
     near_pairs = audit["near_duplicates"]["pairs"]
     parts.append(f"<details><summary>All {len(near_pairs)} near-copy pairs</summary>")
-    parts.append(_table(
-        ["evaluation file", "Training file", "whole-image NCC", "detail NCC", "aligned", "mirrored"],
-        [[p["query"], p["reference"], f"{p['whole_image_ncc']:.4f}", f"{p['detail_ncc']:.4f}", p["aligned"],
-          p["mirrored"]] for p in near_pairs]))
+    parts.append(
+        _table(
+            ["evaluation file", "Training file", "whole-image NCC", "detail NCC", "aligned", "mirrored"],
+            [
+                [
+                    p["query"],
+                    p["reference"],
+                    f"{p['whole_image_ncc']:.4f}",
+                    f"{p['detail_ncc']:.4f}",
+                    p["aligned"],
+                    p["mirrored"],
+                ]
+                for p in near_pairs
+            ],
+        )
+    )
     parts.append("</details>")
     cross = [g for g in audit["exact_duplicates"]["groups"] if g["cross_split"]]
     parts.append(f"<details><summary>All {len(cross)} byte-identical groups across splits</summary>")
@@ -289,14 +356,23 @@ def summary_table(audit: dict[str, Any]) -> Any:
         near = (str(leak["near_copy"]) if searched else "not searched") if leak else ""
         clean = (str(leak["clean"]) if searched else "not searched") if leak else ""
         table.add_row(
-            name, str(split["files"]), str(split["undecodable"]), str(split["redundant_exact_copies"]),
-            str(leak["exact_copy"]) if leak else "", near, clean,
+            name,
+            str(split["files"]),
+            str(split["undecodable"]),
+            str(split["redundant_exact_copies"]),
+            str(leak["exact_copy"]) if leak else "",
+            near,
+            clean,
         )
     for name, leak in audit["leakage"].items():
         for class_name, counts in leak["by_class"].items():
             table.add_row(
-                f"  {name} {class_name}", str(sum(counts.values())), str(counts["undecodable"]), "",
-                str(counts["exact_copy"]), str(counts["near_copy"]) if leak["near_search"] else "",
+                f"  {name} {class_name}",
+                str(sum(counts.values())),
+                str(counts["undecodable"]),
+                "",
+                str(counts["exact_copy"]),
+                str(counts["near_copy"]) if leak["near_search"] else "",
                 str(counts["clean"]) if leak["near_search"] else "",
             )
     exact = audit["exact_duplicates"]
@@ -304,7 +380,10 @@ def summary_table(audit: dict[str, Any]) -> Any:
         f"{exact['cross_split_groups']} byte-identical groups span splits; "
         f"{len(audit['near_duplicates']['pairs'])} near-copy pairs; "
         f"{len(audit['label_conflicts'])} label conflicts"
-        + (f"; training drops {audit['training_drop']['removed_copies']} exact copies inside Training"
-           if audit.get("training_drop") else "")
+        + (
+            f"; training drops {audit['training_drop']['removed_copies']} exact copies inside Training"
+            if audit.get("training_drop")
+            else ""
+        )
     )
     return table

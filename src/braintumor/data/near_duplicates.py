@@ -41,6 +41,7 @@ from torchvision.transforms.v2.functional import gaussian_blur
 THUMBNAIL_SIZE = 64
 DETAIL_SIZE = 128
 
+
 @dataclass(frozen=True)
 class FitStage:
     """One gradient-ascent stage: image size, blur (in 128 px units), steps and starting learning rate."""
@@ -156,8 +157,9 @@ def _warp(images: torch.Tensor, transform: torch.Tensor, size: int) -> tuple[tor
     grid_y, grid_x = torch.meshgrid(centres, centres, indexing="ij")
     x = transform[:, 0, None, None] * grid_x + transform[:, 2, None, None]
     y = transform[:, 1, None, None] * grid_y + transform[:, 3, None, None]
-    warped = F.grid_sample(images, torch.stack([x, y], dim=-1), mode="bilinear", padding_mode="border",
-                           align_corners=False)
+    warped = F.grid_sample(
+        images, torch.stack([x, y], dim=-1), mode="bilinear", padding_mode="border", align_corners=False
+    )
     inside = ((x.abs() <= 1) & (y.abs() <= 1)).float()[:, None]
     return warped, inside
 
@@ -245,8 +247,9 @@ def _fit(query: torch.Tensor, reference: torch.Tensor, start: torch.Tensor, stag
     return transform.detach()
 
 
-def _detail_score(query_detail: torch.Tensor, reference_detail: torch.Tensor, transform: torch.Tensor
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
+def _detail_score(
+    query_detail: torch.Tensor, reference_detail: torch.Tensor, transform: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     warped, inside = _warp(reference_detail, transform, query_detail.shape[-1])
     overlap = _overlap(inside, transform)
     score = _masked_ncc(query_detail, warped, inside)
@@ -286,8 +289,14 @@ def check_pairs(
     transform = np.tile(np.array([1.0, 1.0, 0.0, 0.0], dtype=np.float32), (n_pairs, 1))
     with _one_thread():
         for start in range(0, n_pairs, batch_size):
-            _check_batch(query, reference, start, min(start + batch_size, n_pairs), skip_fit_above,
-                         (detail_ncc, overlap, aligned, transform))
+            _check_batch(
+                query,
+                reference,
+                start,
+                min(start + batch_size, n_pairs),
+                skip_fit_above,
+                (detail_ncc, overlap, aligned, transform),
+            )
             if on_batch is not None:
                 on_batch(min(start + batch_size, n_pairs) - start)
     return PairCheck(detail_ncc, overlap, aligned, transform)

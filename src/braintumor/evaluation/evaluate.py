@@ -147,8 +147,15 @@ def evaluate_bundle(
     metrics.update(extra, tta=tta)
     title = f"{bundle.name} on {split}"
     deduplicated, audit_note = deduplicated_metrics(
-        data_root, split, image_set.paths, image_set.hashes, labels, probabilities, bundle.class_names,
-        audit=audit, n_bootstrap=n_bootstrap,
+        data_root,
+        split,
+        image_set.paths,
+        image_set.hashes,
+        labels,
+        probabilities,
+        bundle.class_names,
+        audit=audit,
+        n_bootstrap=n_bootstrap,
     )
     if deduplicated is not None:
         metrics["deduplicated"] = deduplicated
@@ -173,8 +180,12 @@ def evaluate_bundle(
     )
     if deduplicated is not None:
         write_json_atomic(out_dir / "metrics_deduplicated.json", deduplicated)
-        plot_confusion_matrix(deduplicated["confusion_matrix"], bundle.class_names,
-                              out_dir / "confusion_matrix_deduplicated.png",
-                              title=f"{title}, deduplicated ({deduplicated['n_images']} images)")
-    return EvaluationResult(metrics, out_dir, probabilities, labels, image_set.paths, image_set.skipped,
-                            deduplicated, audit_note)
+        plot_confusion_matrix(
+            deduplicated["confusion_matrix"],
+            bundle.class_names,
+            out_dir / "confusion_matrix_deduplicated.png",
+            title=f"{title}, deduplicated ({deduplicated['n_images']} images)",
+        )
+    return EvaluationResult(
+        metrics, out_dir, probabilities, labels, image_set.paths, image_set.skipped, deduplicated, audit_note
+    )

@@ -66,9 +66,7 @@ class ClassifierModule(L.LightningModule):
         # Plain cross-entropy (no smoothing) so validation loss is comparable across recipes.
         loss = F.cross_entropy(logits, targets)
         self.val_accuracy(logits, targets)
-        self.log(
-            "val_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(targets), sync_dist=True
-        )
+        self.log("val_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(targets), sync_dist=True)
         self.log("val_acc", self.val_accuracy, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(targets))
 
     def configure_optimizers(self) -> dict[str, Any]:
