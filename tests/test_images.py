@@ -107,3 +107,29 @@ def test_a_split_with_no_decodable_file_is_an_error(tmp_path: Path) -> None:
     (folder / "a.jpg").write_bytes(b"garbage")
     with pytest.raises(DatasetLayoutError, match="none of the 1 files"):
         load_images(discover_split(tmp_path, "Training"), Preprocessing(image_size=16), show_progress=False)
+
+
+def test_head_crop_removes_borders_and_framing() -> None:
+    from braintumor.data.preprocessing import crop_to_head, head_bounding_box
+    from braintumor.data.synthetic import synthetic_image
+
+    head = np.asarray(synthetic_image("glioma", 64, np.random.default_rng(0)))
+    canvas = np.zeros((200, 300, 3), dtype=np.uint8)
+    canvas[120:184, 20:84] = head  # a small head in a corner of a wide black frame
+    canvas[5:8, 250:290] = 255  # burnt-in text: too thin to count as head
+    top, bottom, left, right = head_bounding_box(np.asarray(Image.fromarray(canvas).convert("L")), margin=0.0)
+    assert 118 <= top <= 132 and 172 <= bottom <= 186 and 18 <= left <= 36 and 68 <= right <= 86
+    cropped = crop_to_head(Image.fromarray(canvas))
+    assert cropped.width == cropped.height and 55 <= cropped.width <= 80
+    black = Image.new("RGB", (50, 40))
+    assert crop_to_head(black) is black  # nothing stands out: left as it is
+
+
+def test_head_crop_is_part_of_the_stored_preprocessing() -> None:
+    from braintumor.data.preprocessing import resize_to_uint8_tensor
+
+    canvas = np.zeros((100, 100, 3), dtype=np.uint8)
+    canvas[60:100, 60:100] = 200
+    plain = resize_to_uint8_tensor(Image.fromarray(canvas), Preprocessing(image_size=20))
+    cropped = resize_to_uint8_tensor(Image.fromarray(canvas), Preprocessing(image_size=20, crop="head"))
+    assert plain.float().mean() < 100 < cropped.float().mean()

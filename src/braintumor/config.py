@@ -41,6 +41,11 @@ class DataConfig(_Strict):
     split_seed: int = Field(42, description="Seed of the stratified train/validation split.")
     batch_size: int = Field(32, ge=1, le=4096)
     num_workers: int = Field(0, ge=0, description="DataLoader workers (images are pre-decoded in memory).")
+    crop_to_head: bool = Field(
+        False,
+        description="Crop every slice to the head's bounding box (squared) before resizing, in training "
+        "and inference alike: removes framing differences between sources.",
+    )
     drop_train_duplicates: bool = Field(
         True, description="Drop byte-identical copies inside Training before splitting (keeps one)."
     )

@@ -43,8 +43,9 @@ def create_model(recipe: Recipe, *, load_pretrained: bool = True, num_classes: i
 def resolve_preprocessing(recipe: Recipe, model: BrainTumorNet) -> Preprocessing:
     """Normalisation and interpolation from the backbone's pretrained config; [0, 1] pixels for the CNN."""
     size = recipe.data.image_size
+    crop = "head" if recipe.data.crop_to_head else "none"
     if recipe.model.architecture == "custom_cnn":
-        return Preprocessing(image_size=size, interpolation="bilinear")
+        return Preprocessing(image_size=size, interpolation="bilinear", crop=crop)
     data_config = timm.data.resolve_data_config(model=model.backbone)
     interpolation = data_config.get("interpolation", "bilinear")
     if interpolation not in {"nearest", "bilinear", "bicubic"}:
@@ -54,4 +55,5 @@ def resolve_preprocessing(recipe: Recipe, model: BrainTumorNet) -> Preprocessing
         mean=tuple(float(v) for v in data_config["mean"]),
         std=tuple(float(v) for v in data_config["std"]),
         interpolation=interpolation,
+        crop=crop,
     )
