@@ -16,10 +16,10 @@ from __future__ import annotations
 from typing import Literal
 
 import numpy as np
-from scipy import ndimage
 import torch
 from PIL import Image
 from pydantic import BaseModel, ConfigDict
+from scipy import ndimage
 from torchvision.transforms import InterpolationMode, v2
 
 from braintumor.config import AugmentConfig
