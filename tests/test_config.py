@@ -7,7 +7,7 @@ import pytest
 from braintumor.config import REPO_CONFIG_DIR, RecipeError, apply_overrides, load_recipe
 
 
-@pytest.mark.parametrize("name", ["seed-cnn", "seed-resnet50", "lite0-frozen"])
+@pytest.mark.parametrize("name", ["seed-cnn", "seed-resnet50", "lite0-frozen", "lite0-frozen-headcrop"])
 def test_shipped_recipes_validate(name: str) -> None:
     recipe = load_recipe(name)
     assert recipe.name == name
