@@ -58,6 +58,7 @@ from sklearn.calibration import calibration_curve
 from sklearn.metrics import precision_recall_fscore_support, roc_auc_score, roc_curve
 
 from braintumor.data.images import load_image_rgb
+from braintumor.data.preprocessing import Preprocessing
 from braintumor.errors import BrainTumorError, ImageDecodeError
 from braintumor.evaluation.calibration import expected_calibration_error, risk_coverage
 from braintumor.evaluation.evaluate import EvaluationResult
@@ -371,6 +372,10 @@ def _fmt(value: Any, percent: bool = False) -> str:
     return "-"
 
 
+def _framing(prep: Preprocessing) -> str:
+    return "cropped to the head, padded to square" if prep.crop == "head" else "squashed to square"
+
+
 def build_report(
     result: EvaluationResult,
     bundle: Bundle | Path | str,
@@ -611,7 +616,7 @@ def build_report(
     card_details = [
         ("Model", f"{bundle.name}: {recipe.description}" if recipe.description else bundle.name),
         ("Architecture", architecture),
-        ("Input", f"{prep.image_size}x{prep.image_size} RGB, squashed to square, mean {prep.mean}, std {prep.std}"),
+        ("Input", f"{prep.image_size}x{prep.image_size} RGB, {_framing(prep)}, mean {prep.mean}, std {prep.std}"),
         ("Classes", ", ".join(class_names)),
         ("Bundle", f"{bundle.path} (created {config.get('created_utc', '?')})"),
         ("Evaluated on", f"{metrics.get('data_root', '?')} / {split} ({len(labels)} images)"),
@@ -670,7 +675,9 @@ def build_report(
     limits = [
         "One public data set of 2D JPEG slices: no 3D volumes, no MRI sequence (T1/T2/FLAIR) information, "
         "no clinical data.",
-        "Images are squashed to a square without keeping the aspect ratio, as the seed project did.",
+        "Images are cropped to the head and padded to a square before resizing."
+        if prep.crop == "head"
+        else "Images are squashed to a square without keeping the aspect ratio, as the seed project did.",
         "Confidence intervals cover the resampling of these test images only, not other hospitals or scanners.",
         "Saliency maps show where the score is sensitive, not why; they can look plausible and still be wrong.",
     ]
