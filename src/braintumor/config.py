@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from braintumor.errors import BrainTumorError
 
@@ -46,19 +46,53 @@ class DataConfig(_Strict):
         description="Crop every slice to the head's bounding box (squared) before resizing, in training "
         "and inference alike: removes framing differences between sources.",
     )
+    intensity: Literal["none", "equalize"] = Field(
+        "none",
+        description="Intensity normalisation of every slice after resizing, in training and inference alike: "
+        "equalize is histogram equalisation (contrast settings differ between scanners and sources).",
+    )
     drop_train_duplicates: bool = Field(
         True, description="Drop byte-identical copies inside Training before splitting (keeps one)."
     )
 
 
 class AugmentConfig(_Strict):
-    """The seed's augmentation: small rotation, zoom, translation and horizontal flips."""
+    """Training-time augmentation: the seed's geometry by default, plus optional framing and intensity changes.
+
+    The framing and intensity options (all off by default) simulate what differs between image sources:
+    field of view and borders (random resized crops, zoom-out padding), contrast and brightness
+    (gamma, jitter, histogram equalisation), sharpness (blur) and noise.
+    """
 
     rotation_degrees: float = Field(10.0, ge=0.0, le=180.0)
     zoom: float = Field(0.1, ge=0.0, lt=1.0, description="Scale range 1 +- zoom.")
     translate: float = Field(0.1, ge=0.0, lt=0.5, description="Fraction of the size in each direction.")
     horizontal_flip: bool = True
+    crop_scale: float | None = Field(
+        None, gt=0.05, le=1.0, description="Random resized crops keeping this to 100% of the area (None: off)."
+    )
+    zoom_out: float = Field(
+        0.0, ge=0.0, le=3.0, description="Pad to up to (1 + zoom_out) times the size with black borders, then resize."
+    )
+    zoom_out_p: float = Field(0.3, ge=0.0, le=1.0, description="Probability of the zoom-out padding.")
+    gamma: tuple[float, float] | None = Field(
+        None, description="Random gamma, log-uniform between the two values, e.g. [0.5, 2.0] (None: off)."
+    )
+    brightness: float = Field(0.0, ge=0.0, lt=1.0, description="Brightness jitter factor range 1 +- brightness.")
+    contrast: float = Field(0.0, ge=0.0, lt=1.0, description="Contrast jitter factor range 1 +- contrast.")
+    equalize_p: float = Field(0.0, ge=0.0, le=1.0, description="Probability of histogram equalisation.")
+    blur_p: float = Field(0.0, ge=0.0, le=1.0, description="Probability of a Gaussian blur.")
+    blur_sigma: float = Field(1.5, gt=0.0, le=10.0, description="Largest blur sigma in pixels.")
+    noise_std: float = Field(
+        0.0, ge=0.0, le=1.0, description="Gaussian noise with std drawn up to this, on [0, 1] pixels (0: off)."
+    )
     enabled: bool = True
+
+    @model_validator(mode="after")
+    def _check_gamma(self) -> AugmentConfig:
+        if self.gamma is not None and not 0 < self.gamma[0] <= self.gamma[1]:
+            raise ValueError("gamma must be two positive numbers, low first, e.g. [0.5, 2.0]")
+        return self
 
 
 class ModelConfig(_Strict):
@@ -70,7 +104,12 @@ class ModelConfig(_Strict):
     conv_channels: list[int] = Field(
         default_factory=lambda: [32, 64, 128, 256, 512], description="custom_cnn: channels per block."
     )
-    head_hidden: int = Field(128, ge=1)
+    head: Literal["seed", "linear"] = Field(
+        "seed",
+        description="seed: Dense(head_hidden)+BatchNorm+Dropout+Dense, as the seed project; linear: standardised "
+        "features (BatchNorm without affine) + Dropout + Dense, a logistic-regression probe.",
+    )
+    head_hidden: int = Field(128, ge=1, description="Width of the seed head's hidden layer.")
     dropout: float = Field(0.5, ge=0.0, lt=1.0)
 
     @model_validator(mode="after")
@@ -78,6 +117,31 @@ class ModelConfig(_Strict):
         if self.architecture == "custom_cnn" and not self.conv_channels:
             raise ValueError("custom_cnn needs at least one entry in conv_channels")
         return self
+
+
+class FineTuneStage(_Strict):
+    """One stage of progressive fine-tuning: which backbone layers train, for how long, how fast.
+
+    Stages run after the head has been trained on the frozen backbone (the linear probe of LP-FT), so
+    the first update of the backbone starts from a head that already fits and does not wreck its features.
+    """
+
+    epochs: int = Field(ge=1, description="Epochs of this stage (the best epoch by validation loss is kept).")
+    unfreeze: int | Literal["all"] = Field(
+        "all", description="How many of the backbone's top layer groups train (timm's coarse groups), or all."
+    )
+    learning_rate: float = Field(1e-4, gt=0.0, description="Learning rate of the top group and the head.")
+    layer_decay: float = Field(
+        1.0, gt=0.0, le=1.0, description="Layer-wise LR decay: each group below the top trains at this times the LR."
+    )
+    head_learning_rate: float | None = Field(None, gt=0.0, description="The head's LR (default: learning_rate).")
+
+    @field_validator("unfreeze")
+    @classmethod
+    def _positive(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and value < 1:
+            raise ValueError("unfreeze must be a positive number of layer groups, or 'all'")
+        return value
 
 
 class TrainConfig(_Strict):
@@ -106,12 +170,27 @@ class TrainConfig(_Strict):
         4, ge=1, le=64, description="Augmented views per image in the feature cache (view e%K in epoch e)."
     )
     precision: str = Field("32-true", description="Lightning precision string.")
+    finetune_stages: list[FineTuneStage] = Field(
+        default_factory=list,
+        description="Progressive fine-tuning after the frozen-backbone (linear-probe) phase: LP-FT with one stage, "
+        "gradual unfreezing with several. Empty: the backbone stays as model.freeze_backbone says.",
+    )
+    finetune_batchnorm: Literal["frozen", "train"] = Field(
+        "frozen", description="frozen keeps the backbone's BatchNorm statistics while fine-tuning (small batches)."
+    )
+    wise_alphas: list[Annotated[float, Field(ge=0.0, le=1.0)]] = Field(
+        default_factory=list,
+        description="WiSE-FT: after fine-tuning, interpolate (1-a)*probed + a*fine-tuned weights for each a and keep "
+        "the one with the lowest validation loss. Empty: keep the fine-tuned weights.",
+    )
 
     @model_validator(mode="after")
     def _check_loss(self) -> TrainConfig:
         # Label smoothing is defined for cross-entropy; silently ignoring it under focal loss would mislead.
         if self.loss == "focal" and self.label_smoothing > 0:
             raise ValueError("label_smoothing applies to loss: cross_entropy only; set it to 0 with loss: focal")
+        if self.wise_alphas and not self.finetune_stages:
+            raise ValueError("wise_alphas interpolate probed and fine-tuned weights: add finetune_stages")
         return self
 
 
@@ -122,6 +201,15 @@ class Recipe(_Strict):
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+
+    @model_validator(mode="after")
+    def _check_finetuning(self) -> Recipe:
+        if self.train.finetune_stages and not (self.model.architecture == "transfer" and self.model.freeze_backbone):
+            raise ValueError(
+                "train.finetune_stages start from a head trained on the frozen backbone: they need "
+                "model.architecture: transfer and model.freeze_backbone: true"
+            )
+        return self
 
 
 def _format_validation_error(source: str, error: ValidationError) -> str:

@@ -13,16 +13,18 @@ Example:
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from pydantic import BaseModel, ConfigDict
 from scipy import ndimage
 from torchvision.transforms import InterpolationMode, v2
 
 from braintumor.config import AugmentConfig
+from braintumor.data.augment import RandomGamma, RandomGaussianNoise
 
 Interpolation = Literal["nearest", "bilinear", "bicubic"]
 _PIL_RESAMPLE = {
@@ -43,6 +45,7 @@ class Preprocessing(BaseModel):
     interpolation: Interpolation = "bilinear"
     resize: Literal["squash"] = "squash"
     crop: Literal["none", "head"] = "none"
+    intensity: Literal["none", "equalize"] = "none"
 
 
 def head_bounding_box(grey: np.ndarray, *, margin: float = 0.02) -> tuple[int, int, int, int] | None:
@@ -97,15 +100,31 @@ def crop_to_head(image: Image.Image) -> Image.Image:
     return square
 
 
+def equalize_intensity(image: Image.Image) -> Image.Image:
+    """Histogram-equalise a slice so that scanners' and sequences' contrast settings matter less.
+
+    Applied after resizing, at training and inference alike (it is part of the stored preprocessing).
+
+    Example:
+        >>> dim = Image.fromarray(np.tile(np.arange(0, 64, dtype=np.uint8), (8, 1)))
+        >>> np.asarray(equalize_intensity(dim.convert("RGB"))).max()  # the dim ramp now spans the range
+        np.uint8(255)
+    """
+    return ImageOps.equalize(image)
+
+
 def resize_to_uint8_tensor(image: Image.Image, prep: Preprocessing) -> torch.Tensor:
     """Resize an RGB PIL image to the model's square size and return a ``[3, S, S]`` uint8 tensor.
 
-    With ``prep.crop == "head"`` the slice is first cropped to the head (:func:`crop_to_head`).
+    With ``prep.crop == "head"`` the slice is first cropped to the head (:func:`crop_to_head`); with
+    ``prep.intensity == "equalize"`` the resized slice's histogram is equalised (:func:`equalize_intensity`).
     """
     size = (prep.image_size, prep.image_size)
     if prep.crop == "head":
         image = crop_to_head(image.convert("RGB"))
     resized = image.convert("RGB").resize(size, resample=_PIL_RESAMPLE[prep.interpolation], reducing_gap=3.0)
+    if prep.intensity == "equalize":
+        resized = equalize_intensity(resized)
     # numpy's transpose copy: torch's multi-threaded permute().contiguous() of one small uint8 image
     # costs ~10 ms on a busy 2-core machine (thread-pool wake-ups), numpy's single-threaded copy ~0.2 ms.
     return torch.from_numpy(np.ascontiguousarray(np.asarray(resized, dtype=np.uint8).transpose(2, 0, 1)))
@@ -122,24 +141,60 @@ def eval_transform(prep: Preprocessing) -> v2.Compose:
 
 
 def augmentation_transform(augment: AugmentConfig, prep: Preprocessing) -> v2.Compose:
-    """The seed's geometric augmentation on uint8 images (no normalisation)."""
+    """The recipe's augmentation on uint8 images (no normalisation): framing, geometry, then intensity.
+
+    Gaussian noise is not here: it needs float pixels and is added in :func:`train_transform`.
+    """
     steps: list[v2.Transform] = []
-    if augment.enabled:
-        if augment.rotation_degrees or augment.zoom or augment.translate:
-            steps.append(
-                v2.RandomAffine(
-                    degrees=augment.rotation_degrees,
-                    translate=(augment.translate, augment.translate) if augment.translate else None,
-                    scale=(1.0 - augment.zoom, 1.0 + augment.zoom) if augment.zoom else None,
-                    interpolation=InterpolationMode.BILINEAR,
-                    fill=0,
-                )
+    if not augment.enabled:
+        return v2.Compose([v2.Identity()])
+    size = prep.image_size
+    if augment.crop_scale is not None:
+        steps.append(v2.RandomResizedCrop(size, scale=(augment.crop_scale, 1.0), ratio=(0.8, 1.25), antialias=True))
+    if augment.zoom_out > 0:
+        # Black borders of random width, as slices framed loosely by another scanner or exporter look.
+        zoom_out = v2.Compose(
+            [v2.RandomZoomOut(fill=0, side_range=(1.0, 1.0 + augment.zoom_out), p=1.0), v2.Resize((size, size))]
+        )
+        steps.append(v2.RandomApply([zoom_out], p=augment.zoom_out_p))
+    if augment.rotation_degrees or augment.zoom or augment.translate:
+        steps.append(
+            v2.RandomAffine(
+                degrees=augment.rotation_degrees,
+                translate=(augment.translate, augment.translate) if augment.translate else None,
+                scale=(1.0 - augment.zoom, 1.0 + augment.zoom) if augment.zoom else None,
+                interpolation=InterpolationMode.BILINEAR,
+                fill=0,
             )
-        if augment.horizontal_flip:
-            steps.append(v2.RandomHorizontalFlip(p=0.5))
+        )
+    if augment.horizontal_flip:
+        steps.append(v2.RandomHorizontalFlip(p=0.5))
+    if augment.gamma is not None:
+        steps.append(RandomGamma(*augment.gamma))
+    if augment.brightness or augment.contrast:
+        steps.append(v2.ColorJitter(brightness=augment.brightness, contrast=augment.contrast))
+    if augment.equalize_p:
+        steps.append(v2.RandomEqualize(p=augment.equalize_p))
+    if augment.blur_p:
+        kernel = 2 * math.ceil(3 * augment.blur_sigma) + 1
+        steps.append(v2.RandomApply([v2.GaussianBlur(kernel, sigma=(0.1, augment.blur_sigma))], p=augment.blur_p))
     return v2.Compose(steps) if steps else v2.Compose([v2.Identity()])
 
 
 def train_transform(augment: AugmentConfig, prep: Preprocessing) -> v2.Compose:
-    """Augmentation followed by normalisation, applied per image during training."""
-    return v2.Compose([augmentation_transform(augment, prep), normalise_transform(prep)])
+    """Augmentation followed by normalisation, applied per image during training.
+
+    Example:
+        >>> from braintumor.config import AugmentConfig
+        >>> prep = Preprocessing(image_size=32, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+        >>> augment = AugmentConfig(crop_scale=0.6, zoom_out=0.4, gamma=(0.5, 2.0), contrast=0.3,
+        ...                         equalize_p=0.3, blur_p=0.3, noise_std=0.05)
+        >>> out = train_transform(augment, prep)(torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8))
+        >>> out.shape, out.dtype, bool(out.abs().max() <= 1.0)
+        (torch.Size([3, 32, 32]), torch.float32, True)
+    """
+    steps: list[v2.Transform] = [augmentation_transform(augment, prep), v2.ToDtype(torch.float32, scale=True)]
+    if augment.enabled and augment.noise_std:
+        steps.append(RandomGaussianNoise(augment.noise_std))
+    steps.append(v2.Normalize(mean=prep.mean, std=prep.std))
+    return v2.Compose(steps)

@@ -14,8 +14,11 @@ import numpy as np
 
 
 def plot_training_curves(history: Sequence[dict[str, Any]], path: Path, title: str = "") -> Path:
-    """Loss and accuracy per epoch, training and validation, with the best validation epoch marked."""
-    epochs = [row["epoch"] for row in history]
+    """Loss and accuracy per epoch, training and validation, with the best validation epoch marked.
+
+    Multi-stage runs (probe, then fine-tuning stages) are drawn as one sequence with the stage starts shaded.
+    """
+    epochs = list(range(1, len(history) + 1))
     figure, (loss_axis, accuracy_axis) = plt.subplots(1, 2, figsize=(11, 4))
     for key, label in (("train_loss", "train"), ("val_loss", "validation")):
         loss_axis.plot(epochs, [row.get(key, np.nan) for row in history], marker="o", label=label)
@@ -26,6 +29,12 @@ def plot_training_curves(history: Sequence[dict[str, Any]], path: Path, title: s
         best = epochs[int(np.argmin(val_losses))]
         for axis in (loss_axis, accuracy_axis):
             axis.axvline(best, color="grey", linestyle="--", linewidth=1, label=f"best epoch {best}")
+    stages = [str(row.get("stage", "train")) for row in history]
+    for index in range(1, len(stages)):
+        if stages[index] != stages[index - 1]:
+            for axis in (loss_axis, accuracy_axis):
+                axis.axvline(index + 0.5, color="tab:red", linewidth=1, alpha=0.5)
+                axis.text(index + 0.6, 0.02, stages[index], transform=axis.get_xaxis_transform(), fontsize=8)
     loss_axis.set(xlabel="epoch", ylabel="cross-entropy", title="Loss")
     accuracy_axis.set(xlabel="epoch", ylabel="accuracy", title="Accuracy", ylim=(0, 1))
     for axis in (loss_axis, accuracy_axis):

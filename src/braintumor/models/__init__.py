@@ -14,11 +14,12 @@ Example:
 from __future__ import annotations
 
 import timm
+import torch.nn as nn
 
 from braintumor.config import Recipe
 from braintumor.data.preprocessing import Preprocessing
 from braintumor.layout_constants import CLASS_NAMES
-from braintumor.models.network import BrainTumorNet, SeedCNN, SeedHead
+from braintumor.models.network import BrainTumorNet, LinearHead, SeedCNN, SeedHead
 from braintumor.models.pretrained import create_backbone
 
 __all__ = ["BrainTumorNet", "create_model", "resolve_preprocessing"]
@@ -36,7 +37,11 @@ def create_model(recipe: Recipe, *, load_pretrained: bool = True, num_classes: i
         # Some families (MobileNetV3, ...) add a conv head after num_features: use its width then.
         num_features = getattr(backbone, "head_hidden_size", None) or backbone.num_features
         frozen = spec.freeze_backbone
-    head = SeedHead(num_features, spec.head_hidden, spec.dropout, num_classes)
+    head: nn.Module
+    if spec.head == "linear":
+        head = LinearHead(num_features, spec.dropout, num_classes)
+    else:
+        head = SeedHead(num_features, spec.head_hidden, spec.dropout, num_classes)
     return BrainTumorNet(backbone, num_features, head, frozen_backbone=frozen)
 
 
@@ -45,7 +50,7 @@ def resolve_preprocessing(recipe: Recipe, model: BrainTumorNet) -> Preprocessing
     size = recipe.data.image_size
     crop = "head" if recipe.data.crop_to_head else "none"
     if recipe.model.architecture == "custom_cnn":
-        return Preprocessing(image_size=size, interpolation="bilinear", crop=crop)
+        return Preprocessing(image_size=size, interpolation="bilinear", crop=crop, intensity=recipe.data.intensity)
     data_config = timm.data.resolve_data_config(model=model.backbone)
     interpolation = data_config.get("interpolation", "bilinear")
     if interpolation not in {"nearest", "bilinear", "bicubic"}:
@@ -56,4 +61,5 @@ def resolve_preprocessing(recipe: Recipe, model: BrainTumorNet) -> Preprocessing
         std=tuple(float(v) for v in data_config["std"]),
         interpolation=interpolation,
         crop=crop,
+        intensity=recipe.data.intensity,
     )

@@ -23,6 +23,22 @@ class SeedHead(nn.Sequential):
         )
 
 
+class LinearHead(nn.Sequential):
+    """A linear probe: features standardised by BatchNorm (running statistics, no affine), Dropout, Dense.
+
+    Example:
+        >>> LinearHead(16, dropout=0.1, num_classes=4)(torch.randn(8, 16)).shape
+        torch.Size([8, 4])
+    """
+
+    def __init__(self, in_features: int, dropout: float, num_classes: int) -> None:
+        super().__init__(
+            nn.BatchNorm1d(in_features, affine=False),
+            nn.Dropout(dropout),
+            nn.Linear(in_features, num_classes),
+        )
+
+
 class SeedCNN(nn.Module):
     """The seed's from-scratch feature extractor: blocks of Conv(3x3, same)+ReLU+MaxPool(2), then Flatten.
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import lightning as L
 
-HISTORY_FIELDS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "learning_rate", "epoch_seconds")
+HISTORY_FIELDS = ("stage", "epoch", "train_loss", "train_acc", "val_loss", "val_acc", "learning_rate", "epoch_seconds")
 
 
 class EpochHistory(L.Callback):
@@ -17,6 +17,8 @@ class EpochHistory(L.Callback):
 
     def __init__(self, csv_path: Path | None = None) -> None:
         self.csv_path = csv_path
+        # Which phase the rows belong to (train, probe, finetune-N): one table for a whole multi-stage run.
+        self.stage = "train"
         self.rows: list[dict[str, Any]] = []
         self._epoch_started = time.perf_counter()
 
@@ -25,7 +27,7 @@ class EpochHistory(L.Callback):
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         metrics = trainer.callback_metrics
-        row: dict[str, Any] = {"epoch": trainer.current_epoch + 1}
+        row: dict[str, Any] = {"stage": self.stage, "epoch": trainer.current_epoch + 1}
         for key in ("train_loss", "train_acc", "val_loss", "val_acc"):
             if key in metrics:
                 row[key] = float(metrics[key])

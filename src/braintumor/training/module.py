@@ -28,10 +28,13 @@ class ClassifierModule(L.LightningModule):
         train_config: TrainConfig,
         num_classes: int,
         class_weights: torch.Tensor | None = None,
+        optimizer_groups: list[dict[str, Any]] | None = None,
     ) -> None:
         super().__init__()
         self.network = network
         self.train_config = train_config
+        # Fine-tuning stages pass their own parameter groups (per-group LRs) and get a cosine schedule.
+        self.optimizer_groups = optimizer_groups
         if class_weights is not None and class_weights.shape != (num_classes,):
             raise ValueError(f"class_weights must have shape ({num_classes},), got {tuple(class_weights.shape)}")
         # A buffer follows the module to the GPU; not persistent, so checkpoints keep their old keys.
@@ -70,8 +73,19 @@ class ClassifierModule(L.LightningModule):
         self.log("val_acc", self.val_accuracy, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(targets))
 
     def configure_optimizers(self) -> dict[str, Any]:
-        parameters = [p for p in self.network.parameters() if p.requires_grad]
         optimizer_class = torch.optim.AdamW if self.train_config.optimizer == "adamw" else torch.optim.Adam
+        if self.optimizer_groups is not None:
+            optimizer = optimizer_class(self.optimizer_groups)
+            steps = max(1, int(self.trainer.estimated_stepping_batches))
+            # Warm up over 10% of the steps, then cosine decay: no plateau to wait for in a 1-3 epoch stage.
+            one_cycle = torch.optim.lr_scheduler.OneCycleLR(
+                optimizer,
+                max_lr=[group["lr"] for group in self.optimizer_groups],
+                total_steps=steps,
+                pct_start=0.1,
+            )
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": one_cycle, "interval": "step"}}
+        parameters = [p for p in self.network.parameters() if p.requires_grad]
         optimizer = optimizer_class(
             parameters, lr=self.train_config.learning_rate, weight_decay=self.train_config.weight_decay
         )

@@ -25,7 +25,7 @@ from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities import rank_zero_only
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 
 from braintumor.config import Recipe
@@ -48,6 +48,7 @@ from braintumor.models import create_model, resolve_preprocessing
 from braintumor.models.network import BrainTumorNet
 from braintumor.training.callbacks import EpochHistory
 from braintumor.training.features import FeatureViewDataset, FeatureViewScheduler, build_view_features
+from braintumor.training.finetune import FineTuneNet, interpolate_weights, prepare_stage
 from braintumor.training.losses import resolve_class_weights
 from braintumor.training.manifest import build_manifest
 from braintumor.training.module import ClassifierModule
@@ -63,6 +64,7 @@ from braintumor.training.tracking import (
 log = logging.getLogger(__name__)
 RUN_FILE = "run.json"
 FEATURE_CACHE_FILE = "feature_cache.safetensors"
+PROBE_FILE = "probe-final.safetensors"
 
 
 @dataclass
@@ -139,10 +141,13 @@ def _fit(
     options: RunOptions,
     logger: Logger | None,
     resume_from: Path | None,
+    *,
+    max_epochs: int | None = None,
+    checkpoint_dir: Path | None = None,
 ) -> L.Trainer:
     """Lightning fit with early stopping and per-epoch checkpoints, then the best epoch's weights restored."""
     checkpoint = ModelCheckpoint(
-        dirpath=run_dir / "checkpoints",
+        dirpath=checkpoint_dir or run_dir / "checkpoints",
         filename="best",
         monitor="val_loss",
         mode="min",
@@ -157,7 +162,7 @@ def _fit(
         *extra,
     ]
     trainer = L.Trainer(
-        max_epochs=recipe.train.max_epochs,
+        max_epochs=max_epochs or recipe.train.max_epochs,
         accelerator=options.accelerator,
         devices=options.devices,
         num_nodes=options.num_nodes,
@@ -256,6 +261,102 @@ def _cached_features(
         )
         temporary.replace(cache_file)
     return train_features, val_features, False
+
+
+def _finetune(
+    model: BrainTumorNet,
+    recipe: Recipe,
+    prep: Preprocessing,
+    train_set: ImageSet,
+    val_set: ImageSet,
+    run_dir: Path,
+    history: EpochHistory,
+    options: RunOptions,
+    logger: Logger | None,
+    class_weights: torch.Tensor | None,
+    resume: bool,
+    say: Any,
+) -> tuple[dict[str, Any], L.Trainer | None]:
+    """Run the recipe's fine-tuning stages after the probe, then WiSE-FT; returns what was done, for the bundle.
+
+    Each stage's final weights go to ``checkpoints/stage-N/final.safetensors``; a resumed run skips the
+    stages that have one and continues an unfinished stage from its ``last.ckpt``.
+    """
+    probe_state = {key: value.detach().clone() for key, value in model.state_dict().items()}
+    record: dict[str, Any] = {"stages": []}
+    trainer: L.Trainer | None = None
+    for index, stage in enumerate(recipe.train.finetune_stages, start=1):
+        stage_dir = run_dir / "checkpoints" / f"stage-{index}"
+        final_file = stage_dir / "final.safetensors"
+        optimizer_groups = prepare_stage(model, stage, recipe.train.weight_decay)
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        if resume and final_file.is_file():
+            model.load_state_dict(load_file(str(final_file)))
+            record["stages"].append({"stage": index, "reused": True, "trainable_parameters": trainable})
+            continue
+        say(
+            f"fine-tuning stage {index}/{len(recipe.train.finetune_stages)}: {stage.epochs} epoch(s), top "
+            f"{stage.unfreeze} layer group(s), LR {stage.learning_rate:g}, layer decay {stage.layer_decay:g}, "
+            f"{trainable:,} trainable parameters"
+        )
+        last = stage_dir / "last.ckpt"
+        wrapper = FineTuneNet(model, freeze_batchnorm=recipe.train.finetune_batchnorm == "frozen")
+        module = ClassifierModule(
+            wrapper,
+            recipe.train,
+            num_classes=len(CLASS_NAMES),
+            class_weights=class_weights,
+            optimizer_groups=optimizer_groups,
+        )
+        train_loader, val_loader = _image_loaders(recipe, prep, train_set, val_set)
+        history.stage = f"finetune-{index}"
+        started = time.perf_counter()
+        trainer = _fit(
+            module,
+            train_loader,
+            val_loader,
+            recipe,
+            run_dir,
+            history,
+            [],
+            options,
+            logger,
+            last if resume and last.is_file() else None,
+            max_epochs=stage.epochs,
+            checkpoint_dir=stage_dir,
+        )
+        if rank_zero_only.rank == 0:
+            save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(final_file))
+        record["stages"].append(
+            {"stage": index, "trainable_parameters": trainable, "seconds": round(time.perf_counter() - started, 2)}
+        )
+    if recipe.train.wise_alphas:
+        record["wise_ft"] = _choose_wise_alpha(model, probe_state, recipe.train.wise_alphas, prep, val_set, say)
+    model.requires_grad_(False)
+    return record, trainer
+
+
+def _choose_wise_alpha(
+    model: BrainTumorNet,
+    probe_state: dict[str, torch.Tensor],
+    alphas: list[float],
+    prep: Preprocessing,
+    val_set: ImageSet,
+    say: Any,
+) -> dict[str, Any]:
+    """WiSE-FT: keep the interpolation of probed and fine-tuned weights with the lowest validation loss."""
+    tuned_state = {key: value.detach().clone() for key, value in model.state_dict().items()}
+    labels = val_set.labels.numpy()
+    losses: dict[str, float] = {}
+    for alpha in sorted(set(alphas)):
+        model.load_state_dict(interpolate_weights(probe_state, tuned_state, alpha))
+        probabilities = predict_probabilities(model, val_set, prep)
+        picked = probabilities[np.arange(len(labels)), labels]
+        losses[f"{alpha:g}"] = float(-np.log(np.clip(picked, 1e-12, None)).mean())
+    best = min(losses, key=losses.__getitem__)
+    model.load_state_dict(interpolate_weights(probe_state, tuned_state, float(best)))
+    say(f"WiSE-FT: validation loss per alpha {losses}; keeping alpha {best}")
+    return {"alpha": float(best), "val_loss_per_alpha": losses}
 
 
 def read_run_file(run_dir: Path | str) -> dict[str, Any]:
@@ -359,6 +460,8 @@ def train_recipe(
     class_weights = resolve_class_weights(recipe.train, train_set.labels, len(CLASS_NAMES))
     history = EpochHistory(run_dir / "history.csv")
     timing: dict[str, Any] = {}
+    finetuning: dict[str, Any] | None = None
+    trainer: L.Trainer | None = None
     use_cache = model.frozen_backbone and recipe.train.feature_cache
     fit_started = time.perf_counter()
     if use_cache:
@@ -379,24 +482,49 @@ def train_recipe(
         )
         val_loader = DataLoader(FeatureViewDataset(val_features, val_set.labels), batch_size=512)
         module = ClassifierModule(model.head, recipe.train, num_classes=len(CLASS_NAMES), class_weights=class_weights)
-        trainer = _fit(
-            module,
-            train_loader,
-            val_loader,
-            recipe,
-            run_dir,
-            history,
-            [FeatureViewScheduler(train_dataset)],
-            options,
-            logger,
-            resume_from,
-        )
+        probe_file = run_dir / "checkpoints" / PROBE_FILE
+        if resume and probe_file.is_file():
+            # The probe finished before the interruption: its weights are final, go on to fine-tuning.
+            model.head.load_state_dict(load_file(str(probe_file)))
+        else:
+            history.stage = "probe" if recipe.train.finetune_stages else "train"
+            trainer = _fit(
+                module,
+                train_loader,
+                val_loader,
+                recipe,
+                run_dir,
+                history,
+                [FeatureViewScheduler(train_dataset)],
+                options,
+                logger,
+                resume_from,
+            )
+            if recipe.train.finetune_stages and rank_zero_only.rank == 0:
+                save_file({k: v.contiguous() for k, v in model.head.state_dict().items()}, str(probe_file))
+        timing["probe_fit_s"] = round(time.perf_counter() - fit_started, 2)
+        if recipe.train.finetune_stages:
+            finetuning, stage_trainer = _finetune(
+                model,
+                recipe,
+                prep,
+                train_set,
+                val_set,
+                run_dir,
+                history,
+                options,
+                logger,
+                class_weights,
+                resume,
+                say,
+            )
+            trainer = stage_trainer or trainer
     else:
         train_loader, val_loader = _image_loaders(recipe, prep, train_set, val_set)
         module = ClassifierModule(model, recipe.train, num_classes=len(CLASS_NAMES), class_weights=class_weights)
         trainer = _fit(module, train_loader, val_loader, recipe, run_dir, history, [], options, logger, resume_from)
     timing["fit_s"] = round(time.perf_counter() - fit_started, 2)
-    if not trainer.is_global_zero:
+    if rank_zero_only.rank != 0:
         return None
 
     val_probabilities = predict_probabilities(model, val_set, prep)
@@ -417,6 +545,7 @@ def train_recipe(
         "history": history.rows,
         "val_metrics": val_metrics,
         "feature_cache": use_cache,
+        "finetuning": finetuning,
         "class_weights": None if class_weights is None else class_weights.tolist(),
         "timing": timing,
         "duration_s": round(duration, 2),
@@ -426,7 +555,7 @@ def train_recipe(
             "devices": options.devices,
             "num_nodes": options.num_nodes,
             "strategy": options.strategy,
-            "world_size": trainer.world_size,
+            "world_size": trainer.world_size if trainer is not None else None,
         },
         "tracking": tracking,
     }

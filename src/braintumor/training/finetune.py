@@ -1,0 +1,124 @@
+"""Fine-tuning that keeps what pretraining knows: LP-FT, gradual unfreezing, layer-wise LR decay, WiSE-FT.
+
+The head is first trained on the frozen backbone (the linear probe, on cached features). Each
+:class:`~braintumor.config.FineTuneStage` then unfreezes the backbone's top ``unfreeze`` layer groups
+(timm's coarse ``group_matcher``: stem, stages, conv head) with learning rates that shrink by
+``layer_decay`` per group going down. WiSE-FT finally interpolates probed and fine-tuned weights.
+
+Example:
+    >>> import timm
+    >>> backbone = timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=0)
+    >>> groups = backbone_layer_groups(backbone)
+    >>> len(groups), groups[0][0], groups[-1][0]
+    (8, 'stem', 'head')
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+import torch.nn as nn
+from timm.models import group_parameters
+
+from braintumor.config import FineTuneStage
+from braintumor.models.network import BrainTumorNet
+
+
+def backbone_layer_groups(backbone: nn.Module) -> list[tuple[str, list[str]]]:
+    """The backbone's parameter names in layer groups, input side first, from timm's coarse group matcher.
+
+    Backbones without a ``group_matcher`` (the seed CNN, plain torch modules) are one group per top-level child.
+    """
+    matcher = getattr(backbone, "group_matcher", None)
+    if matcher is not None:
+        grouped = group_parameters(backbone, matcher(coarse=True))
+        ordered = sorted(grouped.items(), key=lambda item: item[0])
+        names: list[tuple[str, list[str]]] = []
+        for index, (_, parameter_names) in enumerate(ordered):
+            if index == 0:
+                label = "stem"
+            elif index == len(ordered) - 1:
+                label = "head"
+            else:
+                label = f"group{index}"
+            names.append((label, list(parameter_names)))
+        return names
+    groups: dict[str, list[str]] = {}
+    for name, _ in backbone.named_parameters():
+        groups.setdefault(name.split(".")[0], []).append(name)
+    return list(groups.items())
+
+
+def _set_batchnorm_frozen(module: nn.Module, frozen: bool) -> None:
+    for child in module.modules():
+        if isinstance(child, nn.modules.batchnorm._BatchNorm):
+            child.eval() if frozen else child.train()
+
+
+class FineTuneNet(nn.Module):
+    """Wraps a :class:`BrainTumorNet` for one fine-tuning stage; BatchNorm statistics stay fixed if asked.
+
+    Lightning puts the module in train mode each epoch, so freezing BatchNorm has to happen in ``train``.
+    """
+
+    def __init__(self, network: BrainTumorNet, freeze_batchnorm: bool) -> None:
+        super().__init__()
+        self.network = network
+        self.freeze_batchnorm = freeze_batchnorm
+
+    def train(self, mode: bool = True) -> FineTuneNet:
+        super().train(mode)
+        if mode and self.freeze_batchnorm:
+            _set_batchnorm_frozen(self.network.backbone, frozen=True)
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.network(x)
+
+
+def prepare_stage(network: BrainTumorNet, stage: FineTuneStage, weight_decay: float) -> list[dict[str, Any]]:
+    """Unfreeze the stage's top backbone groups and return optimizer parameter groups with their LRs.
+
+    The head trains at ``stage.head_learning_rate`` (default ``stage.learning_rate``); the top unfrozen
+    backbone group at ``learning_rate``, the next one down at ``learning_rate * layer_decay``, and so on.
+    """
+    network.frozen_backbone = False
+    network.backbone.requires_grad_(False)
+    groups = backbone_layer_groups(network.backbone)
+    count = len(groups) if stage.unfreeze == "all" else min(stage.unfreeze, len(groups))
+    parameters = dict(network.backbone.named_parameters())
+    optimizer_groups: list[dict[str, Any]] = [
+        {"params": list(network.head.parameters()), "lr": stage.head_learning_rate or stage.learning_rate}
+    ]
+    for depth, (_, names) in enumerate(reversed(groups[len(groups) - count :])):
+        params = [parameters[name] for name in names]
+        for param in params:
+            param.requires_grad_(True)
+        optimizer_groups.append(
+            {"params": params, "lr": stage.learning_rate * stage.layer_decay**depth, "weight_decay": weight_decay}
+        )
+    for group in optimizer_groups:
+        group.setdefault("weight_decay", weight_decay)
+    return optimizer_groups
+
+
+def interpolate_weights(
+    start: Mapping[str, torch.Tensor], end: Mapping[str, torch.Tensor], alpha: float
+) -> dict[str, torch.Tensor]:
+    """WiSE-FT: ``(1 - alpha) * start + alpha * end`` for float tensors; integer buffers come from ``end``.
+
+    Example:
+        >>> interpolate_weights({"w": torch.zeros(2)}, {"w": torch.ones(2)}, 0.25)["w"].tolist()
+        [0.25, 0.25]
+    """
+    if start.keys() != end.keys():
+        raise ValueError("WiSE-FT needs two state dicts of the same network")
+    mixed: dict[str, torch.Tensor] = {}
+    for key, end_value in end.items():
+        if torch.is_floating_point(end_value):
+            mixed[key] = torch.lerp(start[key].to(end_value.dtype), end_value, alpha)
+        else:
+            mixed[key] = end_value.clone()
+    return mixed
