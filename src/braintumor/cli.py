@@ -292,7 +292,7 @@ def recipes() -> None:
 
 
 # Commands of the other stages are defined next to their stage and registered here, one line each.
-# --- stage commands (audit, explain, export, serve, runs) ---
+# --- stage commands (audit, explain, export, serve, calibrate, ensemble) ---
 from braintumor.data.audit_command import audit_command  # noqa: E402 (typer only; heavy imports run inside)
 
 app.command("audit")(audit_command)
@@ -306,6 +306,9 @@ app.command("serve")(serve_command)
 from braintumor.evaluation.commands import calibrate_command  # noqa: E402 (typer only)
 
 app.command("calibrate")(calibrate_command)
+from braintumor.inference.commands import ensemble_command  # noqa: E402 (typer only)
+
+app.command("ensemble")(ensemble_command)
 
 
 def main() -> None:

@@ -40,6 +40,7 @@ from captum.attr._utils.attribution import GradientAttribution
 from timm.models.efficientnet import EfficientNet
 
 from braintumor.errors import BrainTumorError
+from braintumor.models.ensemble import EnsembleNet
 from braintumor.models.network import SeedCNN
 
 CamMethod = Literal["gradcam", "gradcam++"]
@@ -76,7 +77,14 @@ class LayerGradCamPlusPlus(LayerAttribution, GradientAttribution):
 
 
 def find_target_layer(model: nn.Module) -> tuple[str, nn.Module]:
-    """The last convolutional stage of a :class:`~braintumor.models.network.BrainTumorNet` as ``(name, module)``."""
+    """The last convolutional stage of a :class:`~braintumor.models.network.BrainTumorNet` as ``(name, module)``.
+
+    For an ensemble it is the first member's layer: the map then shows that member's evidence for the
+    ensemble's output (name another member's layer with ``members.N.`` to see that one).
+    """
+    if isinstance(model, EnsembleNet):
+        name, module = find_target_layer(model.members[0])
+        return f"members.0.{name}", module
     backbone = getattr(model, "backbone", None)
     if backbone is None:
         raise ExplainError("the model has no .backbone; name the target layer explicitly")

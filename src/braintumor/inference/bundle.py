@@ -39,6 +39,7 @@ from braintumor.data.preprocessing import Preprocessing
 from braintumor.errors import BundleError
 from braintumor.layout_constants import CLASS_NAMES
 from braintumor.models import create_model
+from braintumor.models.ensemble import EnsembleNet
 from braintumor.models.network import BrainTumorNet
 
 BUNDLE_FORMAT = "braintumor-bundle"
@@ -64,7 +65,7 @@ class Bundle:
     """A loaded model bundle, ready for inference (the model is in eval mode)."""
 
     path: Path
-    model: BrainTumorNet
+    model: BrainTumorNet | EnsembleNet
     recipe: Recipe
     preprocessing: Preprocessing
     class_names: list[str]
@@ -89,15 +90,22 @@ def write_json_atomic(path: Path, payload: Any) -> None:
 
 def save_bundle(
     folder: Path | str,
-    model: BrainTumorNet,
+    model: BrainTumorNet | EnsembleNet,
     recipe: Recipe,
     preprocessing: Preprocessing,
     *,
     training: dict[str, Any] | None = None,
     extras: dict[str, Any] | None = None,
     manifest: dict[str, Any] | None = None,
+    ensemble: dict[str, Any] | None = None,
 ) -> Path:
-    """Write a bundle atomically and return its folder. An existing bundle there is replaced whole."""
+    """Write a bundle atomically and return its folder. An existing bundle there is replaced whole.
+
+    For an :class:`EnsembleNet`, ``ensemble`` lists its members (``{"members": [{"recipe": ...}, ...],
+    "weights": [...]}``) so that :func:`load_bundle` can rebuild them; ``recipe`` is then the first member's.
+    """
+    if isinstance(model, EnsembleNet) != (ensemble is not None):
+        raise ValueError("pass ensemble= exactly when saving an EnsembleNet")
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     config = {
@@ -110,6 +118,7 @@ def save_bundle(
         "training": training or {},
         "extras": extras or {},
         "manifest": manifest or {},
+        **({"ensemble": ensemble} if ensemble is not None else {}),
         "versions": library_versions(),
         "created_utc": datetime.now(UTC).isoformat(timespec="seconds"),
     }
@@ -153,6 +162,21 @@ def read_bundle_config(folder: Path | str) -> dict[str, Any]:
     return config
 
 
+def _build_network(
+    config: dict[str, Any], recipe: Recipe, num_classes: int, folder: Path
+) -> BrainTumorNet | EnsembleNet:
+    ensemble = config.get("ensemble")
+    if ensemble is None:
+        return create_model(recipe, load_pretrained=False, num_classes=num_classes)
+    try:
+        recipes = [Recipe.model_validate(member["recipe"]) for member in ensemble["members"]]
+        weights = [float(w) for w in ensemble.get("weights") or [1.0] * len(recipes)]
+        members = [create_model(member, load_pretrained=False, num_classes=num_classes) for member in recipes]
+        return EnsembleNet(members, weights)
+    except (KeyError, TypeError, ValueError, ValidationError) as error:
+        raise BundleError(f"{folder / CONFIG_FILE} has an invalid ensemble section: {error}") from None
+
+
 def load_bundle(folder: Path | str) -> Bundle:
     """Rebuild the network from the recipe and load its safetensors weights (strict)."""
     folder = Path(folder)
@@ -163,7 +187,7 @@ def load_bundle(folder: Path | str) -> Bundle:
         class_names = [str(name) for name in config["class_names"]]
     except (KeyError, ValidationError) as error:
         raise BundleError(f"{folder / CONFIG_FILE} is incomplete or invalid: {error}") from None
-    model = create_model(recipe, load_pretrained=False, num_classes=len(class_names))
+    model = _build_network(config, recipe, len(class_names), folder)
     try:
         state = load_file(str(folder / WEIGHTS_FILE))
         model.load_state_dict(state, strict=True)

@@ -49,6 +49,11 @@ class ClassifierModule(L.LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.network(x)
 
+    def on_fit_start(self) -> None:
+        # Lightning keeps each submodule's mode as it finds it; feature extraction leaves the network in eval
+        # mode, which would train the head with BatchNorm's initial statistics and without dropout.
+        self.network.train()
+
     def _loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return training_loss(logits, targets, self.train_config, self.class_weights)
 

@@ -1,0 +1,34 @@
+"""``braintumor ensemble``: option parsing only; the work is in :mod:`braintumor.inference.ensemble`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from braintumor.errors import BrainTumorError
+
+
+def ensemble_command(
+    bundles: list[Path] = typer.Argument(..., help="Two or more model bundle folders (same preprocessing and split)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder of the ensemble bundle to write."),
+    weights: str | None = typer.Option(
+        None, "--weights", help="Comma-separated member weights (default equal); choose them on validation."
+    ),
+    name: str | None = typer.Option(None, "--name", help="The ensemble's name (default: members' names)."),
+) -> None:
+    """Combine trained bundles into one bundle whose probabilities are the members' average."""
+    from braintumor.display import console
+    from braintumor.inference.ensemble import combine_bundles
+
+    try:
+        parsed = [float(part) for part in weights.split(",")] if weights else None
+    except ValueError:
+        console.print(f"[bold red]error:[/] --weights must be comma-separated numbers, got {weights!r}")
+        raise typer.Exit(code=2) from None
+    try:
+        folder = combine_bundles(bundles, out, weights=parsed, name=name)
+    except (BrainTumorError, ValueError) as error:
+        console.print(f"[bold red]error:[/] {error}", highlight=False)
+        raise typer.Exit(code=2) from None
+    console.print(f"wrote ensemble of {len(bundles)} bundles to {folder}")

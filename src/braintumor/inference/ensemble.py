@@ -1,0 +1,95 @@
+"""Combine trained bundles into one ensemble bundle whose probabilities are the members' average.
+
+Members must agree on class names and preprocessing (one image goes through one pipeline) and must
+have been validated on the same files: calibration and selective-prediction thresholds of the
+ensemble are then fitted on a validation split that no member trained on.
+
+Example:
+    >>> import tempfile
+    >>> from braintumor.config import Recipe
+    >>> from braintumor.inference.bundle import load_bundle, save_bundle
+    >>> from braintumor.models import create_model, resolve_preprocessing
+    >>> recipe = Recipe.model_validate(
+    ...     {"name": "tiny", "data": {"image_size": 32},
+    ...      "model": {"architecture": "custom_cnn", "conv_channels": [4, 8]}})
+    >>> folder = tempfile.mkdtemp()
+    >>> paths = []
+    >>> for seed in (0, 1):
+    ...     model = create_model(recipe)
+    ...     paths.append(save_bundle(f"{folder}/m{seed}", model, recipe, resolve_preprocessing(recipe, model)))
+    >>> ensemble = load_bundle(combine_bundles(paths, f"{folder}/ensemble"))
+    >>> len(ensemble.model.members), ensemble.config["ensemble"]["weights"]
+    (2, [0.5, 0.5])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from braintumor.errors import BundleError
+from braintumor.inference.bundle import Bundle, load_bundle, save_bundle
+from braintumor.models.ensemble import EnsembleNet
+
+
+def _check_compatible(bundles: Sequence[Bundle]) -> None:
+    first = bundles[0]
+    for other in bundles[1:]:
+        if other.class_names != first.class_names:
+            raise BundleError(f"{other.path} has classes {other.class_names}, {first.path} has {first.class_names}")
+        if other.preprocessing != first.preprocessing:
+            raise BundleError(
+                f"{other.path} preprocesses images differently from {first.path} "
+                f"({other.preprocessing.model_dump()} vs {first.preprocessing.model_dump()}): "
+                "ensemble members must share image size, normalisation, cropping and intensity handling"
+            )
+        own_val = sorted(other.config.get("training", {}).get("val_paths") or [])
+        first_val = sorted(first.config.get("training", {}).get("val_paths") or [])
+        if own_val != first_val:
+            raise BundleError(
+                f"{other.path} was validated on other files than {first.path}: train every member with the same "
+                "data.split_seed and data.val_fraction so the ensemble has one honest validation split"
+            )
+
+
+def combine_bundles(
+    bundle_paths: Sequence[Path | str],
+    out: Path | str,
+    *,
+    weights: Sequence[float] | None = None,
+    name: str | None = None,
+) -> Path:
+    """Write an ensemble bundle of ``bundle_paths`` to ``out``; members' probabilities are averaged.
+
+    ``weights`` (one per member, default equal) are fixed here; choose them on validation, never on Testing.
+    Members' own temperatures are not applied: calibrate the ensemble as a whole (``braintumor calibrate``).
+    """
+    if len(bundle_paths) < 2:
+        raise BundleError("an ensemble needs at least two bundles")
+    bundles = [load_bundle(path) for path in bundle_paths]
+    for bundle in bundles:
+        if isinstance(bundle.model, EnsembleNet):
+            raise BundleError(f"{bundle.path} is already an ensemble: list its members instead")
+    _check_compatible(bundles)
+    network = EnsembleNet([bundle.model for bundle in bundles], weights)
+    first = bundles[0]
+    recipe = first.recipe.model_copy(update={"name": name or "ensemble-" + "+".join(b.name for b in bundles)})
+    members = [
+        {
+            "name": bundle.name,
+            "source": str(bundle.path),
+            "recipe": bundle.recipe.model_dump(mode="json"),
+            "val_metrics": bundle.config.get("training", {}).get("val_metrics", {}),
+        }
+        for bundle in bundles
+    ]
+    training = {**first.config.get("training", {}), "ensemble_of": [bundle.name for bundle in bundles]}
+    return save_bundle(
+        out,
+        network,
+        recipe,
+        first.preprocessing,
+        training=training,
+        manifest=first.config.get("manifest"),
+        ensemble={"members": members, "weights": network.weights.tolist()},
+    )
