@@ -7,11 +7,24 @@ import pytest
 from braintumor.config import REPO_CONFIG_DIR, RecipeError, apply_overrides, load_recipe
 
 
-@pytest.mark.parametrize("name", ["seed-cnn", "seed-resnet50", "lite0-frozen", "lite0-frozen-headcrop"])
+@pytest.mark.parametrize("name", sorted(path.stem for path in REPO_CONFIG_DIR.glob("*.yaml")))
 def test_shipped_recipes_validate(name: str) -> None:
     recipe = load_recipe(name)
     assert recipe.name == name
-    assert recipe.data.image_size == 224
+    assert recipe.data.image_size in (224, 260)
+
+
+def test_every_benchmarked_recipe_is_shipped() -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("accuracy", REPO_CONFIG_DIR.parent / "benchmarks" / "accuracy.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    shipped = {path.stem for path in REPO_CONFIG_DIR.glob("*.yaml")}
+    assert set(module.DEFAULT_RECIPES) <= shipped
+    for ensemble in module.DEFAULT_ENSEMBLES:
+        assert set(ensemble.split("=")[1].split("+")) <= set(module.DEFAULT_RECIPES)
 
 
 def test_seed_recipes_are_the_seed_models() -> None:

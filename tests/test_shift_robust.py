@@ -209,3 +209,18 @@ def test_ensemble_command_and_explain_layer(trained_run, tmp_path: Path) -> None
     assert bad.exit_code == 2 and "missing" in bad.output
     assert isinstance(create_model(tiny_recipe()), BrainTumorNet)
     assert timm is not None
+
+
+def test_ensemble_bundle_exports_to_onnx_with_parity(tmp_path: Path) -> None:
+    from braintumor.inference.bundle import save_bundle
+    from braintumor.inference.onnx_export import export_onnx
+    from braintumor.models import resolve_preprocessing
+
+    recipe = tiny_recipe()
+    paths = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        model = create_model(recipe)
+        paths.append(save_bundle(tmp_path / f"m{seed}", model, recipe, resolve_preprocessing(recipe, model)))
+    result = export_onnx(load_bundle(combine_bundles(paths, tmp_path / "ensemble")))
+    assert result.max_abs_diff < 1e-4
