@@ -57,6 +57,7 @@ from scipy.stats import bootstrap
 from sklearn.calibration import calibration_curve
 from sklearn.metrics import precision_recall_fscore_support, roc_auc_score, roc_curve
 
+from braintumor.config import Recipe
 from braintumor.data.images import load_image_rgb
 from braintumor.data.preprocessing import Preprocessing
 from braintumor.errors import BrainTumorError, ImageDecodeError
@@ -373,7 +374,28 @@ def _fmt(value: Any, percent: bool = False) -> str:
 
 
 def _framing(prep: Preprocessing) -> str:
-    return "cropped to the head, padded to square" if prep.crop == "head" else "squashed to square"
+    framing = "cropped to the head, padded to square" if prep.crop == "head" else "squashed to square"
+    return framing + (", histogram-equalised" if prep.intensity == "equalize" else "")
+
+
+def _architecture(recipe: Recipe, training: dict[str, Any]) -> str:
+    """One line on the network and how it was trained (probe, fine-tuning stages, WiSE-FT)."""
+    if recipe.model.architecture == "custom_cnn":
+        return f"custom CNN, conv channels {recipe.model.conv_channels}"
+    head = "a linear probe head" if recipe.model.head == "linear" else "the seed's head"
+    stages = recipe.train.finetune_stages
+    if stages:
+        tuning = "head trained on the frozen backbone, then " + "; ".join(
+            f"top {stage.unfreeze} layer groups fine-tuned for {stage.epochs} epoch(s) at LR {stage.learning_rate:g}"
+            for stage in stages
+        )
+        wise = (training.get("finetuning") or {}).get("wise_ft")
+        if wise:
+            tuning += f"; WiSE-FT alpha {wise['alpha']:g} (chosen on validation loss)"
+    else:
+        tuning = "frozen" if recipe.model.freeze_backbone else "fine-tuned"
+    weights = "pretrained" if recipe.model.pretrained else "random init"
+    return f"timm {recipe.model.backbone} ({weights}; {tuning}) + {head}"
 
 
 def build_report(
@@ -606,12 +628,13 @@ def build_report(
 
     # Model card text, from the numbers above.
     recipe = bundle.recipe
-    architecture = (
-        f"custom CNN, conv channels {recipe.model.conv_channels}"
-        if recipe.model.architecture == "custom_cnn"
-        else f"timm {recipe.model.backbone} ({'pretrained' if recipe.model.pretrained else 'random init'}, "
-        f"{'frozen' if recipe.model.freeze_backbone else 'fine-tuned'}) + the seed's head"
-    )
+    architecture = _architecture(recipe, training)
+    ensemble = config.get("ensemble")
+    if ensemble:
+        members = ", ".join(member.get("name", "?") for member in ensemble.get("members", []))
+        architecture = f"ensemble (mean probability, weights {ensemble.get('weights')}) of {members}; first: " + (
+            architecture
+        )
     prep = bundle.preprocessing
     card_details = [
         ("Model", f"{bundle.name}: {recipe.description}" if recipe.description else bundle.name),
