@@ -52,7 +52,7 @@ def test_shift_augmentations_change_framing_and_contrast_but_not_the_format() ->
     plain = AugmentConfig(rotation_degrees=0, zoom=0, translate=0, horizontal_flip=False)
     strong = AugmentConfig(
         crop_scale=0.5, zoom_out=0.5, zoom_out_p=1.0, gamma=(0.5, 2.0), contrast=0.5, brightness=0.3,
-        equalize_p=0.5, blur_p=0.5, noise_std=0.1,
+        equalize_p=0.5, clahe_p=0.5, blur_p=0.5, noise_std=0.1,
     )  # fmt: skip
     image = torch.zeros(3, 32, 32, dtype=torch.uint8)
     image[:, 8:24, 8:24] = 150
@@ -70,6 +70,8 @@ def test_equalize_intensity_is_part_of_the_stored_preprocessing() -> None:
     plain = resize_to_uint8_tensor(dim, Preprocessing(image_size=32))
     equalised = resize_to_uint8_tensor(dim, Preprocessing(image_size=32, intensity="equalize"))
     assert int(plain.max()) <= 60 and int(equalised.max()) == 255
+    clahe = resize_to_uint8_tensor(dim, Preprocessing(image_size=32, intensity="clahe"))
+    assert clahe.dtype == torch.uint8 and int(clahe.max()) - int(clahe.min()) > int(plain.max()) - int(plain.min())
     recipe = tiny_recipe(data={"intensity": "equalize"})
     from braintumor.models import resolve_preprocessing
 

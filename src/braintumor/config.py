@@ -46,10 +46,11 @@ class DataConfig(_Strict):
         description="Crop every slice to the head's bounding box (squared) before resizing, in training "
         "and inference alike: removes framing differences between sources.",
     )
-    intensity: Literal["none", "equalize"] = Field(
+    intensity: Literal["none", "equalize", "clahe"] = Field(
         "none",
         description="Intensity normalisation of every slice after resizing, in training and inference alike: "
-        "equalize is histogram equalisation (contrast settings differ between scanners and sources).",
+        "equalize is global histogram equalisation, clahe contrast-limited adaptive equalisation (kornia, "
+        "clip limit 2, 8x8 tiles); contrast settings differ between scanners and sources.",
     )
     drop_train_duplicates: bool = Field(
         True, description="Drop byte-identical copies inside Training before splitting (keeps one)."
@@ -81,6 +82,9 @@ class AugmentConfig(_Strict):
     brightness: float = Field(0.0, ge=0.0, lt=1.0, description="Brightness jitter factor range 1 +- brightness.")
     contrast: float = Field(0.0, ge=0.0, lt=1.0, description="Contrast jitter factor range 1 +- contrast.")
     equalize_p: float = Field(0.0, ge=0.0, le=1.0, description="Probability of histogram equalisation.")
+    clahe_p: float = Field(
+        0.0, ge=0.0, le=1.0, description="Probability of CLAHE (clip limit drawn from 1 to 4, 8x8 tiles)."
+    )
     blur_p: float = Field(0.0, ge=0.0, le=1.0, description="Probability of a Gaussian blur.")
     blur_sigma: float = Field(1.5, gt=0.0, le=10.0, description="Largest blur sigma in pixels.")
     noise_std: float = Field(

@@ -24,7 +24,7 @@ from scipy import ndimage
 from torchvision.transforms import InterpolationMode, v2
 
 from braintumor.config import AugmentConfig
-from braintumor.data.augment import RandomGamma, RandomGaussianNoise
+from braintumor.data.augment import RandomCLAHE, RandomGamma, RandomGaussianNoise, clahe_uint8
 
 Interpolation = Literal["nearest", "bilinear", "bicubic"]
 _PIL_RESAMPLE = {
@@ -45,7 +45,7 @@ class Preprocessing(BaseModel):
     interpolation: Interpolation = "bilinear"
     resize: Literal["squash"] = "squash"
     crop: Literal["none", "head"] = "none"
-    intensity: Literal["none", "equalize"] = "none"
+    intensity: Literal["none", "equalize", "clahe"] = "none"
 
 
 def head_bounding_box(grey: np.ndarray, *, margin: float = 0.02) -> tuple[int, int, int, int] | None:
@@ -117,7 +117,8 @@ def resize_to_uint8_tensor(image: Image.Image, prep: Preprocessing) -> torch.Ten
     """Resize an RGB PIL image to the model's square size and return a ``[3, S, S]`` uint8 tensor.
 
     With ``prep.crop == "head"`` the slice is first cropped to the head (:func:`crop_to_head`); with
-    ``prep.intensity == "equalize"`` the resized slice's histogram is equalised (:func:`equalize_intensity`).
+    ``prep.intensity == "equalize"`` the resized slice's histogram is equalised (:func:`equalize_intensity`),
+    with ``"clahe"`` it gets contrast-limited adaptive equalisation (:func:`braintumor.data.augment.clahe_uint8`).
     """
     size = (prep.image_size, prep.image_size)
     if prep.crop == "head":
@@ -127,7 +128,8 @@ def resize_to_uint8_tensor(image: Image.Image, prep: Preprocessing) -> torch.Ten
         resized = equalize_intensity(resized)
     # numpy's transpose copy: torch's multi-threaded permute().contiguous() of one small uint8 image
     # costs ~10 ms on a busy 2-core machine (thread-pool wake-ups), numpy's single-threaded copy ~0.2 ms.
-    return torch.from_numpy(np.ascontiguousarray(np.asarray(resized, dtype=np.uint8).transpose(2, 0, 1)))
+    tensor = torch.from_numpy(np.ascontiguousarray(np.asarray(resized, dtype=np.uint8).transpose(2, 0, 1)))
+    return clahe_uint8(tensor) if prep.intensity == "clahe" else tensor
 
 
 def normalise_transform(prep: Preprocessing) -> v2.Compose:
@@ -175,6 +177,8 @@ def augmentation_transform(augment: AugmentConfig, prep: Preprocessing) -> v2.Co
         steps.append(v2.ColorJitter(brightness=augment.brightness, contrast=augment.contrast))
     if augment.equalize_p:
         steps.append(v2.RandomEqualize(p=augment.equalize_p))
+    if augment.clahe_p:
+        steps.append(RandomCLAHE(p=augment.clahe_p))
     if augment.blur_p:
         kernel = 2 * math.ceil(3 * augment.blur_sigma) + 1
         steps.append(v2.RandomApply([v2.GaussianBlur(kernel, sigma=(0.1, augment.blur_sigma))], p=augment.blur_p))
