@@ -39,8 +39,7 @@ DEFAULT_ENSEMBLES = ["probe-ensemble=lite0-probe+lite1-probe+lite2-probe"]
 
 
 def _row(name: str, bundle_dir: Path, data: Path, out_dir: Path, audit: Path | None, train_s: float | None) -> dict:
-    calibrate_bundle(bundle_dir, data, out_dir / f"calibration-{name}", show_progress=False)
-    config = read_bundle_config(bundle_dir)
+    calibration_run = calibrate_bundle(bundle_dir, data, out_dir / f"calibration-{name}", show_progress=False)
     evaluation = evaluate_bundle(
         bundle_dir, data, "Testing", out_dir / f"eval-{name}", show_progress=False, audit=audit
     )
@@ -59,7 +58,8 @@ def _row(name: str, bundle_dir: Path, data: Path, out_dir: Path, audit: Path | N
         "ece_uncalibrated": calibration.get("uncalibrated", {}).get("ece", calibration["ece"]),
         "temperature": calibration["temperature"],
         "test_loss": metrics["loss"],
-        "val_accuracy": config["training"]["val_metrics"]["accuracy"],
+        # The bundle's own validation accuracy (T = 1), measured by calibrate: for an ensemble too.
+        "val_accuracy": calibration_run.record["before"]["accuracy"],
         "training_s": train_s,
     }
     deduplicated = metrics.get("deduplicated")

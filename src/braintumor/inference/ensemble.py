@@ -83,7 +83,10 @@ def combine_bundles(
         }
         for bundle in bundles
     ]
-    training = {**first.config.get("training", {}), "ensemble_of": [bundle.name for bundle in bundles]}
+    # The split, data and duplicate records are shared by all members; per-epoch history and validation
+    # metrics are each member's own (kept under "ensemble"), so they are not copied as the ensemble's.
+    shared = {k: v for k, v in first.config.get("training", {}).items() if k not in ("history", "val_metrics")}
+    training = {**shared, "ensemble_of": [bundle.name for bundle in bundles]}
     return save_bundle(
         out,
         network,
