@@ -49,7 +49,7 @@ def _data_root(data: Path | None) -> Path:
 
 @app.command()
 def train(
-    recipe: str = typer.Argument("lite0-frozen", help="Recipe name in configs/ or a YAML path."),
+    recipe: str = typer.Argument("lite2-probe", help="Recipe name in configs/ or a YAML path."),
     data: Path | None = DataOption,
     out: Path | None = typer.Option(None, "--out", "-o", help="Run folder (default: runs/<recipe>)."),
     weights: Path | None = typer.Option(None, "--weights", help="Local pretrained backbone weights file."),
