@@ -155,6 +155,21 @@ def test_lp_ft_with_wise_trains_probe_then_stages_and_keeps_the_best_alpha(
     assert accuracy == pytest.approx(config["training"]["val_metrics"]["accuracy"])
 
 
+def test_resuming_a_finished_lp_ft_run_reuses_probe_and_stages(synthetic_root: Path, tmp_path: Path) -> None:
+    recipe = tiny_recipe(
+        model={**TINY_TIMM, "head": "linear", "freeze_backbone": True},
+        augment={"enabled": False},
+        train={"max_epochs": 2, "finetune_stages": [{"epochs": 1, "unfreeze": 1}], "wise_alphas": [0.0, 1.0]},
+    )
+    first = train_recipe(recipe, synthetic_root, tmp_path / "run", show_progress=False)
+    before = load_bundle(first.bundle_dir).model.state_dict()
+    again = train_recipe(recipe, synthetic_root, tmp_path / "run", show_progress=False, resume=True)
+    config = json.loads((again.bundle_dir / "config.json").read_text())
+    assert config["training"]["finetuning"]["stages"][0].get("reused") is True
+    for key, value in load_bundle(again.bundle_dir).model.state_dict().items():
+        torch.testing.assert_close(value, before[key], msg=key)
+
+
 def test_feature_cache_trains_the_same_head_as_the_image_path(synthetic_root: Path, tmp_path: Path) -> None:
     """Without augmentation, cached features are exact: both paths must train the same head."""
     heads = {}
