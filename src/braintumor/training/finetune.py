@@ -51,10 +51,10 @@ def backbone_layer_groups(backbone: nn.Module) -> list[tuple[str, list[str]]]:
     return list(groups.items())
 
 
-def _set_batchnorm_frozen(module: nn.Module, frozen: bool) -> None:
+def _freeze_batchnorm(module: nn.Module) -> None:
     for child in module.modules():
         if isinstance(child, nn.modules.batchnorm._BatchNorm):
-            child.eval() if frozen else child.train()
+            child.eval()
 
 
 class FineTuneNet(nn.Module):
@@ -71,7 +71,7 @@ class FineTuneNet(nn.Module):
     def train(self, mode: bool = True) -> FineTuneNet:
         super().train(mode)
         if mode and self.freeze_batchnorm:
-            _set_batchnorm_frozen(self.network.backbone, frozen=True)
+            _freeze_batchnorm(self.network.backbone)
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -351,8 +351,8 @@ def _choose_wise_alpha(
     for alpha in sorted(set(alphas)):
         model.load_state_dict(interpolate_weights(probe_state, tuned_state, alpha))
         probabilities = predict_probabilities(model, val_set, prep)
-        picked = probabilities[np.arange(len(labels)), labels]
-        losses[f"{alpha:g}"] = float(-np.log(np.clip(picked, 1e-12, None)).mean())
+        # The same validation cross-entropy as the rest of the run reports (classification_metrics).
+        losses[f"{alpha:g}"] = classification_metrics(labels, probabilities, list(CLASS_NAMES))["loss"]
     best = min(losses, key=losses.__getitem__)
     model.load_state_dict(interpolate_weights(probe_state, tuned_state, float(best)))
     say(f"WiSE-FT: validation loss per alpha {losses}; keeping alpha {best}")
