@@ -34,7 +34,15 @@ from braintumor.inference.bundle import read_bundle_config
 from braintumor.inference.ensemble import combine_bundles
 from braintumor.training.train import RunOptions, train_recipe
 
-DEFAULT_RECIPES = ["lite0-probe", "lite1-probe", "lite2-probe", "lite0-lpft", "lite0-frozen", "lite0-frozen-headcrop"]
+DEFAULT_RECIPES = [
+    "lite0-probe",
+    "lite1-probe",
+    "lite2-probe",
+    "lite0-lpft-cached",
+    "lite0-lpft",
+    "lite0-frozen",
+    "lite0-frozen-headcrop",
+]
 DEFAULT_ENSEMBLES = ["probe-ensemble=lite0-probe+lite1-probe+lite2-probe"]
 
 

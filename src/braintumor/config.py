@@ -139,6 +139,12 @@ class FineTuneStage(_Strict):
         1.0, gt=0.0, le=1.0, description="Layer-wise LR decay: each group below the top trains at this times the LR."
     )
     head_learning_rate: float | None = Field(None, gt=0.0, description="The head's LR (default: learning_rate).")
+    cache_frozen_layers: bool = Field(
+        False,
+        description="Run the stage's frozen lower layers once per cached view (train.cache_views) and train the top "
+        "layers and the head on their stored activations. Exact with frozen BatchNorm; augmentation then comes "
+        "only from the cached views. Needs a backbone whose layer groups are a stem and a chain of stages.",
+    )
 
     @field_validator("unfreeze")
     @classmethod
@@ -195,6 +201,13 @@ class TrainConfig(_Strict):
             raise ValueError("label_smoothing applies to loss: cross_entropy only; set it to 0 with loss: focal")
         if self.wise_alphas and not self.finetune_stages:
             raise ValueError("wise_alphas interpolate probed and fine-tuned weights: add finetune_stages")
+        for index, stage in enumerate(self.finetune_stages, start=1):
+            if stage.cache_frozen_layers and (stage.unfreeze == "all" or self.finetune_batchnorm != "frozen"):
+                # Cached activations are only exact if the layers below stay fixed, statistics included.
+                raise ValueError(
+                    f"finetune_stages[{index}].cache_frozen_layers needs a frozen lower part: a number for unfreeze "
+                    "(not 'all') and finetune_batchnorm: frozen"
+                )
         return self
 
 

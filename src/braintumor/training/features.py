@@ -17,10 +17,16 @@ from braintumor.data.dataset import ImageSet
 from braintumor.models.network import BrainTumorNet
 from braintumor.progress import progress_bar
 
+Encoder = BrainTumorNet | torch.nn.Module
+
+
+def _encode(encoder: Encoder, batch: torch.Tensor) -> torch.Tensor:
+    return encoder.forward_features(batch) if isinstance(encoder, BrainTumorNet) else encoder(batch)
+
 
 @torch.inference_mode()
 def extract_features(
-    model: BrainTumorNet,
+    model: Encoder,
     image_set: ImageSet,
     transform: Callable[[torch.Tensor], torch.Tensor],
     *,
@@ -28,7 +34,11 @@ def extract_features(
     description: str = "Backbone features",
     show_progress: bool = True,
 ) -> torch.Tensor:
-    """Pooled backbone features ``[N, D]``; ``transform`` is applied per image (so augmentation is per image)."""
+    """Backbone features ``[N, ...]``; ``transform`` is applied per image (so augmentation is per image).
+
+    ``model`` is a :class:`BrainTumorNet` (pooled features of its backbone) or any module, such as the frozen
+    bottom of a partly fine-tuned backbone (its activation maps).
+    """
     model.eval()
     chunks: list[torch.Tensor] = []
     with progress_bar(show_progress) as progress:
@@ -36,13 +46,13 @@ def extract_features(
         for start in range(0, len(image_set), batch_size):
             images = image_set.images[start : start + batch_size]
             batch = torch.stack([transform(image) for image in images])
-            chunks.append(model.forward_features(batch).float())
+            chunks.append(_encode(model, batch).float())
             progress.advance(task, len(images))
     return torch.cat(chunks)
 
 
 def build_view_features(
-    model: BrainTumorNet,
+    model: Encoder,
     image_set: ImageSet,
     clean_transform: Callable[[torch.Tensor], torch.Tensor],
     augmented_transform: Callable[[torch.Tensor], torch.Tensor],

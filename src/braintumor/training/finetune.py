@@ -51,6 +51,61 @@ def backbone_layer_groups(backbone: nn.Module) -> list[tuple[str, list[str]]]:
     return list(groups.items())
 
 
+class _StagedTop(nn.Module):
+    """The trainable top of a staged backbone: stages ``start:``, the tail layers, then timm's pooling head."""
+
+    def __init__(self, backbone: nn.Module, stages: list[nn.Module], tail: list[nn.Module]) -> None:
+        super().__init__()
+        self.stages = nn.Sequential(*stages)
+        self.tail = nn.Sequential(*tail)
+        self._forward_head = backbone.forward_head  # pooling (and flatten) only: the backbone has num_classes=0
+
+    def forward(self, activations: torch.Tensor) -> torch.Tensor:
+        return self._forward_head(self.tail(self.stages(activations)))
+
+
+def _staged_layout(backbone: nn.Module) -> tuple[list[nn.Module], list[nn.Module], list[nn.Module]] | None:
+    """``(stem, stages, tail)`` modules of the timm backbones we can split, else ``None``."""
+    names = {name for name, _ in backbone.named_children()}
+    if {"conv_stem", "bn1", "blocks", "conv_head", "bn2"} <= names:  # EfficientNet family, Lite included
+        return [backbone.conv_stem, backbone.bn1], list(backbone.blocks), [backbone.conv_head, backbone.bn2]
+    if {"conv1", "bn1", "act1", "maxpool", "layer1", "layer4"} <= names:  # ResNet family
+        stem = [backbone.conv1, backbone.bn1, backbone.act1, backbone.maxpool]
+        return stem, [getattr(backbone, f"layer{i}") for i in range(1, 5)], []
+    return None
+
+
+def split_backbone(backbone: nn.Module) -> tuple[nn.Module, nn.Module] | None:
+    """Split a timm backbone at the boundary of its trainable parameters: ``(frozen bottom, trainable top)``.
+
+    ``bottom(x)`` gives the activations entering the first trainable stage and ``top(bottom(x))`` equals
+    ``backbone(x)``. The split exists only when the trainable parameters are exactly the top stages (and the
+    tail), which is what :func:`prepare_stage` makes; otherwise (or for unknown backbones) ``None``.
+
+    Example:
+        >>> import timm
+        >>> backbone = timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=0).eval()
+        >>> _ = backbone.requires_grad_(False)
+        >>> _ = backbone.blocks[6].requires_grad_(True), backbone.conv_head.requires_grad_(True)
+        >>> _ = backbone.bn2.requires_grad_(True)
+        >>> bottom, top = split_backbone(backbone)
+        >>> x = torch.randn(1, 3, 64, 64)
+        >>> torch.allclose(top(bottom(x)), backbone(x))
+        True
+    """
+    layout = _staged_layout(backbone)
+    if layout is None:
+        return None
+    stem, stages, tail = layout
+    trainable = {id(p) for p in backbone.parameters() if p.requires_grad}
+    for start in range(len(stages) + 1):
+        top_params = {id(p) for module in [*stages[start:], *tail] for p in module.parameters()}
+        # The top must hold every trainable parameter and nothing frozen, else the cache would be wrong.
+        if top_params == trainable and not any(p.requires_grad for m in stages[:start] for p in m.parameters()):
+            return nn.Sequential(*stem, *stages[:start]), _StagedTop(backbone, stages[start:], tail)
+    return None
+
+
 def _freeze_batchnorm(module: nn.Module) -> None:
     for child in module.modules():
         if isinstance(child, nn.modules.batchnorm._BatchNorm):
@@ -76,6 +131,29 @@ class FineTuneNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.network(x)
+
+
+class CachedTopNet(nn.Module):
+    """One fine-tuning stage on cached activations: the backbone's trainable top, then the head.
+
+    Its input is what the frozen bottom of :func:`split_backbone` produced for an image; with frozen
+    BatchNorm this gives the same logits and gradients as running the whole network on that image.
+    """
+
+    def __init__(self, top: nn.Module, head: nn.Module, freeze_batchnorm: bool) -> None:
+        super().__init__()
+        self.top = top
+        self.head = head
+        self.freeze_batchnorm = freeze_batchnorm
+
+    def train(self, mode: bool = True) -> CachedTopNet:
+        super().train(mode)
+        if mode and self.freeze_batchnorm:
+            _freeze_batchnorm(self.top)
+        return self
+
+    def forward(self, activations: torch.Tensor) -> torch.Tensor:
+        return self.head(self.top(activations))
 
 
 def prepare_stage(network: BrainTumorNet, stage: FineTuneStage, weight_decay: float) -> list[dict[str, Any]]:

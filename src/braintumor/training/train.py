@@ -21,6 +21,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
+import torch.nn as nn
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities import rank_zero_only
@@ -48,7 +49,13 @@ from braintumor.models import create_model, resolve_preprocessing
 from braintumor.models.network import BrainTumorNet
 from braintumor.training.callbacks import EpochHistory
 from braintumor.training.features import FeatureViewDataset, FeatureViewScheduler, build_view_features
-from braintumor.training.finetune import FineTuneNet, interpolate_weights, prepare_stage
+from braintumor.training.finetune import (
+    CachedTopNet,
+    FineTuneNet,
+    interpolate_weights,
+    prepare_stage,
+    split_backbone,
+)
 from braintumor.training.losses import resolve_class_weights
 from braintumor.training.manifest import build_manifest
 from braintumor.training.module import ClassifierModule
@@ -263,6 +270,49 @@ def _cached_features(
     return train_features, val_features, False
 
 
+def _cached_stage(
+    model: BrainTumorNet,
+    recipe: Recipe,
+    prep: Preprocessing,
+    train_set: ImageSet,
+    val_set: ImageSet,
+    index: int,
+    show_progress: bool,
+) -> tuple[CachedTopNet, DataLoader, DataLoader, list[L.Callback]]:
+    """A stage that trains on the frozen bottom's activations, computed once per cached view."""
+    split = split_backbone(model.backbone)
+    if split is None:
+        raise BrainTumorError(
+            f"finetune_stages[{index}].cache_frozen_layers: backbone {recipe.model.backbone} cannot be split at its "
+            "trainable layer groups (supported: timm EfficientNet and ResNet families); set cache_frozen_layers: false"
+        )
+    bottom, top = split
+    views = recipe.train.cache_views if recipe.augment.enabled else 1
+    clean = eval_transform(prep)
+    train_activations = build_view_features(
+        bottom,
+        train_set,
+        clean,
+        train_transform(recipe.augment, prep),
+        views=views,
+        seed=recipe.train.seed,
+        show_progress=show_progress,
+    )
+    val_activations = build_view_features(
+        bottom, val_set, clean, clean, views=1, seed=recipe.train.seed, show_progress=show_progress
+    )
+    train_dataset = FeatureViewDataset(train_activations, train_set.labels)
+    train_loader = DataLoader(
+        train_dataset,
+        batch_size=recipe.data.batch_size,
+        shuffle=True,
+        generator=torch.Generator().manual_seed(recipe.train.seed),  # the image path's shuffle order
+    )
+    val_loader = DataLoader(FeatureViewDataset(val_activations, val_set.labels), batch_size=recipe.data.batch_size * 2)
+    wrapper = CachedTopNet(top, model.head, freeze_batchnorm=recipe.train.finetune_batchnorm == "frozen")
+    return wrapper, train_loader, val_loader, [FeatureViewScheduler(train_dataset)]
+
+
 def _finetune(
     model: BrainTumorNet,
     recipe: Recipe,
@@ -300,7 +350,16 @@ def _finetune(
             f"{trainable:,} trainable parameters"
         )
         last = stage_dir / "last.ckpt"
-        wrapper = FineTuneNet(model, freeze_batchnorm=recipe.train.finetune_batchnorm == "frozen")
+        started = time.perf_counter()
+        wrapper: nn.Module
+        extra: list[L.Callback] = []
+        if stage.cache_frozen_layers:
+            wrapper, train_loader, val_loader, extra = _cached_stage(
+                model, recipe, prep, train_set, val_set, index, options.show_progress
+            )
+        else:
+            wrapper = FineTuneNet(model, freeze_batchnorm=recipe.train.finetune_batchnorm == "frozen")
+            train_loader, val_loader = _image_loaders(recipe, prep, train_set, val_set)
         module = ClassifierModule(
             wrapper,
             recipe.train,
@@ -308,9 +367,7 @@ def _finetune(
             class_weights=class_weights,
             optimizer_groups=optimizer_groups,
         )
-        train_loader, val_loader = _image_loaders(recipe, prep, train_set, val_set)
         history.stage = f"finetune-{index}"
-        started = time.perf_counter()
         trainer = _fit(
             module,
             train_loader,
@@ -318,7 +375,7 @@ def _finetune(
             recipe,
             run_dir,
             history,
-            [],
+            extra,
             options,
             logger,
             last if resume and last.is_file() else None,

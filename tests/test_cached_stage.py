@@ -1,0 +1,102 @@
+"""Fine-tuning stages on cached activations of the frozen lower layers (``cache_frozen_layers``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+
+from braintumor.config import FineTuneStage, RecipeError, apply_overrides
+from braintumor.inference.bundle import load_bundle
+from braintumor.models import create_model
+from braintumor.training.finetune import prepare_stage, split_backbone
+from braintumor.training.train import train_recipe
+
+from .conftest import tiny_recipe
+
+TINY_LITE = {"architecture": "transfer", "backbone": "tf_efficientnet_lite0", "pretrained": False}
+
+
+@pytest.mark.parametrize("unfreeze", [1, 2, 3, 7])
+def test_split_at_the_unfrozen_groups_reproduces_the_backbone(unfreeze: int) -> None:
+    model = create_model(tiny_recipe(model={**TINY_LITE, "head": "linear", "freeze_backbone": True}))
+    prepare_stage(model, FineTuneStage(epochs=1, unfreeze=unfreeze), weight_decay=0.0)
+    model.eval()
+    bottom, top = split_backbone(model.backbone)
+    # The bottom holds no trainable parameter and the top all of them.
+    assert not any(p.requires_grad for p in bottom.parameters())
+    assert {id(p) for p in top.parameters()} == {id(p) for p in model.backbone.parameters() if p.requires_grad}
+    x = torch.randn(2, 3, 64, 64)
+    torch.testing.assert_close(top(bottom(x)), model.backbone(x))
+
+
+def test_split_handles_resnets_and_refuses_what_it_cannot_cache() -> None:
+    resnet = timm.create_model("resnet18", pretrained=False, num_classes=0).eval().requires_grad_(False)
+    resnet.layer4.requires_grad_(True)
+    bottom, top = split_backbone(resnet)
+    x = torch.randn(1, 3, 64, 64)
+    torch.testing.assert_close(top(bottom(x)), resnet(x))
+    # A trainable layer below a frozen one has no single cut point.
+    resnet.layer2.requires_grad_(True)
+    assert split_backbone(resnet) is None
+    # Trainable stem: nothing to cache. Unknown layout: no split.
+    resnet.requires_grad_(True)
+    assert split_backbone(resnet) is None
+    assert split_backbone(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3))) is None
+
+
+def test_cached_stages_need_a_frozen_lower_part() -> None:
+    recipe = tiny_recipe(model={**TINY_LITE, "freeze_backbone": True})
+    with pytest.raises(RecipeError, match="cache_frozen_layers"):
+        apply_overrides(recipe, ["train.finetune_stages=[{epochs: 1, unfreeze: all, cache_frozen_layers: true}]"])
+    with pytest.raises(RecipeError, match="cache_frozen_layers"):
+        apply_overrides(
+            recipe,
+            [
+                "train.finetune_stages=[{epochs: 1, unfreeze: 2, cache_frozen_layers: true}]",
+                "train.finetune_batchnorm=train",
+            ],
+        )
+
+
+def test_cached_stage_trains_the_same_network_as_the_image_path(synthetic_root: Path, tmp_path: Path) -> None:
+    """Without augmentation the cached activations are exact: both paths must give the same weights."""
+    results = {}
+    for cached in (True, False):
+        recipe = tiny_recipe(
+            model={**TINY_LITE, "head": "linear", "freeze_backbone": True},
+            augment={"enabled": False},
+            train={
+                "max_epochs": 2,
+                "finetune_stages": [{"epochs": 2, "unfreeze": 2, "learning_rate": 1e-3, "cache_frozen_layers": cached}],
+            },
+        )
+        result = train_recipe(recipe, synthetic_root, tmp_path / str(cached), show_progress=False)
+        results[cached] = (load_bundle(result.bundle_dir).model.state_dict(), result.history, result.bundle_dir)
+    for key, value in results[True][0].items():
+        torch.testing.assert_close(value, results[False][0][key], atol=1e-4, rtol=1e-3, msg=key)
+    stage_losses = {c: [r["val_loss"] for r in results[c][1] if r["stage"] == "finetune-1"] for c in results}
+    assert len(stage_losses[True]) == 2
+    assert stage_losses[True] == pytest.approx(stage_losses[False], rel=1e-4)
+    config = json.loads((results[True][2] / "config.json").read_text())
+    assert config["recipe"]["train"]["finetune_stages"][0]["cache_frozen_layers"] is True
+
+
+def test_cached_stage_uses_augmented_views(synthetic_root: Path, tmp_path: Path) -> None:
+    recipe = tiny_recipe(
+        model={**TINY_LITE, "head": "linear", "freeze_backbone": True},
+        augment={"enabled": True, "horizontal_flip": True},
+        train={
+            "max_epochs": 1,
+            "cache_views": 2,
+            "finetune_stages": [{"epochs": 2, "unfreeze": 3, "cache_frozen_layers": True}],
+            "wise_alphas": [0.0, 1.0],
+        },
+    )
+    result = train_recipe(recipe, synthetic_root, tmp_path / "views", show_progress=False)
+    config = json.loads((result.bundle_dir / "config.json").read_text())
+    assert [row["stage"] for row in result.history].count("finetune-1") == 2
+    assert config["training"]["finetuning"]["wise_ft"]["alpha"] in (0.0, 1.0)
