@@ -387,6 +387,7 @@ def _architecture(recipe: Recipe, training: dict[str, Any]) -> str:
     if stages:
         tuning = "head trained on the frozen backbone, then " + "; ".join(
             f"top {stage.unfreeze} layer groups fine-tuned for {stage.epochs} epoch(s) at LR {stage.learning_rate:g}"
+            + (" on cached activations of the frozen layers" if stage.cache_frozen_layers else "")
             for stage in stages
         )
         wise = (training.get("finetuning") or {}).get("wise_ft")
