@@ -186,7 +186,7 @@ class TrainConfig(_Strict):
         "gradual unfreezing with several. Empty: the backbone stays as model.freeze_backbone says.",
     )
     finetune_batchnorm: Literal["frozen", "train"] = Field(
-        "frozen", description="frozen keeps every BatchNorm's statistics while fine-tuning, the probe head's included."
+        "frozen", description="frozen keeps the backbone's BatchNorm statistics while fine-tuning (small batches)."
     )
     wise_alphas: list[Annotated[float, Field(ge=0.0, le=1.0)]] = Field(
         default_factory=list,

@@ -115,9 +115,6 @@ def _freeze_batchnorm(module: nn.Module) -> None:
 class FineTuneNet(nn.Module):
     """Wraps a :class:`BrainTumorNet` for one fine-tuning stage; BatchNorm statistics stay fixed if asked.
 
-    Frozen means every BatchNorm, the head's too: the linear probe's standardisation was fitted on the frozen
-    features, and letting its running statistics chase features that change under fine-tuning (while the
-    training batches normalise with their own) makes validation outputs explode at higher learning rates.
     Lightning puts the module in train mode each epoch, so freezing BatchNorm has to happen in ``train``.
     """
 
@@ -129,7 +126,7 @@ class FineTuneNet(nn.Module):
     def train(self, mode: bool = True) -> FineTuneNet:
         super().train(mode)
         if mode and self.freeze_batchnorm:
-            _freeze_batchnorm(self.network)
+            _freeze_batchnorm(self.network.backbone)
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -152,7 +149,7 @@ class CachedTopNet(nn.Module):
     def train(self, mode: bool = True) -> CachedTopNet:
         super().train(mode)
         if mode and self.freeze_batchnorm:
-            _freeze_batchnorm(self)  # the head's too, as in FineTuneNet
+            _freeze_batchnorm(self.top)
         return self
 
     def forward(self, activations: torch.Tensor) -> torch.Tensor:
