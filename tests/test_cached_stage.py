@@ -87,7 +87,7 @@ def test_cached_stage_trains_the_same_network_as_the_image_path(synthetic_root: 
 
 def test_cached_stage_uses_augmented_views(synthetic_root: Path, tmp_path: Path) -> None:
     recipe = tiny_recipe(
-        model={**TINY_LITE, "head": "linear", "freeze_backbone": True},
+        model={**TINY_LITE, "head": "linear", "head_standardize": False, "freeze_backbone": True},
         augment={"enabled": True, "horizontal_flip": True},
         train={
             "max_epochs": 1,
@@ -100,3 +100,7 @@ def test_cached_stage_uses_augmented_views(synthetic_root: Path, tmp_path: Path)
     config = json.loads((result.bundle_dir / "config.json").read_text())
     assert [row["stage"] for row in result.history].count("finetune-1") == 2
     assert config["training"]["finetuning"]["wise_ft"]["alpha"] in (0.0, 1.0)
+    # A head without the BatchNorm standardiser round-trips through the bundle.
+    model = load_bundle(result.bundle_dir).model
+    assert isinstance(model.head[0], torch.nn.Identity)
+    assert model(torch.zeros(1, 3, 48, 48)).shape == (1, 4)

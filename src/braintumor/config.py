@@ -114,6 +114,12 @@ class ModelConfig(_Strict):
         "features (BatchNorm without affine) + Dropout + Dense, a logistic-regression probe.",
     )
     head_hidden: int = Field(128, ge=1, description="Width of the seed head's hidden layer.")
+    head_standardize: bool = Field(
+        True,
+        description="linear head: standardise features with BatchNorm first. Turn off when the backbone's top is "
+        "fine-tuned at a high LR: near-constant features then get near-zero variances, and their changes are "
+        "amplified by up to 1/sqrt(eps).",
+    )
     dropout: float = Field(0.5, ge=0.0, lt=1.0)
 
     @model_validator(mode="after")

@@ -39,7 +39,7 @@ def create_model(recipe: Recipe, *, load_pretrained: bool = True, num_classes: i
         frozen = spec.freeze_backbone
     head: nn.Module
     if spec.head == "linear":
-        head = LinearHead(num_features, spec.dropout, num_classes)
+        head = LinearHead(num_features, spec.dropout, num_classes, standardize=spec.head_standardize)
     else:
         head = SeedHead(num_features, spec.head_hidden, spec.dropout, num_classes)
     return BrainTumorNet(backbone, num_features, head, frozen_backbone=frozen)

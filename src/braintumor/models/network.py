@@ -26,14 +26,18 @@ class SeedHead(nn.Sequential):
 class LinearHead(nn.Sequential):
     """A linear probe: features standardised by BatchNorm (running statistics, no affine), Dropout, Dense.
 
+    With ``standardize=False`` the first layer is an identity (same state-dict keys for the Dense layer).
+
     Example:
         >>> LinearHead(16, dropout=0.1, num_classes=4)(torch.randn(8, 16)).shape
         torch.Size([8, 4])
+        >>> type(LinearHead(16, dropout=0.1, num_classes=4, standardize=False)[0]).__name__
+        'Identity'
     """
 
-    def __init__(self, in_features: int, dropout: float, num_classes: int) -> None:
+    def __init__(self, in_features: int, dropout: float, num_classes: int, *, standardize: bool = True) -> None:
         super().__init__(
-            nn.BatchNorm1d(in_features, affine=False),
+            nn.BatchNorm1d(in_features, affine=False) if standardize else nn.Identity(),
             nn.Dropout(dropout),
             nn.Linear(in_features, num_classes),
         )
