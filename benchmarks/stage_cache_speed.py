@@ -1,0 +1,68 @@
+"""Partial fine-tuning on cached activations: time per epoch against running the whole network every step.
+
+Both paths train the same top layer groups and head (the recipe's first fine-tuning stage, frozen
+BatchNorm) on the same batches of real Training images with AdamW. The image path runs the frozen lower
+layers on every batch; the cached path reads their output, computed once per view. Augmentation cost is
+left out of the image path, so the speed-up is a lower bound. The whole-stage figure counts the one-off
+extraction of the recipe's ``cache_views`` views and uses the stage's epochs.
+
+    python benchmarks/stage_cache_speed.py --data ../shared/data/brain-tumor-mri --weights-dir ../shared/weights
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+import torch.nn.functional as F
+from feature_cache_speed import timed_batches, timing_parser
+
+from braintumor.training.finetune import CachedTopNet, FineTuneNet, prepare_stage, split_backbone
+
+
+def _epoch(network: torch.nn.Module, groups: list[dict], batches: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
+    optimizer = torch.optim.AdamW(groups)
+    network.train()
+    started = time.perf_counter()
+    for inputs, labels in batches:
+        loss = F.cross_entropy(network(inputs), labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    args = timing_parser(__doc__.splitlines()[0], "lite0-lpft-cached", 256).parse_args()
+    recipe, model, image_batches = timed_batches(args)
+    timed = sum(len(labels) for _, labels in image_batches)
+    stage = recipe.train.finetune_stages[0]
+    groups = prepare_stage(model, stage, recipe.train.weight_decay)
+    split = split_backbone(model.backbone)
+    if split is None:
+        raise SystemExit(f"{recipe.model.backbone} cannot be split at the top {stage.unfreeze} layer groups")
+    bottom, top = split
+    bottom.eval()
+    started = time.perf_counter()
+    with torch.no_grad():
+        activation_batches = [(bottom(x), y) for x, y in image_batches]
+    extraction = time.perf_counter() - started
+    image_epoch = _epoch(FineTuneNet(model, freeze_batchnorm=True), groups, image_batches)
+    cached_epoch = _epoch(CachedTopNet(top, model.head, freeze_batchnorm=True), groups, activation_batches)
+    scale = args.train_images / timed
+    views = recipe.train.cache_views if recipe.augment.enabled else 1
+    image_stage = stage.epochs * image_epoch * scale
+    cached_stage = (views * extraction + stage.epochs * cached_epoch) * scale
+    print(f"recipe {args.recipe}, stage 1 (top {stage.unfreeze} layer groups), {timed} images timed, "
+          f"torch threads {torch.get_num_threads()}")  # fmt: skip
+    print(f"one epoch on images: {image_epoch * scale:.1f} s; on cached activations: {cached_epoch * scale:.1f} s "
+          f"(x{image_epoch / cached_epoch:.1f})")  # fmt: skip
+    print(f"activation extraction, one view: {extraction * scale:.1f} s")
+    print(
+        f"the {stage.epochs}-epoch stage with {views} cached views: {image_stage / 60:.1f} min on images against "
+        f"{cached_stage / 60:.1f} min cached (x{image_stage / cached_stage:.1f})"
+    )
+
+
+if __name__ == "__main__":
+    main()
