@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from feature_cache_speed import timed_batches, timing_parser
 
-from braintumor.training.finetune import CachedTopNet, FineTuneNet, prepare_stage, split_backbone
+from braintumor.training.finetune import FineTuneNet, prepare_stage, split_backbone
 
 
 def _epoch(network: torch.nn.Module, groups: list[dict], batches: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
@@ -47,8 +47,8 @@ def main() -> None:
     with torch.no_grad():
         activation_batches = [(bottom(x), y) for x, y in image_batches]
     extraction = time.perf_counter() - started
-    image_epoch = _epoch(FineTuneNet(model, freeze_batchnorm=True), groups, image_batches)
-    cached_epoch = _epoch(CachedTopNet(top, model.head, freeze_batchnorm=True), groups, activation_batches)
+    image_epoch = _epoch(FineTuneNet(model, model.backbone), groups, image_batches)
+    cached_epoch = _epoch(FineTuneNet(torch.nn.Sequential(top, model.head), top), groups, activation_batches)
     scale = args.train_images / timed
     views = recipe.train.cache_views if recipe.augment.enabled else 1
     image_stage = stage.epochs * image_epoch * scale

@@ -14,19 +14,12 @@ import torch
 from torch.utils.data import Dataset
 
 from braintumor.data.dataset import ImageSet
-from braintumor.models.network import BrainTumorNet
 from braintumor.progress import progress_bar
-
-Encoder = BrainTumorNet | torch.nn.Module
-
-
-def _encode(encoder: Encoder, batch: torch.Tensor) -> torch.Tensor:
-    return encoder.forward_features(batch) if isinstance(encoder, BrainTumorNet) else encoder(batch)
 
 
 @torch.inference_mode()
 def extract_features(
-    model: Encoder,
+    model: torch.nn.Module,
     image_set: ImageSet,
     transform: Callable[[torch.Tensor], torch.Tensor],
     *,
@@ -34,10 +27,9 @@ def extract_features(
     description: str = "Backbone features",
     show_progress: bool = True,
 ) -> torch.Tensor:
-    """Backbone features ``[N, ...]``; ``transform`` is applied per image (so augmentation is per image).
+    """Outputs ``[N, ...]`` of a frozen encoder; ``transform`` is applied per image (so augmentation is per image).
 
-    ``model`` is a :class:`BrainTumorNet` (pooled features of its backbone) or any module, such as the frozen
-    bottom of a partly fine-tuned backbone (its activation maps).
+    ``model`` is a backbone (pooled features) or the frozen bottom of a partly fine-tuned one (activation maps).
     """
     model.eval()
     chunks: list[torch.Tensor] = []
@@ -46,13 +38,13 @@ def extract_features(
         for start in range(0, len(image_set), batch_size):
             images = image_set.images[start : start + batch_size]
             batch = torch.stack([transform(image) for image in images])
-            chunks.append(_encode(model, batch).float())
+            chunks.append(model(batch).float())
             progress.advance(task, len(images))
     return torch.cat(chunks)
 
 
 def build_view_features(
-    model: Encoder,
+    model: torch.nn.Module,
     image_set: ImageSet,
     clean_transform: Callable[[torch.Tensor], torch.Tensor],
     augmented_transform: Callable[[torch.Tensor], torch.Tensor],

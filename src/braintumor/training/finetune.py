@@ -113,47 +113,28 @@ def _freeze_batchnorm(module: nn.Module) -> None:
 
 
 class FineTuneNet(nn.Module):
-    """Wraps a :class:`BrainTumorNet` for one fine-tuning stage; BatchNorm statistics stay fixed if asked.
+    """Wraps what a fine-tuning stage trains; BatchNorm statistics in ``frozen_batchnorm`` stay fixed if given.
 
+    ``network`` is the whole :class:`BrainTumorNet` (image path) or ``nn.Sequential(top, head)`` on cached
+    activations of the frozen bottom (:func:`split_backbone`); ``frozen_batchnorm`` is the backbone part.
     Lightning puts the module in train mode each epoch, so freezing BatchNorm has to happen in ``train``.
     """
 
-    def __init__(self, network: BrainTumorNet, freeze_batchnorm: bool) -> None:
+    def __init__(self, network: nn.Module, frozen_batchnorm: nn.Module | None = None) -> None:
         super().__init__()
         self.network = network
-        self.freeze_batchnorm = freeze_batchnorm
+        # A plain list, not a submodule: its parameters are already registered through ``network``.
+        self._frozen_batchnorm = [frozen_batchnorm] if frozen_batchnorm is not None else []
 
     def train(self, mode: bool = True) -> FineTuneNet:
         super().train(mode)
-        if mode and self.freeze_batchnorm:
-            _freeze_batchnorm(self.network.backbone)
+        if mode:
+            for module in self._frozen_batchnorm:
+                _freeze_batchnorm(module)
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.network(x)
-
-
-class CachedTopNet(nn.Module):
-    """One fine-tuning stage on cached activations: the backbone's trainable top, then the head.
-
-    Its input is what the frozen bottom of :func:`split_backbone` produced for an image; with frozen
-    BatchNorm this gives the same logits and gradients as running the whole network on that image.
-    """
-
-    def __init__(self, top: nn.Module, head: nn.Module, freeze_batchnorm: bool) -> None:
-        super().__init__()
-        self.top = top
-        self.head = head
-        self.freeze_batchnorm = freeze_batchnorm
-
-    def train(self, mode: bool = True) -> CachedTopNet:
-        super().train(mode)
-        if mode and self.freeze_batchnorm:
-            _freeze_batchnorm(self.top)
-        return self
-
-    def forward(self, activations: torch.Tensor) -> torch.Tensor:
-        return self.head(self.top(activations))
 
 
 def prepare_stage(network: BrainTumorNet, stage: FineTuneStage, weight_decay: float) -> list[dict[str, Any]]:

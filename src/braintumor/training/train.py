@@ -50,7 +50,6 @@ from braintumor.models.network import BrainTumorNet
 from braintumor.training.callbacks import EpochHistory
 from braintumor.training.features import FeatureViewDataset, FeatureViewScheduler, build_view_features
 from braintumor.training.finetune import (
-    CachedTopNet,
     FineTuneNet,
     interpolate_weights,
     prepare_stage,
@@ -209,6 +208,55 @@ def _image_loaders(
     return train_loader, val_loader
 
 
+def _cache_views(recipe: Recipe) -> int:
+    """Views per training image in a cache: the recipe's ``cache_views``, or the clean one without augmentation."""
+    return recipe.train.cache_views if recipe.augment.enabled else 1
+
+
+def _encode_views(
+    encoder: nn.Module,
+    recipe: Recipe,
+    prep: Preprocessing,
+    train_set: ImageSet,
+    val_set: ImageSet,
+    show_progress: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``encoder``'s outputs ``[views, N, ...]`` for the training views and ``[1, N, ...]`` for the clean validation."""
+    clean = eval_transform(prep)
+    seed = recipe.train.seed
+    train = build_view_features(
+        encoder,
+        train_set,
+        clean,
+        train_transform(recipe.augment, prep),
+        views=_cache_views(recipe),
+        seed=seed,
+        show_progress=show_progress,
+    )
+    val = build_view_features(encoder, val_set, clean, clean, views=1, seed=seed, show_progress=show_progress)
+    return train, val
+
+
+def _view_loaders(
+    train_views: torch.Tensor,
+    val_views: torch.Tensor,
+    train_set: ImageSet,
+    val_set: ImageSet,
+    recipe: Recipe,
+    val_batch_size: int,
+) -> tuple[DataLoader, DataLoader, FeatureViewScheduler]:
+    """Loaders over cached views (the image path's shuffle order) and the callback that switches the view."""
+    train_dataset = FeatureViewDataset(train_views, train_set.labels)
+    train_loader = DataLoader(
+        train_dataset,
+        batch_size=recipe.data.batch_size,
+        shuffle=True,
+        generator=torch.Generator().manual_seed(recipe.train.seed),
+    )
+    val_loader = DataLoader(FeatureViewDataset(val_views, val_set.labels), batch_size=val_batch_size)
+    return train_loader, val_loader, FeatureViewScheduler(train_dataset)
+
+
 def _cached_features(
     model: BrainTumorNet,
     recipe: Recipe,
@@ -219,14 +267,13 @@ def _cached_features(
     show_progress: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, bool]:
     """Backbone features for every view, read from ``feature_cache.safetensors`` when it matches this run."""
-    views = recipe.train.cache_views if recipe.augment.enabled else 1
     fingerprint = hashlib.sha256(
         json.dumps(
             [
                 recipe.model.model_dump(mode="json"),
                 recipe.augment.model_dump(mode="json"),
                 prep.model_dump(mode="json"),
-                views,
+                _cache_views(recipe),
                 recipe.train.seed,
                 train_set.hashes,
                 val_set.hashes,
@@ -241,24 +288,8 @@ def _cached_features(
                     return handle.get_tensor("train"), handle.get_tensor("val"), True
         except (SafetensorError, OSError):
             pass  # an unreadable cache is recomputed
-    train_features = build_view_features(
-        model,
-        train_set,
-        eval_transform(prep),
-        train_transform(recipe.augment, prep),
-        views=views,
-        seed=recipe.train.seed,
-        show_progress=show_progress,
-    )
-    val_features = build_view_features(
-        model,
-        val_set,
-        eval_transform(prep),
-        eval_transform(prep),
-        views=1,
-        seed=recipe.train.seed,
-        show_progress=show_progress,
-    )[0]
+    train_features, val_views = _encode_views(model.backbone, recipe, prep, train_set, val_set, show_progress)
+    val_features = val_views[0]
     if rank_zero_only.rank == 0:
         temporary = cache_file.with_suffix(".tmp")
         save_file(
@@ -278,7 +309,7 @@ def _cached_stage(
     val_set: ImageSet,
     index: int,
     show_progress: bool,
-) -> tuple[CachedTopNet, DataLoader, DataLoader, list[L.Callback]]:
+) -> tuple[FineTuneNet, DataLoader, DataLoader, list[L.Callback]]:
     """A stage that trains on the frozen bottom's activations, computed once per cached view."""
     split = split_backbone(model.backbone)
     if split is None:
@@ -287,30 +318,13 @@ def _cached_stage(
             "trainable layer groups (supported: timm EfficientNet and ResNet families); set cache_frozen_layers: false"
         )
     bottom, top = split
-    views = recipe.train.cache_views if recipe.augment.enabled else 1
-    clean = eval_transform(prep)
-    train_activations = build_view_features(
-        bottom,
-        train_set,
-        clean,
-        train_transform(recipe.augment, prep),
-        views=views,
-        seed=recipe.train.seed,
-        show_progress=show_progress,
+    train_activations, val_activations = _encode_views(bottom, recipe, prep, train_set, val_set, show_progress)
+    train_loader, val_loader, scheduler = _view_loaders(
+        train_activations, val_activations, train_set, val_set, recipe, recipe.data.batch_size * 2
     )
-    val_activations = build_view_features(
-        bottom, val_set, clean, clean, views=1, seed=recipe.train.seed, show_progress=show_progress
-    )
-    train_dataset = FeatureViewDataset(train_activations, train_set.labels)
-    train_loader = DataLoader(
-        train_dataset,
-        batch_size=recipe.data.batch_size,
-        shuffle=True,
-        generator=torch.Generator().manual_seed(recipe.train.seed),  # the image path's shuffle order
-    )
-    val_loader = DataLoader(FeatureViewDataset(val_activations, val_set.labels), batch_size=recipe.data.batch_size * 2)
-    wrapper = CachedTopNet(top, model.head, freeze_batchnorm=recipe.train.finetune_batchnorm == "frozen")
-    return wrapper, train_loader, val_loader, [FeatureViewScheduler(train_dataset)]
+    frozen = recipe.train.finetune_batchnorm == "frozen"
+    wrapper = FineTuneNet(nn.Sequential(top, model.head), top if frozen else None)
+    return wrapper, train_loader, val_loader, [scheduler]
 
 
 def _finetune(
@@ -351,14 +365,14 @@ def _finetune(
         )
         last = stage_dir / "last.ckpt"
         started = time.perf_counter()
-        wrapper: nn.Module
         extra: list[L.Callback] = []
         if stage.cache_frozen_layers:
             wrapper, train_loader, val_loader, extra = _cached_stage(
                 model, recipe, prep, train_set, val_set, index, options.show_progress
             )
         else:
-            wrapper = FineTuneNet(model, freeze_batchnorm=recipe.train.finetune_batchnorm == "frozen")
+            frozen = recipe.train.finetune_batchnorm == "frozen"
+            wrapper = FineTuneNet(model, model.backbone if frozen else None)
             train_loader, val_loader = _image_loaders(recipe, prep, train_set, val_set)
         module = ClassifierModule(
             wrapper,
@@ -530,14 +544,9 @@ def train_recipe(
             feature_cache_reused=reused,
             feature_extraction_s=round(time.perf_counter() - fit_started, 2),
         )
-        train_dataset = FeatureViewDataset(train_features, train_set.labels)
-        train_loader = DataLoader(
-            train_dataset,
-            batch_size=recipe.data.batch_size,
-            shuffle=True,
-            generator=torch.Generator().manual_seed(recipe.train.seed),
+        train_loader, val_loader, scheduler = _view_loaders(
+            train_features, val_features, train_set, val_set, recipe, 512
         )
-        val_loader = DataLoader(FeatureViewDataset(val_features, val_set.labels), batch_size=512)
         module = ClassifierModule(model.head, recipe.train, num_classes=len(CLASS_NAMES), class_weights=class_weights)
         probe_file = run_dir / "checkpoints" / PROBE_FILE
         if resume and probe_file.is_file():
@@ -552,7 +561,7 @@ def train_recipe(
                 recipe,
                 run_dir,
                 history,
-                [FeatureViewScheduler(train_dataset)],
+                [scheduler],
                 options,
                 logger,
                 resume_from,
