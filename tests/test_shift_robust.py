@@ -14,6 +14,7 @@ from braintumor.config import AugmentConfig, FineTuneStage, RecipeError, apply_o
 from braintumor.data.augment import RandomGamma, RandomGaussianNoise
 from braintumor.data.preprocessing import Preprocessing, resize_to_uint8_tensor, train_transform
 from braintumor.errors import BundleError
+from braintumor.evaluation.report import _framing
 from braintumor.inference.bundle import load_bundle
 from braintumor.inference.ensemble import combine_bundles
 from braintumor.inference.predictor import Predictor
@@ -75,6 +76,25 @@ def test_equalize_intensity_is_part_of_the_stored_preprocessing() -> None:
     from braintumor.models import resolve_preprocessing
 
     assert resolve_preprocessing(recipe, create_model(recipe)).intensity == "equalize"
+
+
+def test_window_intensity_makes_dim_and_bright_sources_alike() -> None:
+    # The same head exported dim (one source's windowing) and bright (another's): after the window,
+    # the two slices are nearly identical and the black background stays black.
+    rng = np.random.default_rng(0)
+    tissue = rng.uniform(0.2, 1.0, (48, 48))
+    dim, bright = np.zeros((64, 64)), np.zeros((64, 64))
+    dim[8:56, 8:56] = 20 + 40 * tissue
+    bright[8:56, 8:56] = 60 + 190 * tissue
+    prep = Preprocessing(image_size=64, intensity="window")
+    windowed = [
+        resize_to_uint8_tensor(Image.fromarray(a.astype(np.uint8)).convert("RGB"), prep).float() for a in (dim, bright)
+    ]
+    assert float((windowed[0] - windowed[1]).abs().mean()) < 4.0
+    assert float(windowed[0][:, :4, :4].max()) == 0.0 and float(windowed[0].max()) == 255.0
+    blank = resize_to_uint8_tensor(Image.new("RGB", (64, 64)), prep)  # nothing to window: unchanged
+    assert int(blank.max()) == 0
+    assert "contrast-windowed" in _framing(prep)
 
 
 def test_linear_head_standardises_features() -> None:

@@ -46,11 +46,12 @@ class DataConfig(_Strict):
         description="Crop every slice to the head's bounding box (squared) before resizing, in training "
         "and inference alike: removes framing differences between sources.",
     )
-    intensity: Literal["none", "equalize", "clahe"] = Field(
+    intensity: Literal["none", "equalize", "clahe", "window"] = Field(
         "none",
         description="Intensity normalisation of every slice after resizing, in training and inference alike: "
         "equalize is global histogram equalisation, clahe contrast-limited adaptive equalisation (kornia, "
-        "clip limit 2, 8x8 tiles); contrast settings differ between scanners and sources.",
+        "clip limit 2, 8x8 tiles), window stretches the head's 1st-99th intensity percentiles to the full range; "
+        "contrast settings differ between scanners and sources.",
     )
     drop_train_duplicates: bool = Field(
         True, description="Drop byte-identical copies inside Training before splitting (keeps one)."

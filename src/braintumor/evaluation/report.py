@@ -375,7 +375,13 @@ def _fmt(value: Any, percent: bool = False) -> str:
 
 def _framing(prep: Preprocessing) -> str:
     framing = "cropped to the head, padded to square" if prep.crop == "head" else "squashed to square"
-    return framing + (", histogram-equalised" if prep.intensity == "equalize" else "")
+    intensity = {
+        "none": "",
+        "equalize": ", histogram-equalised",
+        "clahe": ", CLAHE-equalised",
+        "window": ", contrast-windowed (head's 1st-99th percentiles)",
+    }[prep.intensity]
+    return framing + intensity
 
 
 def _architecture(recipe: Recipe, training: dict[str, Any]) -> str:

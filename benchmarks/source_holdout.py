@@ -1,0 +1,206 @@
+"""Source hold-out: a validation proxy for Testing's shift, built from Training only, and a probe sweep judged on it.
+
+Every Training glioma is a 512x512 slice from one source (dim, low-contrast post-contrast T1), while most
+Training meningiomas, nearly all no-tumour slices and most Testing images come from other sources (other sizes,
+brighter, other sequences). A model can therefore learn "this source's look means glioma", and Testing's gliomas,
+which mostly come from the other sources, get called meningioma. The proxy re-creates that situation inside
+Training: for a class that Training has from both kinds of source (meningioma, pituitary), its images from the
+other sources are held out, the probe is trained on the rest, and the held-out images' recall says whether the
+model recognises a class in a source it only saw for other classes. The image's source is read from its file
+header (512x512 or not), never from Testing.
+
+For each variant, frozen backbone features are computed once, a logistic regression's C is chosen by the usual
+stratified validation split's log loss, and the table shows: validation (in-distribution), the source hold-out
+recalls, and Testing (reported only, after the fact; never used to choose).
+
+    python benchmarks/source_holdout.py --data ../shared/data/brain-tumor-mri --weights-dir ../shared/weights \\
+        --variant tf_efficientnet_lite0:224:none --variant tf_efficientnet_lite0:224:window
+
+A variant is ``BACKBONE:SIZE:INTENSITY[:debiasK]`` (slices are cropped to the head); INTENSITY is one of the
+stored preprocessing's ``data.intensity`` values. ``debiasK`` removes K source directions from the standardised
+features before the probe (iterative nullspace projection): each is the weight vector of a logistic regression
+that tells the two kinds of source apart within a class (class means subtracted; only classes with at least
+10 images of each kind), fitted on the probe's own training images, so that in the hold-out the held-out
+images never shape the directions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import log_loss
+from sklearn.preprocessing import StandardScaler
+
+from braintumor.data.dataset import drop_exact_duplicates, load_images, stratified_split
+from braintumor.data.layout import discover_split
+from braintumor.data.preprocessing import Preprocessing, eval_transform
+from braintumor.layout_constants import CLASS_NAMES
+from braintumor.models.pretrained import create_backbone
+
+C_GRID = (0.003, 0.01, 0.03, 0.1, 0.3)
+HELD_OUT_CLASSES = ("meningioma", "pituitary")
+
+
+@torch.inference_mode()
+def _features(backbone: torch.nn.Module, images: torch.Tensor, prep: Preprocessing) -> np.ndarray:
+    transform = eval_transform(prep)
+    return torch.cat([backbone(transform(images[i : i + 64])) for i in range(0, len(images), 64)]).numpy()
+
+
+def _is_main_source(path: Path) -> bool:
+    with Image.open(path) as image:  # the header only
+        return image.size == (512, 512)
+
+
+def _predict(model: tuple, features: np.ndarray) -> np.ndarray:
+    transform, classifier = model
+    return classifier.predict_proba(transform.transform(features))
+
+
+def source_directions(
+    features: np.ndarray, labels: np.ndarray, main_source: np.ndarray, count: int, min_per_source: int = 10
+) -> np.ndarray:
+    """``[count, D]`` orthonormal directions along which the two kinds of source differ within a class."""
+    centred = features.astype(np.float64).copy()
+    usable = np.zeros(len(labels), dtype=bool)
+    for label in np.unique(labels):
+        members = labels == label
+        centred[members] -= centred[members].mean(axis=0)
+        if min(main_source[members].sum(), (~main_source[members]).sum()) >= min_per_source:
+            usable |= members
+    x, y = centred[usable], main_source[usable]
+    directions = np.zeros((0, features.shape[1]))
+    for _ in range(count):
+        projected = x - (x @ directions.T) @ directions
+        w = LogisticRegression(C=0.1, class_weight="balanced", max_iter=5000).fit(projected, y).coef_[0]
+        w = w - directions.T @ (directions @ w)
+        directions = np.vstack([directions, w / np.linalg.norm(w)])
+    return directions
+
+
+class _Debiased:
+    """Standardise, then remove ``count`` source directions learnt from the fitting images."""
+
+    def __init__(self, count: int, main_source: np.ndarray) -> None:
+        self.count, self.main_source = count, main_source
+
+    def fit(self, features: np.ndarray, labels: np.ndarray, index: np.ndarray) -> _Debiased:
+        self.scaler = StandardScaler().fit(features[index])
+        standard = self.scaler.transform(features[index])
+        self.directions = source_directions(standard, labels[index], self.main_source[index], self.count)
+        return self
+
+    def transform(self, features: np.ndarray) -> np.ndarray:
+        standard = self.scaler.transform(features)
+        return standard - (standard @ self.directions.T) @ self.directions
+
+
+def _fit(features: np.ndarray, labels: np.ndarray, c: float, index: np.ndarray, debias: int, main: np.ndarray | None):
+    """A probe on ``features[index]``; with ``debias``, its own source directions come from the same images."""
+    transform = (
+        _Debiased(debias, main).fit(features, labels, index)
+        if main is not None
+        else StandardScaler().fit(features[index])
+    )
+    return transform, LogisticRegression(C=c, max_iter=5000).fit(transform.transform(features[index]), labels[index])
+
+
+def _load(base: str, data: Path, cache_dir: Path | None) -> tuple:
+    cached = cache_dir / f"{base.replace(':', '_')}.npz" if cache_dir else None
+    if cached and cached.is_file():
+        arrays = np.load(cached)
+        return tuple(arrays[key] for key in ("features", "test_features", "labels", "test_labels", "main_source"))
+    backbone_name, size, intensity = base.split(":")
+    prep = Preprocessing(
+        image_size=int(size), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), crop="head", intensity=intensity
+    )
+    training, _ = drop_exact_duplicates(load_images(discover_split(data, "Training"), prep, show_progress=False))
+    testing = load_images(discover_split(data, "Testing"), prep, show_progress=False)
+    backbone = create_backbone(backbone_name, pretrained=True, weights=None).eval()
+    features, test_features = _features(backbone, training.images, prep), _features(backbone, testing.images, prep)
+    main_source = np.array([_is_main_source(path) for path in training.paths])
+    loaded = (features, test_features, training.labels.numpy(), testing.labels.numpy(), main_source)
+    if cached:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        keys = ("features", "test_features", "labels", "test_labels", "main_source")
+        np.savez(cached, **dict(zip(keys, loaded, strict=True)))
+    return loaded
+
+
+def _probe(variant: str, data: Path, cache_dir: Path | None) -> dict:
+    parts = variant.split(":")
+    debias = int(parts[3].removeprefix("debias")) if len(parts) > 3 else 0
+    started = time.perf_counter()
+    features, test_features, labels, test_labels, main_source = _load(":".join(parts[:3]), data, cache_dir)
+    train_idx, val_idx = stratified_split(torch.from_numpy(labels), 0.15, 42)
+    main = main_source if debias else None
+
+    best: dict | None = None
+    for c in C_GRID:
+        model = _fit(features, labels, c, train_idx, debias, main)
+        val_p = _predict(model, features[val_idx])
+        val_loss = log_loss(labels[val_idx], val_p, labels=[0, 1, 2, 3])
+        if best is None or val_loss < best["val_loss"]:
+            best = {"variant": variant, "C": c, "val_loss": float(val_loss), "model": model}
+            best["val_accuracy"] = float(np.mean(val_p.argmax(1) == labels[val_idx]))
+    assert best is not None
+    c, model = best["C"], best.pop("model")
+
+    held_out_recalls = {}
+    for name in HELD_OUT_CLASSES:
+        label = CLASS_NAMES.index(name)
+        held = (labels == label) & ~main_source
+        keep = np.setdiff1d(train_idx, np.flatnonzero(held))
+        probabilities = _predict(_fit(features, labels, c, keep, debias, main), features[held])
+        held_out_recalls[name] = float(np.mean(probabilities.argmax(1) == label))
+        held_out_recalls[f"{name}_n"] = int(held.sum())
+    best["source_holdout"] = held_out_recalls
+    best["source_holdout_mean_recall"] = float(np.mean([held_out_recalls[name] for name in HELD_OUT_CLASSES]))
+
+    test_p = _predict(model, test_features)
+    best["test_accuracy"] = float(np.mean(test_p.argmax(1) == test_labels))
+    best["test_glioma_recall"] = float(np.mean(test_p.argmax(1)[test_labels == 0] == 0))
+    best["seconds"] = round(time.perf_counter() - started, 1)
+    return best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--data", type=Path, default=Path(os.environ.get("BRAINTUMOR_DATA", "../shared/data/brain-tumor-mri"))
+    )
+    parser.add_argument("--weights-dir", type=Path, default=None, help="Sets BRAINTUMOR_WEIGHTS_DIR.")
+    parser.add_argument("--variant", action="append", required=True, help="BACKBONE:SIZE:INTENSITY[:debiasK]")
+    parser.add_argument("--cache-dir", type=Path, default=None, help="Keep each variant's features here (npz).")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/source_holdout.json"))
+    args = parser.parse_args()
+    if args.weights_dir:
+        os.environ["BRAINTUMOR_WEIGHTS_DIR"] = str(args.weights_dir.resolve())
+    rows = []
+    header = "| variant | C | val loss | val acc | hold-out meningioma recall (n) | hold-out pituitary recall (n) |"
+    print(header + " test acc | test glioma recall |")
+    print("|---|---|---|---|---|---|---|---|")
+    for variant in args.variant:
+        row = _probe(variant, args.data, args.cache_dir)
+        rows.append(row)
+        held = row["source_holdout"]
+        print(
+            f"| {variant} | {row['C']:g} | {row['val_loss']:.3f} | {row['val_accuracy']:.2%} | "
+            f"{held['meningioma']:.2f} ({held['meningioma_n']}) | {held['pituitary']:.2f} ({held['pituitary_n']}) | "
+            f"{row['test_accuracy']:.2%} | {row['test_glioma_recall']:.2f} |",
+            flush=True,
+        )
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(rows, indent=2), encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
