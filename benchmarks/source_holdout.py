@@ -16,12 +16,19 @@ recalls, and Testing (reported only, after the fact; never used to choose).
     python benchmarks/source_holdout.py --data ../shared/data/brain-tumor-mri --weights-dir ../shared/weights \\
         --variant tf_efficientnet_lite0:224:none --variant tf_efficientnet_lite0:224:window
 
-A variant is ``BACKBONE:SIZE:INTENSITY[:debiasK]`` (slices are cropped to the head); INTENSITY is one of the
-stored preprocessing's ``data.intensity`` values. ``debiasK`` removes K source directions from the standardised
-features before the probe (iterative nullspace projection): each is the weight vector of a logistic regression
-that tells the two kinds of source apart within a class (class means subtracted; only classes with at least
-10 images of each kind), fitted on the probe's own training images, so that in the hold-out the held-out
+A variant is ``BACKBONE:SIZE:INTENSITY[:styleB|POOLpool|multilevel][:debiasK]`` (head-cropped slices); INTENSITY
+is one of the stored preprocessing's ``data.intensity`` values. ``debiasK`` removes K source directions from the
+standardised features before the probe (iterative nullspace projection): each is the weight vector of a logistic
+regression that tells the two kinds of source apart within a class (class means subtracted; only classes with at
+least 10 images of each kind), fitted on the probe's own training images, so that in the hold-out the held-out
 images never shape the directions.
+
+``styleB`` removes each image's "style" after the backbone's block B (timm EfficientNet ``blocks[B]``): every
+channel's per-image mean and standard deviation are replaced by their averages over the Training images (instance
+normalisation to one fixed style, as in AdaIN), before the frozen layers above run. ``POOLpool`` pools the last
+feature map by ``avg`` (timm's default), ``max`` (the most activated place: a lesion is local, a source's look is
+global) or ``avgmax`` (both, concatenated). ``multilevel`` concatenates the average-pooled outputs of the last
+three blocks to the usual features (mid-level features, less tied to ImageNet's classes).
 """
 
 from __future__ import annotations
@@ -49,10 +56,72 @@ C_GRID = (0.003, 0.01, 0.03, 0.1, 0.3)
 HELD_OUT_CLASSES = ("meningioma", "pituitary")
 
 
+POOLS = {
+    "avg": lambda maps: maps.mean(dim=(2, 3)),
+    "max": lambda maps: maps.amax(dim=(2, 3)),
+    "avgmax": lambda maps: torch.cat([maps.mean(dim=(2, 3)), maps.amax(dim=(2, 3))], dim=1),
+}
+
+
 @torch.inference_mode()
-def _features(backbone: torch.nn.Module, images: torch.Tensor, prep: Preprocessing) -> np.ndarray:
+def _multilevel_features(backbone: torch.nn.Module, images: torch.Tensor, prep: Preprocessing) -> np.ndarray:
+    """Average-pooled outputs of the last four stages, concatenated (mid-level features beside the top ones)."""
     transform = eval_transform(prep)
-    return torch.cat([backbone(transform(images[i : i + 64])) for i in range(0, len(images), 64)]).numpy()
+    taps = list(range(len(backbone.blocks) - 3, len(backbone.blocks)))
+    outputs: list[np.ndarray] = []
+    for i in range(0, len(images), 64):
+        pooled = []
+        x = backbone.bn1(backbone.conv_stem(transform(images[i : i + 64])))
+        for index, block in enumerate(backbone.blocks):
+            x = block(x)
+            if index in taps:
+                pooled.append(x.mean(dim=(2, 3)))
+        pooled.append(backbone.bn2(backbone.conv_head(x)).mean(dim=(2, 3)))
+        outputs.append(torch.cat(pooled, dim=1).numpy())
+    return np.concatenate(outputs)
+
+
+@torch.inference_mode()
+def _features(backbone: torch.nn.Module, images: torch.Tensor, prep: Preprocessing, pool: str = "avg") -> np.ndarray:
+    transform = eval_transform(prep)
+    return torch.cat(
+        [POOLS[pool](backbone.forward_features(transform(images[i : i + 64]))) for i in range(0, len(images), 64)]
+    ).numpy()
+
+
+class _StyleRemoval:
+    """Forward hook: per-image channel statistics of a block's output replaced by fixed ones."""
+
+    def __init__(self) -> None:
+        self.mean: torch.Tensor | None = None
+        self.std: torch.Tensor | None = None
+        self.recorded: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def __call__(self, module: torch.nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
+        mean = output.mean(dim=(2, 3), keepdim=True)
+        std = output.std(dim=(2, 3), keepdim=True) + 1e-5
+        if self.mean is None:  # recording pass
+            self.recorded.append((mean.mean(0), std.mean(0)))
+            return output
+        return (output - mean) / std * self.std + self.mean
+
+
+def _style_free_features(
+    backbone: torch.nn.Module,
+    block: int,
+    fit_images: torch.Tensor,
+    sets: list[torch.Tensor],
+    prep: Preprocessing,
+    pool: str,
+) -> list[np.ndarray]:
+    hook = _StyleRemoval()
+    handle = backbone.blocks[block].register_forward_hook(hook)
+    _features(backbone, fit_images, prep)
+    hook.mean = torch.stack([m for m, _ in hook.recorded]).mean(0)
+    hook.std = torch.stack([s for _, s in hook.recorded]).mean(0)
+    features = [_features(backbone, images, prep, pool) for images in sets]
+    handle.remove()
+    return features
 
 
 def _is_main_source(path: Path) -> bool:
@@ -118,14 +187,28 @@ def _load(base: str, data: Path, cache_dir: Path | None) -> tuple:
     if cached and cached.is_file():
         arrays = np.load(cached)
         return tuple(arrays[key] for key in ("features", "test_features", "labels", "test_labels", "main_source"))
-    backbone_name, size, intensity = base.split(":")
+    backbone_name, size, intensity, *extra = base.split(":")
+    style = [part for part in extra if part.startswith("style")]
+    pool = next((part.removesuffix("pool") for part in extra if part.endswith("pool")), "avg")
     prep = Preprocessing(
         image_size=int(size), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), crop="head", intensity=intensity
     )
     training, _ = drop_exact_duplicates(load_images(discover_split(data, "Training"), prep, show_progress=False))
     testing = load_images(discover_split(data, "Testing"), prep, show_progress=False)
     backbone = create_backbone(backbone_name, pretrained=True, weights=None).eval()
-    features, test_features = _features(backbone, training.images, prep), _features(backbone, testing.images, prep)
+    if style:
+        # The fixed style is the average over Training (a subset is enough for channel averages).
+        fit_images = training.images[torch.randperm(len(training), generator=torch.Generator().manual_seed(0))[:512]]
+        block = int(style[0].removeprefix("style"))
+        features, test_features = _style_free_features(
+            backbone, block, fit_images, [training.images, testing.images], prep, pool
+        )
+    elif "multilevel" in extra:
+        features = _multilevel_features(backbone, training.images, prep)
+        test_features = _multilevel_features(backbone, testing.images, prep)
+    else:
+        features = _features(backbone, training.images, prep, pool)
+        test_features = _features(backbone, testing.images, prep, pool)
     main_source = np.array([_is_main_source(path) for path in training.paths])
     loaded = (features, test_features, training.labels.numpy(), testing.labels.numpy(), main_source)
     if cached:
@@ -137,9 +220,9 @@ def _load(base: str, data: Path, cache_dir: Path | None) -> tuple:
 
 def _probe(variant: str, data: Path, cache_dir: Path | None) -> dict:
     parts = variant.split(":")
-    debias = int(parts[3].removeprefix("debias")) if len(parts) > 3 else 0
+    debias = int(parts.pop().removeprefix("debias")) if parts[-1].startswith("debias") else 0
     started = time.perf_counter()
-    features, test_features, labels, test_labels, main_source = _load(":".join(parts[:3]), data, cache_dir)
+    features, test_features, labels, test_labels, main_source = _load(":".join(parts), data, cache_dir)
     train_idx, val_idx = stratified_split(torch.from_numpy(labels), 0.15, 42)
     main = main_source if debias else None
 

@@ -277,6 +277,26 @@ def test_cli_audit_and_errors(leaky_root: Path, tmp_path: Path) -> None:
     assert bad.exit_code == 2 and "threshold" in bad.output
 
 
+def test_size_by_class_flags_a_class_that_comes_from_one_source(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    for split, n in (("Training", 3), ("Testing", 2)):
+        for index, folder in enumerate(CLASS_FOLDERS):
+            for i in range(n):
+                # Training's gliomas all come at 160 px, the other classes at other sizes; Testing mixes.
+                side = SIZE if (folder == "glioma_tumor") == (split == "Training") else SIZE + 8 * (index + 1)
+                _save(random_scan(rng).resize((side, side)), tmp_path / split / folder / f"{i}.png")
+    result = run_audit(tmp_path, tmp_path / "audit", show_progress=False)
+    sizes = result.audit["size_by_class"]
+    assert sizes["splits"]["Training"]["glioma"] == {"files": 3, "common_size": 3, "share": 1.0}
+    assert sizes["splits"]["Testing"]["glioma"]["share"] == 0.0
+    (warning,) = sizes["warnings"]
+    assert "100% of glioma" in warning and "Testing: glioma 0%" in warning
+    html = (tmp_path / "audit" / "audit.html").read_text()
+    assert f"{SIZE}x{SIZE}" in html and "Warning:" in html
+    printed = CliRunner().invoke(app, ["audit", str(tmp_path), "--out", str(tmp_path / "audit2"), "-q"])
+    assert printed.exit_code == 0 and "image size predicts the class" in " ".join(printed.output.split())
+
+
 @pytest.mark.real_data
 @pytest.mark.slow
 def test_real_data_leakage(tmp_path: Path) -> None:
@@ -299,3 +319,7 @@ def test_real_data_leakage(tmp_path: Path) -> None:
     conflict = pairs[("Testing/glioma_tumor/image(48).jpg", "Training/meningioma_tumor/m1(168).jpg")]
     assert conflict["label_conflict"]
     assert leak["clean"] + leak["exact_copy"] + leak["near_copy"] == leak["files"] == 394
+    # The source shortcut: every Training glioma is 512x512, nearly no no-tumour slice is; Testing differs.
+    sizes = audit["size_by_class"]
+    assert sizes["common_size"] == "512x512" and sizes["splits"]["Training"]["glioma"]["share"] == 1.0
+    assert sizes["splits"]["Testing"]["glioma"]["common_size"] == 18 and len(sizes["warnings"]) == 1

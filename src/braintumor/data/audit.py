@@ -5,7 +5,9 @@ cropped copies of Training images, so its accuracy overstates what a model does 
 audit reads every file once and writes, in its folder (default ``audits/<data-root-name>/`` under
 the working directory):
 
-- ``audit.json``: counts per split and class, image sizes, modes and formats, undecodable files with
+- ``audit.json``: counts per split and class, image sizes, modes and formats, the share of each class at
+  Training's most common image size (a source that comes with one class is a shortcut: see
+  :func:`size_by_class`), undecodable files with
   the reason, every exact-duplicate group (same bytes, the same :func:`~braintumor.data.dataset.file_digest`
   that training uses to drop copies), every near-copy pair and group across splits with its scores,
   label conflicts, and every file's status (``clean``, ``exact_copy``, ``near_copy``, ``undecodable``);
@@ -243,6 +245,63 @@ def _split_summary(records: Sequence[FileRecord], class_names: Iterable[str]) ->
         "modes": dict(Counter(r.mode or "unknown" for r in decodable).most_common()),
         "formats": dict(Counter(r.format or "unknown" for r in decodable).most_common()),
     }
+
+
+SIZE_CONFOUND_GAP = 0.5
+
+
+def size_by_class(records: Sequence[FileRecord], class_names: Sequence[str]) -> dict[str, Any]:
+    """How many images of each split and class have the reference split's most common size, and warnings.
+
+    Image size stands for the source (scanner, hospital, exporter): when one class comes almost only at one
+    size and another almost never, a model can learn the source instead of the anatomy, and it fails on a
+    split whose sources are mixed differently. A warning is raised when the shares of two classes in the
+    reference split differ by :data:`SIZE_CONFOUND_GAP` or more.
+
+    Example:
+        >>> records = [FileRecord("a", "Training", "glioma", width=512, height=512)] * 9 + [
+        ...     FileRecord("b", "Training", "no_tumor", width=256, height=300)] * 9
+        >>> result = size_by_class(records, ["glioma", "no_tumor"])
+        >>> result["common_size"], result["splits"]["Training"]["glioma"]["share"], len(result["warnings"])
+        ('512x512', 1.0, 1)
+    """
+    decodable = [r for r in records if r.error is None]
+    reference = [r for r in decodable if r.split == REFERENCE_SPLIT] or decodable
+    sizes = Counter(f"{r.width}x{r.height}" for r in reference)
+    if not sizes:
+        return {"common_size": None, "splits": {}, "warnings": []}
+    common = sizes.most_common(1)[0][0]
+    splits: dict[str, dict[str, dict[str, Any]]] = {}
+    for split in sorted({r.split for r in decodable}, key=lambda name: name != REFERENCE_SPLIT):
+        splits[split] = {}
+        for name in class_names:
+            members = [r for r in decodable if r.split == split and r.class_name == name]
+            at_common = sum(f"{r.width}x{r.height}" == common for r in members)
+            splits[split][name] = {
+                "files": len(members),
+                "common_size": at_common,
+                "share": round(at_common / len(members), 4) if members else None,
+            }
+    warnings = []
+    reference_shares = {
+        name: c["share"] for name, c in splits.get(REFERENCE_SPLIT, {}).items() if c["share"] is not None
+    }
+    if len(reference_shares) > 1:
+        high = max(reference_shares, key=reference_shares.__getitem__)
+        low = min(reference_shares, key=reference_shares.__getitem__)
+        if reference_shares[high] - reference_shares[low] >= SIZE_CONFOUND_GAP:
+            others = "; ".join(
+                f"{split}: " + ", ".join(f"{name} {c['share']:.0%}" for name, c in classes.items() if c["files"])
+                for split, classes in splits.items()
+                if split != REFERENCE_SPLIT
+            )
+            warnings.append(
+                f"image size predicts the class in {REFERENCE_SPLIT}: {reference_shares[high]:.0%} of {high} "
+                f"images are {common} against {reference_shares[low]:.0%} of {low}. Size stands for the source "
+                "(scanner, hospital, exporter), so a model can learn the source instead of the anatomy"
+                + (f". Share at {common} elsewhere: {others}" if others else "")
+            )
+    return {"common_size": common, "splits": splits, "warnings": warnings}
 
 
 def _file_entry(record: FileRecord) -> dict[str, str]:
@@ -591,6 +650,7 @@ def run_audit(
             "near_search": run_near,
         },
         "splits": {split: _split_summary([r for r in records if r.split == split], CLASS_NAMES) for split in splits},
+        "size_by_class": size_by_class(records, CLASS_NAMES),
         "undecodable": [{**_file_entry(r), "reason": r.error} for r in records if r.error is not None],
         "exact_duplicates": {
             "groups": exact,

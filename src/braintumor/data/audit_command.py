@@ -48,6 +48,8 @@ def audit_command(
         _fail(str(error))
         return
     console.print(summary_table(result.audit))
+    for warning in result.audit["size_by_class"]["warnings"]:
+        console.print(f"[yellow]warning[/] {warning}", highlight=False)
     for item in result.audit["undecodable"]:
         console.print(f"[yellow]undecodable[/] {item['path']}: {item['reason']}", highlight=False)
     for name, path in sorted(result.outputs.items()):

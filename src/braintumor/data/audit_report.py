@@ -45,6 +45,7 @@ th { background: #f0f0f0; }
 figure { display: inline-block; margin: 0.5em 1em 1em 0; vertical-align: top; max-width: 520px; }
 figcaption { font-size: 0.85em; color: #444; word-break: break-all; }
 img { max-width: 100%; }
+.warning { background: #fff4e0; border-left: 4px solid #e69500; padding: 0.4em 0.8em; }
 .bad { color: #b00020; font-weight: bold; }
 code { font-size: 0.9em; }
 """
@@ -160,6 +161,7 @@ def _summary_section(audit: dict[str, Any]) -> str:
     ]
     class_names = list(next(iter(splits.values()))["classes"])
     parts.append(_table(["split", *class_names], [[n, *s["classes"].values()] for n, s in splits.items()]))
+    parts.append(_size_section(audit))
     drop = audit.get("training_drop")
     if drop:
         parts.append(
@@ -172,6 +174,23 @@ def _summary_section(audit: dict[str, Any]) -> str:
             )
             + ".</p>"
         )
+    return "".join(parts)
+
+
+def _size_section(audit: dict[str, Any]) -> str:
+    sizes = audit.get("size_by_class")  # audits written before this check have none
+    if not sizes or not sizes["common_size"]:
+        return ""
+    class_names = list(next(iter(sizes["splits"].values())))
+    rows = [
+        [split, *(f"{c['common_size']} / {c['files']}" for c in classes.values())]
+        for split, classes in sizes["splits"].items()
+    ]
+    parts = [
+        f"<h3>Images at {_escape(sizes['common_size'])} (the most common size in Training), per class</h3>",
+        _table(["split", *class_names], rows),
+    ]
+    parts += [f"<p class='warning'><b>Warning:</b> {_escape(w)}.</p>" for w in sizes["warnings"]]
     return "".join(parts)
 
 
