@@ -16,12 +16,12 @@ recalls, and Testing (reported only, after the fact; never used to choose).
     python benchmarks/source_holdout.py --data ../shared/data/brain-tumor-mri --weights-dir ../shared/weights \\
         --variant tf_efficientnet_lite0:224:none --variant tf_efficientnet_lite0:224:window
 
-A variant is ``BACKBONE:SIZE:INTENSITY[:styleB|POOLpool|multilevel][:augV][:debiasK]`` (head-cropped slices); INTENSITY
-is one of the stored preprocessing's ``data.intensity`` values. ``debiasK`` removes K source directions from the
-standardised features before the probe (iterative nullspace projection): each is the weight vector of a logistic
-regression that tells the two kinds of source apart within a class (class means subtracted; only classes with at
-least 10 images of each kind), fitted on the probe's own training images, so that in the hold-out the held-out
-images never shape the directions.
+A variant is ``BACKBONE:SIZE:INTENSITY[:styleB|POOLpool|multilevel][:swapV][:augV][:debiasK]`` (head-cropped
+slices); INTENSITY is one of the stored preprocessing's ``data.intensity`` values. ``debiasK`` removes K source
+directions from the standardised features before the probe (iterative nullspace projection): each is the weight
+vector of a logistic regression that tells the two kinds of source apart within a class (class means subtracted;
+only classes with at least 10 images of each kind), fitted on the probe's own training images, so that in the
+hold-out the held-out images never shape the directions.
 
 ``styleB`` removes each image's "style" after the backbone's block B (timm EfficientNet ``blocks[B]``): every
 channel's per-image mean and standard deviation are replaced by their averages over the Training images (instance
@@ -30,7 +30,9 @@ feature map by ``avg`` (timm's default), ``max`` (the most activated place: a le
 global) or ``avgmax`` (both, concatenated). ``multilevel`` concatenates the average-pooled outputs of the last
 three blocks to the usual features (mid-level features, less tied to ImageNet's classes). ``augV`` adds V
 augmented views of every training image (:data:`SOURCE_AUGMENT`: strong intensity and framing changes) to the
-probe's training set; validation, the hold-out and Testing use the clean view.
+probe's training set; validation, the hold-out and Testing use the clean view. ``swapV`` adds V views in which
+each training image has the style (channel means and deviations after ``blocks[1]``) of a random Training image
+from the other kind of source: a main-source glioma seen in another source's style.
 """
 
 from __future__ import annotations
@@ -273,13 +275,82 @@ def _augmented_views(base: str, count: int, data: Path, cache_dir: Path | None) 
     return views
 
 
+SWAP_BLOCK = 1
+
+
+@torch.inference_mode()
+def _style_swapped_views(base: str, count: int, data: Path, cache_dir: Path | None) -> np.ndarray:
+    """``[count, N, D]`` features of Training with each image's style taken from an image of the other source.
+
+    Style is every channel's mean and standard deviation after ``blocks[SWAP_BLOCK]`` (as in MixStyle and
+    AdaIN); a view replaces an image's with those of a random Training image of the other kind of source,
+    so a main-source glioma is seen in another source's style (seeded). Donors come only from classes that the
+    hold-out never holds out (here glioma and no_tumor).
+    """
+    cached = cache_dir / f"{base.replace(':', '_')}_swap{count}.npz" if cache_dir else None
+    if cached and cached.is_file():
+        return np.load(cached)["views"]
+    backbone_name, size, intensity = base.split(":")
+    prep = Preprocessing(
+        image_size=int(size), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), crop="head", intensity=intensity
+    )
+    training, _ = drop_exact_duplicates(load_images(discover_split(data, "Training"), prep, show_progress=False))
+    main_source = torch.tensor([_is_main_source(path) for path in training.paths])
+    backbone = create_backbone(backbone_name, pretrained=True, weights=None).eval()
+    transform = eval_transform(prep)
+    target: list[tuple[torch.Tensor, torch.Tensor]] = []
+    styles: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def hook(module: torch.nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
+        mean, std = output.mean(dim=(2, 3), keepdim=True), output.std(dim=(2, 3), keepdim=True) + 1e-5
+        if not target:  # recording pass
+            styles.append((mean, std))
+            return output
+        return (output - mean) / std * target[0][1] + target[0][0]
+
+    handle = backbone.blocks[SWAP_BLOCK].register_forward_hook(hook)
+    batches = [torch.arange(i, min(i + 64, len(training))) for i in range(0, len(training), 64)]
+    for batch in batches:
+        backbone(transform(training.images[batch]))
+    style_mean, style_std = torch.cat([m for m, _ in styles]), torch.cat([s for _, s in styles])
+    generator = torch.Generator().manual_seed(0)
+    # Donors never include a class the hold-out holds out, so no held-out image lends its style to training.
+    donor = torch.tensor([CLASS_NAMES[label] not in HELD_OUT_CLASSES for label in training.labels.tolist()])
+    main_index = torch.nonzero(main_source & donor).flatten()
+    other_index = torch.nonzero(~main_source & donor).flatten()
+    views = []
+    for _ in range(count):
+        donors = torch.empty(len(training), dtype=torch.long)
+        donors[main_source] = other_index[
+            torch.randint(len(other_index), (int(main_source.sum()),), generator=generator)
+        ]
+        donors[~main_source] = main_index[
+            torch.randint(len(main_index), (int((~main_source).sum()),), generator=generator)
+        ]
+        view = []
+        for batch in batches:
+            target[:] = [(style_mean[donors[batch]], style_std[donors[batch]])]
+            view.append(backbone(transform(training.images[batch])))
+        target.clear()
+        views.append(torch.cat(view).numpy())
+    handle.remove()
+    stacked = np.stack(views)
+    if cached:
+        np.savez(cached, views=stacked)
+    return stacked
+
+
 def _probe(variant: str, data: Path, cache_dir: Path | None) -> dict:
     parts = variant.split(":")
     debias = int(parts.pop().removeprefix("debias")) if parts[-1].startswith("debias") else 0
     views = int(parts.pop().removeprefix("aug")) if parts[-1].startswith("aug") else 0
+    swaps = int(parts.pop().removeprefix("swap")) if parts[-1].startswith("swap") else 0
     started = time.perf_counter()
     features, test_features, labels, test_labels, main_source = _load(":".join(parts), data, cache_dir)
     augmented = _augmented_views(":".join(parts), views, data, cache_dir) if views else None
+    if swaps:
+        swapped = _style_swapped_views(":".join(parts), swaps, data, cache_dir)
+        augmented = swapped if augmented is None else np.concatenate([swapped, augmented])
     train_idx, val_idx = stratified_split(torch.from_numpy(labels), 0.15, 42)
     main = main_source if debias else None
 
@@ -353,7 +424,7 @@ def main() -> None:
         "--variant",
         action="append",
         required=True,
-        help="BACKBONE:SIZE:INTENSITY[:styleB|POOLpool|multilevel][:augV][:debiasK]",
+        help="BACKBONE:SIZE:INTENSITY[:styleB|POOLpool|multilevel][:swapV][:augV][:debiasK]",
     )
     parser.add_argument("--cache-dir", type=Path, default=None, help="Keep each variant's features here (npz).")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/source_holdout.md"))
