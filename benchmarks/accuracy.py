@@ -15,15 +15,12 @@ validation accuracy and the training time on this machine.
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
-import platform
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
+from benchmark_args import data_parser, produced_by, use_weights_dir
 
 from braintumor.config import load_recipe
 from braintumor.data.audit import find_audit_file, run_audit
@@ -100,19 +97,15 @@ def _markdown(rows: list[dict[str, Any]], command: str) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     lines += [
         "",
-        f"Produced by `{command}` on {platform.machine()} with {os.cpu_count()} CPU cores, "
-        f"torch threads {torch.get_num_threads()}, {time.strftime('%Y-%m-%d')}. Temperature and referral "
-        "threshold fitted on the validation split from Training; CIs are percentile bootstraps over test images.",
+        produced_by(command, f"torch threads {torch.get_num_threads()}, ")
+        + " Temperature and referral threshold fitted on the validation split from Training; CIs are percentile "
+        "bootstraps over test images.",
     ]
     return "\n".join(lines) + "\n"
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--data", type=Path, default=Path(os.environ.get("BRAINTUMOR_DATA", "../shared/data/brain-tumor-mri"))
-    )
-    parser.add_argument("--weights-dir", type=Path, default=None, help="Sets BRAINTUMOR_WEIGHTS_DIR.")
+    parser = data_parser(__doc__)
     parser.add_argument("--recipes", nargs="*", default=DEFAULT_RECIPES)
     parser.add_argument(
         "--ensemble", nargs="*", default=None, help="NAME=RECIPE+RECIPE[+...] (default: the README's ensemble)."
@@ -124,8 +117,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads.")
     args = parser.parse_args()
     ensembles = DEFAULT_ENSEMBLES if args.ensemble is None else args.ensemble
-    if args.weights_dir:
-        os.environ["BRAINTUMOR_WEIGHTS_DIR"] = str(args.weights_dir.resolve())
+    use_weights_dir(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     command = "python benchmarks/accuracy.py " + " ".join(

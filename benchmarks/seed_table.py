@@ -11,15 +11,12 @@ on this machine gets a row that says so; no number is ever filled in by hand.
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
-import platform
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
+from benchmark_args import data_parser, produced_by, use_weights_dir
 
 from braintumor.config import load_recipe
 from braintumor.errors import BrainTumorError
@@ -102,20 +99,12 @@ def _markdown(rows: list[dict[str, Any]], command: str) -> str:
                 published,
             ]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += [
-        "",
-        f"Produced by `{command}` on {platform.machine()} with {os.cpu_count()} CPU cores, "
-        f"{time.strftime('%Y-%m-%d')}.",
-    ]
+    lines += ["", produced_by(command)]
     return "\n".join(lines) + "\n"
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--data", type=Path, default=Path(os.environ.get("BRAINTUMOR_DATA", "../shared/data/brain-tumor-mri"))
-    )
-    parser.add_argument("--weights-dir", type=Path, default=None, help="Sets BRAINTUMOR_WEIGHTS_DIR.")
+    parser = data_parser(__doc__)
     parser.add_argument("--recipes", nargs="+", default=DEFAULT_RECIPES)
     parser.add_argument("--runs-dir", type=Path, default=Path("runs/seed-table"))
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/seed_table.md"))
@@ -130,8 +119,7 @@ def main() -> None:
         help="Override for every recipe, or RECIPE:section.field=value for one.",
     )
     args = parser.parse_args()
-    if args.weights_dir:
-        os.environ["BRAINTUMOR_WEIGHTS_DIR"] = str(args.weights_dir.resolve())
+    use_weights_dir(args)
     command = "python benchmarks/seed_table.py " + " ".join(
         [f"--data {args.data}"]
         + ([f"--weights-dir {args.weights_dir}"] if args.weights_dir else [])

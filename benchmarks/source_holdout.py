@@ -37,15 +37,13 @@ from the other kind of source: a main-source glioma seen in another source's sty
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
-import platform
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from benchmark_args import data_parser, produced_by, use_weights_dir
 from PIL import Image
 from scipy.stats import spearmanr
 from sklearn.linear_model import LogisticRegression
@@ -53,7 +51,7 @@ from sklearn.metrics import log_loss
 from sklearn.preprocessing import StandardScaler
 
 from braintumor.config import AugmentConfig
-from braintumor.data.dataset import drop_exact_duplicates, load_images, stratified_split
+from braintumor.data.dataset import ImageSet, drop_exact_duplicates, load_images, stratified_split
 from braintumor.data.layout import discover_split
 from braintumor.data.preprocessing import Preprocessing, augmentation_transform, eval_transform
 from braintumor.layout_constants import CLASS_NAMES
@@ -254,17 +252,22 @@ SOURCE_AUGMENT = AugmentConfig(
 )
 
 
-def _augmented_views(base: str, count: int, data: Path, cache_dir: Path | None) -> np.ndarray:
-    """``[count, N, D]`` features of Training under :data:`SOURCE_AUGMENT` (seeded), in Training's order."""
-    cached = cache_dir / f"{base.replace(':', '_')}_aug{count}.npz" if cache_dir else None
-    if cached and cached.is_file():
-        return np.load(cached)["views"]
+def _training_images(base: str, data: Path) -> tuple[Preprocessing, ImageSet, torch.nn.Module]:
+    """The variant's preprocessing, Training's head-cropped images (copies dropped) and its frozen backbone."""
     backbone_name, size, intensity = base.split(":")
     prep = Preprocessing(
         image_size=int(size), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), crop="head", intensity=intensity
     )
     training, _ = drop_exact_duplicates(load_images(discover_split(data, "Training"), prep, show_progress=False))
-    backbone = create_backbone(backbone_name, pretrained=True, weights=None).eval()
+    return prep, training, create_backbone(backbone_name, pretrained=True, weights=None).eval()
+
+
+def _augmented_views(base: str, count: int, data: Path, cache_dir: Path | None) -> np.ndarray:
+    """``[count, N, D]`` features of Training under :data:`SOURCE_AUGMENT` (seeded), in Training's order."""
+    cached = cache_dir / f"{base.replace(':', '_')}_aug{count}.npz" if cache_dir else None
+    if cached and cached.is_file():
+        return np.load(cached)["views"]
+    prep, training, backbone = _training_images(base, data)
     augment = augmentation_transform(SOURCE_AUGMENT, prep)
     torch.manual_seed(0)
     views = np.stack(
@@ -290,13 +293,8 @@ def _style_swapped_views(base: str, count: int, data: Path, cache_dir: Path | No
     cached = cache_dir / f"{base.replace(':', '_')}_swap{count}.npz" if cache_dir else None
     if cached and cached.is_file():
         return np.load(cached)["views"]
-    backbone_name, size, intensity = base.split(":")
-    prep = Preprocessing(
-        image_size=int(size), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), crop="head", intensity=intensity
-    )
-    training, _ = drop_exact_duplicates(load_images(discover_split(data, "Training"), prep, show_progress=False))
+    prep, training, backbone = _training_images(base, data)
     main_source = torch.tensor([_is_main_source(path) for path in training.paths])
-    backbone = create_backbone(backbone_name, pretrained=True, weights=None).eval()
     transform = eval_transform(prep)
     target: list[tuple[torch.Tensor, torch.Tensor]] = []
     styles: list[tuple[torch.Tensor, torch.Tensor]] = []
@@ -406,20 +404,12 @@ def _markdown(rows: list[dict], command: str) -> str:
             f"Rank correlation (Spearman, {len(rows)} variants) with Testing's glioma recall: hold-out meningioma "
             f"recall {by_holdout:+.2f}, validation (lower loss is better) {by_val:+.2f}.",
         ]
-    lines += [
-        "",
-        f"Produced by `{command}` on {platform.machine()} with {os.cpu_count()} CPU cores, "
-        f"{time.strftime('%Y-%m-%d')}.",
-    ]
+    lines += ["", produced_by(command)]
     return "\n".join(lines) + "\n"
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--data", type=Path, default=Path(os.environ.get("BRAINTUMOR_DATA", "../shared/data/brain-tumor-mri"))
-    )
-    parser.add_argument("--weights-dir", type=Path, default=None, help="Sets BRAINTUMOR_WEIGHTS_DIR.")
+    parser = data_parser(__doc__)
     parser.add_argument(
         "--variant",
         action="append",
@@ -429,8 +419,7 @@ def main() -> None:
     parser.add_argument("--cache-dir", type=Path, default=None, help="Keep each variant's features here (npz).")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/source_holdout.md"))
     args = parser.parse_args()
-    if args.weights_dir:
-        os.environ["BRAINTUMOR_WEIGHTS_DIR"] = str(args.weights_dir.resolve())
+    use_weights_dir(args)
     command = "python benchmarks/source_holdout.py " + " ".join(
         [f"--data {args.data}"]
         + ([f"--weights-dir {args.weights_dir}"] if args.weights_dir else [])
