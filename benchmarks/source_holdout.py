@@ -47,7 +47,7 @@ from benchmark_args import data_parser, produced_by, use_weights_dir
 from PIL import Image
 from scipy.stats import spearmanr
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import log_loss
+from sklearn.metrics import confusion_matrix, log_loss
 from sklearn.preprocessing import StandardScaler
 
 from braintumor.config import AugmentConfig
@@ -370,12 +370,15 @@ def _probe(variant: str, data: Path, cache_dir: Path | None) -> dict:
         keep = np.setdiff1d(train_idx, np.flatnonzero(held))
         probabilities = _predict(_fit(features, labels, c, keep, debias, main, augmented), features[held])
         held_out_recalls[name] = float(np.mean(probabilities.argmax(1) == label))
+        predicted = np.bincount(probabilities.argmax(1), minlength=len(CLASS_NAMES))
+        held_out_recalls[f"{name}_predicted_as"] = dict(zip(CLASS_NAMES, predicted.tolist(), strict=True))
         held_out_recalls[f"{name}_n"] = int(held.sum())
     best["source_holdout"] = held_out_recalls
     best["source_holdout_mean_recall"] = float(np.mean([held_out_recalls[name] for name in HELD_OUT_CLASSES]))
 
     test_p = _predict(model, test_features)
     best["test_accuracy"] = float(np.mean(test_p.argmax(1) == test_labels))
+    best["test_confusion"] = confusion_matrix(test_labels, test_p.argmax(1), labels=range(len(CLASS_NAMES))).tolist()
     best["test_glioma_recall"] = float(np.mean(test_p.argmax(1)[test_labels == 0] == 0))
     best["seconds"] = round(time.perf_counter() - started, 1)
     return best
