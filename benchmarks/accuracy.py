@@ -40,6 +40,7 @@ DEFAULT_RECIPES = [
     "lite0-frozen",
     "lite0-frozen-headcrop",
 ]
+DEFAULT_OUT = Path("benchmarks/results/accuracy.md")
 DEFAULT_ENSEMBLES = ["probe-ensemble=lite0-probe+lite1-probe+lite2-probe"]
 
 
@@ -111,7 +112,7 @@ def main() -> None:
         "--ensemble", nargs="*", default=None, help="NAME=RECIPE+RECIPE[+...] (default: the README's ensemble)."
     )
     parser.add_argument("--runs-dir", type=Path, default=Path("runs/accuracy"))
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/accuracy.md"))
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--audit", type=Path, default=None, help="audit.json (default: found or made by the audit).")
     parser.add_argument("--reuse", action="store_true", help="Re-evaluate recipes whose bundle exists; train the rest.")
     parser.add_argument("--threads", type=int, default=None, help="torch threads.")
@@ -127,6 +128,7 @@ def main() -> None:
         + ([f"--ensemble {' '.join(ensembles)}"] if ensembles != DEFAULT_ENSEMBLES else [])
         + (["--reuse"] if args.reuse else [])
         + ([f"--threads {args.threads}"] if args.threads else [])
+        + ([f"--out {args.out}"] if args.out != DEFAULT_OUT else [])
     )
     audit = find_audit_file(args.data, args.audit)
     if audit is None:

@@ -44,3 +44,4 @@ def test_accuracy_benchmark_writes_the_table(synthetic_root: Path, tmp_path: Pat
     assert rows[2]["training_s"] == pytest.approx(rows[0]["training_s"] + rows[1]["training_s"])
     table = out.read_text()
     assert "| pair |" in table and "Produced by `python benchmarks/accuracy.py" in table
+    assert f"--out {out}`" in table  # the command in the table reproduces this file, not the default one
