@@ -59,6 +59,7 @@ from braintumor.models.pretrained import create_backbone
 
 C_GRID = (0.003, 0.01, 0.03, 0.1, 0.3)
 HELD_OUT_CLASSES = ("meningioma", "pituitary")
+DEFAULT_OUT = Path("benchmarks/results/source_holdout.md")
 
 
 POOLS = {
@@ -420,13 +421,14 @@ def main() -> None:
         help="BACKBONE:SIZE:INTENSITY[:styleB|POOLpool|multilevel][:swapV][:augV][:debiasK]",
     )
     parser.add_argument("--cache-dir", type=Path, default=None, help="Keep each variant's features here (npz).")
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/source_holdout.md"))
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args()
     use_weights_dir(args)
     command = "python benchmarks/source_holdout.py " + " ".join(
         [f"--data {args.data}"]
         + ([f"--weights-dir {args.weights_dir}"] if args.weights_dir else [])
         + [f"--variant {variant}" for variant in args.variant]
+        + ([f"--out {args.out}"] if args.out != DEFAULT_OUT else [])
     )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     rows = []
