@@ -6,6 +6,8 @@ import pytest
 
 from braintumor.config import REPO_CONFIG_DIR, RecipeError, apply_overrides, load_recipe
 
+from .conftest import load_benchmark
+
 
 @pytest.mark.parametrize("name", sorted(path.stem for path in REPO_CONFIG_DIR.glob("*.yaml")))
 def test_shipped_recipes_validate(name: str) -> None:
@@ -15,12 +17,7 @@ def test_shipped_recipes_validate(name: str) -> None:
 
 
 def test_every_benchmarked_recipe_is_shipped() -> None:
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("accuracy", REPO_CONFIG_DIR.parent / "benchmarks" / "accuracy.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_benchmark("accuracy")
     shipped = {path.stem for path in REPO_CONFIG_DIR.glob("*.yaml")}
     assert set(module.DEFAULT_RECIPES) <= shipped
     for ensemble in module.DEFAULT_ENSEMBLES:

@@ -2,25 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 from sklearn.linear_model import LogisticRegression
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def _benchmark_module():
-    spec = importlib.util.spec_from_file_location("source_holdout", REPO / "benchmarks" / "source_holdout.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from .conftest import load_benchmark
 
 
 def test_source_directions_remove_the_source_and_keep_the_class() -> None:
-    source_holdout = _benchmark_module()
+    source_holdout = load_benchmark("source_holdout")
     rng = np.random.default_rng(0)
     n, dims = 600, 32
     labels = rng.integers(0, 2, n)
