@@ -71,7 +71,7 @@ POOLS = {
 
 @torch.inference_mode()
 def _multilevel_features(backbone: torch.nn.Module, images: torch.Tensor, prep: Preprocessing) -> np.ndarray:
-    """Average-pooled outputs of the last four stages, concatenated (mid-level features beside the top ones)."""
+    """Average-pooled outputs of the last three blocks and of the head conv, concatenated (mid-level beside top)."""
     transform = eval_transform(prep)
     taps = list(range(len(backbone.blocks) - 3, len(backbone.blocks)))
     outputs: list[np.ndarray] = []
