@@ -206,15 +206,12 @@ def _load(base: str, data: Path, cache_dir: Path | None) -> tuple:
     if cached and cached.is_file():
         arrays = np.load(cached)
         return tuple(arrays[key] for key in ("features", "test_features", "labels", "test_labels", "main_source"))
-    backbone_name, size, intensity, *extra = base.split(":")
+    parts = base.split(":")
+    extra = parts[3:]  # after BACKBONE:SIZE:INTENSITY
     style = [part for part in extra if part.startswith("style")]
     pool = next((part.removesuffix("pool") for part in extra if part.endswith("pool")), "avg")
-    prep = Preprocessing(
-        image_size=int(size), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), crop="head", intensity=intensity
-    )
-    training, _ = drop_exact_duplicates(load_images(discover_split(data, "Training"), prep, show_progress=False))
+    prep, training, backbone = _training_images(":".join(parts[:3]), data)
     testing = load_images(discover_split(data, "Testing"), prep, show_progress=False)
-    backbone = create_backbone(backbone_name, pretrained=True, weights=None).eval()
     if style:
         # The fixed style is the average over Training (a subset is enough for channel averages).
         fit_images = training.images[torch.randperm(len(training), generator=torch.Generator().manual_seed(0))[:512]]
