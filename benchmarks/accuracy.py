@@ -22,12 +22,12 @@ from typing import Any
 import torch
 from benchmark_args import data_parser, produced_by, use_weights_dir
 
+from braintumor.audit.scan import find_audit_file, run_audit
+from braintumor.bundle import read_bundle_config
 from braintumor.config import load_recipe
-from braintumor.data.audit import find_audit_file, run_audit
 from braintumor.errors import BrainTumorError
 from braintumor.evaluation.calibrate import calibrate_bundle
 from braintumor.evaluation.evaluate import evaluate_bundle
-from braintumor.inference.bundle import read_bundle_config
 from braintumor.inference.ensemble import combine_bundles
 from braintumor.training.train import RunOptions, train_recipe
 
@@ -152,7 +152,7 @@ def main() -> None:
                 print(f"== training {name}", flush=True)
                 options = RunOptions(show_progress=False, tracker="none")
                 train_recipe(load_recipe(recipe_ref), args.data, run_dir, console_log=print, options=options)
-            times[name] = read_bundle_config(run_dir / "bundle")["training"]["duration_s"]
+            times[name] = read_bundle_config(run_dir / "bundle").training.duration_s
             rows.append(_row(name, run_dir / "bundle", args.data, args.runs_dir, audit, times[name]))
         except BrainTumorError as error:
             print(f"== {name}: not measured: {error}", flush=True)

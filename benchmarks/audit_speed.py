@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torchvision.transforms.v2.functional import gaussian_blur
 
-from braintumor.data.near_duplicates import check_pairs, nearest_candidates
+from braintumor.audit.near_duplicates import check_pairs, nearest_candidates
 
 RESULTS = Path(__file__).resolve().parent / "results" / "audit_speed"
 
@@ -72,7 +72,7 @@ def main() -> None:
     if args.data:
         import tempfile
 
-        from braintumor.data.audit import run_audit
+        from braintumor.audit.scan import run_audit
 
         with tempfile.TemporaryDirectory() as out:
             audit, wall, cpu = _timed(run_audit, args.data, out, show_progress=False)

@@ -30,10 +30,11 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from braintumor.bundle import load_bundle
 from braintumor.data.images import decode_image_bytes
 from braintumor.data.preprocessing import resize_to_uint8_tensor
 from braintumor.data.synthetic import synthetic_image
-from braintumor.inference import Predictor, load_bundle
+from braintumor.inference import Predictor
 from braintumor.inference.onnx_export import ONNX_FILE, OnnxPredictor, export_onnx
 
 TARGET_P50_MS = 15.0

@@ -18,10 +18,10 @@ from typing import Any
 import torch
 from benchmark_args import data_parser, produced_by, use_weights_dir
 
+from braintumor.bundle import read_bundle_config
 from braintumor.config import load_recipe
 from braintumor.errors import BrainTumorError
 from braintumor.evaluation.evaluate import evaluate_bundle
-from braintumor.inference.bundle import read_bundle_config
 from braintumor.training.train import RunOptions, train_recipe
 
 SEED_PUBLISHED = {
@@ -47,17 +47,17 @@ def _row(recipe: str, bundle_dir: Path, data: Path, out_dir: Path) -> dict[str, 
     config = read_bundle_config(bundle_dir)
     evaluation = evaluate_bundle(bundle_dir, data, "Testing", out_dir / f"eval-{recipe}", show_progress=False)
     metrics = evaluation.metrics
-    training = config["training"]
+    training = config.training
     row: dict[str, Any] = {
         "recipe": recipe,
         "test_accuracy": metrics["accuracy"],
         "test_loss": metrics["loss"],
         "macro_f1": metrics["macro_f1"],
         "glioma_recall": metrics["per_class"]["glioma"]["recall"],
-        "val_accuracy": training["val_metrics"]["accuracy"],
-        "training_s": training["duration_s"],
-        "epochs_run": training["epochs_run"],
-        "best_epoch": training["best_epoch"],
+        "val_accuracy": training.val_metrics["accuracy"],
+        "training_s": training.duration_s,
+        "epochs_run": training.epochs_run,
+        "best_epoch": training.best_epoch,
     }
     deduplicated = metrics.get("deduplicated")
     if deduplicated:

@@ -14,17 +14,17 @@ from PIL import Image, ImageOps
 from torchvision.transforms.v2.functional import gaussian_blur
 from typer.testing import CliRunner
 
-from braintumor.cli import app
-from braintumor.data.audit import (
+from braintumor.audit.near_duplicates import nearest_candidates, normalise_thumbnails
+from braintumor.audit.scan import (
     AUDIT_FILE,
     AuditError,
     default_audit_dir,
     load_clean_test_paths,
     run_audit,
 )
+from braintumor.cli import app
 from braintumor.data.dataset import drop_exact_duplicates, load_images
 from braintumor.data.layout import discover_split
-from braintumor.data.near_duplicates import nearest_candidates, normalise_thumbnails
 from braintumor.data.preprocessing import Preprocessing
 
 SIZE = 160
@@ -206,10 +206,10 @@ def test_candidate_search_in_blocks_equals_the_full_matrix() -> None:
 def test_evaluate_reports_the_deduplicated_split(
     leaky_root: Path, leaky_audit: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from braintumor.bundle import save_bundle
     from braintumor.config import Recipe
     from braintumor.evaluation.evaluate import evaluate_bundle
     from braintumor.evaluation.metrics import classification_metrics
-    from braintumor.inference.bundle import save_bundle
     from braintumor.models import create_model, resolve_preprocessing
 
     recipe = Recipe.model_validate(

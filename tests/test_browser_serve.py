@@ -26,9 +26,9 @@ playwright_api = pytest.importorskip("playwright.sync_api", reason="needs playwr
 uvicorn = pytest.importorskip("uvicorn")
 pydicom = pytest.importorskip("pydicom")
 
+from braintumor.bundle import save_bundle  # noqa: E402
 from braintumor.config import Recipe  # noqa: E402
 from braintumor.data.synthetic import synthetic_image  # noqa: E402
-from braintumor.inference import save_bundle  # noqa: E402
 from braintumor.models import create_model, resolve_preprocessing  # noqa: E402
 from braintumor.serving.app import create_app  # noqa: E402
 

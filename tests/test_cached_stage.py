@@ -9,8 +9,8 @@ import pytest
 import timm
 import torch
 
+from braintumor.bundle import load_bundle
 from braintumor.config import FineTuneStage, RecipeError, apply_overrides
-from braintumor.inference.bundle import load_bundle
 from braintumor.models import create_model
 from braintumor.training.finetune import prepare_stage, split_backbone
 from braintumor.training.train import train_recipe

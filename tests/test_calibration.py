@@ -13,6 +13,7 @@ import torch
 from sklearn.metrics import f1_score, log_loss, roc_auc_score
 from typer.testing import CliRunner
 
+from braintumor.bundle import load_bundle, save_bundle
 from braintumor.cli import app
 from braintumor.errors import BrainTumorError
 from braintumor.evaluation.calibrate import calibrate_bundle, validation_samples
@@ -24,7 +25,6 @@ from braintumor.evaluation.calibration import (
 )
 from braintumor.evaluation.evaluate import evaluate_bundle
 from braintumor.evaluation.metrics import bootstrap_confidence_intervals, one_vs_rest_metrics
-from braintumor.inference.bundle import load_bundle, save_bundle
 from braintumor.inference.predictor import Predictor, probabilities_from_logits
 from braintumor.layout_constants import CLASS_NAMES
 
@@ -131,7 +131,7 @@ def overconfident_bundle(trained_run, tmp_path: Path) -> Path:
         final.weight.mul_(3.0)
         final.bias.mul_(3.0)
     return save_bundle(
-        tmp_path / "bundle", bundle.model, bundle.recipe, bundle.preprocessing, training=bundle.config["training"]
+        tmp_path / "bundle", bundle.model, bundle.recipe, bundle.preprocessing, training=bundle.config.training
     )
 
 
@@ -140,7 +140,7 @@ def test_calibrate_fits_on_validation_and_evaluate_reports_it(
 ) -> None:
     result = calibrate_bundle(overconfident_bundle, synthetic_root, tmp_path / "cal", target_coverage=0.75)
     record = result.record
-    assert record["n_images"] == len(load_bundle(overconfident_bundle).config["training"]["val_paths"])
+    assert record["n_images"] == len(load_bundle(overconfident_bundle).config.training.val_paths)
     assert record["after"]["log_loss"] < record["before"]["log_loss"]
     assert result.temperature > 1.5
     assert record["after"]["accuracy"] == record["before"]["accuracy"] < 1.0
@@ -151,7 +151,7 @@ def test_calibrate_fits_on_validation_and_evaluate_reports_it(
     assert all("Training" in str(s.path) for s in validation_samples(load_bundle(overconfident_bundle)))
 
     bundle = load_bundle(overconfident_bundle)
-    extras = bundle.config["extras"]
+    extras = bundle.config.extras.model_dump()
     assert extras["temperature"] == result.temperature and extras["refer_threshold"] == result.refer_threshold
     assert extras["calibration"]["before"] == record["before"]
     predictor = Predictor(bundle)
@@ -183,7 +183,7 @@ def test_calibrate_command_and_referral_in_predict(
     )
     assert run.exit_code == 0, run.output
     assert "referral threshold" in run.output and "ECE" in run.output
-    threshold = load_bundle(overconfident_bundle).config["extras"]["refer_threshold"]
+    threshold = load_bundle(overconfident_bundle).config.extras.refer_threshold
 
     csv_path = tmp_path / "p.csv"
     images = synthetic_root / "Testing"

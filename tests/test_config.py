@@ -4,12 +4,12 @@ from pathlib import Path
 
 import pytest
 
-from braintumor.config import REPO_CONFIG_DIR, RecipeError, apply_overrides, load_recipe
+from braintumor.config import RecipeError, apply_overrides, builtin_recipes, list_recipes, load_recipe
 
 from .conftest import load_benchmark
 
 
-@pytest.mark.parametrize("name", sorted(path.stem for path in REPO_CONFIG_DIR.glob("*.yaml")))
+@pytest.mark.parametrize("name", list(builtin_recipes()))
 def test_shipped_recipes_validate(name: str) -> None:
     recipe = load_recipe(name)
     assert recipe.name == name
@@ -18,7 +18,7 @@ def test_shipped_recipes_validate(name: str) -> None:
 
 def test_every_benchmarked_recipe_is_shipped() -> None:
     module = load_benchmark("accuracy")
-    shipped = {path.stem for path in REPO_CONFIG_DIR.glob("*.yaml")}
+    shipped = set(builtin_recipes())
     assert set(module.DEFAULT_RECIPES) <= shipped
     for ensemble in module.DEFAULT_ENSEMBLES:
         assert set(ensemble.split("=")[1].split("+")) <= set(module.DEFAULT_RECIPES)
@@ -68,7 +68,22 @@ def test_invalid_yaml_and_unknown_recipe(tmp_path: Path) -> None:
         load_recipe(path)
     with pytest.raises(RecipeError, match=r"not found .*seed-cnn"):
         load_recipe("no-such-recipe")
-    assert (REPO_CONFIG_DIR / "seed-cnn.yaml").is_file()
+    with pytest.raises(RecipeError, match="does not exist"):
+        load_recipe(tmp_path / "missing.yaml")
+
+
+def test_list_recipes_names_every_builtin_recipe_with_its_description() -> None:
+    rows = dict(list_recipes())
+    assert list(rows) == list(builtin_recipes()) and len(rows) >= 10
+    assert all(description and not description.startswith("invalid") for description in rows.values())
+
+
+def test_a_user_recipe_file_is_read_from_any_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "mine.yaml"
+    path.write_text("model: {architecture: custom_cnn}\ntrain: {max_epochs: 3}\n")
+    monkeypatch.chdir(tmp_path)
+    recipe = load_recipe(str(path))
+    assert (recipe.name, recipe.train.max_epochs) == ("mine", 3)
 
 
 def test_architecture_is_checked() -> None:

@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
+from braintumor.bundle import load_bundle
 from braintumor.cli import app
 from braintumor.config import Recipe
 from braintumor.errors import BrainTumorError
@@ -20,7 +21,7 @@ from braintumor.explain.attributions import background_images
 from braintumor.explain.gradcam import class_activation_maps
 from braintumor.explain.run import cam_grid, method_explain_function
 from braintumor.explain.sanity import deletion_curve, model_randomisation_test
-from braintumor.inference import Predictor, load_bundle
+from braintumor.inference import Predictor
 from braintumor.models import create_model
 
 
@@ -113,8 +114,8 @@ def test_map_shapes_and_value_ranges(bundle, test_images: list[Path]) -> None:
 
 
 def test_shap_falls_back_to_black_and_blurred_baselines_without_training_images(bundle, tmp_path: Path) -> None:
-    config = json.loads(json.dumps(bundle.config))
-    config["training"]["data_root"] = str(tmp_path / "moved-away")
+    config = bundle.config.model_copy(deep=True)
+    config.training.data_root = str(tmp_path / "moved-away")
     moved = replace(bundle, config=config)
     background = background_images(moved)
     assert background.images is None and "--background-dir" in (background.note or "")

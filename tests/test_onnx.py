@@ -15,11 +15,12 @@ pytest.importorskip("onnxscript")
 
 from typer.testing import CliRunner
 
+from braintumor.bundle import load_bundle, save_bundle
 from braintumor.cli import app as cli_app
 from braintumor.config import Recipe
 from braintumor.data.synthetic import synthetic_image
 from braintumor.errors import BrainTumorError, BundleError
-from braintumor.inference import Predictor, load_bundle, onnx_export, save_bundle
+from braintumor.inference import Predictor, onnx_export
 from braintumor.inference.onnx_export import (
     ONNX_FILE,
     PARITY_TOLERANCE,

@@ -17,11 +17,11 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
+from braintumor.bundle import BundleExtras, load_bundle
 from braintumor.cli import app
 from braintumor.evaluation.evaluate import evaluate_bundle
 from braintumor.evaluation.metrics import classification_metrics
 from braintumor.evaluation.report import bootstrap_intervals, build_report, risk_coverage, uncalibrated
-from braintumor.inference import load_bundle
 
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
 
@@ -97,11 +97,10 @@ def test_report_with_calibration_selective_prediction_and_audit(
     trained_run, synthetic_root: Path, tmp_path: Path
 ) -> None:
     bundle = load_bundle(trained_run.bundle_dir)
-    config = json.loads(json.dumps(bundle.config))
-    config["extras"] = {"temperature": 1.7, "refer_threshold": {"threshold": 0.5}}
-    calibrated = replace(bundle, config=config)
+    extras = BundleExtras.model_validate({"temperature": 1.7, "refer_threshold": {"threshold": 0.5}})
+    calibrated = replace(bundle, config=bundle.config.model_copy(update={"extras": extras}))
     result = evaluate_bundle(calibrated, synthetic_root, "Testing", tmp_path / "eval", show_progress=False)
-    # As braintumor.data.audit.deduplicated_metrics writes it, for an audit that dropped every third image.
+    # As braintumor.evaluation.deduplicated.deduplicated_metrics writes it, for an audit that dropped every third image.
     mask = np.array([bool(i % 3) for i in range(len(result.paths))])
     dedup = classification_metrics(result.labels[mask], result.probabilities[mask], bundle.class_names)
     excluded = [str(p) for p, keep in zip(result.paths, mask, strict=True) if not keep]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import builtins
 import io
+import json
 import struct
 import tempfile
 import zlib
@@ -22,13 +23,14 @@ from pydicom.sequence import Sequence  # noqa: E402
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
+from braintumor.bundle import load_bundle, save_bundle  # noqa: E402
 from braintumor.cli import app as cli_app  # noqa: E402
 from braintumor.config import Recipe  # noqa: E402
 from braintumor.data.dicom import decode_dicom_bytes, dicom_frames  # noqa: E402
 from braintumor.data.images import decode_image_bytes  # noqa: E402
 from braintumor.data.synthetic import synthetic_image  # noqa: E402
 from braintumor.errors import BrainTumorError, ImageDecodeError  # noqa: E402
-from braintumor.inference import Predictor, load_bundle, save_bundle  # noqa: E402
+from braintumor.inference import Predictor  # noqa: E402
 from braintumor.models import create_model, resolve_preprocessing  # noqa: E402
 from braintumor.serving import app as app_module  # noqa: E402
 from braintumor.serving.app import create_app  # noqa: E402
@@ -419,6 +421,9 @@ def test_cli_serve_and_export_fail_in_one_line(tmp_path: Path) -> None:
 
 
 def test_create_app_refuses_a_bad_refer_threshold(tmp_path: Path) -> None:
-    folder = _bundle(tmp_path / "bad", extras={"refer_threshold": "high"})
+    folder = _bundle(tmp_path / "bad", extras=None)
+    config = json.loads((folder / "config.json").read_text())
+    config["extras"]["refer_threshold"] = "high"  # a hand-edited bundle
+    (folder / "config.json").write_text(json.dumps(config))
     with pytest.raises(BrainTumorError, match="refer_threshold"):
         create_app(folder)

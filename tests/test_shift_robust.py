@@ -10,12 +10,12 @@ import pytest
 import torch
 from PIL import Image
 
+from braintumor.bundle import load_bundle
 from braintumor.config import AugmentConfig, FineTuneStage, RecipeError, apply_overrides
 from braintumor.data.augment import RandomGamma, RandomGaussianNoise
 from braintumor.data.preprocessing import Preprocessing, resize_to_uint8_tensor, train_transform
 from braintumor.errors import BundleError
 from braintumor.evaluation.report import _framing
-from braintumor.inference.bundle import load_bundle
 from braintumor.inference.ensemble import combine_bundles
 from braintumor.inference.predictor import Predictor
 from braintumor.models import create_model
@@ -211,7 +211,7 @@ def test_ensemble_bundle_averages_member_probabilities(trained_run, synthetic_ro
     )
     folder = combine_bundles([trained_run.bundle_dir, second.bundle_dir], tmp_path / "ensemble", weights=[3, 1])
     ensemble = load_bundle(folder)
-    assert isinstance(ensemble.model, EnsembleNet) and ensemble.config["ensemble"]["weights"] == [0.75, 0.25]
+    assert isinstance(ensemble.model, EnsembleNet) and ensemble.config.ensemble.weights == [0.75, 0.25]
     images = [Image.open(p).convert("RGB") for p in sorted((synthetic_root / "Testing").rglob("*.jpg"))[:6]]
     members = [Predictor(load_bundle(b)).predict_images(images) for b in (trained_run.bundle_dir, second.bundle_dir)]
     np.testing.assert_allclose(
@@ -246,7 +246,7 @@ def test_ensemble_command_and_explain_layer(trained_run, tmp_path: Path) -> None
 
 
 def test_ensemble_bundle_exports_to_onnx_with_parity(tmp_path: Path) -> None:
-    from braintumor.inference.bundle import save_bundle
+    from braintumor.bundle import save_bundle
     from braintumor.inference.onnx_export import export_onnx
     from braintumor.models import resolve_preprocessing
 

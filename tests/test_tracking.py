@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from braintumor.bundle import load_bundle, save_bundle
 from braintumor.errors import BundleError
-from braintumor.inference.bundle import load_bundle, save_bundle
 from braintumor.training.train import RunOptions, train_recipe
 from tests.conftest import TINY_RECIPE, tiny_recipe
 
@@ -79,7 +79,7 @@ def test_a_crash_while_saving_never_leaves_a_bundle_that_loads(
     save_bundle(target, bundle.model, bundle.recipe, bundle.preprocessing)
     before = (target / "model.safetensors").read_bytes()
 
-    import braintumor.inference.bundle as bundle_module
+    import braintumor.bundle.store as bundle_module
 
     def explode(*args: object, **kwargs: object) -> None:
         raise KeyboardInterrupt  # e.g. Ctrl-C in the middle of writing the JSON

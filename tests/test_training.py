@@ -9,9 +9,10 @@ import pytest
 import torch
 from PIL import Image
 
+from braintumor.bundle import load_bundle
 from braintumor.data.dataset import load_images
 from braintumor.data.layout import discover_split
-from braintumor.inference import Predictor, load_bundle
+from braintumor.inference import Predictor
 from braintumor.training.train import predict_probabilities, train_recipe
 from tests.conftest import tiny_recipe
 

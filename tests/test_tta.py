@@ -10,12 +10,12 @@ import torch
 import torch.nn as nn
 from typer.testing import CliRunner
 
+from braintumor.bundle import Bundle, BundleConfig, load_bundle
 from braintumor.cli import app
 from braintumor.data.dataset import load_images
 from braintumor.data.layout import discover_split
 from braintumor.data.preprocessing import Preprocessing, eval_transform
 from braintumor.evaluation.evaluate import evaluate_bundle
-from braintumor.inference.bundle import Bundle, load_bundle
 from braintumor.inference.predictor import Predictor
 from braintumor.inference.tta import tta_views
 from braintumor.layout_constants import CLASS_NAMES
@@ -53,7 +53,9 @@ def test_tta_changes_nothing_for_a_model_invariant_to_the_views(tmp_path: Path) 
     torch.manual_seed(0)
     model = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, len(CLASS_NAMES))).eval()
     prep = Preprocessing(image_size=32, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
-    bundle = Bundle(tmp_path, model, tiny_recipe(), prep, list(CLASS_NAMES), {})  # type: ignore[arg-type]
+    recipe = tiny_recipe()
+    config = BundleConfig(name=recipe.name, class_names=list(CLASS_NAMES), recipe=recipe, preprocessing=prep)
+    bundle = Bundle(tmp_path, model, config)  # type: ignore[arg-type]
     images = _centred_images(5)
     plain = Predictor(bundle).predict_uint8(images)
     augmented = Predictor(bundle, tta=True).predict_uint8(images)

@@ -1,4 +1,4 @@
-"""Recipes as data: one typed model validates every YAML file under ``configs/``.
+"""Recipes as data: one typed model validates every YAML recipe, built in (``braintumor/configs/``) or a user's.
 
 A recipe names everything that decides a trained model: the data handling, the augmentation,
 the network and the optimisation. The seed project's two models are two recipes of this one
@@ -15,6 +15,8 @@ Example:
 
 from __future__ import annotations
 
+from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -23,7 +25,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from braintumor.errors import BrainTumorError
 
-REPO_CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+# The built-in recipes ship inside the package (package data), so a wheel install has them too.
+RECIPE_PACKAGE = "braintumor.configs"
+RECIPE_SUFFIXES = (".yaml", ".yml")
 
 
 class RecipeError(BrainTumorError, ValueError):
@@ -244,36 +248,63 @@ def _format_validation_error(source: str, error: ValidationError) -> str:
     return "\n".join(lines)
 
 
-def resolve_recipe_path(name_or_path: str | Path) -> Path:
-    """Find a recipe by file path, or by name in ``./configs`` or the repository's ``configs/``."""
+def builtin_recipes() -> dict[str, Traversable]:
+    """The recipes shipped with braintumor, by name (file stem), sorted.
+
+    Example:
+        >>> "seed-cnn" in builtin_recipes()
+        True
+    """
+    folder = resources.files(RECIPE_PACKAGE)
+    found = {item.name.rsplit(".", 1)[0]: item for item in folder.iterdir() if item.name.endswith(RECIPE_SUFFIXES)}
+    return dict(sorted(found.items()))
+
+
+def _read_recipe_text(name_or_path: str | Path) -> tuple[str, str]:
+    """The YAML text of a recipe file path, or of a built-in recipe by name, and where it came from."""
     candidate = Path(name_or_path)
     if candidate.is_file():
-        return candidate
+        return candidate.read_text(encoding="utf-8"), str(candidate)
     stem = candidate.name.removesuffix(".yaml").removesuffix(".yml")
-    for folder in (Path.cwd() / "configs", REPO_CONFIG_DIR):
-        for suffix in (".yaml", ".yml"):
-            path = folder / f"{stem}{suffix}"
-            if path.is_file():
-                return path
-    known = sorted(p.stem for p in REPO_CONFIG_DIR.glob("*.yaml")) if REPO_CONFIG_DIR.is_dir() else []
-    raise RecipeError(f"recipe {name_or_path!s} not found (known recipes: {', '.join(known) or 'none'})")
+    shipped = builtin_recipes()
+    if candidate.suffix not in RECIPE_SUFFIXES and stem in shipped:
+        return shipped[stem].read_text(encoding="utf-8"), f"{stem} (built in)"
+    if candidate.suffix in RECIPE_SUFFIXES or len(candidate.parts) > 1:
+        raise RecipeError(f"recipe file {name_or_path!s} does not exist")
+    raise RecipeError(f"recipe {name_or_path!s} not found (known recipes: {', '.join(shipped) or 'none'})")
 
 
 def load_recipe(name_or_path: str | Path, overrides: list[str] | None = None) -> Recipe:
-    """Read, validate and override a recipe; every problem becomes a :class:`RecipeError`."""
-    path = resolve_recipe_path(name_or_path)
+    """Read, validate and override a recipe (a built-in name or a YAML path); problems become :class:`RecipeError`.
+
+    Example:
+        >>> load_recipe("seed-cnn", ["train.max_epochs=2"]).train.max_epochs
+        2
+    """
+    text, source = _read_recipe_text(name_or_path)
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = yaml.safe_load(text)
     except yaml.YAMLError as error:
-        raise RecipeError(f"recipe {path} is not valid YAML: {error}") from None
+        raise RecipeError(f"recipe {source} is not valid YAML: {error}") from None
     if not isinstance(raw, dict):
-        raise RecipeError(f"recipe {path} must be a mapping at the top level")
-    raw.setdefault("name", path.stem)
+        raise RecipeError(f"recipe {source} must be a mapping at the top level")
+    raw.setdefault("name", Path(str(name_or_path)).name.removesuffix(".yaml").removesuffix(".yml"))
     try:
         recipe = Recipe.model_validate(raw)
     except ValidationError as error:
-        raise RecipeError(_format_validation_error(str(path), error)) from None
+        raise RecipeError(_format_validation_error(source, error)) from None
     return apply_overrides(recipe, overrides or [])
+
+
+def list_recipes() -> list[tuple[str, str]]:
+    """``(name, description)`` of every built-in recipe; a broken one gets its error as description."""
+    rows = []
+    for name in builtin_recipes():
+        try:
+            rows.append((name, load_recipe(name).description))
+        except RecipeError as error:
+            rows.append((name, f"invalid: {error}"))
+    return rows
 
 
 def apply_overrides(recipe: Recipe, overrides: list[str]) -> Recipe:

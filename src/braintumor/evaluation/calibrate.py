@@ -34,6 +34,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from braintumor.bundle import Bundle, load_bundle, read_bundle_config, write_bundle_config
 from braintumor.data.dataset import load_images
 from braintumor.data.layout import Sample, normalise_class_name
 from braintumor.errors import BrainTumorError
@@ -45,10 +46,9 @@ from braintumor.evaluation.calibration import (
     selective_metrics,
     threshold_for_coverage,
 )
-from braintumor.inference.bundle import CONFIG_FILE, Bundle, load_bundle, read_bundle_config, write_json_atomic
+from braintumor.evaluation.defaults import DEFAULT_TARGET_COVERAGE
 from braintumor.inference.predictor import Predictor, probabilities_from_logits
-
-DEFAULT_TARGET_COVERAGE = 0.9
+from braintumor.io import write_json_atomic
 
 
 @dataclass
@@ -69,14 +69,14 @@ def validation_samples(bundle: Bundle, data_root: Path | str | None = None) -> l
     The paths were recorded under the training data root; when ``data_root`` is given, paths under the
     recorded root are looked up under ``data_root`` instead (the data moved or is mounted elsewhere).
     """
-    training = bundle.config.get("training") or {}
-    recorded = training.get("val_paths")
-    if not isinstance(recorded, list) or not recorded:
+    training = bundle.config.training
+    recorded = training.val_paths
+    if not recorded:
         raise BrainTumorError(
             f"{bundle.path} records no validation files (training.val_paths): calibration needs the validation "
             "split the bundle was trained with; train it again with this version of braintumor"
         )
-    recorded_root = Path(str(training.get("data_root"))) if training.get("data_root") else None
+    recorded_root = Path(training.data_root) if training.data_root else None
     samples: list[Sample] = []
     for value in recorded:
         path = Path(str(value))
@@ -166,10 +166,8 @@ def calibrate_bundle(
 
     # Re-read the config on disk (not the loaded copy) so nothing written since loading is lost.
     config = read_bundle_config(bundle_dir)
-    extras = config.get("extras") if isinstance(config.get("extras"), dict) else {}
-    extras.update(temperature=temperature, refer_threshold=threshold, calibration=record)
-    config["extras"] = extras
-    write_json_atomic(bundle_dir / CONFIG_FILE, config)
+    config.extras.temperature, config.extras.refer_threshold, config.extras.calibration = temperature, threshold, record
+    write_bundle_config(bundle_dir, config)
     return CalibrationResult(bundle_dir, out_dir, temperature, threshold, record, files)
 
 

@@ -17,15 +17,16 @@ from typing import Any
 
 import numpy as np
 
-from braintumor.data.audit import deduplicated_metrics
+from braintumor.bundle import Bundle, load_bundle
 from braintumor.data.dataset import ImageSet, load_images
 from braintumor.data.images import SkippedFile
 from braintumor.data.layout import discover_split
 from braintumor.evaluation.calibration import plot_reliability_diagram, plot_risk_coverage, uncertainty_metrics
+from braintumor.evaluation.deduplicated import deduplicated_metrics
 from braintumor.evaluation.metrics import classification_metrics
 from braintumor.evaluation.plots import plot_confusion_matrix
-from braintumor.inference.bundle import Bundle, load_bundle, write_json_atomic
 from braintumor.inference.predictor import Predictor, probabilities_from_logits
+from braintumor.io import write_json_atomic
 
 
 @dataclass

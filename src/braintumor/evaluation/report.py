@@ -17,7 +17,7 @@ Example:
     >>> from braintumor.config import Recipe
     >>> from braintumor.data.synthetic import make_synthetic_dataset
     >>> from braintumor.evaluation.evaluate import evaluate_bundle
-    >>> from braintumor.inference.bundle import load_bundle, save_bundle
+    >>> from braintumor.bundle import load_bundle, save_bundle
     >>> from braintumor.models import create_model, resolve_preprocessing
     >>> recipe = Recipe.model_validate(
     ...     {"name": "tiny", "data": {"image_size": 32},
@@ -57,6 +57,7 @@ from scipy.stats import bootstrap
 from sklearn.calibration import calibration_curve
 from sklearn.metrics import precision_recall_fscore_support, roc_auc_score, roc_curve
 
+from braintumor.bundle import Bundle, library_versions, load_bundle
 from braintumor.config import Recipe
 from braintumor.data.images import load_image_rgb
 from braintumor.data.preprocessing import Preprocessing
@@ -66,8 +67,6 @@ from braintumor.evaluation.evaluate import EvaluationResult
 from braintumor.evaluation.metrics import classification_metrics
 from braintumor.evaluation.plots import plot_confusion_matrix, plot_training_curves
 from braintumor.evaluation.report_template import REPORT_TEMPLATE
-from braintumor.inference.bundle import Bundle, library_versions, load_bundle
-from braintumor.inference.predictor import read_refer_threshold as read_threshold
 from braintumor.progress import progress_bar
 
 REPORT_FILE = "report.html"
@@ -430,9 +429,10 @@ def build_report(
     labels, probabilities = np.asarray(result.labels), np.asarray(result.probabilities)
     predicted = probabilities.argmax(axis=1)
     split = str(metrics.get("split", "test"))
-    config = bundle.config if isinstance(bundle.config, dict) else {}
-    training = config.get("training", {}) if isinstance(config.get("training"), dict) else {}
-    extras = config.get("extras", {}) if isinstance(config.get("extras"), dict) else {}
+    # TEMPORARY (being replaced by typed field access): the typed config as plain dicts.
+    config = bundle.config.to_json_dict()
+    training = config["training"]
+    extras = {key: value for key, value in config["extras"].items() if value is not None}
 
     with progress_bar(show_progress) as progress:
         task = progress.add_task("Writing report", total=6)
@@ -540,7 +540,7 @@ def build_report(
                 "The bundle is not calibrated (no temperature in its extras): no reliability diagram. "
                 f"Top-label ECE of the raw probabilities here: {expected_calibration_error(probabilities, labels):.3f}."
             )
-        threshold = read_threshold(extras.get("refer_threshold"))
+        threshold = extras.get("refer_threshold")
         selective_text = None
         if threshold is not None:
             figure, selective_text = risk_coverage_figure(probabilities, labels, threshold)
@@ -801,7 +801,7 @@ def build_report(
     temporary.write_text(html, encoding="utf-8")
     os.replace(temporary, out_path)
     if sanity is not None:
-        from braintumor.inference.bundle import write_json_atomic
+        from braintumor.io import write_json_atomic
 
         write_json_atomic(out_path.with_name("sanity.json"), sanity)
     return out_path

@@ -31,10 +31,10 @@ import torch.nn as nn
 from captum.attr import GradientShap
 from torchvision.transforms.v2 import functional as TF
 
+from braintumor.bundle import Bundle
 from braintumor.data.dataset import load_images
 from braintumor.data.layout import Sample, discover_split
 from braintumor.errors import BrainTumorError, DatasetLayoutError
-from braintumor.inference.bundle import Bundle
 from braintumor.inference.predictor import expand_inputs
 
 # The share of |attribution| above which a map saturates: a few extreme pixels must not wash out the rest.
@@ -85,8 +85,7 @@ def background_images(
             samples = [Sample(path, 0) for path in expand_inputs([folder])]
         source = str(folder)
     else:
-        training = bundle.config.get("training", {}) if isinstance(bundle.config, dict) else {}
-        data_root = training.get("data_root")
+        data_root = bundle.config.training.data_root
         if not data_root or not Path(data_root).is_dir():
             where = f"its data root {data_root} is not on this machine" if data_root else "it records no data root"
             return Background(
@@ -100,7 +99,7 @@ def background_images(
         except DatasetLayoutError as error:
             note = f"no training images for the SHAP background: {error}"
             return Background(None, "black image + blurred input", note)
-        held_out = {str(p) for p in training.get("val_paths", [])}
+        held_out = set(bundle.config.training.val_paths)
         samples = [s for s in samples if str(s.path) not in held_out] or samples
         source = f"{data_root}/Training"
     if not samples:

@@ -9,7 +9,7 @@ Example:
     >>> from PIL import Image
     >>> from braintumor.config import Recipe
     >>> from braintumor.models import create_model, resolve_preprocessing
-    >>> from braintumor.inference.bundle import load_bundle, save_bundle
+    >>> from braintumor.bundle import load_bundle, save_bundle
     >>> recipe = Recipe.model_validate(
     ...     {"name": "tiny", "data": {"image_size": 32},
     ...      "model": {"architecture": "custom_cnn", "conv_channels": [4, 8]}})
@@ -32,11 +32,11 @@ import numpy as np
 import torch
 from PIL import Image
 
+from braintumor.bundle import Bundle
 from braintumor.data.preprocessing import eval_transform, resize_to_uint8_tensor
 from braintumor.explain.attributions import Background, fallback_baselines, shap_maps
 from braintumor.explain.gradcam import CAM_METHODS, ExplainError, class_activation_maps, resolve_layer
 from braintumor.explain.overlay import overlay_heatmap
-from braintumor.inference.bundle import Bundle
 
 METHODS: tuple[str, ...] = (*CAM_METHODS, "shap")
 
@@ -51,7 +51,7 @@ class Explainer:
         self.model.requires_grad_(False)
         self.layer_name, self.layer = resolve_layer(self.model, layer)
         self.transform = eval_transform(bundle.preprocessing)
-        self.temperature = float(bundle.config.get("extras", {}).get("temperature", 1.0))
+        self.temperature = bundle.config.extras.temperature or 1.0
         prep = bundle.preprocessing
         self.black = (torch.zeros(3) - torch.tensor(prep.mean)) / torch.tensor(prep.std)
         self._lock = threading.Lock()

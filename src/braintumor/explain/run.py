@@ -6,7 +6,7 @@ Example:
     >>> from braintumor.config import Recipe
     >>> from braintumor.data.synthetic import make_synthetic_dataset
     >>> from braintumor.models import create_model, resolve_preprocessing
-    >>> from braintumor.inference.bundle import save_bundle
+    >>> from braintumor.bundle import save_bundle
     >>> recipe = Recipe.model_validate(
     ...     {"name": "tiny", "data": {"image_size": 32},
     ...      "model": {"architecture": "custom_cnn", "conv_channels": [4, 8]}})
@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from captum.attr import LayerActivation
 
+from braintumor.bundle import Bundle, load_bundle
 from braintumor.data.images import SkippedFile, load_image_rgb
 from braintumor.errors import ImageDecodeError
 from braintumor.explain.attributions import Background, background_images, fallback_baselines, shap_maps
@@ -46,8 +47,8 @@ from braintumor.explain.sanity import (
     model_randomisation_test,
     random_deletion_scores,
 )
-from braintumor.inference.bundle import Bundle, load_bundle, write_json_atomic
 from braintumor.inference.predictor import expand_inputs
+from braintumor.io import write_json_atomic
 from braintumor.progress import progress_bar
 
 

@@ -1,6 +1,5 @@
-"""Inference stage: model bundles (safetensors + JSON) and batch prediction."""
+"""Inference stage: batch prediction, test-time augmentation, ensembles, ONNX export and runtime."""
 
-from braintumor.inference.bundle import Bundle, load_bundle, save_bundle
 from braintumor.inference.predictor import Prediction, Predictor, expand_inputs
 
-__all__ = ["Bundle", "Prediction", "Predictor", "expand_inputs", "load_bundle", "save_bundle"]
+__all__ = ["Prediction", "Predictor", "expand_inputs"]

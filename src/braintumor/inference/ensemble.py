@@ -7,7 +7,7 @@ ensemble are then fitted on a validation split that no member trained on.
 Example:
     >>> import tempfile
     >>> from braintumor.config import Recipe
-    >>> from braintumor.inference.bundle import load_bundle, save_bundle
+    >>> from braintumor.bundle import load_bundle, save_bundle
     >>> from braintumor.models import create_model, resolve_preprocessing
     >>> recipe = Recipe.model_validate(
     ...     {"name": "tiny", "data": {"image_size": 32},
@@ -18,7 +18,7 @@ Example:
     ...     model = create_model(recipe)
     ...     paths.append(save_bundle(f"{folder}/m{seed}", model, recipe, resolve_preprocessing(recipe, model)))
     >>> ensemble = load_bundle(combine_bundles(paths, f"{folder}/ensemble"))
-    >>> len(ensemble.model.members), ensemble.config["ensemble"]["weights"]
+    >>> len(ensemble.model.members), ensemble.config.ensemble.weights
     (2, [0.5, 0.5])
 """
 
@@ -27,8 +27,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from braintumor.bundle import Bundle, EnsembleMember, EnsembleSpec, load_bundle, save_bundle
 from braintumor.errors import BundleError
-from braintumor.inference.bundle import Bundle, load_bundle, save_bundle
 from braintumor.models.ensemble import EnsembleNet
 
 
@@ -43,9 +43,7 @@ def _check_compatible(bundles: Sequence[Bundle]) -> None:
                 f"({other.preprocessing.model_dump()} vs {first.preprocessing.model_dump()}): "
                 "ensemble members must share image size, normalisation, cropping and intensity handling"
             )
-        own_val = sorted(other.config.get("training", {}).get("val_paths") or [])
-        first_val = sorted(first.config.get("training", {}).get("val_paths") or [])
-        if own_val != first_val:
+        if sorted(other.config.training.val_paths) != sorted(first.config.training.val_paths):
             raise BundleError(
                 f"{other.path} was validated on other files than {first.path}: train every member with the same "
                 "data.split_seed and data.val_fraction so the ensemble has one honest validation split"
@@ -71,28 +69,32 @@ def combine_bundles(
         if isinstance(bundle.model, EnsembleNet):
             raise BundleError(f"{bundle.path} is already an ensemble: list its members instead")
     _check_compatible(bundles)
-    network = EnsembleNet([bundle.model for bundle in bundles], weights)
+    try:
+        network = EnsembleNet([bundle.model for bundle in bundles], weights)
+    except ValueError as error:
+        raise BundleError(f"invalid ensemble weights: {error}") from None
     first = bundles[0]
     recipe = first.recipe.model_copy(update={"name": name or "ensemble-" + "+".join(b.name for b in bundles)})
     members = [
-        {
-            "name": bundle.name,
-            "source": str(bundle.path),
-            "recipe": bundle.recipe.model_dump(mode="json"),
-            "val_metrics": bundle.config.get("training", {}).get("val_metrics", {}),
-        }
+        EnsembleMember(
+            name=bundle.name,
+            source=str(bundle.path),
+            recipe=bundle.recipe,
+            val_metrics=bundle.config.training.val_metrics,
+        )
         for bundle in bundles
     ]
     # The split, data and duplicate records are shared by all members; per-epoch history and validation
     # metrics are each member's own (kept under "ensemble"), so they are not copied as the ensemble's.
-    shared = {k: v for k, v in first.config.get("training", {}).items() if k not in ("history", "val_metrics")}
-    training = {**shared, "ensemble_of": [bundle.name for bundle in bundles]}
+    training = first.config.training.model_copy(
+        update={"history": [], "val_metrics": {}, "ensemble_of": [bundle.name for bundle in bundles]}
+    )
     return save_bundle(
         out,
         network,
         recipe,
         first.preprocessing,
         training=training,
-        manifest=first.config.get("manifest"),
-        ensemble={"members": members, "weights": network.weights.tolist()},
+        manifest=first.config.manifest,
+        ensemble=EnsembleSpec(members=members, weights=network.weights.tolist()),
     )

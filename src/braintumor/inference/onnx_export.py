@@ -11,7 +11,7 @@ Example:
     >>> from PIL import Image
     >>> from braintumor.config import Recipe
     >>> from braintumor.models import create_model, resolve_preprocessing
-    >>> from braintumor.inference.bundle import load_bundle, save_bundle
+    >>> from braintumor.bundle import load_bundle, save_bundle
     >>> recipe = Recipe.model_validate(
     ...     {"name": "tiny", "data": {"image_size": 32},
     ...      "model": {"architecture": "custom_cnn", "conv_channels": [4, 8]}})
@@ -41,13 +41,12 @@ import torch
 import torch.nn as nn
 from PIL import Image
 
+from braintumor.bundle import ONNX_FILE, Bundle
 from braintumor.data.preprocessing import Preprocessing, resize_to_uint8_tensor
 from braintumor.errors import BrainTumorError, BundleError
-from braintumor.inference.bundle import Bundle
 from braintumor.inference.predictor import Predictor
 from braintumor.inference.tta import tta_views
 
-ONNX_FILE = "model.onnx"
 INPUT_NAME = "image"
 OUTPUT_NAME = "logits"
 # Largest allowed max |p_onnx - p_torch| over the parity samples (probabilities, after temperature).

@@ -5,7 +5,7 @@ Example:
     >>> from PIL import Image
     >>> from braintumor.config import Recipe
     >>> from braintumor.models import create_model, resolve_preprocessing
-    >>> from braintumor.inference.bundle import load_bundle, save_bundle
+    >>> from braintumor.bundle import load_bundle, save_bundle
     >>> recipe = Recipe.model_validate(
     ...     {"name": "tiny", "data": {"image_size": 32},
     ...      "model": {"architecture": "custom_cnn", "conv_channels": [4, 8]}})
@@ -21,19 +21,20 @@ Example:
 
 from __future__ import annotations
 
+import csv
+import json
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 
+from braintumor.bundle import Bundle
 from braintumor.data.images import SkippedFile, load_image_rgb
 from braintumor.data.preprocessing import eval_transform, resize_to_uint8_tensor
-from braintumor.errors import BrainTumorError, BundleError, ImageDecodeError
-from braintumor.inference.bundle import Bundle
+from braintumor.errors import BrainTumorError, ImageDecodeError
 from braintumor.inference.tta import tta_views
 
 # What a prediction below the bundle's confidence threshold (selective prediction) tells the user.
@@ -66,36 +67,6 @@ def expand_inputs(inputs: Iterable[Path | str]) -> list[Path]:
     return paths
 
 
-def read_refer_threshold(value: Any) -> float | None:
-    """A stored referral threshold as a float, whether a number or ``{"threshold": x}``; else ``None``.
-
-    Example:
-        >>> read_refer_threshold(0.8), read_refer_threshold({"threshold": 0.7}), read_refer_threshold("high")
-        (0.8, 0.7, None)
-    """
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    if isinstance(value, dict):
-        for key in ("threshold", "confidence", "value"):
-            if isinstance(value.get(key), int | float) and not isinstance(value.get(key), bool):
-                return float(value[key])
-    return None
-
-
-def _positive_extra(bundle: Bundle, key: str) -> float | None:
-    """``extras[key]`` as a positive finite float, ``None`` when absent; a clear error when unusable."""
-    value = (bundle.config.get("extras") or {}).get(key)
-    if value is None:
-        return None
-    try:
-        number = float(read_refer_threshold(value) if key == "refer_threshold" and isinstance(value, dict) else value)
-    except (TypeError, ValueError):
-        raise BundleError(f"{bundle.path}: extras.{key} must be a number, got {value!r}") from None
-    if not np.isfinite(number) or number <= 0:
-        raise BundleError(f"{bundle.path}: extras.{key} must be a positive number, got {value!r}")
-    return number
-
-
 def probabilities_from_logits(logits: np.ndarray | torch.Tensor, temperature: float = 1.0) -> np.ndarray:
     """``softmax(logits / temperature)`` in float32, the one place every predictor turns logits into probabilities.
 
@@ -124,8 +95,8 @@ class Predictor:
         self.batch_size = batch_size
         self.tta = tta
         self.transform = eval_transform(bundle.preprocessing)
-        self.temperature = _positive_extra(bundle, "temperature") or 1.0
-        self.refer_threshold = _positive_extra(bundle, "refer_threshold")
+        self.temperature = bundle.config.extras.temperature or 1.0
+        self.refer_threshold = bundle.config.extras.refer_threshold
 
     @property
     def class_names(self) -> list[str]:
@@ -187,3 +158,28 @@ class Predictor:
             for source, row in zip(sources, self.predict_images(images), strict=True):
                 predictions.append(self.to_prediction(source, row))
         return predictions, skipped
+
+
+def write_predictions_json(
+    path: Path, bundle: Path, predictor: Predictor, predictions: Sequence[Prediction], skipped: Sequence[SkippedFile]
+) -> None:
+    """``predict --json``: the bundle, its referral threshold, every prediction and every skipped file."""
+    payload = {
+        "bundle": str(bundle),
+        "refer_threshold": predictor.refer_threshold,
+        "predictions": [asdict(p) for p in predictions],
+        "skipped": [asdict(s) for s in skipped],
+    }
+    path.write_text(json.dumps(payload, indent=2), encoding="utf-8")
+
+
+def write_predictions_csv(path: Path, predictor: Predictor, predictions: Sequence[Prediction]) -> None:
+    """``predict --csv``: one row per image, a probability column per class (and ``referred`` when calibrated)."""
+    with_referral = predictor.refer_threshold is not None
+    names = predictor.class_names
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "class", "confidence", *[f"p_{n}" for n in names]] + (["referred"] * with_referral))
+        for p in predictions:
+            row = [p.source, p.class_name, f"{p.confidence:.6f}", *[f"{p.probabilities[n]:.6f}" for n in names]]
+            writer.writerow(row + ([int(bool(p.referred))] if with_referral else []))

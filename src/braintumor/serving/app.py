@@ -11,7 +11,7 @@ Example:
     >>> from fastapi.testclient import TestClient
     >>> from braintumor.config import Recipe
     >>> from braintumor.models import create_model, resolve_preprocessing
-    >>> from braintumor.inference.bundle import save_bundle
+    >>> from braintumor.bundle import save_bundle
     >>> recipe = Recipe.model_validate(
     ...     {"name": "tiny", "data": {"image_size": 32},
     ...      "model": {"architecture": "custom_cnn", "conv_channels": [4, 8]}})
@@ -45,8 +45,9 @@ from fastapi.security import APIKeyHeader
 from PIL import Image
 from pydantic import BaseModel, Field
 
+from braintumor.bundle import WEIGHTS_FILE, Bundle, load_bundle
+from braintumor.config import Recipe
 from braintumor.errors import BrainTumorError
-from braintumor.inference.bundle import WEIGHTS_FILE, Bundle, load_bundle
 from braintumor.inference.onnx_export import OnnxPredictor, make_predictor
 from braintumor.serving.settings import BUNDLE_ENV, ServeSettings
 from braintumor.serving.uploads import (
@@ -168,11 +169,12 @@ def _gradcam_function() -> tuple[Callable[..., tuple[Image.Image, str]] | None, 
     return function, ""
 
 
-def _public_recipe(recipe: Any) -> Any:
+def _public_recipe(recipe: Recipe) -> dict[str, Any]:
     """The recipe without the server's file paths (a local weights file is named, not located)."""
-    if not isinstance(recipe, dict) or not isinstance(recipe.get("model"), dict) or not recipe["model"].get("weights"):
-        return recipe
-    return {**recipe, "model": {**recipe["model"], "weights": Path(str(recipe["model"]["weights"])).name}}
+    public = recipe.model_dump(mode="json")
+    if public["model"].get("weights"):
+        public["model"]["weights"] = Path(str(public["model"]["weights"])).name
+    return public
 
 
 class ModelService:
@@ -187,8 +189,7 @@ class ModelService:
         backend = "onnxruntime" if isinstance(self.predictor, OnnxPredictor) else "pytorch"
         self.ref = ModelRef(name=self.bundle.name, version=weights_version(self.bundle.path), backend=backend)
         # The predictor reads and checks the bundle's calibration (temperature, refer threshold).
-        extras = self.bundle.config.get("extras") or {}
-        self.temperature = self.predictor.temperature if extras.get("temperature") is not None else None
+        self.temperature = self.predictor.temperature if self.bundle.config.extras.temperature is not None else None
         self.refer_threshold = self.predictor.refer_threshold
         # One PyTorch model serves Grad-CAM (hooks, gradients) and, without ONNX, predictions:
         # concurrent use would mix one request's activations into another's explanation.
@@ -223,19 +224,19 @@ class ModelService:
 
     def model_card(self) -> dict[str, Any]:
         config = self.bundle.config
-        training = config.get("training") or {}
+        training = config.training
         return {
             "model": self.ref.model_dump(),
             "class_names": self.bundle.class_names,
-            "recipe": _public_recipe(config.get("recipe")),
-            "preprocessing": config.get("preprocessing"),
+            "recipe": _public_recipe(config.recipe),
+            "preprocessing": config.preprocessing.model_dump(mode="json"),
             # Validation-split numbers only: the official Testing split is for reports, never for the model.
-            "metrics": {"validation": training.get("val_metrics")},
-            "training": {key: training.get(key) for key in ("n_train", "n_val", "epochs_run", "best_epoch")},
+            "metrics": {"validation": training.val_metrics or None},
+            "training": training.model_dump(include={"n_train", "n_val", "epochs_run", "best_epoch"}),
             "temperature": self.temperature,
             "refer_threshold": self.refer_threshold,
-            "created_utc": config.get("created_utc"),
-            "versions": config.get("versions"),
+            "created_utc": config.created_utc,
+            "versions": config.versions,
             "explain_available": self.gradcam is not None,
             "disclaimer": DISCLAIMER,
         }

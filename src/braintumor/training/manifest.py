@@ -18,8 +18,8 @@ from typing import Any
 
 import torch
 
+from braintumor.bundle import library_versions
 from braintumor.config import Recipe
-from braintumor.inference.bundle import library_versions
 
 
 def data_manifest_hash(entries: Iterable[tuple[str, str]]) -> str:

@@ -29,6 +29,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 
+from braintumor.bundle import save_bundle
 from braintumor.config import Recipe
 from braintumor.data.dataset import (
     ImageSet,
@@ -43,7 +44,7 @@ from braintumor.data.preprocessing import Preprocessing, eval_transform, train_t
 from braintumor.errors import BrainTumorError
 from braintumor.evaluation.metrics import classification_metrics
 from braintumor.evaluation.plots import plot_training_curves
-from braintumor.inference.bundle import save_bundle, write_json_atomic
+from braintumor.io import write_json_atomic
 from braintumor.layout_constants import CLASS_NAMES
 from braintumor.models import create_model, resolve_preprocessing
 from braintumor.models.network import BrainTumorNet

@@ -7,14 +7,7 @@ from pathlib import Path
 
 import typer
 
-from braintumor.errors import BrainTumorError
-
-
-def _fail(message: str) -> None:
-    from braintumor.display import console
-
-    console.print(f"[bold red]error:[/] {message}", highlight=False)
-    raise typer.Exit(code=2)
+from braintumor.cli.common import fail, stage_errors
 
 
 def export_command(
@@ -25,17 +18,13 @@ def export_command(
 ) -> None:
     """Export a bundle's network to ONNX and check its probabilities against PyTorch."""
     if not onnx:
-        _fail("nothing to export: pass --onnx")
-    from braintumor.display import console
-    from braintumor.inference.bundle import load_bundle
+        fail("nothing to export: pass --onnx")
+    from braintumor.bundle import load_bundle
+    from braintumor.cli.display import console
     from braintumor.inference.onnx_export import PARITY_TOLERANCE, export_onnx
 
-    try:
-        with console.status(f"exporting {bundle} to ONNX"):
-            result = export_onnx(load_bundle(bundle), out=out, opset=opset)
-    except BrainTumorError as error:
-        _fail(str(error))
-        return
+    with stage_errors(), console.status(f"exporting {bundle} to ONNX"):
+        result = export_onnx(load_bundle(bundle), out=out, opset=opset)
     console.print(
         f"parity: max |p_onnx - p_torch| = {result.max_abs_diff:.2e} over {result.samples} images "
         f"(limit {PARITY_TOLERANCE:.0e}): [green]ok[/]",
@@ -70,7 +59,7 @@ def serve_command(
 
     if workers > 1:
         concurrency = concurrency or max(1, (os.cpu_count() or 1) // workers)
-    try:
+    with stage_errors():
         settings = ServeSettings.from_env(
             max_upload_bytes=int(max_upload_mb * 1024 * 1024),
             max_pixels=max_pixels,
@@ -83,12 +72,9 @@ def serve_command(
 
             app = create_app(bundle, settings)
         else:
-            from braintumor.inference.bundle import read_bundle_config
+            from braintumor.bundle import read_bundle_config
 
             read_bundle_config(bundle)  # fail here, once, rather than in every worker
-    except BrainTumorError as error:
-        _fail(str(error))
-        return
     if workers == 1:
         uvicorn.run(app, host=host, port=port, log_level=log_level)
         return

@@ -1,10 +1,13 @@
-"""The ``braintumor audit`` command (registered in ``braintumor.cli``); heavy imports happen when it runs."""
+"""``braintumor audit``: duplicates, leakage and label conflicts of a data root, printed and written to files."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import typer
+
+from braintumor.audit.constants import DEFAULT_CANDIDATES, DEFAULT_NEAR_THRESHOLD
+from braintumor.cli.common import QuietOption, data_root, stage_errors, warn
 
 
 def audit_command(
@@ -15,27 +18,28 @@ def audit_command(
         None, "--out", "-o", help="Audit folder (default: audits/<data root name>, where evaluate looks for it)."
     ),
     threshold: float | None = typer.Option(
-        None, "--threshold", help="Aligned detail NCC from which a pair is a near copy (default 0.86, docs/audit.md)."
+        None,
+        "--threshold",
+        help=f"Aligned detail NCC from which a pair is a near copy (default {DEFAULT_NEAR_THRESHOLD}, docs/audit.md).",
     ),
     candidates: int | None = typer.Option(
-        None, "--candidates", min=1, help="Most similar Training images checked per image (default 3)."
+        None,
+        "--candidates",
+        min=1,
+        help=f"Most similar Training images checked per image (default {DEFAULT_CANDIDATES}).",
     ),
     near: bool = typer.Option(True, "--near/--exact-only", help="Search near copies, or only byte-identical ones."),
     report: bool = typer.Option(True, "--report/--no-report", help="Write audit.html with example pairs."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+    quiet: bool = QuietOption,
 ) -> None:
     """Duplicates, train/test leakage, label conflicts and unreadable files; writes audit.json, a clean
     test manifest and audit.html."""
-    from braintumor.cli import _data_root, _fail
-    from braintumor.data.audit import DEFAULT_CANDIDATES, DEFAULT_NEAR_THRESHOLD, run_audit
-    from braintumor.data.audit_report import summary_table
-    from braintumor.display import console
-    from braintumor.errors import BrainTumorError
+    from braintumor.audit.scan import run_audit
+    from braintumor.cli.display import audit_table, console
 
-    data_root = root if root is not None else _data_root(None)
-    try:
+    with stage_errors():
         result = run_audit(
-            data_root,
+            data_root(root),
             out,
             near_threshold=DEFAULT_NEAR_THRESHOLD if threshold is None else threshold,
             candidates=DEFAULT_CANDIDATES if candidates is None else candidates,
@@ -44,14 +48,11 @@ def audit_command(
             show_progress=not quiet,
             console_log=console.print,
         )
-    except BrainTumorError as error:
-        _fail(str(error))
-        return
-    console.print(summary_table(result.audit))
+    console.print(audit_table(result.audit))
     for warning in result.audit["size_by_class"]["warnings"]:
-        console.print(f"[yellow]warning[/] {warning}", highlight=False)
+        warn("warning", warning)
     for item in result.audit["undecodable"]:
-        console.print(f"[yellow]undecodable[/] {item['path']}: {item['reason']}", highlight=False)
+        warn("undecodable", f"{item['path']}: {item['reason']}")
     for name, path in sorted(result.outputs.items()):
         console.print(f"{name}: {path}", highlight=False)
     console.print(f"audit took {result.audit['timing']['total_s']:.1f} s")

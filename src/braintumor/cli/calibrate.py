@@ -1,10 +1,13 @@
-"""The ``braintumor calibrate`` command (registered in ``braintumor.cli``); heavy imports happen when it runs."""
+"""``braintumor calibrate``: temperature scaling and a referral threshold fitted on the validation split."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import typer
+
+from braintumor.cli.common import QuietOption, TtaOption, data_root_or_none, stage_errors
+from braintumor.evaluation.defaults import DEFAULT_TARGET_COVERAGE
 
 
 def calibrate_command(
@@ -17,30 +20,25 @@ def calibrate_command(
         show_default=False,
     ),
     target_coverage: float = typer.Option(
-        0.9, "--target-coverage", help="Share of validation images to answer; the rest are referred (0-1]."
+        DEFAULT_TARGET_COVERAGE,
+        "--target-coverage",
+        help="Share of validation images to answer; the rest are referred (0-1].",
     ),
     out: Path | None = typer.Option(
         None, "--out", "-o", help="Folder for the plots (default: <bundle>/../calibration)."
     ),
-    tta: bool = typer.Option(False, "--tta", help="Calibrate the test-time-augmented predictions (use with --tta)."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+    tta: bool = TtaOption,
+    quiet: bool = QuietOption,
 ) -> None:
     """Fit temperature scaling and a referral threshold on the bundle's validation split (never Testing)."""
-    import os
-
     from rich.table import Table
 
-    from braintumor.cli import DATA_ENV, _fail
-    from braintumor.display import console
-    from braintumor.errors import BrainTumorError
+    from braintumor.cli.display import console
     from braintumor.evaluation.calibrate import calibrate_bundle, summary_rows
 
-    root = data or (Path(os.environ[DATA_ENV]) if os.environ.get(DATA_ENV) else None)
-    try:
+    root = data_root_or_none(data)
+    with stage_errors():
         result = calibrate_bundle(bundle, root, out, target_coverage=target_coverage, tta=tta, show_progress=not quiet)
-    except BrainTumorError as error:
-        _fail(str(error))
-        return
     record = result.record
     table = Table(title=f"Calibration on the validation split ({record['n_images']} images)")
     for column in ("score", "before", "after"):

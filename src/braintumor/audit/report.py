@@ -7,7 +7,7 @@ closest pairs the audit did *not* call copies, so a reader can judge the thresho
 Example:
     >>> import tempfile
     >>> from pathlib import Path
-    >>> from braintumor.data.audit import run_audit
+    >>> from braintumor.audit.scan import run_audit
     >>> from braintumor.data.synthetic import make_synthetic_dataset
     >>> root = make_synthetic_dataset(tempfile.mkdtemp(), per_class=2, size=32)
     >>> result = run_audit(root, tempfile.mkdtemp(), show_progress=False)
@@ -323,7 +323,7 @@ def _lists_section(audit: dict[str, Any]) -> str:
 
 def write_audit_report(audit: dict[str, Any], root: Path, out_dir: Path) -> dict[str, Path]:
     """Write ``audit.html`` and ``near_duplicate_scores.png`` into ``out_dir``; returns name -> path."""
-    from braintumor.data.audit import REPORT_FILE, SCORES_PLOT_FILE
+    from braintumor.audit.constants import REPORT_FILE, SCORES_PLOT_FILE
 
     outputs: dict[str, Path] = {}
     settings = audit["settings"]
@@ -355,54 +355,3 @@ def write_audit_report(audit: dict[str, Any], root: Path, out_dir: Path) -> dict
     report.write_text("".join(parts), encoding="utf-8")
     outputs[REPORT_FILE] = report
     return outputs
-
-
-def summary_table(audit: dict[str, Any]) -> Any:
-    """A rich table of the audit's headline numbers, for the terminal."""
-    from rich.table import Table
-
-    table = Table(title=f"Data audit of {audit['data_root']}")
-    table.add_column("")
-    table.add_column("files", justify="right")
-    table.add_column("undecodable", justify="right")
-    table.add_column("redundant exact copies inside", justify="right")
-    table.add_column("exact copy in Training", justify="right")
-    table.add_column("near copy in Training", justify="right")
-    table.add_column("clean", justify="right")
-    for name, split in audit["splits"].items():
-        leak = audit["leakage"].get(name)
-        searched = bool(leak and leak["near_search"])
-        near = (str(leak["near_copy"]) if searched else "not searched") if leak else ""
-        clean = (str(leak["clean"]) if searched else "not searched") if leak else ""
-        table.add_row(
-            name,
-            str(split["files"]),
-            str(split["undecodable"]),
-            str(split["redundant_exact_copies"]),
-            str(leak["exact_copy"]) if leak else "",
-            near,
-            clean,
-        )
-    for name, leak in audit["leakage"].items():
-        for class_name, counts in leak["by_class"].items():
-            table.add_row(
-                f"  {name} {class_name}",
-                str(sum(counts.values())),
-                str(counts["undecodable"]),
-                "",
-                str(counts["exact_copy"]),
-                str(counts["near_copy"]) if leak["near_search"] else "",
-                str(counts["clean"]) if leak["near_search"] else "",
-            )
-    exact = audit["exact_duplicates"]
-    table.caption = (
-        f"{exact['cross_split_groups']} byte-identical groups span splits; "
-        f"{len(audit['near_duplicates']['pairs'])} near-copy pairs; "
-        f"{len(audit['label_conflicts'])} label conflicts"
-        + (
-            f"; training drops {audit['training_drop']['removed_copies']} exact copies inside Training"
-            if audit.get("training_drop")
-            else ""
-        )
-    )
-    return table

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
@@ -45,10 +44,24 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from braintumor.data.dataset import file_digest
-from braintumor.data.images import decode_image_bytes, is_dicom, read_file_bytes
-from braintumor.data.layout import _SPLIT_ALIASES, Sample, discover_split, find_split_dir
-from braintumor.data.near_duplicates import (
+from braintumor.audit.constants import (
+    AUDIT_FILE,
+    AUDIT_FORMAT,
+    AUDIT_VERSION,
+    CANDIDATE_FLOOR,
+    CHECK_CHUNK,
+    DEFAULT_AUDIT_ROOT,
+    DEFAULT_CANDIDATES,
+    DEFAULT_NEAR_THRESHOLD,
+    QUERY_SPLITS,
+    REFERENCE_SPLIT,
+    STATUS_CLEAN,
+    STATUS_EXACT,
+    STATUS_NEAR,
+    STATUS_NO_EXACT,
+    STATUS_UNDECODABLE,
+)
+from braintumor.audit.near_duplicates import (
     DETAIL_SIZE,
     THUMBNAIL_SIZE,
     PairCheck,
@@ -57,32 +70,13 @@ from braintumor.data.near_duplicates import (
     nearest_candidates,
     normalise_thumbnails,
 )
+from braintumor.data.dataset import file_digest
+from braintumor.data.images import decode_image_bytes, is_dicom, read_file_bytes
+from braintumor.data.layout import _SPLIT_ALIASES, Sample, discover_split, find_split_dir
 from braintumor.errors import BrainTumorError, DatasetLayoutError, ImageDecodeError
+from braintumor.io import write_json_atomic
 from braintumor.layout_constants import CLASS_NAMES
 from braintumor.progress import progress_bar
-
-AUDIT_FORMAT = "braintumor-audit"
-AUDIT_VERSION = 1
-AUDIT_FILE = "audit.json"
-REPORT_FILE = "audit.html"
-SCORES_PLOT_FILE = "near_duplicate_scores.png"
-DEFAULT_AUDIT_ROOT = Path("audits")
-REFERENCE_SPLIT = "Training"
-QUERY_SPLITS = ("Validation", "Testing")
-# Aligned fine-detail NCC at or above this marks a near copy. On the Sartaj data copies score >= 0.927
-# and the closest different images (neighbouring slices of one scan) <= 0.851; docs/audit.md shows both sides.
-DEFAULT_NEAR_THRESHOLD = 0.89
-DEFAULT_CANDIDATES = 3
-# Candidates under this whole-image NCC are not checked: the lowest-scoring real copy was 0.71.
-CANDIDATE_FLOOR = 0.5
-CHECK_CHUNK = 4096
-
-STATUS_CLEAN = "clean"
-STATUS_EXACT = "exact_copy"
-STATUS_NEAR = "near_copy"
-STATUS_UNDECODABLE = "undecodable"
-# --exact-only: no byte-identical Training copy, but near copies were not searched, so not "clean".
-STATUS_NO_EXACT = "no_exact_copy"
 
 
 class AuditError(BrainTumorError):
@@ -686,19 +680,12 @@ def write_audit(audit: dict[str, Any], out_dir: Path, report_root: Path | None =
         path.write_text("".join(f"{p}\n" for p in clean), encoding="utf-8")
         outputs[summary["manifest"]] = path
     if report_root is not None:
-        from braintumor.data.audit_report import write_audit_report
+        from braintumor.audit.report import write_audit_report
 
         outputs.update(write_audit_report(audit, report_root, out_dir))
-    _write_json(out_dir / AUDIT_FILE, audit)
+    write_json_atomic(out_dir / AUDIT_FILE, audit)
     outputs[AUDIT_FILE] = out_dir / AUDIT_FILE
     return outputs
-
-
-def _write_json(path: Path, payload: Any) -> None:
-    # Temporary file + rename: an interrupted run never leaves a half-written audit that evaluate would trust.
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(json.dumps(payload, indent=1), encoding="utf-8")
-    os.replace(temporary, path)
 
 
 # ---------------------------------------------------------------------------------- using it: evaluate
@@ -803,61 +790,3 @@ def clean_subset(
         exact += status == STATUS_EXACT
         near += status == STATUS_NEAR
     return CleanSubset(np.asarray(keep, dtype=np.int64), audit_path, exact, near, np.asarray(dropped, dtype=np.int64))
-
-
-def deduplicated_metrics(
-    data_root: Path | str,
-    split: str,
-    paths: Sequence[Path],
-    digests: Sequence[str],
-    labels: np.ndarray,
-    probabilities: np.ndarray,
-    class_names: list[str],
-    audit: Path | str | None = None,
-    *,
-    n_bootstrap: int = 1000,
-) -> tuple[dict[str, Any] | None, str | None]:
-    """Metrics on the audit's clean subset of an evaluated split, or ``(None, why not)``.
-
-    With ``audit`` given, a missing or stale audit is an :class:`AuditError`; without it, the default
-    audit is used when present and a stale one is reported in the note instead of failing evaluate.
-    Training has no clean subset (it is the reference): ``(None, None)``.
-    """
-    from braintumor.evaluation.metrics import bootstrap_confidence_intervals, classification_metrics
-
-    split = canonical_split(split)
-    if split == REFERENCE_SPLIT:
-        return None, None
-    path = find_audit_file(data_root, audit)
-    if path is None:
-        return None, (
-            f"no data audit at {default_audit_dir(data_root) / AUDIT_FILE}: run `braintumor audit "
-            f"{data_root}` to also report the deduplicated {split} split"
-        )
-    try:
-        subset = clean_subset(path, data_root, split, paths, digests)
-    except AuditError as error:
-        if audit is not None:
-            raise
-        return None, f"deduplicated metrics skipped: {error}"
-    if len(subset.indices) == 0:
-        return None, f"the audit {path} leaves no clean image in {split}"
-    clean_labels, clean_probabilities = labels[subset.indices], probabilities[subset.indices]
-    metrics = classification_metrics(clean_labels, clean_probabilities, class_names)
-    if n_bootstrap > 0:
-        # A few hundred clean images give wide intervals: report them with the point values.
-        metrics["confidence_intervals"] = bootstrap_confidence_intervals(
-            clean_labels,
-            clean_probabilities.argmax(axis=1),
-            len(class_names),
-            n_resamples=n_bootstrap,
-            class_names=class_names,
-        )
-    metrics.update(
-        audit=str(path.resolve()),
-        excluded_exact_copies=subset.excluded_exact,
-        excluded_near_copies=subset.excluded_near,
-        official_n_images=len(paths),
-        excluded_paths=[str(paths[i]) for i in subset.excluded],
-    )
-    return metrics, None

@@ -20,11 +20,10 @@ Example:
 from __future__ import annotations
 
 import json
-import os
 import platform
 import shutil
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -34,18 +33,25 @@ from pydantic import ValidationError
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from braintumor.bundle.schema import (
+    BUNDLE_FORMAT,
+    BUNDLE_VERSION,
+    CONFIG_FILE,
+    WEIGHTS_FILE,
+    BundleConfig,
+    BundleExtras,
+    EnsembleSpec,
+    TrainingRecord,
+)
 from braintumor.config import Recipe
 from braintumor.data.preprocessing import Preprocessing
 from braintumor.errors import BundleError
+from braintumor.io import write_json_atomic
 from braintumor.layout_constants import CLASS_NAMES
 from braintumor.models import create_model
 from braintumor.models.ensemble import EnsembleNet
 from braintumor.models.network import BrainTumorNet
 
-BUNDLE_FORMAT = "braintumor-bundle"
-BUNDLE_VERSION = 1
-WEIGHTS_FILE = "model.safetensors"
-CONFIG_FILE = "config.json"
 _VERSIONED_LIBRARIES = ("braintumor", "torch", "torchvision", "timm", "lightning", "numpy", "pillow")
 
 
@@ -66,26 +72,23 @@ class Bundle:
 
     path: Path
     model: BrainTumorNet | EnsembleNet
-    recipe: Recipe
-    preprocessing: Preprocessing
-    class_names: list[str]
-    config: dict[str, Any] = field(default_factory=dict)
+    config: BundleConfig
 
     @property
     def name(self) -> str:
-        return self.recipe.name
+        return self.config.recipe.name
 
+    @property
+    def recipe(self) -> Recipe:
+        return self.config.recipe
 
-def write_json_atomic(path: Path, payload: Any) -> None:
-    """Write JSON to a temporary file in the same folder, then rename it over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False, encoding="utf-8") as f:
-        json.dump(payload, f, indent=2, default=str)
-        f.flush()
-        os.fsync(f.fileno())
-        temporary = Path(f.name)
-    temporary.replace(path)
+    @property
+    def preprocessing(self) -> Preprocessing:
+        return self.config.preprocessing
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.config.class_names
 
 
 def save_bundle(
@@ -94,39 +97,43 @@ def save_bundle(
     recipe: Recipe,
     preprocessing: Preprocessing,
     *,
-    training: dict[str, Any] | None = None,
-    extras: dict[str, Any] | None = None,
+    training: TrainingRecord | dict[str, Any] | None = None,
+    extras: BundleExtras | dict[str, Any] | None = None,
     manifest: dict[str, Any] | None = None,
-    ensemble: dict[str, Any] | None = None,
+    ensemble: EnsembleSpec | dict[str, Any] | None = None,
 ) -> Path:
     """Write a bundle atomically and return its folder. An existing bundle there is replaced whole.
 
-    For an :class:`EnsembleNet`, ``ensemble`` lists its members (``{"members": [{"recipe": ...}, ...],
+    For an :class:`EnsembleNet`, ``ensemble`` lists its members (``{"members": [{"name": ..., "recipe": ...}],
     "weights": [...]}``) so that :func:`load_bundle` can rebuild them; ``recipe`` is then the first member's.
     """
     if isinstance(model, EnsembleNet) != (ensemble is not None):
         raise ValueError("pass ensemble= exactly when saving an EnsembleNet")
-    folder = Path(folder)
+    config = BundleConfig.model_validate(
+        {
+            "name": recipe.name,
+            "class_names": list(CLASS_NAMES),
+            "preprocessing": preprocessing,
+            "recipe": recipe,
+            "training": training or {},
+            "extras": extras or {},
+            "manifest": manifest or {},
+            "ensemble": ensemble,
+            "versions": library_versions(),
+            "created_utc": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
+    )
+    state = {key: tensor.detach().cpu().contiguous() for key, tensor in model.state_dict().items()}
+    return _write_bundle_folder(Path(folder), state, config)
+
+
+def _write_bundle_folder(folder: Path, state: dict[str, Any], config: BundleConfig) -> Path:
+    # Written into a temporary sibling and renamed into place: a crash never leaves a half bundle that loads.
     folder.parent.mkdir(parents=True, exist_ok=True)
-    config = {
-        "format": BUNDLE_FORMAT,
-        "format_version": BUNDLE_VERSION,
-        "name": recipe.name,
-        "class_names": list(CLASS_NAMES),
-        "preprocessing": preprocessing.model_dump(mode="json"),
-        "recipe": recipe.model_dump(mode="json"),
-        "training": training or {},
-        "extras": extras or {},
-        "manifest": manifest or {},
-        **({"ensemble": ensemble} if ensemble is not None else {}),
-        "versions": library_versions(),
-        "created_utc": datetime.now(UTC).isoformat(timespec="seconds"),
-    }
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
-        state = {key: tensor.detach().cpu().contiguous() for key, tensor in model.state_dict().items()}
         save_file(state, str(staging / WEIGHTS_FILE), metadata={"format": BUNDLE_FORMAT})
-        write_json_atomic(staging / CONFIG_FILE, config)
+        write_json_atomic(staging / CONFIG_FILE, config.to_json_dict())
         if folder.exists():
             previous = folder.with_name(f".{folder.name}.old")
             shutil.rmtree(previous, ignore_errors=True)
@@ -141,7 +148,16 @@ def save_bundle(
     return folder
 
 
-def read_bundle_config(folder: Path | str) -> dict[str, Any]:
+def write_bundle_config(folder: Path | str, config: BundleConfig) -> None:
+    """Replace a bundle's ``config.json`` atomically (calibration and later fitted state); weights are untouched."""
+    write_json_atomic(Path(folder) / CONFIG_FILE, config.to_json_dict())
+
+
+def _format_errors(error: ValidationError) -> str:
+    return "; ".join(f"{'.'.join(map(str, e['loc'])) or '(top level)'}: {e['msg']}" for e in error.errors()[:5])
+
+
+def read_bundle_config(folder: Path | str) -> BundleConfig:
     """Read and check a bundle's ``config.json`` without building the model."""
     folder = Path(folder)
     config_path = folder / CONFIG_FILE
@@ -150,48 +166,37 @@ def read_bundle_config(folder: Path | str) -> dict[str, Any]:
     if not config_path.is_file() or not (folder / WEIGHTS_FILE).is_file():
         raise BundleError(f"{folder} is not a model bundle: it needs {CONFIG_FILE} and {WEIGHTS_FILE}")
     try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
+        raw = json.loads(config_path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise BundleError(f"{config_path} is not valid JSON: {error}") from None
-    if not isinstance(config, dict) or config.get("format") != BUNDLE_FORMAT:
+    if not isinstance(raw, dict) or raw.get("format") != BUNDLE_FORMAT:
         raise BundleError(f"{config_path} is not a {BUNDLE_FORMAT} config")
-    if config.get("format_version", 0) > BUNDLE_VERSION:
-        raise BundleError(
-            f"{folder} was written by a newer braintumor (bundle format {config['format_version']}); upgrade"
-        )
-    return config
-
-
-def _build_network(
-    config: dict[str, Any], recipe: Recipe, num_classes: int, folder: Path
-) -> BrainTumorNet | EnsembleNet:
-    ensemble = config.get("ensemble")
-    if ensemble is None:
-        return create_model(recipe, load_pretrained=False, num_classes=num_classes)
+    version = raw.get("format_version", 0)
+    if isinstance(version, int) and version > BUNDLE_VERSION:
+        raise BundleError(f"{folder} was written by a newer braintumor (bundle format {version}); upgrade")
     try:
-        recipes = [Recipe.model_validate(member["recipe"]) for member in ensemble["members"]]
-        weights = [float(w) for w in ensemble.get("weights") or [1.0] * len(recipes)]
-        members = [create_model(member, load_pretrained=False, num_classes=num_classes) for member in recipes]
-        return EnsembleNet(members, weights)
-    except (KeyError, TypeError, ValueError, ValidationError) as error:
-        raise BundleError(f"{folder / CONFIG_FILE} has an invalid ensemble section: {error}") from None
+        return BundleConfig.model_validate(raw)
+    except ValidationError as error:
+        raise BundleError(f"{config_path} is incomplete or invalid: {_format_errors(error)}") from None
+
+
+def _build_network(config: BundleConfig) -> BrainTumorNet | EnsembleNet:
+    num_classes = len(config.class_names)
+    if config.ensemble is None:
+        return create_model(config.recipe, load_pretrained=False, num_classes=num_classes)
+    members = [create_model(m.recipe, load_pretrained=False, num_classes=num_classes) for m in config.ensemble.members]
+    return EnsembleNet(members, config.ensemble.member_weights())
 
 
 def load_bundle(folder: Path | str) -> Bundle:
     """Rebuild the network from the recipe and load its safetensors weights (strict)."""
     folder = Path(folder)
     config = read_bundle_config(folder)
-    try:
-        recipe = Recipe.model_validate(config["recipe"])
-        preprocessing = Preprocessing.model_validate(config["preprocessing"])
-        class_names = [str(name) for name in config["class_names"]]
-    except (KeyError, ValidationError) as error:
-        raise BundleError(f"{folder / CONFIG_FILE} is incomplete or invalid: {error}") from None
-    model = _build_network(config, recipe, len(class_names), folder)
+    model = _build_network(config)
     try:
         state = load_file(str(folder / WEIGHTS_FILE))
         model.load_state_dict(state, strict=True)
     except (SafetensorError, RuntimeError, OSError) as error:
         raise BundleError(f"{folder / WEIGHTS_FILE} does not match the bundle's recipe: {error}") from None
     model.eval()
-    return Bundle(folder, model, recipe, preprocessing, class_names, config)
+    return Bundle(folder, model, config)

@@ -1,10 +1,12 @@
-"""The ``braintumor explain`` command (registered in ``braintumor.cli``); heavy imports happen when it runs."""
+"""``braintumor explain``: Grad-CAM, Grad-CAM++ and SHAP figures for images, and the sanity checks."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import typer
+
+from braintumor.cli.common import QuietOption, fail, stage_errors, warn
 
 
 def explain_command(
@@ -28,17 +30,15 @@ def explain_command(
         False, "--sanity", help="Also run the model randomisation test and the deletion curve on these images."
     ),
     sanity_images: int = typer.Option(16, "--sanity-images", min=1, help="Images used by --sanity (the first N)."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+    quiet: bool = QuietOption,
 ) -> None:
     """Grad-CAM, Grad-CAM++ and SHAP heat maps over each image, as PNG beside the original."""
     from rich.table import Table
 
-    from braintumor.cli import _fail
-    from braintumor.display import console
-    from braintumor.errors import BrainTumorError
+    from braintumor.cli.display import console
     from braintumor.explain.run import explain_paths, parse_methods, summarise_sanity
 
-    try:
+    with stage_errors():
         run = explain_paths(
             bundle,
             inputs,
@@ -52,13 +52,10 @@ def explain_command(
             sanity_images=sanity_images,
             show_progress=not quiet,
         )
-    except BrainTumorError as error:
-        _fail(str(error))
-        return
     for note in run.notes:
-        console.print(f"[yellow]note[/] {note}", highlight=False)
+        warn("note", note)
     for item in run.skipped:
-        console.print(f"[yellow]skipped[/] {item.path}: {item.reason}", highlight=False)
+        warn("skipped", f"{item.path}: {item.reason}")
     table = Table(title=f"Explanations in {run.out_dir}")
     for column in ("image", "predicted", "confidence", "figure"):
         table.add_column(column, overflow="fold")
@@ -76,4 +73,4 @@ def explain_command(
             sanity_table.add_row(*row)
         console.print(sanity_table)
     if not run.images:
-        _fail("no image could be read")
+        fail("no image could be read")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from braintumor.errors import BrainTumorError
+from braintumor.cli.common import fail, stage_errors
 
 
 def ensemble_command(
@@ -18,17 +18,13 @@ def ensemble_command(
     name: str | None = typer.Option(None, "--name", help="The ensemble's name (default: members' names)."),
 ) -> None:
     """Combine trained bundles into one bundle whose probabilities are the members' average."""
-    from braintumor.display import console
+    from braintumor.cli.display import console
     from braintumor.inference.ensemble import combine_bundles
 
     try:
         parsed = [float(part) for part in weights.split(",")] if weights else None
     except ValueError:
-        console.print(f"[bold red]error:[/] --weights must be comma-separated numbers, got {weights!r}")
-        raise typer.Exit(code=2) from None
-    try:
+        fail(f"--weights must be comma-separated numbers, got {weights!r}")
+    with stage_errors():
         folder = combine_bundles(bundles, out, weights=parsed, name=name)
-    except (BrainTumorError, ValueError) as error:
-        console.print(f"[bold red]error:[/] {error}", highlight=False)
-        raise typer.Exit(code=2) from None
     console.print(f"wrote ensemble of {len(bundles)} bundles to {folder}")

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.table import Table
 
-from braintumor.inference.predictor import REFER_MESSAGE, Prediction
+if TYPE_CHECKING:
+    from braintumor.inference.predictor import Prediction
 
 console = Console()
 
@@ -36,6 +37,8 @@ def metrics_table(metrics: dict[str, Any], title: str) -> Table:
 
 
 def predictions_table(predictions: Sequence[Prediction], class_names: Sequence[str]) -> Table:
+    from braintumor.inference.predictor import REFER_MESSAGE
+
     # Bundles with a referral threshold (braintumor calibrate) say which answers a person must check.
     with_referral = any(prediction.referred is not None for prediction in predictions)
     table = Table(title="Predictions")
@@ -106,4 +109,53 @@ def runs_table(rows: Sequence[dict[str, Any]]) -> Table:
             number(row["test_accuracy"], True),
             number(row["test_macro_f1"]),
         )
+    return table
+
+
+def audit_table(audit: dict[str, Any]) -> Table:
+    """A rich table of the audit's headline numbers, for the terminal."""
+    table = Table(title=f"Data audit of {audit['data_root']}")
+    table.add_column("")
+    table.add_column("files", justify="right")
+    table.add_column("undecodable", justify="right")
+    table.add_column("redundant exact copies inside", justify="right")
+    table.add_column("exact copy in Training", justify="right")
+    table.add_column("near copy in Training", justify="right")
+    table.add_column("clean", justify="right")
+    for name, split in audit["splits"].items():
+        leak = audit["leakage"].get(name)
+        searched = bool(leak and leak["near_search"])
+        near = (str(leak["near_copy"]) if searched else "not searched") if leak else ""
+        clean = (str(leak["clean"]) if searched else "not searched") if leak else ""
+        table.add_row(
+            name,
+            str(split["files"]),
+            str(split["undecodable"]),
+            str(split["redundant_exact_copies"]),
+            str(leak["exact_copy"]) if leak else "",
+            near,
+            clean,
+        )
+    for name, leak in audit["leakage"].items():
+        for class_name, counts in leak["by_class"].items():
+            table.add_row(
+                f"  {name} {class_name}",
+                str(sum(counts.values())),
+                str(counts["undecodable"]),
+                "",
+                str(counts["exact_copy"]),
+                str(counts["near_copy"]) if leak["near_search"] else "",
+                str(counts["clean"]) if leak["near_search"] else "",
+            )
+    exact = audit["exact_duplicates"]
+    table.caption = (
+        f"{exact['cross_split_groups']} byte-identical groups span splits; "
+        f"{len(audit['near_duplicates']['pairs'])} near-copy pairs; "
+        f"{len(audit['label_conflicts'])} label conflicts"
+        + (
+            f"; training drops {audit['training_drop']['removed_copies']} exact copies inside Training"
+            if audit.get("training_drop")
+            else ""
+        )
+    )
     return table

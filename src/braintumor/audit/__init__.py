@@ -1,0 +1,1 @@
+"""Data audit stage: exact and near copies, train/test leakage, label conflicts, the source shortcut."""

@@ -1,0 +1,51 @@
+"""The ``braintumor`` command line: one module per command, each only parsing, calling and printing.
+
+Stage functions return data and raise :class:`~braintumor.errors.BrainTumorError`; the commands
+here turn those into one-line messages (:mod:`braintumor.cli.common`). Heavy imports (torch, the
+stages) happen inside the commands, so ``braintumor --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from braintumor.cli.audit import audit_command
+from braintumor.cli.calibrate import calibrate_command
+from braintumor.cli.ensemble import ensemble_command
+from braintumor.cli.evaluate import evaluate_command
+from braintumor.cli.explain import explain_command
+from braintumor.cli.predict import predict_command
+from braintumor.cli.recipes import recipes_command
+from braintumor.cli.serve import export_command, serve_command
+from braintumor.cli.train import runs_command, train_command
+
+app = typer.Typer(
+    name="braintumor",
+    help="Train, evaluate, explain and serve brain-tumour MRI classifiers.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+
+# The order here is the order of `braintumor --help`: the workflow from data to service.
+_COMMANDS = {
+    "recipes": recipes_command,
+    "audit": audit_command,
+    "train": train_command,
+    "runs": runs_command,
+    "evaluate": evaluate_command,
+    "calibrate": calibrate_command,
+    "predict": predict_command,
+    "explain": explain_command,
+    "ensemble": ensemble_command,
+    "export": export_command,
+    "serve": serve_command,
+}
+for _name, _command in _COMMANDS.items():
+    app.command(_name)(_command)
+
+
+def main() -> None:
+    app()
+
+
+__all__ = ["app", "main"]

@@ -1,0 +1,59 @@
+"""``braintumor evaluate``: metrics of a bundle on one split, printed as tables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from braintumor.cli.common import DataOption, QuietOption, TtaOption, data_root, stage_errors, warn
+
+
+def evaluate_command(
+    bundle: Path = typer.Argument(..., help="Model bundle folder."),
+    data: Path | None = DataOption,
+    split: str = typer.Option("Testing", "--split", help="Split folder to evaluate."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Output folder (default: <bundle>/../eval-<split>)."),
+    report: bool = typer.Option(False, "--report", help="Also write report.html (plots, Grad-CAM, model card)."),
+    tta: bool = TtaOption,
+    audit: Path | None = typer.Option(
+        None,
+        "--audit",
+        help="Data audit (audit.json or its folder) for the "
+        "deduplicated split (default: audits/<data root name>/ when present).",
+    ),
+    quiet: bool = QuietOption,
+) -> None:
+    """Accuracy, loss, per-class metrics, confusion matrix and per-image predictions on a split."""
+    from braintumor.cli.display import console, metrics_table, uncertainty_lines
+    from braintumor.evaluation.evaluate import evaluate_bundle
+
+    root = data_root(data)
+    out_dir = out or bundle.resolve().parent / f"eval-{split}"
+    with stage_errors():
+        result = evaluate_bundle(bundle, root, split, out_dir, show_progress=not quiet, tta=tta, audit=audit)
+    for skipped in result.skipped:
+        console.print(f"skipped {skipped.path}: {skipped.reason}")
+    recipe = result.metrics["recipe"]
+    sections = [(result.metrics, f"{recipe} on {split}")]
+    if result.deduplicated is not None:
+        dedup = result.deduplicated
+        sections.append(
+            (
+                dedup,
+                f"{recipe} on {split}, deduplicated: {dedup['n_images']} "
+                f"of {dedup['official_n_images']} images have no copy in Training",
+            )
+        )
+    for metrics, title in sections:
+        console.print(metrics_table(metrics, title))
+        for line in uncertainty_lines(metrics):
+            console.print(line, highlight=False)
+    if result.deduplicated is None and result.audit_note:
+        warn("note", result.audit_note)
+    console.print(f"evaluation files: {out_dir}")
+    if report:
+        from braintumor.evaluation.report import build_report
+
+        with stage_errors():
+            console.print(f"report: {build_report(result, bundle, show_progress=not quiet)}")

@@ -1,0 +1,167 @@
+"""The package's layering: no import cycles, and no stage importing a higher one.
+
+Imports are read with ``ast`` (module-level and inside functions, ``TYPE_CHECKING`` blocks included),
+so a cycle hidden behind a lazy import fails here too. The ranks are the README's "Development" map.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE_ROOT = Path(__file__).resolve().parents[1] / "src" / "braintumor"
+
+# Low to high; a module may import its own rank or lower ones. Same-rank imports must still be acyclic.
+STAGE_RANKS: dict[str, int] = {
+    "errors": 0,
+    "layout_constants": 0,
+    "progress": 0,
+    "io": 0,
+    "config": 1,
+    "configs": 1,
+    "data": 2,
+    "models": 3,
+    "bundle": 4,
+    "inference": 5,
+    "explain": 6,
+    "audit": 6,
+    "evaluation": 7,
+    "training": 8,
+    "serving": 9,
+    "cli": 10,
+}
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE_ROOT.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imported_modules(path: Path, known: set[str]) -> set[str]:
+    """Every ``braintumor`` module ``path`` imports, anywhere in the file (``from a import b`` may name module b)."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return {name for name in found if name in known}
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Module -> the braintumor modules it imports (itself excluded)."""
+    paths = {_module_name(path): path for path in PACKAGE_ROOT.rglob("*.py")}
+    known = set(paths)
+    return {name: _imported_modules(path, known) - {name} for name, path in paths.items()}
+
+
+def find_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan), each sorted.
+
+    Example:
+        >>> find_cycles({"a": {"b"}, "b": {"a"}, "c": {"a"}})
+        [['a', 'b']]
+    """
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    components: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for target in graph.get(node, ()):
+            if target not in index:
+                visit(target)
+                low[node] = min(low[node], low[target])
+            elif target in on_stack:
+                low[node] = min(low[node], index[target])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                components.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return sorted(components)
+
+
+def stage_of(module: str) -> str:
+    """``braintumor.data.images`` -> ``data``; the package itself is the top (it only re-exports constants)."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "braintumor"
+
+
+def test_every_stage_has_a_rank() -> None:
+    stages = {stage_of(name) for name in import_graph()} - {"braintumor"}
+    assert stages <= set(STAGE_RANKS), f"give these stages a rank in STAGE_RANKS: {sorted(stages - set(STAGE_RANKS))}"
+
+
+def test_no_import_cycles() -> None:
+    cycles = find_cycles(import_graph())
+    assert not cycles, "import cycles: " + "; ".join(" <-> ".join(cycle) for cycle in cycles)
+
+
+def test_no_stage_imports_a_higher_one() -> None:
+    upward = []
+    for module, targets in sorted(import_graph().items()):
+        if stage_of(module) == "braintumor":
+            continue
+        rank = STAGE_RANKS[stage_of(module)]
+        for target in sorted(targets):
+            target_stage = stage_of(target)
+            if target_stage != "braintumor" and STAGE_RANKS[target_stage] > rank:
+                upward.append(f"{module} imports {target} ({target_stage} is above {stage_of(module)})")
+    assert not upward, "\n".join(upward)
+
+
+def test_only_the_cli_knows_typer_and_rich_tables() -> None:
+    offenders = []
+    for path in PACKAGE_ROOT.rglob("*.py"):
+        module = _module_name(path)
+        if stage_of(module) == "cli":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            offenders += [f"{module}: {name}" for name in names if name == "typer" or name.startswith("rich.table")]
+    assert not offenders, offenders
+
+
+@pytest.mark.parametrize(
+    ("graph", "expected"),
+    [
+        ({"a": {"b"}, "b": {"c"}, "c": set()}, []),
+        ({"a": {"b"}, "b": {"c"}, "c": {"a"}}, [["a", "b", "c"]]),
+    ],
+)
+def test_cycle_finder_sees_cycles(graph: dict[str, set[str]], expected: list[list[str]]) -> None:
+    assert find_cycles(graph) == expected
+
+
+def test_no_function_is_longer_than_about_80_lines() -> None:
+    # Decorators and the docstring count: a function that needs more is doing more than one thing.
+    limit = 80
+    long = []
+    for path in PACKAGE_ROOT.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                length = (node.end_lineno or node.lineno) - node.lineno + 1
+                if length > limit:
+                    long.append(f"{_module_name(path)}.{node.name}: {length} lines")
+    assert not long, long
