@@ -15,14 +15,23 @@ validation accuracy and the training time on this machine.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import torch
-from benchmark_args import data_parser, produced_by, use_weights_dir
+from common import (
+    command_line,
+    data_parser,
+    markdown_header,
+    markdown_row,
+    option,
+    produced_by,
+    use_weights_dir,
+    write_table,
+)
 
-from braintumor.audit.scan import find_audit_file, run_audit
+from braintumor.audit.audit_file import find_audit_file
+from braintumor.audit.run import run_audit
 from braintumor.bundle import read_bundle_config
 from braintumor.config import load_recipe
 from braintumor.errors import BrainTumorError
@@ -80,10 +89,10 @@ def _markdown(rows: list[dict[str, Any]], command: str) -> str:
         "recipe", "test acc [95% CI]", "macro-F1 [CI]", "glioma recall [CI]", "ECE (T=1 → fitted T)",
         "dedup acc (n)", "val acc", "train time",
     ]  # fmt: skip
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines = markdown_header(header)
     for row in rows:
         if "error" in row:
-            lines.append("| " + " | ".join([row["recipe"], f"not measured: {row['error']}"] + [""] * 6) + " |")
+            lines.append(markdown_row([row["recipe"], f"not measured: {row['error']}"] + [""] * 6))
             continue
         cells = [
             row["recipe"],
@@ -95,7 +104,7 @@ def _markdown(rows: list[dict[str, Any]], command: str) -> str:
             f"{row['val_accuracy']:.2%}",
             f"{row['training_s'] / 60:.1f} min" if row.get("training_s") is not None else "-",
         ]
-        lines.append("| " + " | ".join(cells) + " |")
+        lines.append(markdown_row(cells))
     lines += [
         "",
         produced_by(command, f"torch threads {torch.get_num_threads()}, ")
@@ -121,27 +130,27 @@ def main() -> None:
     use_weights_dir(args)
     if args.threads:
         torch.set_num_threads(args.threads)
-    command = "python benchmarks/accuracy.py " + " ".join(
-        [f"--data {args.data}"]
-        + ([f"--weights-dir {args.weights_dir}"] if args.weights_dir else [])
-        + ([f"--recipes {' '.join(args.recipes)}"] if args.recipes != DEFAULT_RECIPES else [])
-        + ([f"--ensemble {' '.join(ensembles)}"] if ensembles != DEFAULT_ENSEMBLES else [])
-        + (["--reuse"] if args.reuse else [])
-        + ([f"--threads {args.threads}"] if args.threads else [])
-        + ([f"--out {args.out}"] if args.out != DEFAULT_OUT else [])
+    command = command_line(
+        "accuracy.py",
+        option("--data", args.data),
+        option("--weights-dir", args.weights_dir),
+        option("--recipes", args.recipes, DEFAULT_RECIPES),
+        option("--ensemble", ensembles, DEFAULT_ENSEMBLES),
+        option("--reuse", args.reuse),
+        option("--threads", args.threads or None),
+        option("--out", args.out, DEFAULT_OUT),
     )
     audit = find_audit_file(args.data, args.audit)
     if audit is None:
         print("== no data audit found: running it for the deduplicated Testing subset", flush=True)
         run_audit(args.data, show_progress=False, console_log=print)
         audit = find_audit_file(args.data, None)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
     times: dict[str, float | None] = {}
 
     def emit() -> None:
-        args.out.write_text(_markdown(rows, command), encoding="utf-8")
-        args.out.with_suffix(".json").write_text(json.dumps(rows, indent=2), encoding="utf-8")
+        write_table(args.out, _markdown(rows, command), rows)
+        print(args.out.read_text(encoding="utf-8"), flush=True)
 
     for recipe_ref in args.recipes:
         # A recipe is a name under configs/ or a YAML path; rows and run folders use its stem.
@@ -158,7 +167,6 @@ def main() -> None:
             print(f"== {name}: not measured: {error}", flush=True)
             rows.append({"recipe": name, "error": str(error).split(". Pass")[0]})
         emit()
-        print(args.out.read_text(encoding="utf-8"), flush=True)
     for spec in ensembles:
         name, _, members = spec.partition("=")
         recipes = members.split("+")
@@ -172,7 +180,6 @@ def main() -> None:
         except BrainTumorError as error:
             rows.append({"recipe": name, "error": str(error)})
         emit()
-        print(args.out.read_text(encoding="utf-8"), flush=True)
 
 
 if __name__ == "__main__":

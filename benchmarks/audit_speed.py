@@ -18,27 +18,21 @@ Results are printed and written to ``benchmarks/results/audit_speed/<time>.json`
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import platform
-import time
+import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import torch
+from common import script_parser, timed, write_json
 from torchvision.transforms.v2.functional import gaussian_blur
 
-from braintumor.audit.near_duplicates import check_pairs, nearest_candidates
+from braintumor.audit.run import run_audit
+from braintumor.audit.similarity import check_pairs, nearest_candidates
 
 RESULTS = Path(__file__).resolve().parent / "results" / "audit_speed"
-
-
-def _timed(function, *args, **kwargs):  # type: ignore[no-untyped-def]
-    wall, cpu = time.perf_counter(), time.process_time()
-    value = function(*args, **kwargs)
-    return value, round(time.perf_counter() - wall, 2), round(time.process_time() - cpu, 2)
 
 
 def _smooth_images(count: int, size: int, seed: int) -> np.ndarray:
@@ -54,7 +48,7 @@ def _smooth_images(count: int, size: int, seed: int) -> np.ndarray:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = script_parser(__doc__, whole_doc=True)
     parser.add_argument("--data", type=Path, help="Data root to audit end to end.")
     parser.add_argument("--queries", type=int, default=2000)
     parser.add_argument("--references", type=int, default=20000)
@@ -70,12 +64,8 @@ def main() -> None:
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     if args.data:
-        import tempfile
-
-        from braintumor.audit.scan import run_audit
-
         with tempfile.TemporaryDirectory() as out:
-            audit, wall, cpu = _timed(run_audit, args.data, out, show_progress=False)
+            audit, wall, cpu = timed(lambda: run_audit(args.data, out, show_progress=False), digits=2)
         leak = audit.audit["leakage"].get("Testing", {})
         results["real_data"] = {
             "data": str(args.data),
@@ -90,7 +80,7 @@ def main() -> None:
 
     query = _smooth_images(args.queries, 64, 1)
     reference = _smooth_images(args.references, 64, 2)
-    _, wall, cpu = _timed(lambda: [nearest_candidates(query, reference, 3) for _ in range(2)])  # two channels
+    _, wall, cpu = timed(lambda: [nearest_candidates(query, reference, 3) for _ in range(2)], digits=2)  # two channels
     comparisons = 2 * args.queries * args.references
     rate = comparisons / wall
     results["candidate_search"] = {
@@ -104,7 +94,7 @@ def main() -> None:
     print(f"candidate search: {results['candidate_search']}")
 
     detail = _smooth_images(2 * args.pairs, 128, 3)
-    _, wall, cpu = _timed(check_pairs, detail[: args.pairs], detail[args.pairs :])
+    _, wall, cpu = timed(lambda: check_pairs(detail[: args.pairs], detail[args.pairs :]), digits=2)
     results["pair_checks"] = {
         "pairs": args.pairs,
         "wall_s": wall,
@@ -113,9 +103,8 @@ def main() -> None:
         "extrapolated_30k_pairs_s": round(30_000 * wall / args.pairs, 1),
     }
     print(f"pair checks: {results['pair_checks']}")
-    RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{datetime.now(UTC).strftime('%Y%m%dT%H%M%S')}.json"
-    path.write_text(json.dumps(results, indent=2), encoding="utf-8")
+    write_json(path, results)
     print(f"written: {path}")
 
 

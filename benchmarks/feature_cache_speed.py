@@ -11,86 +11,35 @@ The whole-run speed-up is reported for ``--epochs`` epochs and ``--views`` cache
 
 from __future__ import annotations
 
-import argparse
-import os
-import time
-from pathlib import Path
-
 import torch
-import torch.nn.functional as F
+from common import cache_timing_parser, timed, use_weights_dir
 
-from braintumor.config import Recipe, load_recipe
-from braintumor.data.dataset import load_images
-from braintumor.data.layout import discover_split
-from braintumor.data.preprocessing import eval_transform
-from braintumor.models import create_model, resolve_preprocessing
 from braintumor.models.network import BrainTumorNet
+from braintumor.research.cache_speed import Batch, batch_images, encode_batches, epoch_seconds, head_on, timing_batches
 
 
-def _train_head_epoch(model: torch.nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]], cached: bool) -> float:
+def _head_epoch(model: BrainTumorNet, batches: list[Batch], *, cached: bool) -> float:
     optimizer = torch.optim.Adam(model.head.parameters(), lr=1e-3)
     model.head.train()
-    started = time.perf_counter()
-    for inputs, labels in batches:
-        with torch.no_grad():
-            features = inputs if cached else model.forward_features(inputs)
-        loss = F.cross_entropy(model.head(features), labels)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    return time.perf_counter() - started
-
-
-def timing_parser(description: str, recipe: str, images: int) -> argparse.ArgumentParser:
-    """The options every cache-speed benchmark shares (data, weights, recipe, how many images to time)."""
-    parser = argparse.ArgumentParser(description=description)
-    parser.add_argument(
-        "--data", type=Path, default=Path(os.environ.get("BRAINTUMOR_DATA", "../shared/data/brain-tumor-mri"))
-    )
-    parser.add_argument("--weights-dir", type=Path, default=None, help="Sets BRAINTUMOR_WEIGHTS_DIR.")
-    parser.add_argument("--recipe", default=recipe)
-    parser.add_argument("--images", type=int, default=images, help="Training images timed (the epoch is extrapolated).")
-    parser.add_argument("--train-images", type=int, default=2360, help="Images per real epoch (2360 on Sartaj).")
-    return parser
-
-
-def timed_batches(args: argparse.Namespace) -> tuple[Recipe, BrainTumorNet, list[tuple[torch.Tensor, torch.Tensor]]]:
-    """The recipe, its model and ``--images`` real Training images (spread over the classes) in batches."""
-    if args.weights_dir:
-        os.environ["BRAINTUMOR_WEIGHTS_DIR"] = str(args.weights_dir.resolve())
-    recipe = load_recipe(args.recipe)
-    model = create_model(recipe)
-    prep = resolve_preprocessing(recipe, model)
-    every = discover_split(args.data, "Training")
-    samples = every[:: max(1, len(every) // args.images)]  # folders are in class order
-    images = load_images(samples[: args.images], prep, show_progress=False)
-    transform = eval_transform(prep)
-    batch = recipe.data.batch_size
-    return (
-        recipe,
-        model,
-        [(transform(images.images[i : i + batch]), images.labels[i : i + batch]) for i in range(0, len(images), batch)],
-    )
+    return epoch_seconds(head_on(model, cached=cached), optimizer, batches)
 
 
 def main() -> None:
-    parser = timing_parser(__doc__.splitlines()[0], "lite0-frozen", 512)
+    parser = cache_timing_parser(__doc__, "lite0-frozen", 512)
     parser.add_argument("--epochs", type=int, default=15, help="Epochs of the run the speed-up is reported for.")
     parser.add_argument("--views", type=int, default=4, help="Cached views (the recipe's cache_views).")
     args = parser.parse_args()
-    _, model, image_batches = timed_batches(args)
-    timed = sum(len(labels) for _, labels in image_batches)
+    use_weights_dir(args)
+    _, model, image_batches = timing_batches(args.recipe, args.data, args.images)
     model.eval()
-    started = time.perf_counter()
-    with torch.no_grad():
-        feature_batches = [(model.forward_features(x), y) for x, y in image_batches]
-    extraction = time.perf_counter() - started
-    uncached = _train_head_epoch(model, image_batches, cached=False)
-    cached = _train_head_epoch(model, feature_batches, cached=True)
-    scale = args.train_images / timed
+    feature_batches, extraction, _ = timed(lambda: encode_batches(model.forward_features, image_batches))
+    uncached = _head_epoch(model, image_batches, cached=False)
+    cached = _head_epoch(model, feature_batches, cached=True)
+    timed_images = batch_images(image_batches)
+    scale = args.train_images / timed_images
     uncached_run = args.epochs * uncached * scale
     cached_run = (args.views * extraction + args.epochs * cached) * scale
-    print(f"recipe {args.recipe}, {timed} images timed, torch threads {torch.get_num_threads()}")
+    print(f"recipe {args.recipe}, {timed_images} images timed, torch threads {torch.get_num_threads()}")
     print(f"one epoch, recomputing the backbone: {uncached * scale:.1f} s; on cached features: {cached * scale:.3f} s")
     print(f"feature extraction, one view: {extraction * scale:.1f} s")
     print(

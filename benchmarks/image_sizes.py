@@ -5,31 +5,29 @@ python benchmarks/image_sizes.py --data ../shared/data/brain-tumor-mri
 
 from __future__ import annotations
 
-import argparse
 from collections import Counter
 from pathlib import Path
 
-from PIL import Image
+from common import markdown_header, markdown_row, script_parser
 
 from braintumor.data.layout import discover_split
+from braintumor.research.source_holdout import MAIN_SOURCE_SIDE, is_main_source
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = script_parser(__doc__)
     parser.add_argument("--data", type=Path, required=True)
-    parser.add_argument("--size", type=int, default=512, help="Side of the square size to count.")
+    parser.add_argument("--size", type=int, default=MAIN_SOURCE_SIDE, help="Side of the square size to count.")
     args = parser.parse_args()
-    print(f"| split | class | files | {args.size}x{args.size} |")
-    print("|---|---|---:|---:|")
+    print("\n".join(markdown_header(["split", "class", "files", f"{args.size}x{args.size}"], align="llrr")))
     for split in ("Training", "Testing"):
         counts: Counter[str] = Counter()
         square: Counter[str] = Counter()
         for sample in discover_split(args.data, split):
             counts[sample.class_name] += 1
-            with Image.open(sample.path) as image:  # reads the header only
-                square[sample.class_name] += image.size == (args.size, args.size)
+            square[sample.class_name] += is_main_source(sample.path, args.size)
         for name in sorted(counts):
-            print(f"| {split} | {name} | {counts[name]} | {square[name]} |")
+            print(markdown_row([split, name, str(counts[name]), str(square[name])]))
 
 
 if __name__ == "__main__":

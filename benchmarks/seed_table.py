@@ -11,12 +11,20 @@ on this machine gets a row that says so; no number is ever filled in by hand.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import torch
-from benchmark_args import data_parser, produced_by, use_weights_dir
+from common import (
+    command_line,
+    data_parser,
+    markdown_header,
+    markdown_row,
+    option,
+    produced_by,
+    use_weights_dir,
+    write_table,
+)
 
 from braintumor.bundle import read_bundle_config
 from braintumor.config import load_recipe
@@ -73,7 +81,7 @@ def _markdown(rows: list[dict[str, Any]], command: str) -> str:
     if has_dedup:
         header += ["dedup test acc", "dedup macro-F1"]
     header += ["val acc", "train time", "epochs (best)", "seed paper acc / loss"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines = markdown_header(header)
     for row in rows:
         published = " / ".join(SEED_PUBLISHED.get(row["recipe"], ("-", "-")))
         if "error" in row:
@@ -98,7 +106,7 @@ def _markdown(rows: list[dict[str, Any]], command: str) -> str:
                 f"{row['epochs_run']} ({row['best_epoch']})",
                 published,
             ]
-        lines.append("| " + " | ".join(cells) + " |")
+        lines.append(markdown_row(cells))
     lines += ["", produced_by(command)]
     return "\n".join(lines) + "\n"
 
@@ -120,18 +128,18 @@ def main() -> None:
     )
     args = parser.parse_args()
     use_weights_dir(args)
-    command = "python benchmarks/seed_table.py " + " ".join(
-        [f"--data {args.data}"]
-        + ([f"--weights-dir {args.weights_dir}"] if args.weights_dir else [])
-        + (["--evaluate-only"] if args.evaluate_only else [])
-        + (["--reuse"] if args.reuse else [])
-        + ([f"--threads {args.threads}"] if args.threads else [])
-        + ([f"--recipes {' '.join(args.recipes)}"] if args.recipes != DEFAULT_RECIPES else [])
-        + [f"--set {o}" for o in args.overrides]
+    command = command_line(
+        "seed_table.py",
+        option("--data", args.data),
+        option("--weights-dir", args.weights_dir),
+        option("--evaluate-only", args.evaluate_only),
+        option("--reuse", args.reuse),
+        option("--threads", args.threads or None),
+        option("--recipes", args.recipes, DEFAULT_RECIPES),
+        *(option("--set", override) for override in args.overrides),
     )
     if args.threads:
         torch.set_num_threads(args.threads)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
     for name in args.recipes:
         run_dir = args.runs_dir / name
@@ -145,8 +153,7 @@ def main() -> None:
         except BrainTumorError as error:
             print(f"== {name}: not measured: {error}", flush=True)
             rows.append({"recipe": name, "error": str(error).split(". Pass")[0]})
-        args.out.write_text(_markdown(rows, command), encoding="utf-8")
-        args.out.with_suffix(".json").write_text(json.dumps(rows, indent=2), encoding="utf-8")
+        write_table(args.out, _markdown(rows, command), rows)
         print(args.out.read_text(encoding="utf-8"), flush=True)
 
 

@@ -17,39 +17,41 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import io
-import json
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
+from common import percentiles_ms, sample_image, script_parser, write_json
 from rich.console import Console
 
 TARGET_RPS = 60.0
 TARGET_P99_MS = 150.0
 console = Console(width=120)
+LoadAverages = tuple[float, float, float]
+
+
+@dataclass
+class _LoadRun:
+    """What the measured window saw: successful requests' latencies, failures by kind, CPU seconds spent."""
+
+    latencies_ms: list[float]
+    errors: dict[str, int]
+    server_cpu_s: float
+    client_cpu_s: float
 
 
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def _sample_image(image_path: Path | None) -> tuple[bytes, str]:
-    if image_path is not None:
-        return image_path.read_bytes(), image_path.name
-    from braintumor.data.synthetic import synthetic_image
-
-    buffer = io.BytesIO()
-    synthetic_image("glioma", 512, np.random.default_rng(0)).save(buffer, format="JPEG", quality=95)
-    return buffer.getvalue(), "synthetic.jpg"
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -91,7 +93,7 @@ def _wait_healthy(url: str, process: subprocess.Popen, timeout_s: float) -> dict
 
 async def _drive(
     url: str, data: bytes, filename: str, clients: int, duration_s: float, warmup_s: float, server_pid: int
-) -> tuple[list[float], int, float, dict[str, int], float, float]:
+) -> _LoadRun:
     latencies: list[float] = []
     errors: dict[str, int] = {}
     start = time.perf_counter()
@@ -129,11 +131,11 @@ async def _drive(
         window = asyncio.create_task(cpu_window())
         await asyncio.gather(*(client_loop(client) for _ in range(clients)))
         server_cpu_s, client_cpu_s = await window
-    return latencies, sum(errors.values()), duration_s, errors, server_cpu_s, client_cpu_s
+    return _LoadRun(latencies, errors, server_cpu_s, client_cpu_s)
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def _parse_args() -> argparse.Namespace:
+    parser = script_parser(__doc__, whole_doc=True)
     parser.add_argument("bundle", type=Path)
     parser.add_argument("--clients", type=int, default=4, help="concurrent clients")
     parser.add_argument("--duration", type=float, default=30.0, help="measured seconds")
@@ -144,11 +146,10 @@ def main() -> int:
     parser.add_argument("--threads", type=int, help="server: onnxruntime threads per model run")
     parser.add_argument("--concurrency", type=int, help="server: model runs at the same time")
     parser.add_argument("--json", type=Path, help="also write the results here")
-    args = parser.parse_args()
+    return parser.parse_args()
 
-    data, filename = _sample_image(args.image)
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
+
+def _server_command(args: argparse.Namespace, port: int) -> list[str]:
     command = [
         sys.executable, "-m", "braintumor.cli", "serve", str(args.bundle),
         "--host", "127.0.0.1", "--port", str(port), "--workers", str(args.workers),
@@ -157,15 +158,23 @@ def main() -> int:
     for option in ("threads", "concurrency"):
         if getattr(args, option) is not None:
             command += [f"--{option}", str(getattr(args, option))]
+    return command
+
+
+def _serve_and_drive(
+    args: argparse.Namespace, data: bytes, filename: str
+) -> tuple[dict[str, Any], _LoadRun, LoadAverages, LoadAverages]:
+    """Start the server, load it for the warm-up and the measured window, stop it; the load averages around."""
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    command = _server_command(args, port)
     console.print("starting: " + " ".join(command[1:]), highlight=False)
     server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         health = _wait_healthy(url, server, timeout_s=180.0)
         console.print(f"serving {health['model']['name']} ({health['model']['backend']}) at {url}", highlight=False)
         load_before = os.getloadavg()
-        latencies, error_count, measured_s, errors, server_cpu_s, client_cpu_s = asyncio.run(
-            _drive(url, data, filename, args.clients, args.duration, args.warmup, server.pid)
-        )
+        run = asyncio.run(_drive(url, data, filename, args.clients, args.duration, args.warmup, server.pid))
         load_after = os.getloadavg()
     finally:
         server.send_signal(signal.SIGINT)
@@ -173,40 +182,18 @@ def main() -> int:
             server.wait(timeout=20)
         except subprocess.TimeoutExpired:
             server.kill()
-    if not latencies:
-        console.print("[red]no request succeeded[/]")
-        return 1
-    values = np.asarray(latencies)
-    results = {
-        "bundle": str(args.bundle),
-        "backend": health["model"]["backend"],
-        "clients": args.clients,
-        "workers": args.workers,
-        "server_threads": args.threads,
-        "server_concurrency": args.concurrency,
-        "duration_s": measured_s,
-        "image_bytes": len(data),
-        "requests_ok": len(latencies),
-        "errors": error_count,
-        "error_kinds": errors,
-        "requests_per_s": len(latencies) / measured_s,
-        "p50_ms": float(np.percentile(values, 50)),
-        "p95_ms": float(np.percentile(values, 95)),
-        "p99_ms": float(np.percentile(values, 99)),
-        "max_ms": float(values.max()),
-        "server_cpu_ms_per_request": 1000.0 * server_cpu_s / len(latencies) if latencies else None,
-        "client_cpu_ms_per_request": 1000.0 * client_cpu_s / len(latencies) if latencies else None,
-        "server_cpu_share": server_cpu_s / measured_s,
-        "cpu_count": os.cpu_count(),
-        "loadavg_before": load_before,
-        "loadavg_after": load_after,
-    }
+    return health, run, load_before, load_after
+
+
+def _report(results: dict[str, Any]) -> None:
+    kinds = results["error_kinds"] or ""
     console.print(
-        f"{args.clients} clients x {measured_s:.0f} s, {health['model']['backend']}: "
+        f"{results['clients']} clients x {results['duration_s']:.0f} s, {results['backend']}: "
         f"{results['requests_per_s']:.1f} req/s, p50 {results['p50_ms']:.1f} ms, p95 {results['p95_ms']:.1f} ms, "
-        f"p99 {results['p99_ms']:.1f} ms, max {results['max_ms']:.0f} ms, errors {error_count} {errors or ''}",
+        f"p99 {results['p99_ms']:.1f} ms, max {results['max_ms']:.0f} ms, errors {results['errors']} {kinds}",
         highlight=False,
     )
+    load_before, load_after = results["loadavg_before"], results["loadavg_after"]
     console.print(f"load average before {load_before[0]:.2f}, after {load_after[0]:.2f} ({os.cpu_count()} cores)")
     # CPU time per request does not depend on what else runs on the machine: it shows the service's own cost.
     console.print(
@@ -214,13 +201,46 @@ def main() -> int:
         f"cores used on average; load generator: {results['client_cpu_ms_per_request']:.1f} ms CPU per request",
         highlight=False,
     )
-    met = results["requests_per_s"] >= TARGET_RPS and results["p99_ms"] <= TARGET_P99_MS and error_count == 0
+    met = results["requests_per_s"] >= TARGET_RPS and results["p99_ms"] <= TARGET_P99_MS and results["errors"] == 0
     console.print(
         f"target: >= {TARGET_RPS:.0f} req/s, p99 <= {TARGET_P99_MS:.0f} ms, 0 errors: "
         + ("[green]met[/]" if met else "[red]missed[/]")
     )
+
+
+def main() -> int:
+    args = _parse_args()
+    data, filename = sample_image(args.image)
+    health, run, load_before, load_after = _serve_and_drive(args, data, filename)
+    if not run.latencies_ms:
+        console.print("[red]no request succeeded[/]")
+        return 1
+    ok = len(run.latencies_ms)
+    results = {
+        "bundle": str(args.bundle),
+        "backend": health["model"]["backend"],
+        "clients": args.clients,
+        "workers": args.workers,
+        "server_threads": args.threads,
+        "server_concurrency": args.concurrency,
+        "duration_s": args.duration,
+        "image_bytes": len(data),
+        "requests_ok": ok,
+        "errors": sum(run.errors.values()),
+        "error_kinds": run.errors,
+        "requests_per_s": ok / args.duration,
+        **percentiles_ms(run.latencies_ms, (50, 95, 99)),
+        "max_ms": float(np.max(run.latencies_ms)),
+        "server_cpu_ms_per_request": 1000.0 * run.server_cpu_s / ok,
+        "client_cpu_ms_per_request": 1000.0 * run.client_cpu_s / ok,
+        "server_cpu_share": run.server_cpu_s / args.duration,
+        "cpu_count": os.cpu_count(),
+        "loadavg_before": load_before,
+        "loadavg_after": load_after,
+    }
+    _report(results)
     if args.json:
-        args.json.write_text(json.dumps(results, indent=2), encoding="utf-8")
+        write_json(args.json, results)
     return 0
 
 

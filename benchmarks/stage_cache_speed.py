@@ -11,31 +11,23 @@ extraction of the recipe's ``cache_views`` views and uses the stage's epochs.
 
 from __future__ import annotations
 
-import time
-
 import torch
-import torch.nn.functional as F
-from feature_cache_speed import timed_batches, timing_parser
+from common import cache_timing_parser, timed, use_weights_dir
 
+from braintumor.research.cache_speed import Batch, batch_images, encode_batches, epoch_seconds, timing_batches
 from braintumor.training.finetune import FineTuneNet, prepare_stage, split_backbone
 
 
-def _epoch(network: torch.nn.Module, groups: list[dict], batches: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
-    optimizer = torch.optim.AdamW(groups)
+def _stage_epoch(network: torch.nn.Module, groups: list[dict], batches: list[Batch]) -> float:
     network.train()
-    started = time.perf_counter()
-    for inputs, labels in batches:
-        loss = F.cross_entropy(network(inputs), labels)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    return time.perf_counter() - started
+    return epoch_seconds(network, torch.optim.AdamW(groups), batches)
 
 
 def main() -> None:
-    args = timing_parser(__doc__.splitlines()[0], "lite0-lpft-cached", 256).parse_args()
-    recipe, model, image_batches = timed_batches(args)
-    timed = sum(len(labels) for _, labels in image_batches)
+    args = cache_timing_parser(__doc__, "lite0-lpft-cached", 256).parse_args()
+    use_weights_dir(args)
+    recipe, model, image_batches = timing_batches(args.recipe, args.data, args.images)
+    timed_images = batch_images(image_batches)
     stage = recipe.train.finetune_stages[0]
     groups = prepare_stage(model, stage, recipe.train.weight_decay)
     split = split_backbone(model.backbone)
@@ -43,17 +35,14 @@ def main() -> None:
         raise SystemExit(f"{recipe.model.backbone} cannot be split at the top {stage.unfreeze} layer groups")
     bottom, top = split
     bottom.eval()
-    started = time.perf_counter()
-    with torch.no_grad():
-        activation_batches = [(bottom(x), y) for x, y in image_batches]
-    extraction = time.perf_counter() - started
-    image_epoch = _epoch(FineTuneNet(model, model.backbone), groups, image_batches)
-    cached_epoch = _epoch(FineTuneNet(torch.nn.Sequential(top, model.head), top), groups, activation_batches)
-    scale = args.train_images / timed
+    activation_batches, extraction, _ = timed(lambda: encode_batches(bottom, image_batches))
+    image_epoch = _stage_epoch(FineTuneNet(model, model.backbone), groups, image_batches)
+    cached_epoch = _stage_epoch(FineTuneNet(torch.nn.Sequential(top, model.head), top), groups, activation_batches)
+    scale = args.train_images / timed_images
     views = recipe.train.cache_views if recipe.augment.enabled else 1
     image_stage = stage.epochs * image_epoch * scale
     cached_stage = (views * extraction + stage.epochs * cached_epoch) * scale
-    print(f"recipe {args.recipe}, stage 1 (top {stage.unfreeze} layer groups), {timed} images timed, "
+    print(f"recipe {args.recipe}, stage 1 (top {stage.unfreeze} layer groups), {timed_images} images timed, "
           f"torch threads {torch.get_num_threads()}")  # fmt: skip
     print(f"one epoch on images: {image_epoch * scale:.1f} s; on cached activations: {cached_epoch * scale:.1f} s "
           f"(x{image_epoch / cached_epoch:.1f})")  # fmt: skip

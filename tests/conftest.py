@@ -35,18 +35,6 @@ def tiny_recipe(**sections: dict) -> Recipe:
     return Recipe.model_validate(raw)
 
 
-@pytest.fixture(scope="session", autouse=True)
-def isolated_tracking_store(tmp_path_factory: pytest.TempPathFactory):
-    """Training runs log to MLflow by default: keep the tests' runs out of the working directory."""
-    previous = os.environ.get("MLFLOW_TRACKING_URI")
-    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
-    yield
-    if previous is None:
-        os.environ.pop("MLFLOW_TRACKING_URI", None)
-    else:
-        os.environ["MLFLOW_TRACKING_URI"] = previous
-
-
 @pytest.fixture(scope="session")
 def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Training 16 per class, Testing 8 per class, 48 px JPEGs, Sartaj folder names."""

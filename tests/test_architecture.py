@@ -29,6 +29,7 @@ STAGE_RANKS: dict[str, int] = {
     "audit": 6,
     "evaluation": 7,
     "training": 8,
+    "research": 8,
     "serving": 9,
     "cli": 10,
 }

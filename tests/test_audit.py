@@ -14,14 +14,10 @@ from PIL import Image, ImageOps
 from torchvision.transforms.v2.functional import gaussian_blur
 from typer.testing import CliRunner
 
-from braintumor.audit.near_duplicates import nearest_candidates, normalise_thumbnails
-from braintumor.audit.scan import (
-    AUDIT_FILE,
-    AuditError,
-    default_audit_dir,
-    load_clean_test_paths,
-    run_audit,
-)
+from braintumor.audit.audit_file import AuditError, default_audit_dir, load_clean_test_paths
+from braintumor.audit.constants import AUDIT_FILE
+from braintumor.audit.run import run_audit
+from braintumor.audit.similarity import nearest_candidates, normalise_thumbnails
 from braintumor.cli import app
 from braintumor.data.dataset import drop_exact_duplicates, load_images
 from braintumor.data.layout import discover_split

@@ -20,7 +20,7 @@ from braintumor.explain import Explainer, ExplainError, find_target_layer, gradc
 from braintumor.explain.attributions import background_images
 from braintumor.explain.gradcam import class_activation_maps
 from braintumor.explain.run import cam_grid, method_explain_function
-from braintumor.explain.sanity import deletion_curve, model_randomisation_test
+from braintumor.explain.sanity import DeletionSettings, deletion_curve, model_randomisation_test
 from braintumor.inference import Predictor
 from braintumor.models import create_model
 
@@ -177,12 +177,16 @@ def test_deletion_curve_ranks_gradcam_above_random_and_inverted_orders(bundle, t
     grid = cam_grid(explainer, inputs)
     size = bundle.preprocessing.image_size
     assert grid == (size // 2 ** len(bundle.model.backbone.blocks),) * 2
-    result = deletion_curve(explainer.model, inputs, targets, maps, explainer.black, steps=8, grid=grid)
+    result = deletion_curve(
+        explainer.model, inputs, targets, maps, explainer.black, DeletionSettings(steps=8, grid=grid)
+    )
     assert len(result.fractions) == 9 and result.fractions[0] == 0.0 and result.fractions[-1] == 1.0
     assert result.random_grid == list(grid)
     assert result.passed and result.auc_attributed < result.auc_random
     # Deleting the least attributed pixels first keeps the score up longer: the curve measures the ordering.
-    inverted = deletion_curve(explainer.model, inputs, targets, 1.0 - maps, explainer.black, steps=8, grid=grid)
+    inverted = deletion_curve(
+        explainer.model, inputs, targets, 1.0 - maps, explainer.black, DeletionSettings(steps=8, grid=grid)
+    )
     assert inverted.auc_attributed > result.auc_attributed
 
 

@@ -19,9 +19,11 @@ from typer.testing import CliRunner
 
 from braintumor.bundle import BundleExtras, load_bundle
 from braintumor.cli import app
+from braintumor.evaluation.calibration import risk_coverage
 from braintumor.evaluation.evaluate import evaluate_bundle
-from braintumor.evaluation.metrics import classification_metrics
-from braintumor.evaluation.report import bootstrap_intervals, build_report, risk_coverage, uncalibrated
+from braintumor.evaluation.metrics import PER_CLASS_STATISTICS, bootstrap_confidence_intervals, classification_metrics
+from braintumor.evaluation.report import build_report
+from braintumor.evaluation.report_figures import uncalibrated
 
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
 
@@ -125,11 +127,15 @@ def test_bootstrap_intervals_contain_the_estimate_and_shrink_with_more_data() ->
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 4, 400)
     predicted = np.where(rng.random(400) < 0.8, labels, rng.integers(0, 4, 400))
-    wide = bootstrap_intervals(labels[:50], predicted[:50], 4, n_resamples=300)
-    narrow = bootstrap_intervals(labels, predicted, 4, n_resamples=300)
-    for interval in (wide["accuracy"], narrow["accuracy"], narrow["macro_f1"], *narrow["recall"]):
-        assert interval.low <= interval.value <= interval.high
-    assert narrow["accuracy"].high - narrow["accuracy"].low < wide["accuracy"].high - wide["accuracy"].low
+    # The per-class statistics the report shows, from the implementation metrics.json uses.
+    wide = bootstrap_confidence_intervals(
+        labels[:50], predicted[:50], 4, n_resamples=300, per_class=PER_CLASS_STATISTICS
+    )
+    narrow = bootstrap_confidence_intervals(labels, predicted, 4, n_resamples=300, per_class=PER_CLASS_STATISTICS)
+    for interval in (wide["accuracy"], narrow["accuracy"], narrow["macro_f1"], *narrow["recall"].values()):
+        assert interval["low"] <= interval["value"] <= interval["high"]
+    narrow_width = narrow["accuracy"]["high"] - narrow["accuracy"]["low"]
+    assert narrow_width < wide["accuracy"]["high"] - wide["accuracy"]["low"]
 
 
 def test_uncalibrated_inverts_temperature_scaling_and_risk_coverage_is_monotone_at_full_coverage() -> None:

@@ -32,7 +32,7 @@ from braintumor.data.synthetic import synthetic_image  # noqa: E402
 from braintumor.errors import BrainTumorError, ImageDecodeError  # noqa: E402
 from braintumor.inference import Predictor  # noqa: E402
 from braintumor.models import create_model, resolve_preprocessing  # noqa: E402
-from braintumor.serving import app as app_module  # noqa: E402
+from braintumor.serving import service as service_module  # noqa: E402
 from braintumor.serving.app import create_app  # noqa: E402
 from braintumor.serving.settings import API_KEY_ENV, ServeSettings, ServeSettingsError  # noqa: E402
 
@@ -212,7 +212,7 @@ def test_explain_returns_a_png_overlay(client: TestClient) -> None:
 
 
 def test_explain_without_the_explain_stage_is_a_clear_501(bundle_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(app_module, "_gradcam_function", lambda: (None, "captum is not installed"))
+    monkeypatch.setattr(service_module, "_gradcam_function", lambda: (None, "captum is not installed"))
     client = TestClient(create_app(bundle_dir))
     assert client.get("/v1/health").json()["explain_available"] is False
     response = client.post("/v1/explain", files={"file": ("a.png", _encode(_mri(32), "PNG"), "image/png")})

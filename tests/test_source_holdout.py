@@ -1,15 +1,17 @@
-"""The source hold-out benchmark's source-direction removal finds a planted source direction and keeps the class."""
+"""The source hold-out's research functions: source-direction removal, and features read through timm's API."""
 
 from __future__ import annotations
 
 import numpy as np
+import timm
+import torch
 from sklearn.linear_model import LogisticRegression
 
-from .conftest import load_benchmark
+from braintumor.research.features import multilevel_maps
+from braintumor.research.probes import source_directions
 
 
 def test_source_directions_remove_the_source_and_keep_the_class() -> None:
-    source_holdout = load_benchmark("source_holdout")
     rng = np.random.default_rng(0)
     n, dims = 600, 32
     labels = rng.integers(0, 2, n)
@@ -17,7 +19,7 @@ def test_source_directions_remove_the_source_and_keep_the_class() -> None:
     class_axis, source_axis = np.eye(dims)[0], np.eye(dims)[1] + np.eye(dims)[2]
     features = rng.normal(size=(n, dims)) + 3.0 * labels[:, None] * class_axis
     features += 3.0 * main_source[:, None] * source_axis
-    directions = source_holdout.source_directions(features, labels, main_source, count=1)
+    directions = source_directions(features, labels, main_source, count=1)
     assert directions.shape == (1, dims)
     # The one direction found is the planted source axis (up to sign and noise).
     assert abs(float(directions[0] @ source_axis / np.linalg.norm(source_axis))) > 0.95
@@ -28,3 +30,18 @@ def test_source_directions_remove_the_source_and_keep_the_class() -> None:
 
     assert accuracy(features, main_source) > 0.9 and accuracy(cleaned, main_source) < 0.75
     assert accuracy(cleaned, labels) > 0.9
+
+
+@torch.inference_mode()
+def test_multilevel_features_are_the_last_blocks_and_the_head() -> None:
+    # forward_intermediates' indexing (stem 0, blocks[i] i + 1) against an explicit walk over the blocks.
+    torch.manual_seed(0)
+    backbone = timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=0).eval()
+    x = torch.randn(2, 3, 64, 64)
+    pooled, maps = [], backbone.bn1(backbone.conv_stem(x))
+    for index, block in enumerate(backbone.blocks):
+        maps = block(maps)
+        if index >= len(backbone.blocks) - 3:
+            pooled.append(maps.mean(dim=(2, 3)))
+    pooled.append(backbone.bn2(backbone.conv_head(maps)).mean(dim=(2, 3)))
+    assert torch.equal(multilevel_maps(backbone, x), torch.cat(pooled, dim=1))

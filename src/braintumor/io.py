@@ -9,6 +9,27 @@ from pathlib import Path
 from typing import Any
 
 
+def read_json_object(path: Path | str, expected_format: str) -> dict[str, Any] | str:
+    """A JSON file's top-level object when it declares ``"format": expected_format``, else why not (a message).
+
+    The caller raises its own error type with the message: a bundle and an audit fail differently.
+
+    Example:
+        >>> import tempfile
+        >>> target = Path(tempfile.mkdtemp()) / "a.json"
+        >>> _ = target.write_text('{"format": "braintumor-audit", "version": 1}')
+        >>> read_json_object(target, "braintumor-audit")["version"], read_json_object(target, "other")
+        (1, "not a 'other' file (no format 'other')")
+    """
+    try:
+        payload = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        return f"cannot read it as JSON ({error})"
+    if not isinstance(payload, dict) or payload.get("format") != expected_format:
+        return f"not a {expected_format!r} file (no format {expected_format!r})"
+    return payload
+
+
 def write_json_atomic(path: Path | str, payload: Any) -> None:
     """Write JSON to a temporary file in the same folder, then rename it over ``path``.
 

@@ -7,7 +7,7 @@ closest pairs the audit did *not* call copies, so a reader can judge the thresho
 Example:
     >>> import tempfile
     >>> from pathlib import Path
-    >>> from braintumor.audit.scan import run_audit
+    >>> from braintumor.audit.run import run_audit
     >>> from braintumor.data.synthetic import make_synthetic_dataset
     >>> root = make_synthetic_dataset(tempfile.mkdtemp(), per_class=2, size=32)
     >>> result = run_audit(root, tempfile.mkdtemp(), show_progress=False)
@@ -30,6 +30,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from PIL import Image, ImageOps
 
+from braintumor.audit.constants import REPORT_FILE, SCORES_PLOT_FILE
 from braintumor.data.images import load_image_rgb
 from braintumor.errors import ImageDecodeError
 
@@ -102,7 +103,13 @@ def _pair_caption(pair: dict[str, Any]) -> str:
 
 
 def plot_scores(candidates: Sequence[dict[str, Any]], threshold: float, path: Path) -> Path:
-    """Whole-image NCC against aligned detail NCC for every checked pair, with the decision threshold."""
+    """Whole-image NCC against aligned detail NCC for every checked pair, with the decision threshold.
+
+    Args:
+        candidates: the checked pairs, as ``audit.json["near_duplicates"]["candidates"]`` holds them.
+        threshold: the detail NCC from which a pair is a near copy.
+        path: the PNG to write.
+    """
     figure, axis = plt.subplots(figsize=(7, 5))
     for near, colour, label in ((False, "#888888", "not a copy"), (True, "#d62728", "near copy")):
         chosen = [c for c in candidates if c["near_copy"] == near]
@@ -322,9 +329,13 @@ def _lists_section(audit: dict[str, Any]) -> str:
 
 
 def write_audit_report(audit: dict[str, Any], root: Path, out_dir: Path) -> dict[str, Path]:
-    """Write ``audit.html`` and ``near_duplicate_scores.png`` into ``out_dir``; returns name -> path."""
-    from braintumor.audit.constants import REPORT_FILE, SCORES_PLOT_FILE
+    """Write ``audit.html`` and ``near_duplicate_scores.png`` into ``out_dir``; returns name -> path.
 
+    Args:
+        audit: the audit, as :func:`braintumor.audit.run.run_audit` builds it.
+        root: the data root the example images are read from.
+        out_dir: the audit folder.
+    """
     outputs: dict[str, Path] = {}
     settings = audit["settings"]
     timing = audit.get("timing", {})

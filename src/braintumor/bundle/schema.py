@@ -56,7 +56,7 @@ class TrainingRecord(_Open):
     feature_cache: bool = False
     finetuning: dict[str, Any] | None = None
     class_weights: list[float] | None = None
-    timing: dict[str, float] = Field(default_factory=dict)
+    timing: dict[str, float | int | bool] = Field(default_factory=dict)
     duration_s: float | None = None
     resumed: bool = False
     devices: dict[str, Any] = Field(default_factory=dict)

@@ -19,7 +19,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 import platform
 import shutil
 import tempfile
@@ -46,7 +45,7 @@ from braintumor.bundle.schema import (
 from braintumor.config import Recipe
 from braintumor.data.preprocessing import Preprocessing
 from braintumor.errors import BundleError
-from braintumor.io import write_json_atomic
+from braintumor.io import read_json_object, write_json_atomic
 from braintumor.layout_constants import CLASS_NAMES
 from braintumor.models import create_model
 from braintumor.models.ensemble import EnsembleNet
@@ -165,12 +164,9 @@ def read_bundle_config(folder: Path | str) -> BundleConfig:
         raise BundleError(f"model bundle {folder} does not exist or is not a folder")
     if not config_path.is_file() or not (folder / WEIGHTS_FILE).is_file():
         raise BundleError(f"{folder} is not a model bundle: it needs {CONFIG_FILE} and {WEIGHTS_FILE}")
-    try:
-        raw = json.loads(config_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise BundleError(f"{config_path} is not valid JSON: {error}") from None
-    if not isinstance(raw, dict) or raw.get("format") != BUNDLE_FORMAT:
-        raise BundleError(f"{config_path} is not a {BUNDLE_FORMAT} config")
+    raw = read_json_object(config_path, BUNDLE_FORMAT)
+    if isinstance(raw, str):
+        raise BundleError(f"{config_path} is not a {BUNDLE_FORMAT} config: {raw}")
     version = raw.get("format_version", 0)
     if isinstance(version, int) and version > BUNDLE_VERSION:
         raise BundleError(f"{folder} was written by a newer braintumor (bundle format {version}); upgrade")

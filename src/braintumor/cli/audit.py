@@ -34,7 +34,7 @@ def audit_command(
 ) -> None:
     """Duplicates, train/test leakage, label conflicts and unreadable files; writes audit.json, a clean
     test manifest and audit.html."""
-    from braintumor.audit.scan import run_audit
+    from braintumor.audit.run import run_audit
     from braintumor.cli.display import audit_table, console
 
     with stage_errors():

@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from braintumor.cli.common import QuietOption, fail, stage_errors, warn
+from braintumor.explain.defaults import DEFAULT_SANITY_IMAGES, DEFAULT_SHAP_SAMPLES
 
 
 def explain_command(
@@ -25,11 +26,15 @@ def explain_command(
         "--background-dir",
         help="SHAP background images: a data root or an image folder (default: the bundle's training data).",
     ),
-    shap_samples: int = typer.Option(32, "--shap-samples", min=1, help="GradientShap samples per image."),
+    shap_samples: int = typer.Option(
+        DEFAULT_SHAP_SAMPLES, "--shap-samples", min=1, help="GradientShap samples per image."
+    ),
     sanity: bool = typer.Option(
         False, "--sanity", help="Also run the model randomisation test and the deletion curve on these images."
     ),
-    sanity_images: int = typer.Option(16, "--sanity-images", min=1, help="Images used by --sanity (the first N)."),
+    sanity_images: int = typer.Option(
+        DEFAULT_SANITY_IMAGES, "--sanity-images", min=1, help="Images used by --sanity (the first N)."
+    ),
     quiet: bool = QuietOption,
 ) -> None:
     """Grad-CAM, Grad-CAM++ and SHAP heat maps over each image, as PNG beside the original."""

@@ -8,13 +8,19 @@ from pathlib import Path
 import typer
 
 from braintumor.cli.common import fail, stage_errors
+from braintumor.inference.defaults import DEFAULT_OPSET
+from braintumor.serving.settings import ServeSettings
+
+MIB = 1024 * 1024
+# The service's own defaults (one source of truth); the options only override them.
+_SETTING_DEFAULTS = {name: field.default for name, field in ServeSettings.model_fields.items()}
 
 
 def export_command(
     bundle: Path = typer.Argument(..., help="Model bundle folder."),
     onnx: bool = typer.Option(False, "--onnx", help="Write model.onnx into the bundle (checked against PyTorch)."),
     out: Path | None = typer.Option(None, "--out", "-o", help="Write the ONNX file here instead of the bundle."),
-    opset: int = typer.Option(18, "--opset", help="ONNX opset version."),
+    opset: int = typer.Option(DEFAULT_OPSET, "--opset", help="ONNX opset version."),
 ) -> None:
     """Export a bundle's network to ONNX and check its probabilities against PyTorch."""
     if not onnx:
@@ -39,8 +45,12 @@ def serve_command(
     port: int = typer.Option(8000, "--port", help="TCP port."),
     workers: int = typer.Option(1, "--workers", min=1, help="Worker processes (each loads the model)."),
     backend: str = typer.Option("auto", "--backend", help="auto (ONNX when model.onnx exists), onnx or torch."),
-    max_upload_mb: float = typer.Option(20.0, "--max-upload-mb", help="Largest upload accepted (413 above)."),
-    max_pixels: int = typer.Option(25_000_000, "--max-pixels", help="Largest image in pixels (422 above)."),
+    max_upload_mb: float = typer.Option(
+        _SETTING_DEFAULTS["max_upload_bytes"] / MIB, "--max-upload-mb", help="Largest upload accepted (413 above)."
+    ),
+    max_pixels: int = typer.Option(
+        _SETTING_DEFAULTS["max_pixels"], "--max-pixels", help="Largest image in pixels (422 above)."
+    ),
     threads: int | None = typer.Option(
         None, "--threads", help="onnxruntime threads per model run (default 1: runs go side by side)."
     ),
@@ -55,13 +65,13 @@ def serve_command(
     """
     import uvicorn
 
-    from braintumor.serving.settings import BUNDLE_ENV, SETTINGS_ENV, ServeSettings
+    from braintumor.serving.settings import BUNDLE_ENV, SETTINGS_ENV
 
     if workers > 1:
         concurrency = concurrency or max(1, (os.cpu_count() or 1) // workers)
     with stage_errors():
         settings = ServeSettings.from_env(
-            max_upload_bytes=int(max_upload_mb * 1024 * 1024),
+            max_upload_bytes=int(max_upload_mb * MIB),
             max_pixels=max_pixels,
             backend=backend,
             threads=threads,

@@ -10,6 +10,7 @@ import typer
 from braintumor.cli.common import DataOption, QuietOption, data_root, fail, stage_errors
 
 if TYPE_CHECKING:
+    from braintumor.config import Recipe
     from braintumor.training.train import TrainResult
 
 TRACKERS = ("mlflow", "clearml", "none")
@@ -40,7 +41,6 @@ def train_command(
 ) -> None:
     """Train a recipe on Training (with a stratified validation split) and write a model bundle."""
     from braintumor.cli.display import console, metrics_table
-    from braintumor.config import load_recipe
     from braintumor.training.train import RunOptions, read_run_file, resume_run, train_recipe
 
     if tracker not in TRACKERS:
@@ -62,12 +62,7 @@ def train_command(
             result = resume_run(resume, options=options, console_log=console.print)
         else:
             root = data_root(data)
-            extra = list(overrides)
-            if weights is not None:
-                extra.append(f"model.weights={weights}")
-            if epochs is not None:
-                extra.append(f"train.max_epochs={epochs}")
-            chosen = load_recipe(recipe, extra)
+            chosen = _chosen_recipe(recipe, overrides, weights, epochs)
             name, run_dir = chosen.name, out or Path("runs") / chosen.name
             console.print(f"[bold]training[/] {name} on {root} -> {run_dir}")
             result = train_recipe(chosen, root, run_dir, options=options, console_log=console.print)
@@ -80,6 +75,18 @@ def train_command(
             console.print(f"ClearML offline session: {result.tracking['offline_folder']}")
         if evaluate:
             _evaluate_trained(result, name, root, run_dir, report=report, quiet=quiet)
+
+
+def _chosen_recipe(recipe: str, overrides: list[str], weights: Path | None, epochs: int | None) -> Recipe:
+    """The named recipe with the ``--set`` overrides, then ``--weights`` and ``--epochs`` on top."""
+    from braintumor.config import load_recipe
+
+    extra = list(overrides)
+    if weights is not None:
+        extra.append(f"model.weights={weights}")
+    if epochs is not None:
+        extra.append(f"train.max_epochs={epochs}")
+    return load_recipe(recipe, extra)
 
 
 def _evaluate_trained(result: TrainResult, name: str, root: Path, run_dir: Path, *, report: bool, quiet: bool) -> None:

@@ -34,6 +34,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from braintumor.bundle import Bundle, load_bundle, read_bundle_config, write_bundle_config
 from braintumor.data.dataset import load_images
 from braintumor.data.layout import Sample, normalise_class_name
@@ -97,6 +99,35 @@ def validation_samples(bundle: Bundle, data_root: Path | str | None = None) -> l
     return samples
 
 
+def _write_calibration_files(
+    out_dir: Path,
+    name: str,
+    record: dict[str, Any],
+    before: np.ndarray,
+    after: np.ndarray,
+    labels: np.ndarray,
+) -> list[Path]:
+    """``calibration.json`` and the validation reliability and risk-coverage plots, in that order."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out_dir / "calibration.json", record)
+    return [
+        out_dir / "calibration.json",
+        plot_reliability_diagram(
+            {"before (T = 1)": before, f"after (T = {record['temperature']:.3g})": after},
+            labels,
+            out_dir / "reliability_validation.png",
+            title=f"{name}: validation reliability",
+        ),
+        plot_risk_coverage(
+            after,
+            labels,
+            out_dir / "risk_coverage_validation.png",
+            threshold=record["refer_threshold"],
+            title=f"{name}: validation risk-coverage",
+        ),
+    ]
+
+
 def calibrate_bundle(
     bundle_dir: Path | str,
     data_root: Path | str | None,
@@ -145,25 +176,7 @@ def calibrate_bundle(
         "created_utc": datetime.now(UTC).isoformat(timespec="seconds"),
     }
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    files = [
-        plot_reliability_diagram(
-            {"before (T = 1)": before, f"after (T = {temperature:.3g})": after},
-            labels,
-            out_dir / "reliability_validation.png",
-            title=f"{bundle.name}: validation reliability",
-        ),
-        plot_risk_coverage(
-            after,
-            labels,
-            out_dir / "risk_coverage_validation.png",
-            threshold=threshold,
-            title=f"{bundle.name}: validation risk-coverage",
-        ),
-    ]
-    write_json_atomic(out_dir / "calibration.json", record)
-    files.insert(0, out_dir / "calibration.json")
-
+    files = _write_calibration_files(out_dir, bundle.name, record, before, after, labels)
     # Re-read the config on disk (not the loaded copy) so nothing written since loading is lost.
     config = read_bundle_config(bundle_dir)
     config.extras.temperature, config.extras.refer_threshold, config.extras.calibration = temperature, threshold, record

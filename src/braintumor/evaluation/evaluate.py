@@ -102,6 +102,68 @@ def write_evaluation(
         _write_csv(out_dir / "skipped.csv", ["path", "reason"], [[s.path, s.reason] for s in image_set.skipped])
 
 
+def _split_metrics(
+    bundle: Bundle,
+    data_root: Path | str,
+    split: str,
+    image_set: ImageSet,
+    predictor: Predictor,
+    logits: np.ndarray,
+    probabilities: np.ndarray,
+    *,
+    tta: bool,
+    n_bootstrap: int,
+) -> dict[str, Any]:
+    """``metrics.json`` of the whole split: classification metrics, provenance and the uncertainty scores."""
+    labels = image_set.labels.numpy()
+    metrics = classification_metrics(labels, probabilities, bundle.class_names)
+    metrics.update(
+        split=split,
+        data_root=str(Path(data_root).resolve()),
+        bundle=str(bundle.path.resolve()),
+        recipe=bundle.name,
+        skipped_files=len(image_set.skipped),
+    )
+    extra = uncertainty_metrics(
+        labels,
+        probabilities,
+        bundle.class_names,
+        logits=logits,
+        temperature=predictor.temperature,
+        refer_threshold=predictor.refer_threshold,
+        n_bootstrap=n_bootstrap,
+    )
+    metrics.update(extra, tta=tta)
+    return metrics
+
+
+def _write_uncertainty_plots(
+    out_dir: Path, title: str, predictor: Predictor, logits: np.ndarray, probabilities: np.ndarray, labels: np.ndarray
+) -> None:
+    """``reliability.png`` (with the uncalibrated curve when the bundle has a temperature) and ``risk_coverage.png``."""
+    curves = {"uncalibrated (T = 1)": probabilities_from_logits(logits)} if predictor.temperature != 1.0 else {}
+    curves[f"as predicted (T = {predictor.temperature:.3g})"] = probabilities
+    plot_reliability_diagram(curves, labels, out_dir / "reliability.png", title=f"{title}: reliability")
+    plot_risk_coverage(
+        probabilities,
+        labels,
+        out_dir / "risk_coverage.png",
+        threshold=predictor.refer_threshold,
+        title=f"{title}: risk-coverage",
+    )
+
+
+def _write_deduplicated(out_dir: Path, deduplicated: dict[str, Any], class_names: list[str], title: str) -> None:
+    """``metrics_deduplicated.json`` and the confusion matrix of the clean subset."""
+    write_json_atomic(out_dir / "metrics_deduplicated.json", deduplicated)
+    plot_confusion_matrix(
+        deduplicated["confusion_matrix"],
+        class_names,
+        out_dir / "confusion_matrix_deduplicated.png",
+        title=f"{title}, deduplicated ({deduplicated['n_images']} images)",
+    )
+
+
 def evaluate_bundle(
     bundle: Bundle | Path | str,
     data_root: Path | str,
@@ -128,25 +190,9 @@ def evaluate_bundle(
     logits = predictor.predict_logits_uint8(image_set.images)
     probabilities = probabilities_from_logits(logits, predictor.temperature)
     labels = image_set.labels.numpy()
-    metrics = classification_metrics(labels, probabilities, bundle.class_names)
-    metrics.update(
-        split=split,
-        data_root=str(Path(data_root).resolve()),
-        bundle=str(bundle.path.resolve()),
-        recipe=bundle.name,
-        skipped_files=len(image_set.skipped),
+    metrics = _split_metrics(
+        bundle, data_root, split, image_set, predictor, logits, probabilities, tta=tta, n_bootstrap=n_bootstrap
     )
-    extra = uncertainty_metrics(
-        labels,
-        probabilities,
-        bundle.class_names,
-        logits=logits,
-        temperature=predictor.temperature,
-        refer_threshold=predictor.refer_threshold,
-        n_bootstrap=n_bootstrap,
-    )
-    metrics.update(extra, tta=tta)
-    title = f"{bundle.name} on {split}"
     deduplicated, audit_note = deduplicated_metrics(
         data_root,
         split,
@@ -160,33 +206,12 @@ def evaluate_bundle(
     )
     if deduplicated is not None:
         metrics["deduplicated"] = deduplicated
-    write_evaluation(
-        out_dir,
-        metrics,
-        probabilities,
-        image_set,
-        bundle.class_names,
-        title=title,
-        referred=predictor.referred(probabilities),
-    )
-    curves = {"uncalibrated (T = 1)": probabilities_from_logits(logits)} if predictor.temperature != 1.0 else {}
-    curves[f"as predicted (T = {predictor.temperature:.3g})"] = probabilities
-    plot_reliability_diagram(curves, labels, out_dir / "reliability.png", title=f"{title}: reliability")
-    plot_risk_coverage(
-        probabilities,
-        labels,
-        out_dir / "risk_coverage.png",
-        threshold=predictor.refer_threshold,
-        title=f"{title}: risk-coverage",
-    )
+    title = f"{bundle.name} on {split}"
+    referred = predictor.referred(probabilities)
+    write_evaluation(out_dir, metrics, probabilities, image_set, bundle.class_names, title=title, referred=referred)
+    _write_uncertainty_plots(out_dir, title, predictor, logits, probabilities, labels)
     if deduplicated is not None:
-        write_json_atomic(out_dir / "metrics_deduplicated.json", deduplicated)
-        plot_confusion_matrix(
-            deduplicated["confusion_matrix"],
-            bundle.class_names,
-            out_dir / "confusion_matrix_deduplicated.png",
-            title=f"{title}, deduplicated ({deduplicated['n_images']} images)",
-        )
+        _write_deduplicated(out_dir, deduplicated, bundle.class_names, title)
     return EvaluationResult(
         metrics, out_dir, probabilities, labels, image_set.paths, image_set.skipped, deduplicated, audit_note
     )

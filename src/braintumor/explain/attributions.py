@@ -72,7 +72,7 @@ def background_images(
     """Up to ``count`` training images at the model's size, from ``background_dir`` or the bundle's data root.
 
     ``background_dir`` may be a data root (with ``Training/<class>/``) or any folder of images. Without
-    it, the bundle's ``config["training"]["data_root"]`` is used when that folder still exists; its
+    it, the bundle's ``config.training.data_root`` is used when that folder still exists; its
     validation images are left out. When neither gives images, ``images`` is ``None`` with a note.
     """
     if background_dir is not None:

@@ -37,6 +37,7 @@ from braintumor.data.preprocessing import eval_transform, resize_to_uint8_tensor
 from braintumor.explain.attributions import Background, fallback_baselines, shap_maps
 from braintumor.explain.gradcam import CAM_METHODS, ExplainError, class_activation_maps, resolve_layer
 from braintumor.explain.overlay import overlay_heatmap
+from braintumor.inference.predictor import softmax_with_temperature
 
 METHODS: tuple[str, ...] = (*CAM_METHODS, "shap")
 
@@ -79,7 +80,7 @@ class Explainer:
     def probabilities(self, inputs: torch.Tensor) -> torch.Tensor:
         """Softmax probabilities ``[N, C]`` (with the bundle's temperature, as the predictor reports them)."""
         with self._lock:
-            return torch.softmax(self.model(inputs) / self.temperature, dim=1)
+            return softmax_with_temperature(self.model(inputs), self.temperature)
 
     def maps(
         self,

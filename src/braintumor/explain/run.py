@@ -33,15 +33,18 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 from captum.attr import LayerActivation
+from PIL import Image
 
 from braintumor.bundle import Bundle, load_bundle
 from braintumor.data.images import SkippedFile, load_image_rgb
 from braintumor.errors import ImageDecodeError
 from braintumor.explain.attributions import Background, background_images, fallback_baselines, shap_maps
+from braintumor.explain.defaults import DEFAULT_SANITY_IMAGES, DEFAULT_SHAP_SAMPLES
 from braintumor.explain.explainer import METHODS, Explainer
 from braintumor.explain.gradcam import CAM_METHODS, ExplainError, class_activation_maps
 from braintumor.explain.overlay import Panel, save_explanation_figure
 from braintumor.explain.sanity import (
+    DeletionSettings,
     ExplainFunction,
     deletion_curve,
     model_randomisation_test,
@@ -128,31 +131,16 @@ def sanity_checks(
     random_by_grid: dict[tuple[int, int] | None, np.ndarray] = {}
     for method in methods:
         grid = cam_grid(explainer, inputs) if method in CAM_METHODS else None
+        settings = DeletionSettings(
+            steps=steps, random_orders=random_orders, grid=grid, seed=seed, temperature=explainer.temperature
+        )
         if grid not in random_by_grid:
-            random_by_grid[grid] = random_deletion_scores(
-                explainer.model,
-                inputs,
-                targets,
-                explainer.black,
-                steps=steps,
-                random_orders=random_orders,
-                grid=grid,
-                seed=seed,
-                temperature=explainer.temperature,
-            )
+            random_by_grid[grid] = random_deletion_scores(explainer.model, inputs, targets, explainer.black, settings)
         explain = method_explain_function(explainer, method, background, n_samples)
         maps = explain(explainer.model, inputs, targets)
         randomisation = model_randomisation_test(explainer.model, inputs, targets, explain, seed=seed, original=maps)
         deletion = deletion_curve(
-            explainer.model,
-            inputs,
-            targets,
-            maps,
-            explainer.black,
-            steps=steps,
-            grid=grid,
-            temperature=explainer.temperature,
-            random_scores=random_by_grid[grid],
+            explainer.model, inputs, targets, maps, explainer.black, settings, random_scores=random_by_grid[grid]
         )
         results["methods"][method] = {"randomisation": randomisation.to_dict(), "deletion": deletion.to_dict()}
         if on_method_done is not None:
@@ -222,6 +210,135 @@ def _figure_names(paths: Sequence[Path]) -> list[str]:
     return names
 
 
+def _checked_methods(methods: Sequence[str]) -> list[str]:
+    """``methods`` as a list, or an :class:`ExplainError` naming the first unknown one."""
+    chosen = list(methods)
+    for method in chosen:
+        if method not in METHODS:
+            raise ExplainError(f"unknown method {method!r}; choose from {', '.join(METHODS)} or all")
+    return chosen
+
+
+def _fixed_targets(explainer: Explainer, target: str | None) -> list[int] | None:
+    """The class indices explained on every image, or ``None`` to explain each image's predicted class."""
+    if target == "all":
+        return list(range(len(explainer.class_names)))
+    if target is not None and target != "predicted":
+        return [explainer.class_index(target)]
+    return None
+
+
+@dataclass(frozen=True)
+class _ImagePlan:
+    """How every image of a run is explained: methods, classes, SHAP background and the figures' note."""
+
+    methods: list[str]
+    fixed_targets: list[int] | None  # None: each image's predicted class
+    background: Background | None
+    shap_samples: int
+    note: str | None
+
+
+@dataclass(frozen=True)
+class _Explained:
+    """One explained image: its ``explanations.json`` entry, its model-size pixels and its sanity-check class."""
+
+    record: dict[str, Any]
+    uint8: torch.Tensor
+    sanity_target: int
+
+
+def _panel_rows(
+    explainer: Explainer, inputs: torch.Tensor, probabilities: torch.Tensor, targets: list[int], plan: _ImagePlan
+) -> list[list[Panel]]:
+    """One row of panels per method, one panel per explained class."""
+    rows: list[list[Panel]] = []
+    for method in plan.methods:
+        batch = inputs.expand(len(targets), -1, -1, -1)
+        maps = explainer.maps(batch, targets, method, background=plan.background, n_samples=plan.shap_samples)
+        rows.append(
+            [
+                Panel(
+                    method,
+                    explainer.class_names[t],
+                    maps[i].numpy(),
+                    f"{method}: {explainer.class_names[t]} (p={float(probabilities[t]):.2f})",
+                )
+                for i, t in enumerate(targets)
+            ]
+        )
+    return rows
+
+
+def _explain_image(explainer: Explainer, path: Path, image: Image.Image, figure: Path, plan: _ImagePlan) -> _Explained:
+    """Explain one decoded image and save its figure."""
+    names = explainer.class_names
+    uint8 = explainer.to_uint8([image])
+    inputs = explainer.to_inputs(uint8)
+    probabilities = explainer.probabilities(inputs)[0]
+    predicted = int(probabilities.argmax())
+    targets = plan.fixed_targets if plan.fixed_targets is not None else [predicted]
+    title = (
+        f"{path.parent.name}/{path.name}: predicted {names[predicted]} "
+        f"({float(probabilities[predicted]):.1%}) - {explainer.bundle.name}, layer {explainer.layer_name}"
+    )
+    rows = _panel_rows(explainer, inputs, probabilities, targets, plan)
+    save_explanation_figure(figure, image, rows, title, note=plan.note)
+    record = {
+        "path": str(path),
+        "figure": str(figure),
+        "predicted_class": names[predicted],
+        "probabilities": {name: float(p) for name, p in zip(names, probabilities.tolist(), strict=True)},
+        "targets": [names[t] for t in targets],
+        "methods": plan.methods,
+    }
+    # With several fixed classes the sanity checks explain the predicted one, as without a target.
+    several = plan.fixed_targets is None or len(plan.fixed_targets) > 1
+    return _Explained(record, uint8[0], predicted if several else targets[0])
+
+
+def _explain_images(
+    explainer: Explainer, paths: list[Path], plan: _ImagePlan, run: ExplainRun, keep: int, show_progress: bool
+) -> list[_Explained]:
+    """Explain every decodable path into ``run`` (undecodable ones are skipped); returns the first ``keep``."""
+    figure_names = dict(zip(paths, _figure_names(paths), strict=True))
+    kept: list[_Explained] = []
+    with progress_bar(show_progress) as progress:
+        task = progress.add_task("Explaining", total=len(paths))
+        for path in paths:
+            progress.advance(task)
+            try:
+                image = load_image_rgb(path)
+            except ImageDecodeError as error:
+                run.skipped.append(SkippedFile(str(path), error.reason))
+                continue
+            explained = _explain_image(explainer, path, image, run.out_dir / figure_names[path], plan)
+            run.images.append(explained.record)
+            if len(kept) < keep:
+                kept.append(explained)
+    return kept
+
+
+def _sanity_on(
+    explainer: Explainer, kept: list[_Explained], plan: _ImagePlan, out_dir: Path, show_progress: bool
+) -> dict[str, Any]:
+    """Run :func:`sanity_checks` on the kept images and write ``sanity.json`` and ``deletion_curves.png``."""
+    with progress_bar(show_progress) as progress:
+        task = progress.add_task(f"Sanity checks ({len(kept)} images)", total=len(plan.methods))
+        sanity = sanity_checks(
+            explainer,
+            explainer.to_inputs(torch.stack([item.uint8 for item in kept])),
+            [item.sanity_target for item in kept],
+            plan.methods,
+            background=plan.background,
+            n_samples=plan.shap_samples,
+            on_method_done=lambda _: progress.advance(task),
+        )
+    write_json_atomic(out_dir / "sanity.json", sanity)
+    plot_deletion_curves(sanity, out_dir / "deletion_curves.png")
+    return sanity
+
+
 def explain_paths(
     bundle: Bundle | Path | str,
     inputs: Sequence[Path | str],
@@ -231,9 +348,9 @@ def explain_paths(
     target: str | None = None,
     layer: str | None = None,
     background_dir: Path | str | None = None,
-    shap_samples: int = 32,
+    shap_samples: int = DEFAULT_SHAP_SAMPLES,
     sanity: bool = False,
-    sanity_images: int = 16,
+    sanity_images: int = DEFAULT_SANITY_IMAGES,
     show_progress: bool = True,
 ) -> ExplainRun:
     """Explain every decodable image under ``inputs`` and write ``<out_dir>/<image>.png`` + ``explanations.json``.
@@ -245,16 +362,9 @@ def explain_paths(
     """
     bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
     out_dir = Path(out_dir)
-    methods = list(methods)
-    for method in methods:
-        if method not in METHODS:
-            raise ExplainError(f"unknown method {method!r}; choose from {', '.join(METHODS)} or all")
+    methods = _checked_methods(methods)
     explainer = Explainer(bundle, layer=layer)
-    fixed_targets: list[int] | None = None
-    if target == "all":
-        fixed_targets = list(range(len(explainer.class_names)))
-    elif target is not None and target != "predicted":
-        fixed_targets = [explainer.class_index(target)]
+    fixed_targets = _fixed_targets(explainer, target)
     paths = expand_inputs(inputs)
     run = ExplainRun(out_dir, [])
     background: Background | None = None
@@ -263,73 +373,10 @@ def explain_paths(
         if background.note:
             run.notes.append(background.note)
     out_dir.mkdir(parents=True, exist_ok=True)
-    figure_names = dict(zip(paths, _figure_names(paths), strict=True))
-    kept_uint8: list[torch.Tensor] = []
-    kept_targets: list[int] = []
-    with progress_bar(show_progress) as progress:
-        task = progress.add_task("Explaining", total=len(paths))
-        for path in paths:
-            progress.advance(task)
-            try:
-                image = load_image_rgb(path)
-            except ImageDecodeError as error:
-                run.skipped.append(SkippedFile(str(path), error.reason))
-                continue
-            uint8 = explainer.to_uint8([image])
-            inputs_tensor = explainer.to_inputs(uint8)
-            probabilities = explainer.probabilities(inputs_tensor)[0]
-            predicted = int(probabilities.argmax())
-            targets = fixed_targets if fixed_targets is not None else [predicted]
-            rows: list[list[Panel]] = []
-            for method in methods:
-                batch = inputs_tensor.expand(len(targets), -1, -1, -1)
-                maps = explainer.maps(batch, targets, method, background=background, n_samples=shap_samples)
-                rows.append(
-                    [
-                        Panel(
-                            method,
-                            explainer.class_names[t],
-                            maps[i].numpy(),
-                            f"{method}: {explainer.class_names[t]} (p={float(probabilities[t]):.2f})",
-                        )
-                        for i, t in enumerate(targets)
-                    ]
-                )
-            figure = out_dir / figure_names[path]
-            title = (
-                f"{path.parent.name}/{path.name}: predicted {explainer.class_names[predicted]} "
-                f"({float(probabilities[predicted]):.1%}) - {bundle.name}, layer {explainer.layer_name}"
-            )
-            save_explanation_figure(figure, image, rows, title, note="; ".join(run.notes) or None)
-            run.images.append(
-                {
-                    "path": str(path),
-                    "figure": str(figure),
-                    "predicted_class": explainer.class_names[predicted],
-                    "probabilities": {
-                        name: float(p) for name, p in zip(explainer.class_names, probabilities.tolist(), strict=True)
-                    },
-                    "targets": [explainer.class_names[t] for t in targets],
-                    "methods": methods,
-                }
-            )
-            if len(kept_uint8) < sanity_images:
-                kept_uint8.append(uint8[0])
-                kept_targets.append(predicted if fixed_targets is None or len(fixed_targets) > 1 else targets[0])
-    if sanity and kept_uint8:
-        with progress_bar(show_progress) as progress:
-            task = progress.add_task(f"Sanity checks ({len(kept_uint8)} images)", total=len(methods))
-            run.sanity = sanity_checks(
-                explainer,
-                explainer.to_inputs(torch.stack(kept_uint8)),
-                kept_targets,
-                methods,
-                background=background,
-                n_samples=shap_samples,
-                on_method_done=lambda _: progress.advance(task),
-            )
-        write_json_atomic(out_dir / "sanity.json", run.sanity)
-        plot_deletion_curves(run.sanity, out_dir / "deletion_curves.png")
+    plan = _ImagePlan(methods, fixed_targets, background, shap_samples, "; ".join(run.notes) or None)
+    kept = _explain_images(explainer, paths, plan, run, sanity_images, show_progress)
+    if sanity and kept:
+        run.sanity = _sanity_on(explainer, kept, plan, out_dir, show_progress)
     write_json_atomic(
         out_dir / "explanations.json",
         {

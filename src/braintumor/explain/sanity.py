@@ -39,6 +39,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from scipy.stats import spearmanr
 
+from braintumor.inference.predictor import softmax_with_temperature
+
 # Maps explain the model when randomising it leaves at most a weak rank agreement (|rho| < 0.5);
 # Adebayo et al. report |rho| near 1 for input-driven methods and near 0 for Grad-CAM after randomisation.
 RANDOMISATION_MAX_MEAN_ABS_RHO = 0.5
@@ -59,6 +61,17 @@ class RandomisationResult:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class DeletionSettings:
+    """How deletion curves are measured; the map under test and its random reference share them."""
+
+    steps: int = 16  # deletion steps: each curve has steps + 1 points, from nothing to everything deleted
+    random_orders: int = 3  # random orders averaged into the reference curve
+    grid: tuple[int, int] | None = None  # the maps' native resolution (see random_order); None: single pixels
+    seed: int = 0
+    temperature: float = 1.0  # the bundle's, so scores are the probabilities its predictor reports
 
 
 @dataclass
@@ -154,10 +167,10 @@ def _deletion_scores(
     target: int,
     order: torch.Tensor,
     fill: torch.Tensor,
-    steps: int,
-    temperature: float,
+    settings: DeletionSettings,
 ) -> np.ndarray:
     """Target probability after deleting the first ``k`` pixels of ``order`` for ``steps + 1`` values of k."""
+    steps = settings.steps
     channels, height, width = image.shape
     n_pixels = height * width
     batch = []
@@ -167,7 +180,7 @@ def _deletion_scores(
         mask[deleted] = True
         mask = mask.view(1, height, width)
         batch.append(torch.where(mask, fill.view(channels, 1, 1), image))
-    probabilities = torch.softmax(model(torch.stack(batch)) / temperature, dim=1)
+    probabilities = softmax_with_temperature(model(torch.stack(batch)), settings.temperature)
     return probabilities[:, target].numpy()
 
 
@@ -186,28 +199,23 @@ def random_deletion_scores(
     inputs: torch.Tensor,
     targets: Sequence[int],
     fill: torch.Tensor,
-    *,
-    steps: int = 16,
-    random_orders: int = 3,
-    grid: tuple[int, int] | None = None,
-    seed: int = 0,
-    temperature: float = 1.0,
+    settings: DeletionSettings = DeletionSettings(),
 ) -> np.ndarray:
-    """Deletion scores ``[N, steps + 1]`` in random orders (mean of ``random_orders``): the reference curve.
+    """Deletion scores ``[N, steps + 1]`` in random orders (mean of ``settings.random_orders``): the reference curve.
 
-    ``grid`` gives the random maps the granularity of the maps under test (see :func:`random_order`).
+    ``settings.grid`` gives the random maps the granularity of the maps under test (see :func:`random_order`).
     It does not depend on the map itself, so one computation serves every method on the same grid.
     """
     model = model.eval()
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator().manual_seed(settings.seed)
     n_rows, n_columns = inputs.shape[-2:]
     curves = []
     for image, target in zip(inputs, targets, strict=True):
         repeats = [
             _deletion_scores(
-                model, image, int(target), random_order(n_rows, n_columns, grid, generator), fill, steps, temperature
+                model, image, int(target), random_order(n_rows, n_columns, settings.grid, generator), fill, settings
             )
-            for _ in range(random_orders)
+            for _ in range(settings.random_orders)
         ]
         curves.append(np.mean(repeats, axis=0))
     return np.asarray(curves)
@@ -219,42 +227,29 @@ def deletion_curve(
     targets: Sequence[int],
     maps: torch.Tensor,
     fill: torch.Tensor,
+    settings: DeletionSettings = DeletionSettings(),
     *,
-    steps: int = 16,
-    random_orders: int = 3,
-    grid: tuple[int, int] | None = None,
-    seed: int = 0,
-    temperature: float = 1.0,
     random_scores: np.ndarray | None = None,
 ) -> DeletionResult:
     """Deletion curves for ``maps`` (most-attributed pixels first) against random pixel orders.
 
     ``fill`` is the normalised value of a deleted pixel per channel (the preprocessing's black).
     AUCs are trapezoid areas over the deleted fraction in [0, 1]; lower means the score fell faster.
-    ``grid`` is the maps' native resolution (e.g. the Grad-CAM layer's ``(h, w)``; ``None`` for pixel-level
-    maps). ``random_scores`` reuses a :func:`random_deletion_scores` result with the same steps and grid.
+    ``settings.grid`` is the maps' native resolution (e.g. the Grad-CAM layer's ``(h, w)``; ``None`` for
+    pixel-level maps). ``random_scores`` reuses a :func:`random_deletion_scores` result with the same settings.
     """
     model = model.eval()
+    steps = settings.steps
     fractions = np.linspace(0.0, 1.0, steps + 1)
     if random_scores is None:
-        random_scores = random_deletion_scores(
-            model,
-            inputs,
-            targets,
-            fill,
-            steps=steps,
-            random_orders=random_orders,
-            grid=grid,
-            seed=seed,
-            temperature=temperature,
-        )
+        random_scores = random_deletion_scores(model, inputs, targets, fill, settings)
     if random_scores.shape != (len(inputs), steps + 1):
         raise ValueError(f"random_scores has shape {random_scores.shape}, expected {(len(inputs), steps + 1)}")
     attributed = []
     for image, target, saliency in zip(inputs, targets, maps, strict=True):
         # Stable sort on the negated map: ties (flat upsampled regions) keep raster order, reproducibly.
         order = torch.argsort(-saliency.flatten(), stable=True)
-        attributed.append(_deletion_scores(model, image, int(target), order, fill, steps, temperature))
+        attributed.append(_deletion_scores(model, image, int(target), order, fill, settings))
     attributed_array, random_array = np.asarray(attributed), np.asarray(random_scores)
     per_image_attributed = [float(np.trapezoid(curve, fractions)) for curve in attributed_array]
     per_image_random = [float(np.trapezoid(curve, fractions)) for curve in random_array]
@@ -270,5 +265,5 @@ def deletion_curve(
         per_image_auc_random=per_image_random,
         passed=bool(auc_attributed < auc_random),
         images_faster_than_random=int(sum(a < r for a, r in zip(per_image_attributed, per_image_random, strict=True))),
-        random_grid=list(grid) if grid is not None else None,
+        random_grid=list(settings.grid) if settings.grid is not None else None,
     )

@@ -44,6 +44,7 @@ from PIL import Image
 from braintumor.bundle import ONNX_FILE, Bundle
 from braintumor.data.preprocessing import Preprocessing, resize_to_uint8_tensor
 from braintumor.errors import BrainTumorError, BundleError
+from braintumor.inference.defaults import DEFAULT_OPSET
 from braintumor.inference.predictor import Predictor
 from braintumor.inference.tta import tta_views
 
@@ -51,7 +52,6 @@ INPUT_NAME = "image"
 OUTPUT_NAME = "logits"
 # Largest allowed max |p_onnx - p_torch| over the parity samples (probabilities, after temperature).
 PARITY_TOLERANCE = 1e-4
-DEFAULT_OPSET = 18
 
 
 class OnnxExportError(BrainTumorError):

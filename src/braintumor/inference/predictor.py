@@ -67,6 +67,20 @@ def expand_inputs(inputs: Iterable[Path | str]) -> list[Path]:
     return paths
 
 
+def softmax_with_temperature(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """``softmax(logits / temperature)`` over the classes of ``[N, C]`` logits, staying a tensor.
+
+    The formula behind :func:`probabilities_from_logits`, for callers that keep working in torch
+    (the explanations and their sanity checks).
+
+    Example:
+        >>> logits = torch.tensor([[0.0, 2.0]], dtype=torch.float64)
+        >>> softmax_with_temperature(logits, temperature=2.0).round(decimals=4).tolist()
+        [[0.2689, 0.7311]]
+    """
+    return torch.softmax(logits / temperature, dim=1)
+
+
 def probabilities_from_logits(logits: np.ndarray | torch.Tensor, temperature: float = 1.0) -> np.ndarray:
     """``softmax(logits / temperature)`` in float32, the one place every predictor turns logits into probabilities.
 
@@ -75,7 +89,7 @@ def probabilities_from_logits(logits: np.ndarray | torch.Tensor, temperature: fl
         [[0.5, 0.5]]
     """
     tensor = torch.as_tensor(np.asarray(logits), dtype=torch.float32)
-    return torch.softmax(tensor / temperature, dim=1).numpy()
+    return softmax_with_temperature(tensor, temperature).numpy()
 
 
 class Predictor:

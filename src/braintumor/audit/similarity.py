@@ -1,4 +1,7 @@
-"""Near-copies between two image sets: vectorised whole-image correlation, then an aligned check of fine detail.
+"""Image similarity for near copies: vectorised whole-image correlation, then an aligned check of fine detail.
+
+It works on grey thumbnails only; which files are compared, and what is recorded, is
+:mod:`braintumor.audit.near_copies`.
 
 Stage 1, candidates: every image is a 64x64 grey thumbnail made zero-mean and unit-norm, so the dot
 product of two thumbnails is their normalised cross-correlation (NCC). NCC ignores brightness and
@@ -76,7 +79,11 @@ class Candidates:
 
 
 def normalise_thumbnails(thumbnails: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """Flatten ``[N, S, S]`` thumbnails to zero-mean, unit-norm float rows (flat images become zeros)."""
+    """Flatten ``[N, S, S]`` thumbnails to zero-mean, unit-norm float rows (flat images become zeros).
+
+    Args:
+        thumbnails: ``[N, S, S]`` grey images; the dot product of two rows is then their NCC.
+    """
     rows = torch.as_tensor(np.ascontiguousarray(thumbnails)).reshape(len(thumbnails), -1).float()
     rows = rows - rows.mean(dim=1, keepdim=True)
     norms = rows.norm(dim=1, keepdim=True)
@@ -95,9 +102,16 @@ def nearest_candidates(
 ) -> Candidates:
     """Top-``k`` whole-image NCC matches in ``reference`` for each ``query`` thumbnail, mirrored too.
 
-    ``query`` and ``reference`` are ``[N, S, S]`` uint8 grey thumbnails. The reference side is
-    normalised one block at a time, so memory is ``O(query + block)``, never ``O(query x reference)``.
-    ``on_block`` is called after each reference block (progress bars).
+    The reference side is normalised one block at a time, so memory is ``O(query + block)``, never
+    ``O(query x reference)``.
+
+    Args:
+        query: ``[N, S, S]`` uint8 grey thumbnails to find matches for.
+        reference: ``[M, S, S]`` uint8 grey thumbnails to search.
+        k: matches kept per query (at most ``M``).
+        query_block: queries per matrix product.
+        reference_block: reference images normalised and multiplied at a time.
+        on_block: called after each reference block (progress bars).
     """
     n_query, n_reference = len(query), len(reference)
     k = max(0, min(k, n_reference))
@@ -187,6 +201,9 @@ def content_box(grey: np.ndarray) -> tuple[float, float, float, float] | None:
     A pixel is bright when it is above the darkest one by a tenth of the range (so an intensity offset
     does not make the background bright); a row or column belongs to the box when more than 2% of its
     pixels are bright, so text, markers and thin frame lines in the background do not stretch it.
+
+    Args:
+        grey: a ``[H, W]`` grey image.
     """
     low, high = float(grey.min()), float(grey.max())
     if high - low < 10:
@@ -279,8 +296,15 @@ def check_pairs(
     """Aligned fine-detail NCC of each ``(query[i], reference[i])`` pair of ``[P, 128, 128]`` uint8 images.
 
     The score is the best of the unaligned images and two fitted alignments; pairs whose unaligned
-    score already reaches ``skip_fit_above`` are not fitted. Mirror the reference image before calling
-    when the candidate was a mirrored match.
+    score already reaches ``skip_fit_above`` are not fitted.
+
+    Args:
+        query: ``[P, 128, 128]`` uint8 grey images, the query side of each pair.
+        reference: ``[P, 128, 128]`` uint8 grey images; mirror one before calling when its candidate was a
+            mirrored match.
+        skip_fit_above: unaligned detail NCC from which a pair is not fitted.
+        batch_size: pairs scored at a time.
+        on_batch: called with the number of pairs after each batch (progress bars).
     """
     n_pairs = len(query)
     detail_ncc = np.full(n_pairs, -1.0, dtype=np.float32)

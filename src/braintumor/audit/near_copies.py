@@ -1,0 +1,282 @@
+"""Near copies across splits: which files are compared, the candidate search and check, and what is recorded.
+
+Every distinct image of a query split (Validation, Testing) without a byte-identical Training copy is
+searched against every distinct Training image on two thumbnails (:mod:`braintumor.audit.similarity`);
+candidates over :data:`~braintumor.audit.constants.CANDIDATE_FLOOR` are checked on aligned 128 px detail,
+and a pair scoring at least the threshold is a near copy. Connected pairs form groups.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from braintumor.audit.constants import CANDIDATE_FLOOR, CHECK_CHUNK, REFERENCE_SPLIT
+from braintumor.audit.scan import FileRecord, detail_thumbnail, file_entry
+from braintumor.audit.similarity import PairCheck, check_pairs, nearest_candidates, normalise_thumbnails
+from braintumor.progress import progress_bar
+
+# Reference thumbnails normalised and searched at a time; the progress bar counts these blocks.
+REFERENCE_BLOCK = 4096
+
+
+@dataclass
+class _CandidatePairs:
+    """Candidate pairs as record indices, with the mirroring chosen and both channels' whole-image NCC."""
+
+    query: list[int]
+    reference: list[int]
+    mirrored: np.ndarray
+    channel_ncc: np.ndarray
+
+
+def find_near_copies(
+    root: Path,
+    records: Sequence[FileRecord],
+    thumbnails: np.ndarray,
+    rows: np.ndarray,
+    *,
+    threshold: float,
+    candidates: int,
+    workers: int,
+    show_progress: bool,
+) -> dict[str, Any]:
+    """Search every query split's distinct images against Training's distinct images; check the candidates.
+
+    Args:
+        root: the data root (the check decodes candidate files again at 128 px).
+        records: every file of the data set, as :func:`~braintumor.audit.scan.read_all` returns them.
+        thumbnails: the decodable files' ``[N, 2, 64, 64]`` thumbnails.
+        rows: each record's row in ``thumbnails`` (-1 when undecodable).
+        threshold: aligned detail NCC from which a pair is a near copy.
+        candidates: most similar Training images kept per query image and thumbnail.
+        workers: threads decoding the candidates' files.
+        show_progress: draw progress bars.
+    """
+    reference_ids, query_ids = _representatives(records, rows)
+    result: dict[str, Any] = {
+        "threshold": threshold,
+        "pairs": [],
+        "candidates": [],
+        "queries_searched": len(query_ids),
+        "reference_images": len(reference_ids),
+    }
+    if not query_ids or not reference_ids:
+        return result
+    started = time.perf_counter()
+    query_thumbs, reference_thumbs = thumbnails[rows[query_ids]], thumbnails[rows[reference_ids]]
+    found = _search(query_thumbs, reference_thumbs, candidates, show_progress)
+    search_s = time.perf_counter() - started
+    keys = sorted(found)
+    mirrored = np.array([found[key][1] for key in keys], dtype=bool)
+    pairs = _CandidatePairs(
+        query=[query_ids[q] for q, _ in keys],
+        reference=[reference_ids[r] for _, r in keys],
+        mirrored=mirrored,
+        channel_ncc=_channel_ncc(query_thumbs[[q for q, _ in keys]], reference_thumbs[[r for _, r in keys]], mirrored),
+    )
+    started = time.perf_counter()
+    checked = _check(root, records, pairs, workers, show_progress)
+    check_s = time.perf_counter() - started
+    result["candidates"], result["pairs"] = _pair_entries(records, pairs, checked, threshold)
+    searched = {q for q, _ in keys}
+    # Queries whose best candidate in both channels was under the floor: nothing looked similar enough.
+    unchecked = [records[query_ids[q]].path for q in range(len(query_ids)) if q not in searched]
+    result.update(
+        queries_without_candidates=unchecked,
+        search_s=round(search_s, 2),
+        check_s=round(check_s, 2),
+        pairs_checked=len(keys),
+    )
+    return result
+
+
+def _representatives(records: Sequence[FileRecord], rows: np.ndarray) -> tuple[list[int], list[int]]:
+    """Record indices of the decodable Training images and the query images to search, one per distinct content.
+
+    Copies inside a split would only fill the top-k slots, so each digest is searched once.
+    """
+    reference_digests = {r.digest for r in records if r.split == REFERENCE_SPLIT and r.digest is not None}
+    reference_ids, query_ids, seen = [], [], set()
+    for index, record in enumerate(records):
+        if rows[index] < 0 or record.digest in seen:
+            continue
+        if record.split == REFERENCE_SPLIT:
+            seen.add(record.digest)
+            reference_ids.append(index)
+    for index, record in enumerate(records):
+        if rows[index] < 0 or record.split == REFERENCE_SPLIT or record.digest in seen:
+            continue
+        # Queries with a byte-identical Training copy are already leaked; no need to search for them.
+        if record.digest in reference_digests:
+            continue
+        seen.add(record.digest)
+        query_ids.append(index)
+    return reference_ids, query_ids
+
+
+def _search(
+    query_thumbs: np.ndarray, reference_thumbs: np.ndarray, candidates: int, show_progress: bool
+) -> dict[tuple[int, int], tuple[float, bool]]:
+    """``(query, reference)`` positions -> (best whole-image NCC, mirrored) of every candidate over the floor."""
+    # Two channels: the whole frame (resized, re-encoded, mirrored, intensity-changed copies) and the
+    # head's bounding box (padded or cropped copies, whose frames no longer line up).
+    channels = (0, 1)
+    found: dict[tuple[int, int], tuple[float, bool]] = {}
+    with progress_bar(show_progress) as progress:
+        blocks = -(-len(reference_thumbs) // REFERENCE_BLOCK)
+        task = progress.add_task("Near-copy search", total=len(channels) * blocks)
+        for channel in channels:
+            top = nearest_candidates(
+                query_thumbs[:, channel],
+                reference_thumbs[:, channel],
+                candidates,
+                reference_block=REFERENCE_BLOCK,
+                on_block=lambda: progress.advance(task),
+            )
+            for q, rank in zip(*np.nonzero(top.scores >= CANDIDATE_FLOOR), strict=True):
+                key, score = (int(q), int(top.indices[q, rank])), float(top.scores[q, rank])
+                if key not in found or score > found[key][0]:
+                    found[key] = (score, bool(top.mirrored[q, rank]))
+    return found
+
+
+def _channel_ncc(query_side: np.ndarray, reference_side: np.ndarray, mirrored: np.ndarray) -> np.ndarray:
+    """Both channels' NCC of every pair (with the mirroring chosen), for the record and the plot."""
+    channel_ncc = np.zeros((len(query_side), 2), dtype=np.float32)
+    if not len(query_side):
+        return channel_ncc
+    query_side = np.where(mirrored[:, None, None, None], query_side[..., ::-1], query_side)
+    for channel in (0, 1):
+        a = normalise_thumbnails(np.ascontiguousarray(query_side[:, channel]))
+        b = normalise_thumbnails(np.ascontiguousarray(reference_side[:, channel]))
+        channel_ncc[:, channel] = (a * b).sum(dim=1).numpy()
+    return channel_ncc
+
+
+def _check(
+    root: Path, records: Sequence[FileRecord], pairs: _CandidatePairs, workers: int, show_progress: bool
+) -> PairCheck:
+    """Aligned detail NCC of every candidate pair, decoding the files at 128 px."""
+    if not pairs.query:
+        return PairCheck(*(np.zeros(0) for _ in range(4)))
+    parts = []
+    with ThreadPoolExecutor(max_workers=workers) as pool, progress_bar(show_progress) as progress:
+        task = progress.add_task("Checking candidate pairs", total=len(pairs.query))
+        # In chunks, so the 128 px images in memory stay bounded on 100k-image sets.
+        for start in range(0, len(pairs.query), CHECK_CHUNK):
+            chunk = range(start, min(start + CHECK_CHUNK, len(pairs.query)))
+            needed = sorted({pairs.query[p] for p in chunk} | {pairs.reference[p] for p in chunk})
+            details = dict(
+                zip(needed, pool.map(lambda i: detail_thumbnail(root / records[i].path), needed), strict=True)
+            )
+            query_detail = np.stack([details[pairs.query[p]] for p in chunk])
+            reference_detail = np.stack(
+                [
+                    details[pairs.reference[p]][:, ::-1] if pairs.mirrored[p] else details[pairs.reference[p]]
+                    for p in chunk
+                ]
+            )
+            parts.append(check_pairs(query_detail, reference_detail, on_batch=lambda n: progress.advance(task, n)))
+    return PairCheck(
+        *(
+            np.concatenate([getattr(part, name) for part in parts])
+            for name in ("detail_ncc", "overlap", "aligned", "transform")
+        )
+    )
+
+
+def _pair_entries(
+    records: Sequence[FileRecord], pairs: _CandidatePairs, checked: PairCheck, threshold: float
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Every checked candidate's scores, and the near copies among them with their labels and copies."""
+    by_digest: dict[str, list[int]] = defaultdict(list)
+    for index, record in enumerate(records):
+        if record.digest is not None:
+            by_digest[record.digest].append(index)
+
+    def copies_of(index: int) -> list[dict[str, str]]:
+        return [file_entry(records[i]) for i in by_digest[records[index].digest or ""]]
+
+    candidates, near = [], []
+    for p, (query_index, reference_index) in enumerate(zip(pairs.query, pairs.reference, strict=True)):
+        query, reference = records[query_index], records[reference_index]
+        reference_classes = sorted(
+            {records[i].class_name for i in by_digest[reference.digest or ""] if records[i].split == REFERENCE_SPLIT}
+        )
+        entry = {
+            "query": query.path,
+            "query_split": query.split,
+            "query_class": query.class_name,
+            "reference": reference.path,
+            "reference_class": reference.class_name,
+            "whole_image_ncc": round(float(pairs.channel_ncc[p].max()), 4),
+            "frame_ncc": round(float(pairs.channel_ncc[p, 0]), 4),
+            "content_box_ncc": round(float(pairs.channel_ncc[p, 1]), 4),
+            "mirrored": bool(pairs.mirrored[p]),
+            "detail_ncc": round(float(checked.detail_ncc[p]), 4),
+            "overlap": round(float(checked.overlap[p]), 3),
+            "aligned": bool(checked.aligned[p]),
+            "transform": [round(float(v), 4) for v in checked.transform[p]],
+            "near_copy": bool(checked.detail_ncc[p] >= threshold),
+        }
+        candidates.append(entry)
+        if entry["near_copy"]:
+            near.append(
+                {
+                    **entry,
+                    "label_conflict": query.class_name not in reference_classes,
+                    "query_copies": copies_of(query_index),
+                    "reference_copies": [f for f in copies_of(reference_index) if f["split"] == REFERENCE_SPLIT],
+                }
+            )
+    return candidates, near
+
+
+def near_groups(records: Sequence[FileRecord], pairs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Connected components of near-copy pairs, each with every file (and byte-identical copy) it holds.
+
+    Args:
+        records: every file of the data set.
+        pairs: the near-copy pairs, as :func:`find_near_copies` records them.
+    """
+    digest_of = {r.path: r.digest for r in records}
+    parent: dict[str, str] = {}
+
+    def find(item: str) -> str:
+        parent.setdefault(item, item)
+        while parent[item] != item:
+            parent[item] = parent[parent[item]]
+            item = parent[item]
+        return item
+
+    for pair in pairs:
+        parent[find(digest_of[pair["query"]] or "")] = find(digest_of[pair["reference"]] or "")
+    members: dict[str, set[str]] = defaultdict(set)
+    for digest in list(parent):
+        members[find(digest)].add(digest)
+    records_of: dict[str, list[FileRecord]] = defaultdict(list)
+    for record in records:
+        if record.digest in parent:
+            records_of[record.digest].append(record)
+    groups = []
+    for digests in members.values():
+        files = [file_entry(r) for digest in sorted(digests) for r in records_of[digest]]
+        classes = sorted({f["class"] for f in files})
+        groups.append(
+            {
+                "files": files,
+                "splits": sorted({f["split"] for f in files}),
+                "classes": classes,
+                "label_conflict": len(classes) > 1,
+            }
+        )
+    groups.sort(key=lambda g: (-len(g["files"]), g["files"][0]["path"]))
+    return groups

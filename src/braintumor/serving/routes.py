@@ -1,0 +1,185 @@
+"""The endpoints: the web page and ``/v1/health`` open to all, ``/v1/model``, ``/v1/predict`` and
+``/v1/explain`` behind the API key when one is configured.
+
+Handlers find the :class:`~braintumor.serving.service.ModelService` in ``app.state.service``.
+Decoding and inference run in the thread pool so the event loop keeps answering while a request
+computes.
+
+Example:
+    >>> [route.path for route in public_router().routes]
+    ['/', '/v1/health']
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Callable
+from importlib import resources
+from typing import Annotated, Any
+
+import numpy as np
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import HTMLResponse, Response
+from fastapi.security import APIKeyHeader
+
+from braintumor.serving.schemas import (
+    EXPLAIN_RESPONSES,
+    UPLOAD_BODY,
+    UPLOAD_ERRORS,
+    HealthResponse,
+    ImageInfo,
+    PredictionResponse,
+    Timing,
+)
+from braintumor.serving.service import ModelService
+from braintumor.serving.settings import ServeSettings
+from braintumor.serving.uploads import (
+    DecodedUpload,
+    UploadError,
+    decode_upload,
+    read_limited,
+    readable_list,
+    upload_from_body,
+)
+
+API_PREFIX = "/v1"
+
+
+def get_service(request: Request) -> ModelService:
+    """The service :func:`~braintumor.serving.app.create_app` put in ``app.state``."""
+    return request.app.state.service
+
+
+Service = Annotated[ModelService, Depends(get_service)]
+
+
+def api_key_check(settings: ServeSettings) -> Callable[..., None]:
+    """A dependency that refuses a request without the configured key (401); a no-op without one.
+
+    The header scheme is built from ``settings`` so ``/docs`` names the header this server reads.
+    """
+    key_header = APIKeyHeader(name=settings.api_key_header, auto_error=False, description="Only when configured.")
+
+    def require_api_key(supplied: str | None = Depends(key_header)) -> None:
+        if not settings.api_key_required:
+            return
+        expected = settings.api_key.get_secret_value().encode()  # type: ignore[union-attr]
+        if supplied is None or not secrets.compare_digest(supplied.encode(), expected):
+            raise UploadError(
+                401, "unauthorised", f"this service needs a valid API key in the {settings.api_key_header} header"
+            )
+
+    return require_api_key
+
+
+async def receive(request: Request, settings: ServeSettings) -> tuple[DecodedUpload, float, float]:
+    """The decoded upload, and the milliseconds spent reading and decoding it."""
+    started = time.perf_counter()
+    body = await read_limited(request.stream(), settings.max_upload_bytes, request.headers.get("content-length"))
+    upload = upload_from_body(request.headers.get("content-type"), body)
+    read_done = time.perf_counter()
+    decoded = await run_in_threadpool(
+        decode_upload, upload, allowed_formats=settings.allowed_formats, max_pixels=settings.max_pixels
+    )
+    return decoded, (read_done - started) * 1000.0, (time.perf_counter() - read_done) * 1000.0
+
+
+def index_html() -> str:
+    """The web page (self-contained: no CDN), read once when the app is built."""
+    return resources.files("braintumor.serving").joinpath("static/index.html").read_text(encoding="utf-8")
+
+
+async def index(request: Request) -> HTMLResponse:
+    return HTMLResponse(request.app.state.index_html)
+
+
+async def health(service: Service) -> HealthResponse:
+    """Liveness and what a client needs to know before uploading (no API key needed)."""
+    settings = service.settings
+    return HealthResponse(
+        status="ok",
+        model=service.ref,
+        api_key_required=settings.api_key_required,
+        api_key_header=settings.api_key_header,
+        max_upload_bytes=settings.max_upload_bytes,
+        accepted_formats=list(settings.allowed_formats),
+        explain_available=service.gradcam is not None,
+    )
+
+
+async def model_info(service: Service) -> dict[str, Any]:
+    """Class names, recipe, preprocessing and validation metrics of the served bundle."""
+    return service.model_card()
+
+
+async def predict(request: Request, service: Service) -> PredictionResponse:
+    """Class, probabilities, calibrated confidence and refer flag for one JPEG, PNG or DICOM image."""
+    started = time.perf_counter()
+    decoded, read_ms, decode_ms = await receive(request, service.settings)
+    probabilities, inference_ms = await run_in_threadpool(service.predict, decoded.image)
+    best = int(np.argmax(probabilities))
+    confidence = float(probabilities[best])
+    threshold = service.refer_threshold
+    return PredictionResponse(
+        class_name=service.class_names[best],
+        confidence=confidence,
+        probabilities={name: float(p) for name, p in zip(service.class_names, probabilities, strict=True)},
+        calibrated=service.temperature is not None,
+        temperature=service.temperature,
+        refer=None if threshold is None else confidence < threshold,
+        refer_threshold=threshold,
+        model=service.ref,
+        image=ImageInfo(format=decoded.format, width=decoded.image.width, height=decoded.image.height),
+        timing=Timing(
+            read_ms=round(read_ms, 2),
+            decode_ms=round(decode_ms, 2),
+            inference_ms=round(inference_ms, 2),
+            total_ms=round((time.perf_counter() - started) * 1000.0, 2),
+        ),
+    )
+
+
+async def explain(
+    request: Request,
+    service: Service,
+    target: str | None = Query(None, description="Class to explain (default: the predicted class)."),
+    method: str = Query("gradcam", description="Attribution method passed to braintumor.explain."),
+) -> Response:
+    """Grad-CAM overlay PNG for the predicted class or ``target``; the class is in ``X-Explained-Class``."""
+    if target is not None and target not in service.class_names:
+        raise UploadError(
+            422, "unknown_class", f"unknown class {target!r}: choose {readable_list(service.class_names)}"
+        )
+    # Refuse before reading the upload: without Grad-CAM no image can be explained.
+    service.require_gradcam()
+    decoded, _, _ = await receive(request, service.settings)
+    png, explained = await run_in_threadpool(service.explain, decoded.image, target, method)
+    return Response(png, media_type="image/png", headers={"X-Explained-Class": explained})
+
+
+def public_router() -> APIRouter:
+    """The web page and ``/v1/health``: what anyone may see before uploading."""
+    router = APIRouter()
+    router.add_api_route("/", index, methods=["GET"], response_class=HTMLResponse, include_in_schema=False)
+    router.add_api_route(f"{API_PREFIX}/health", health, methods=["GET"])
+    return router
+
+
+def protected_router(settings: ServeSettings) -> APIRouter:
+    """``/v1/model``, ``/v1/predict`` and ``/v1/explain``, each needing the API key when one is set."""
+    router = APIRouter(dependencies=[Depends(api_key_check(settings))])
+    router.add_api_route(f"{API_PREFIX}/model", model_info, methods=["GET"], responses={401: UPLOAD_ERRORS[401]})
+    router.add_api_route(
+        f"{API_PREFIX}/predict", predict, methods=["POST"], openapi_extra=UPLOAD_BODY, responses=UPLOAD_ERRORS
+    )
+    router.add_api_route(
+        f"{API_PREFIX}/explain",
+        explain,
+        methods=["POST"],
+        openapi_extra=UPLOAD_BODY,
+        response_class=Response,
+        responses=EXPLAIN_RESPONSES,
+    )
+    return router

@@ -1,0 +1,132 @@
+"""The model behind the service: the loaded bundle, its predictor, Grad-CAM and the model card."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import io
+import os
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from braintumor.bundle import WEIGHTS_FILE, Bundle, load_bundle
+from braintumor.config import Recipe
+from braintumor.errors import BrainTumorError
+from braintumor.inference.onnx_export import OnnxPredictor, make_predictor
+from braintumor.serving.schemas import DISCLAIMER, ModelRef
+from braintumor.serving.settings import ServeSettings
+from braintumor.serving.uploads import UploadError
+
+GradcamFunction = Callable[..., tuple[Image.Image, str]]
+
+
+def weights_version(bundle_path: Path) -> str:
+    """A short content hash of the weights: two bundles with the same version hold the same model."""
+    digest = hashlib.blake2b(digest_size=16)
+    with (bundle_path / WEIGHTS_FILE).open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:12]
+
+
+def _gradcam_function() -> tuple[GradcamFunction | None, str]:
+    """``braintumor.explain.gradcam_overlay`` when it can be imported, else None and the reason."""
+    try:
+        module = importlib.import_module("braintumor.explain")
+        function = getattr(module, "gradcam_overlay", None)
+    except ImportError as error:
+        return None, f"the explain stage cannot be imported ({error}); install braintumor[explain]"
+    if function is None:
+        return None, "this braintumor version has no Grad-CAM (braintumor.explain.gradcam_overlay)"
+    return function, ""
+
+
+def _public_recipe(recipe: Recipe) -> dict[str, Any]:
+    """The recipe without the server's file paths (a local weights file is named, not located)."""
+    public = recipe.model_dump(mode="json")
+    if recipe.model.weights is not None:
+        public["model"]["weights"] = recipe.model.weights.name
+    return public
+
+
+class ModelService:
+    """The loaded bundle, its predictor and what the endpoints report about it."""
+
+    def __init__(self, bundle_path: Path | str, settings: ServeSettings) -> None:
+        self.settings = settings
+        self.bundle: Bundle = load_bundle(bundle_path)
+        # One thread per model run and as many runs as cores: requests proceed side by side on their own
+        # core, which gave more requests/s than two threads per run (docs/serving.md).
+        self.predictor = make_predictor(self.bundle, settings.backend, threads=settings.threads or 1)
+        backend = "onnxruntime" if isinstance(self.predictor, OnnxPredictor) else "pytorch"
+        self.ref = ModelRef(name=self.bundle.name, version=weights_version(self.bundle.path), backend=backend)
+        # The predictor reads and checks the bundle's calibration (temperature, refer threshold).
+        self.temperature = self.predictor.temperature if self.bundle.config.extras.temperature is not None else None
+        self.refer_threshold = self.predictor.refer_threshold
+        # One PyTorch model serves Grad-CAM (hooks, gradients) and, without ONNX, predictions:
+        # concurrent use would mix one request's activations into another's explanation.
+        self.torch_lock = threading.Lock()
+        # More simultaneous model runs than cores only adds context switches and memory.
+        self.inference_slots = threading.BoundedSemaphore(settings.concurrency or max(1, os.cpu_count() or 1))
+        self.gradcam, self.gradcam_missing_reason = _gradcam_function()
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.bundle.class_names
+
+    def predict(self, image: Image.Image) -> tuple[np.ndarray, float]:
+        """Class probabilities for one image and the milliseconds the model took."""
+        started = time.perf_counter()
+        if isinstance(self.predictor, OnnxPredictor):
+            with self.inference_slots:
+                probabilities = self.predictor.predict_images([image])[0]
+        else:
+            with self.torch_lock:
+                probabilities = self.predictor.predict_images([image])[0]
+        return probabilities, (time.perf_counter() - started) * 1000.0
+
+    def require_gradcam(self) -> GradcamFunction:
+        """The Grad-CAM function, or the 501 that says why this server has none."""
+        if self.gradcam is None:
+            raise UploadError(
+                501, "explain_unavailable", f"explanations are not available: {self.gradcam_missing_reason}"
+            )
+        return self.gradcam
+
+    def explain(self, image: Image.Image, target: str | None, method: str) -> tuple[bytes, str]:
+        """A Grad-CAM overlay as PNG bytes and the class it explains."""
+        gradcam = self.require_gradcam()
+        try:
+            with self.torch_lock:
+                overlay, explained = gradcam(self.bundle, image, target=target, method=method)
+        except (BrainTumorError, ValueError) as error:
+            raise UploadError(422, "cannot_explain", f"cannot explain this image: {error}") from None
+        buffer = io.BytesIO()
+        overlay.convert("RGB").save(buffer, format="PNG")
+        return buffer.getvalue(), explained
+
+    def model_card(self) -> dict[str, Any]:
+        """What ``/v1/model`` reports: classes, recipe, preprocessing, validation metrics, calibration."""
+        config = self.bundle.config
+        training = config.training
+        return {
+            "model": self.ref.model_dump(),
+            "class_names": self.bundle.class_names,
+            "recipe": _public_recipe(config.recipe),
+            "preprocessing": config.preprocessing.model_dump(mode="json"),
+            # Validation-split numbers only: the official Testing split is for reports, never for the model.
+            "metrics": {"validation": training.val_metrics or None},
+            "training": training.model_dump(include={"n_train", "n_val", "epochs_run", "best_epoch"}),
+            "temperature": self.temperature,
+            "refer_threshold": self.refer_threshold,
+            "created_utc": config.created_utc,
+            "versions": config.versions,
+            "explain_available": self.gradcam is not None,
+            "disclaimer": DISCLAIMER,
+        }

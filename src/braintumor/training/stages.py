@@ -1,0 +1,119 @@
+"""LP-FT's second half: the recipe's fine-tuning stages after the probe, then the WiSE-FT weight choice.
+
+Each stage's final weights go to ``checkpoints/stage-N/final.safetensors``; a resumed run skips the
+stages that have one and continues an unfinished stage from its ``last.ckpt``.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn as nn
+from safetensors.torch import load_file
+from torch.utils.data import DataLoader
+
+from braintumor.config import FineTuneStage
+from braintumor.errors import BrainTumorError
+from braintumor.models.network import BrainTumorNet
+from braintumor.training.feature_cache import encode_views
+from braintumor.training.finetune import FineTuneNet, interpolate_weights, prepare_stage, split_backbone
+from braintumor.training.fitting import FitContext, classifier, fit_module, image_loaders, save_weights, view_loaders
+from braintumor.training.validation import validation_metrics
+
+FINAL_FILE = "final.safetensors"
+
+
+def _copy_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {key: value.detach().clone() for key, value in model.state_dict().items()}
+
+
+def finetune(model: BrainTumorNet, context: FitContext) -> tuple[dict[str, Any], L.Trainer | None]:
+    """Run the fine-tuning stages on the probed ``model``, then WiSE-FT; returns what was done, for the bundle."""
+    stages = context.recipe.train.finetune_stages
+    probe_state = _copy_state(model)
+    record: dict[str, Any] = {"stages": []}
+    trainer: L.Trainer | None = None
+    for index, stage in enumerate(stages, start=1):
+        final_file = context.run_dir / "checkpoints" / f"stage-{index}" / FINAL_FILE
+        optimizer_groups = prepare_stage(model, stage, context.recipe.train.weight_decay)
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        if context.resume and final_file.is_file():
+            model.load_state_dict(load_file(str(final_file)))
+            record["stages"].append({"stage": index, "reused": True, "trainable_parameters": trainable})
+            continue
+        context.say(
+            f"fine-tuning stage {index}/{len(stages)}: {stage.epochs} epoch(s), top "
+            f"{stage.unfreeze} layer group(s), LR {stage.learning_rate:g}, layer decay {stage.layer_decay:g}, "
+            f"{trainable:,} trainable parameters"
+        )
+        started = time.perf_counter()
+        trainer = _fit_stage(model, context, index, stage, optimizer_groups)
+        record["stages"].append(
+            {"stage": index, "trainable_parameters": trainable, "seconds": round(time.perf_counter() - started, 2)}
+        )
+    if context.recipe.train.wise_alphas:
+        record["wise_ft"] = _choose_wise_alpha(model, probe_state, context)
+    model.requires_grad_(False)
+    return record, trainer
+
+
+def _fit_stage(
+    model: BrainTumorNet, context: FitContext, index: int, stage: FineTuneStage, optimizer_groups: list[dict[str, Any]]
+) -> L.Trainer:
+    """One stage's fit (continued from its ``last.ckpt`` when resuming), its final weights saved."""
+    stage_dir = context.run_dir / "checkpoints" / f"stage-{index}"
+    last = stage_dir / "last.ckpt"
+    network, loaders, callbacks = _stage_inputs(model, context, index, stage)
+    module = classifier(network, context, optimizer_groups)
+    context.history.stage = f"finetune-{index}"
+    trainer = fit_module(
+        module,
+        loaders,
+        context,
+        callbacks=callbacks,
+        resume_from=last if context.resume and last.is_file() else None,
+        max_epochs=stage.epochs,
+        checkpoint_dir=stage_dir,
+    )
+    save_weights(model, stage_dir / FINAL_FILE)
+    return trainer
+
+
+def _stage_inputs(
+    model: BrainTumorNet, context: FitContext, index: int, stage: FineTuneStage
+) -> tuple[FineTuneNet, tuple[DataLoader, DataLoader], list[L.Callback]]:
+    """What a stage trains and on what: the whole network on images, or its top on cached bottom activations."""
+    frozen = context.recipe.train.finetune_batchnorm == "frozen"
+    if not stage.cache_frozen_layers:
+        return FineTuneNet(model, model.backbone if frozen else None), image_loaders(context), []
+    split = split_backbone(model.backbone)
+    if split is None:
+        raise BrainTumorError(
+            f"finetune_stages[{index}].cache_frozen_layers: backbone {context.recipe.model.backbone} cannot be split "
+            "at its trainable layer groups (supported: timm EfficientNet and ResNet families); "
+            "set cache_frozen_layers: false"
+        )
+    bottom, top = split
+    # The frozen bottom's activations are computed once per cached view, not once per epoch.
+    train_activations, val_activations = encode_views(bottom, context)
+    loaders, scheduler = view_loaders(train_activations, val_activations, context, context.recipe.data.batch_size * 2)
+    return FineTuneNet(nn.Sequential(top, model.head), top if frozen else None), loaders, [scheduler]
+
+
+def _choose_wise_alpha(
+    model: BrainTumorNet, probe_state: dict[str, torch.Tensor], context: FitContext
+) -> dict[str, Any]:
+    """WiSE-FT: keep the interpolation of probed and fine-tuned weights with the lowest validation loss."""
+    tuned_state = _copy_state(model)
+    losses: dict[str, float] = {}
+    for alpha in sorted(set(context.recipe.train.wise_alphas)):
+        model.load_state_dict(interpolate_weights(probe_state, tuned_state, alpha))
+        # The same validation cross-entropy as the rest of the run reports.
+        losses[f"{alpha:g}"] = validation_metrics(model, context.val_set, context.prep)["loss"]
+    best = min(losses, key=losses.__getitem__)
+    model.load_state_dict(interpolate_weights(probe_state, tuned_state, float(best)))
+    context.say(f"WiSE-FT: validation loss per alpha {losses}; keeping alpha {best}")
+    return {"alpha": float(best), "val_loss_per_alpha": losses}

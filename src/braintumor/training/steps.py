@@ -1,0 +1,295 @@
+"""The steps of one training run, in the order :func:`~braintumor.training.train.train_recipe` takes them.
+
+open the run folder -> build the model -> prepare the data (decode, deduplicate, split) -> start tracking
+-> fit -> select the weights -> record -> save. The official Testing split is never read here.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+from lightning.pytorch.loggers import Logger
+from lightning.pytorch.utilities import rank_zero_only
+from safetensors.torch import load_file
+
+from braintumor.bundle import TrainingRecord, save_bundle
+from braintumor.config import Recipe
+from braintumor.data.dataset import ImageSet, drop_exact_duplicates, load_images, stratified_split
+from braintumor.data.layout import Sample
+from braintumor.data.preprocessing import Preprocessing
+from braintumor.errors import BrainTumorError
+from braintumor.evaluation.plots import plot_training_curves
+from braintumor.io import write_json_atomic
+from braintumor.models import create_model, resolve_preprocessing
+from braintumor.models.network import BrainTumorNet
+from braintumor.training.feature_cache import FEATURE_CACHE_FILE, cached_features
+from braintumor.training.fitting import (
+    FitContext,
+    RunOptions,
+    Say,
+    classifier,
+    fit_module,
+    image_loaders,
+    save_weights,
+    view_loaders,
+)
+from braintumor.training.manifest import build_manifest
+from braintumor.training.stages import finetune
+from braintumor.training.tracking import (
+    create_logger,
+    describe_logger,
+    flatten_params,
+    log_artifacts,
+    log_final_metrics,
+)
+from braintumor.training.validation import validation_metrics
+
+RUN_FILE = "run.json"
+PROBE_FILE = "probe-final.safetensors"
+
+
+def read_run_file(run_dir: Path | str) -> dict[str, Any]:
+    """The ``run.json`` a training writes when it starts (recipe, data root, options, tracker run)."""
+    path = Path(run_dir) / RUN_FILE
+    if not path.is_file():
+        raise BrainTumorError(f"{run_dir} is not a training run folder (no {RUN_FILE}); nothing to resume")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as error:
+        raise BrainTumorError(f"{path} is unreadable: {error}") from None
+
+
+def open_run_folder(run_dir: Path, resume: bool, say: Say) -> tuple[dict[str, Any], Path | None]:
+    """Create ``run_dir``; when resuming, return its ``run.json`` and ``last.ckpt``, else clear an older run's state."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    last_checkpoint = run_dir / "checkpoints" / "last.ckpt"
+    previous = read_run_file(run_dir) if resume else {}
+    resume_from = last_checkpoint if resume and last_checkpoint.is_file() else None
+    if resume and resume_from is None:
+        say(f"no checkpoint in {run_dir / 'checkpoints'} yet: starting the run from the first epoch")
+    if not resume and rank_zero_only.rank == 0:
+        # A fresh run must not pick up an older run's checkpoints or features from the same folder.
+        shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+        (run_dir / FEATURE_CACHE_FILE).unlink(missing_ok=True)
+    return previous, resume_from
+
+
+def build_model(recipe: Recipe) -> tuple[BrainTumorNet, Preprocessing]:
+    """The recipe's network and the preprocessing (size, crop) its images are decoded with."""
+    model = create_model(recipe)
+    return model, resolve_preprocessing(recipe, model)
+
+
+@dataclass
+class PreparedData:
+    """Training decoded once, exact duplicates dropped, and its stratified validation split."""
+
+    images: ImageSet  # every image used (the manifest's files); its ``skipped`` lists the undecodable ones
+    train_set: ImageSet
+    val_set: ImageSet
+    duplicates: dict[str, Any]
+
+
+def prepare_data(
+    recipe: Recipe, samples: list[Sample], prep: Preprocessing, show_progress: bool, say: Say
+) -> PreparedData:
+    """Decode Training, drop exact duplicates (when the recipe asks) and split off the validation images."""
+    image_set = load_images(samples, prep, description="Decoding Training", show_progress=show_progress)
+    for skipped in image_set.skipped:
+        say(f"skipped {skipped.path}: {skipped.reason}")
+    if image_set.skipped:
+        say(f"{len(image_set.skipped)} of {len(samples)} files could not be decoded and were skipped")
+    duplicates: dict[str, Any] = {"enabled": recipe.data.drop_train_duplicates}
+    if recipe.data.drop_train_duplicates:
+        image_set, report = drop_exact_duplicates(image_set)
+        duplicates.update(
+            removed_copies=report.removed_copies,
+            removed_label_conflicts=report.removed_conflicts,
+            conflict_groups=report.conflict_groups,
+        )
+        say(
+            f"dropped {report.removed_copies} byte-identical copies inside Training"
+            + (f" and {report.removed_conflicts} files with conflicting labels" if report.removed_conflicts else "")
+        )
+    train_idx, val_idx = stratified_split(image_set.labels, recipe.data.val_fraction, recipe.data.split_seed)
+    train_set, val_set = image_set.subset(train_idx), image_set.subset(val_idx)
+    say(
+        f"training on {len(train_set)} images, validating on {len(val_set)} (stratified, seed "
+        f"{recipe.data.split_seed}); class counts {train_set.class_counts()}"
+    )
+    return PreparedData(image_set, train_set, val_set, duplicates)
+
+
+def start_tracking(
+    recipe: Recipe, data_root: Path, run_dir: Path, options: RunOptions, previous: dict[str, Any], resume: bool
+) -> tuple[Logger | None, dict[str, Any]]:
+    """The tracker's logger (rank zero only; a resumed run continues its tracker run) and ``run.json``."""
+    tracking = dict(previous.get("tracking") or {})
+    if rank_zero_only.rank != 0:
+        return None, tracking
+    logger = create_logger(
+        options.tracker,
+        run_name=f"{recipe.name}-{run_dir.name}",
+        tracking_uri=options.tracking_uri or tracking.get("tracking_uri"),
+        run_id=tracking.get("run_id") if resume else None,
+    )
+    tracking = describe_logger(options.tracker, logger)
+    if logger is not None and not resume:
+        logger.log_hyperparams(flatten_params(recipe.model_dump(mode="json")))
+    write_json_atomic(
+        run_dir / RUN_FILE,
+        {
+            "recipe": recipe.model_dump(mode="json"),
+            "data_root": str(data_root.resolve()),
+            "options": options.to_json(),
+            "tracking": tracking,
+        },
+    )
+    return logger, tracking
+
+
+@dataclass
+class FitOutcome:
+    """What fitting did, for the training record."""
+
+    feature_cache: bool
+    finetuning: dict[str, Any] | None
+    timing: dict[str, Any]
+    # The last fit's trainer (its world size goes in the record); None when a resumed run had nothing left to fit.
+    trainer: L.Trainer | None
+
+
+def fit(model: BrainTumorNet, context: FitContext) -> FitOutcome:
+    """The plain Lightning fit, or the head on cached features then the fine-tuning stages (LP-FT, WiSE-FT)."""
+    started = time.perf_counter()
+    if not (model.frozen_backbone and context.recipe.train.feature_cache):
+        loaders = image_loaders(context)
+        trainer = fit_module(classifier(model, context), loaders, context, resume_from=context.resume_from)
+        return FitOutcome(False, None, {"fit_s": round(time.perf_counter() - started, 2)}, trainer)
+    trainer, timing = _fit_probe(model, context, started)
+    finetuning = None
+    if context.recipe.train.finetune_stages:
+        finetuning, stage_trainer = finetune(model, context)
+        trainer = stage_trainer or trainer
+    timing["fit_s"] = round(time.perf_counter() - started, 2)
+    return FitOutcome(True, finetuning, timing, trainer)
+
+
+def _fit_probe(model: BrainTumorNet, context: FitContext, started: float) -> tuple[L.Trainer | None, dict[str, Any]]:
+    """The head on cached backbone features (kept as it is when a resumed run's probe had finished), and its timing."""
+    train_features, val_features, reused = cached_features(model, context)
+    timing: dict[str, Any] = {
+        "feature_views": int(train_features.shape[0]),
+        "feature_cache_reused": reused,
+        "feature_extraction_s": round(time.perf_counter() - started, 2),
+    }
+    loaders, scheduler = view_loaders(train_features, val_features, context, val_batch_size=512)
+    module = classifier(model.head, context)
+    stages = context.recipe.train.finetune_stages
+    probe_file = context.run_dir / "checkpoints" / PROBE_FILE
+    trainer = None
+    if context.resume and probe_file.is_file():
+        # The probe finished before the interruption: its weights are final, go on to fine-tuning.
+        model.head.load_state_dict(load_file(str(probe_file)))
+    else:
+        context.history.stage = "probe" if stages else "train"
+        trainer = fit_module(module, loaders, context, callbacks=[scheduler], resume_from=context.resume_from)
+        if stages:
+            save_weights(model.head, probe_file)
+    timing["probe_fit_s"] = round(time.perf_counter() - started, 2)
+    return trainer, timing
+
+
+@dataclass
+class Selection:
+    """The weights kept (the fits restored their best epochs) and how they do on the validation split."""
+
+    best_epoch: int  # 1-based row of the run's history with the lowest validation loss; 0 without history
+    val_metrics: dict[str, Any]
+
+
+def select_best(model: BrainTumorNet, context: FitContext) -> Selection:
+    """The best epoch over the whole history and the kept weights' validation metrics."""
+    val_metrics = validation_metrics(model, context.val_set, context.prep)
+    val_losses = [row.get("val_loss", float("inf")) for row in context.history.rows]
+    return Selection(int(np.argmin(val_losses)) + 1 if val_losses else 0, val_metrics)
+
+
+def training_record(
+    context: FitContext,
+    data: PreparedData,
+    outcome: FitOutcome,
+    selection: Selection,
+    *,
+    data_root: Path,
+    duration: float,
+    tracking: dict[str, Any],
+) -> TrainingRecord:
+    """What the run did and measured, as the bundle's ``training`` section."""
+    options, history, class_weights = context.options, context.history.rows, context.class_weights
+    return TrainingRecord(
+        data_root=str(data_root.resolve()),
+        n_train=len(data.train_set),
+        n_val=len(data.val_set),
+        train_class_counts=data.train_set.class_counts(),
+        val_paths=[str(p) for p in data.val_set.paths],
+        skipped_files=[vars(s) for s in data.images.skipped],
+        duplicates=data.duplicates,
+        epochs_run=len(history),
+        best_epoch=selection.best_epoch,
+        history=history,
+        val_metrics=selection.val_metrics,
+        feature_cache=outcome.feature_cache,
+        finetuning=outcome.finetuning,
+        class_weights=None if class_weights is None else class_weights.tolist(),
+        timing=outcome.timing,
+        duration_s=round(duration, 2),
+        resumed=context.resume_from is not None,
+        devices={
+            "accelerator": options.accelerator,
+            "devices": options.devices,
+            "num_nodes": options.num_nodes,
+            "strategy": options.strategy,
+            "world_size": outcome.trainer.world_size if outcome.trainer is not None else None,
+        },
+        tracking=tracking,
+    )
+
+
+def save_run(
+    model: BrainTumorNet,
+    context: FitContext,
+    data: PreparedData,
+    selection: Selection,
+    record: TrainingRecord,
+    data_root: Path,
+) -> Path:
+    """The bundle, ``training_curves.png``, ``val_metrics.json`` and ``run_manifest.json``, also sent to the tracker."""
+    recipe, run_dir, history = context.recipe, context.run_dir, context.history.rows
+    manifest = build_manifest(recipe, data_root, data.images.paths, data.images.hashes)
+    bundle_dir = save_bundle(run_dir / "bundle", model, recipe, context.prep, training=record, manifest=manifest)
+    if history:
+        plot_training_curves(history, run_dir / "training_curves.png", title=recipe.name)
+    write_json_atomic(run_dir / "val_metrics.json", selection.val_metrics)
+    write_json_atomic(run_dir / "run_manifest.json", manifest)
+    log_final_metrics(
+        context.logger,
+        {
+            "best_val_loss": selection.val_metrics["loss"],
+            "best_val_accuracy": selection.val_metrics["accuracy"],
+            "best_val_macro_f1": selection.val_metrics["macro_f1"],
+            "best_epoch": selection.best_epoch,
+        },
+    )
+    log_artifacts(
+        context.logger,
+        [bundle_dir, run_dir / "training_curves.png", run_dir / "history.csv", run_dir / "run_manifest.json"],
+    )
+    return bundle_dir

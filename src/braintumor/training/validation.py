@@ -1,0 +1,38 @@
+"""Predictions and metrics on the validation split, for picking weights (WiSE-FT) and for the record."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from braintumor.data.dataset import ImageSet
+from braintumor.data.preprocessing import Preprocessing, eval_transform
+from braintumor.evaluation.metrics import classification_metrics
+from braintumor.inference.predictor import probabilities_from_logits
+from braintumor.layout_constants import CLASS_NAMES
+from braintumor.models.network import BrainTumorNet
+
+
+@torch.inference_mode()
+def predict_probabilities(
+    model: BrainTumorNet, image_set: ImageSet, prep: Preprocessing, batch_size: int = 64
+) -> np.ndarray:
+    """Softmax probabilities of ``model`` on pre-decoded images (eval mode, no augmentation)."""
+    model.eval()
+    transform = eval_transform(prep)
+    logits = torch.cat(
+        [
+            model(transform(image_set.images[start : start + batch_size]))
+            for start in range(0, len(image_set), batch_size)
+        ]
+    )
+    return probabilities_from_logits(logits)
+
+
+def validation_metrics(model: BrainTumorNet, val_set: ImageSet, prep: Preprocessing) -> dict[str, Any]:
+    """:func:`~braintumor.evaluation.metrics.classification_metrics` of ``model`` on the validation split."""
+    return classification_metrics(
+        val_set.labels.numpy(), predict_probabilities(model, val_set, prep), list(CLASS_NAMES)
+    )
