@@ -19,6 +19,7 @@ from braintumor.bundle.store import (
     read_bundle_config,
     save_bundle,
     write_bundle_config,
+    write_bundle_guard,
 )
 
 __all__ = [
@@ -38,4 +39,5 @@ __all__ = [
     "read_bundle_config",
     "save_bundle",
     "write_bundle_config",
+    "write_bundle_guard",
 ]

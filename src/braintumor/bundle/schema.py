@@ -24,12 +24,14 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from braintumor.config import Recipe
 from braintumor.data.preprocessing import Preprocessing
+from braintumor.guard.spec import GuardSpec
 
 BUNDLE_FORMAT = "braintumor-bundle"
 BUNDLE_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 ONNX_FILE = "model.onnx"
+
 
 PositiveFinite = Annotated[float, Field(gt=0.0, allow_inf_nan=False)]
 
@@ -72,6 +74,7 @@ class BundleExtras(_Open):
         None, description="Confidence below which an answer is 'refer to a radiologist'."
     )
     calibration: dict[str, Any] | None = Field(None, description="The calibration record (scores before/after).")
+    guard: GuardSpec | None = Field(None, description="The input guard (its tensors are in guard.safetensors).")
 
     @field_validator("refer_threshold", mode="before")
     @classmethod

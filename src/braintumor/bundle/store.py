@@ -45,6 +45,7 @@ from braintumor.bundle.schema import (
 from braintumor.config import Recipe
 from braintumor.data.preprocessing import Preprocessing
 from braintumor.errors import BundleError
+from braintumor.guard import GUARD_FILE, InputGuard
 from braintumor.io import read_json_object, write_json_atomic
 from braintumor.layout_constants import CLASS_NAMES
 from braintumor.models import create_model
@@ -72,6 +73,7 @@ class Bundle:
     path: Path
     model: BrainTumorNet | EnsembleNet
     config: BundleConfig
+    guard: InputGuard | None = None
 
     @property
     def name(self) -> str:
@@ -100,6 +102,7 @@ def save_bundle(
     extras: BundleExtras | dict[str, Any] | None = None,
     manifest: dict[str, Any] | None = None,
     ensemble: EnsembleSpec | dict[str, Any] | None = None,
+    guard: InputGuard | None = None,
 ) -> Path:
     """Write a bundle atomically and return its folder. An existing bundle there is replaced whole.
 
@@ -122,16 +125,19 @@ def save_bundle(
             "created_utc": datetime.now(UTC).isoformat(timespec="seconds"),
         }
     )
+    config.extras.guard = guard.spec if guard is not None else None
     state = {key: tensor.detach().cpu().contiguous() for key, tensor in model.state_dict().items()}
-    return _write_bundle_folder(Path(folder), state, config)
+    return _write_bundle_folder(Path(folder), state, config, guard)
 
 
-def _write_bundle_folder(folder: Path, state: dict[str, Any], config: BundleConfig) -> Path:
+def _write_bundle_folder(folder: Path, state: dict[str, Any], config: BundleConfig, guard: InputGuard | None) -> Path:
     # Written into a temporary sibling and renamed into place: a crash never leaves a half bundle that loads.
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
         save_file(state, str(staging / WEIGHTS_FILE), metadata={"format": BUNDLE_FORMAT})
+        if guard is not None:
+            _save_guard_state(staging / GUARD_FILE, guard)
         write_json_atomic(staging / CONFIG_FILE, config.to_json_dict())
         if folder.exists():
             previous = folder.with_name(f".{folder.name}.old")
@@ -145,6 +151,33 @@ def _write_bundle_folder(folder: Path, state: dict[str, Any], config: BundleConf
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return folder
+
+
+def _save_guard_state(path: Path, guard: InputGuard) -> None:
+    temporary = path.with_name(f".{path.name}.tmp")
+    save_file({k: v.contiguous() for k, v in guard.state.items()}, str(temporary), metadata={"format": BUNDLE_FORMAT})
+    temporary.replace(path)
+
+
+def write_bundle_guard(folder: Path | str, guard: InputGuard) -> None:
+    """Store a newly fitted input guard in an existing bundle (``braintumor guard``, ``braintumor calibrate``)."""
+    folder = Path(folder)
+    config = read_bundle_config(folder)
+    _save_guard_state(folder / GUARD_FILE, guard)
+    config.extras.guard = guard.spec
+    write_bundle_config(folder, config)
+
+
+def _load_guard(folder: Path, config: BundleConfig) -> InputGuard | None:
+    if config.extras.guard is None:
+        return None
+    try:
+        state = load_file(str(folder / GUARD_FILE))
+    except (SafetensorError, OSError) as error:
+        raise BundleError(
+            f"{folder / GUARD_FILE} is missing or unreadable ({error}): refit it with `braintumor guard {folder}`"
+        ) from None
+    return InputGuard(config.extras.guard, state)
 
 
 def write_bundle_config(folder: Path | str, config: BundleConfig) -> None:
@@ -195,4 +228,4 @@ def load_bundle(folder: Path | str) -> Bundle:
     except (SafetensorError, RuntimeError, OSError) as error:
         raise BundleError(f"{folder / WEIGHTS_FILE} does not match the bundle's recipe: {error}") from None
     model.eval()
-    return Bundle(folder, model, config)
+    return Bundle(folder, model, config, _load_guard(folder, config))

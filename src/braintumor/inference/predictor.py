@@ -35,6 +35,8 @@ from braintumor.bundle import Bundle
 from braintumor.data.images import SkippedFile, load_image_rgb
 from braintumor.data.preprocessing import eval_transform, resize_to_uint8_tensor
 from braintumor.errors import BrainTumorError, ImageDecodeError
+from braintumor.guard import GuardInputs
+from braintumor.guard.evidence import image_evidence
 from braintumor.inference.tta import tta_views
 
 # What a prediction below the bundle's confidence threshold (selective prediction) tells the user.
@@ -51,6 +53,9 @@ class Prediction:
     probabilities: dict[str, float]
     # True: confidence below the bundle's refer_threshold; None: the bundle has no threshold.
     referred: bool | None = None
+    # True: the input guard says this is not a brain MRI like the Training images; None: the bundle has no guard.
+    out_of_distribution: bool | None = None
+    ood_score: float | None = None
 
 
 def expand_inputs(inputs: Iterable[Path | str]) -> list[Path]:
@@ -111,27 +116,48 @@ class Predictor:
         self.transform = eval_transform(bundle.preprocessing)
         self.temperature = bundle.config.extras.temperature or 1.0
         self.refer_threshold = bundle.config.extras.refer_threshold
+        self.guard = bundle.guard
 
     @property
     def class_names(self) -> list[str]:
         return self.bundle.class_names
 
     @torch.inference_mode()
+    def _batch_outputs(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits (TTA views averaged) and, with a guard, each image's ``ood_score`` (from its clean view)."""
+        views = tta_views(batch) if self.tta else [batch]
+        model = self.bundle.model
+        if self.guard is None:
+            return torch.stack([model(self.transform(view)) for view in views]).mean(dim=0).float(), None
+        # views[0] is the unchanged image: the guard judges what was sent, not an augmented copy.
+        penultimate, clean_logits = model.penultimate_and_logits(self.transform(views[0]))
+        logits = torch.stack([clean_logits, *[model(self.transform(view)) for view in views[1:]]]).mean(dim=0)
+        inputs = GuardInputs(penultimate.float(), clean_logits.float(), image_evidence(batch))
+        return logits.float(), self.guard.score(inputs).ood_score
+
+    def run_uint8(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None]:
+        """Raw logits ``[N, C]`` (no temperature) and ``ood_score`` ``[N]`` (None without a guard) of uint8
+        images ``[N, 3, S, S]`` at the model's size."""
+        outputs = [self._batch_outputs(images[i : i + self.batch_size]) for i in range(0, len(images), self.batch_size)]
+        if not outputs:
+            empty = np.zeros((0, len(self.class_names)), dtype=np.float32)
+            return empty, (None if self.guard is None else np.zeros(0, dtype=np.float32))
+        logits = torch.cat([z for z, _ in outputs]).numpy()
+        scores = None if self.guard is None else torch.cat([o for _, o in outputs]).numpy()  # type: ignore[misc]
+        return logits, scores
+
     def predict_logits_uint8(self, images: torch.Tensor) -> np.ndarray:
         """Raw logits ``[N, C]`` (no temperature) for uint8 images ``[N, 3, S, S]`` at the model's size."""
-        outputs = []
-        for start in range(0, len(images), self.batch_size):
-            batch = images[start : start + self.batch_size]
-            views = tta_views(batch) if self.tta else [batch]
-            logits = torch.stack([self.bundle.model(self.transform(view)) for view in views]).mean(dim=0)
-            outputs.append(logits.float())
-        if not outputs:
-            return np.zeros((0, len(self.class_names)), dtype=np.float32)
-        return torch.cat(outputs).numpy()
+        return self.run_uint8(images)[0]
 
     def predict_uint8(self, images: torch.Tensor) -> np.ndarray:
         """Probabilities ``[N, C]`` for uint8 images ``[N, 3, S, S]`` already at the model's size."""
         return probabilities_from_logits(self.predict_logits_uint8(images), self.temperature)
+
+    def predict_uint8_guarded(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None]:
+        """Probabilities and ``ood_score`` (None without a guard) in one pass."""
+        logits, scores = self.run_uint8(images)
+        return probabilities_from_logits(logits, self.temperature), scores
 
     def referred(self, probabilities: np.ndarray) -> np.ndarray | None:
         """Per image, whether its top probability is below the bundle's ``refer_threshold`` (None without one)."""
@@ -139,14 +165,21 @@ class Predictor:
             return None
         return np.asarray(probabilities).max(axis=1) < self.refer_threshold
 
+    def _uint8_batch(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        size = self.bundle.preprocessing.image_size
+        if not images:
+            return torch.zeros((0, 3, size, size), dtype=torch.uint8)
+        return torch.stack([resize_to_uint8_tensor(image, self.bundle.preprocessing) for image in images])
+
     def predict_images(self, images: Sequence[Image.Image]) -> np.ndarray:
         """Probabilities for decoded PIL images of any size."""
-        if not images:
-            return np.zeros((0, len(self.class_names)), dtype=np.float32)
-        batch = torch.stack([resize_to_uint8_tensor(image, self.bundle.preprocessing) for image in images])
-        return self.predict_uint8(batch)
+        return self.predict_uint8(self._uint8_batch(images))
 
-    def to_prediction(self, source: str, probabilities: np.ndarray) -> Prediction:
+    def predict_images_guarded(self, images: Sequence[Image.Image]) -> tuple[np.ndarray, np.ndarray | None]:
+        """Probabilities and ``ood_score`` (None without a guard) for decoded PIL images of any size."""
+        return self.predict_uint8_guarded(self._uint8_batch(images))
+
+    def to_prediction(self, source: str, probabilities: np.ndarray, ood_score: float | None = None) -> Prediction:
         index = int(np.argmax(probabilities))
         confidence = float(probabilities[index])
         return Prediction(
@@ -155,6 +188,8 @@ class Predictor:
             confidence=confidence,
             probabilities={name: float(p) for name, p in zip(self.class_names, probabilities, strict=True)},
             referred=None if self.refer_threshold is None else confidence < self.refer_threshold,
+            out_of_distribution=None if ood_score is None else bool(ood_score > 1.0),
+            ood_score=None if ood_score is None else float(ood_score),
         )
 
     def predict_paths(self, paths: Sequence[Path | str]) -> tuple[list[Prediction], list[SkippedFile]]:
@@ -169,8 +204,9 @@ class Predictor:
                     sources.append(str(path))
                 except ImageDecodeError as error:
                     skipped.append(SkippedFile(str(path), error.reason))
-            for source, row in zip(sources, self.predict_images(images), strict=True):
-                predictions.append(self.to_prediction(source, row))
+            probabilities, scores = self.predict_images_guarded(images)
+            for index, (source, row) in enumerate(zip(sources, probabilities, strict=True)):
+                predictions.append(self.to_prediction(source, row, None if scores is None else float(scores[index])))
         return predictions, skipped
 
 

@@ -103,3 +103,18 @@ class BrainTumorNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
+
+    def penultimate_and_logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The input of the head's last Dense layer (what the classes are read from) and the logits.
+
+        Both heads are ``nn.Sequential`` ending in that layer, so the logits equal :meth:`forward`'s.
+        """
+        return self.head_penultimate_and_logits(self.forward_features(x))
+
+    def head_penultimate_and_logits(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`penultimate_and_logits` from backbone features (cached features of a frozen backbone)."""
+        *body, last = self.head  # slicing would rebuild the head class with other arguments
+        penultimate = features
+        for layer in body:
+            penultimate = layer(penultimate)
+        return penultimate, last(penultimate)

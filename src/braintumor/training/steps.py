@@ -15,6 +15,7 @@ from typing import Any
 
 import lightning as L
 import numpy as np
+import torch
 from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities import rank_zero_only
 from safetensors.torch import load_file
@@ -23,9 +24,10 @@ from braintumor.bundle import TrainingRecord, save_bundle
 from braintumor.config import Recipe
 from braintumor.data.dataset import ImageSet, drop_exact_duplicates, load_images, stratified_split
 from braintumor.data.layout import Sample
-from braintumor.data.preprocessing import Preprocessing
+from braintumor.data.preprocessing import Preprocessing, eval_transform
 from braintumor.errors import BrainTumorError
 from braintumor.evaluation.plots import plot_training_curves
+from braintumor.guard import InputGuard, fit_guard, head_outputs, model_outputs
 from braintumor.io import write_json_atomic
 from braintumor.models import create_model, resolve_preprocessing
 from braintumor.models.network import BrainTumorNet
@@ -164,6 +166,8 @@ class FitOutcome:
     timing: dict[str, Any]
     # The last fit's trainer (its world size goes in the record); None when a resumed run had nothing left to fit.
     trainer: L.Trainer | None
+    # Clean-view backbone features (train, validation) while they still match the backbone: the input guard reuses them.
+    clean_features: tuple[torch.Tensor, torch.Tensor] | None = None
 
 
 def fit(model: BrainTumorNet, context: FitContext) -> FitOutcome:
@@ -173,17 +177,21 @@ def fit(model: BrainTumorNet, context: FitContext) -> FitOutcome:
         loaders = image_loaders(context)
         trainer = fit_module(classifier(model, context), loaders, context, resume_from=context.resume_from)
         return FitOutcome(False, None, {"fit_s": round(time.perf_counter() - started, 2)}, trainer)
-    trainer, timing = _fit_probe(model, context, started)
+    trainer, timing, clean_features = _fit_probe(model, context, started)
     finetuning = None
     if context.recipe.train.finetune_stages:
         finetuning, stage_trainer = finetune(model, context)
         trainer = stage_trainer or trainer
+        clean_features = None  # the fine-tuned backbone no longer gives these features
     timing["fit_s"] = round(time.perf_counter() - started, 2)
-    return FitOutcome(True, finetuning, timing, trainer)
+    return FitOutcome(True, finetuning, timing, trainer, clean_features)
 
 
-def _fit_probe(model: BrainTumorNet, context: FitContext, started: float) -> tuple[L.Trainer | None, dict[str, Any]]:
-    """The head on cached backbone features (kept as it is when a resumed run's probe had finished), and its timing."""
+def _fit_probe(
+    model: BrainTumorNet, context: FitContext, started: float
+) -> tuple[L.Trainer | None, dict[str, Any], tuple[torch.Tensor, torch.Tensor]]:
+    """The head on cached backbone features (kept as it is when a resumed run's probe had finished), its timing
+    and the clean view's features."""
     train_features, val_features, reused = cached_features(model, context)
     timing: dict[str, Any] = {
         "feature_views": int(train_features.shape[0]),
@@ -204,7 +212,7 @@ def _fit_probe(model: BrainTumorNet, context: FitContext, started: float) -> tup
         if stages:
             save_weights(model.head, probe_file)
     timing["probe_fit_s"] = round(time.perf_counter() - started, 2)
-    return trainer, timing
+    return trainer, timing, (train_features[0], val_features)
 
 
 @dataclass
@@ -220,6 +228,28 @@ def select_best(model: BrainTumorNet, context: FitContext) -> Selection:
     val_metrics = validation_metrics(model, context.val_set, context.prep)
     val_losses = [row.get("val_loss", float("inf")) for row in context.history.rows]
     return Selection(int(np.argmin(val_losses)) + 1 if val_losses else 0, val_metrics)
+
+
+def fit_run_guard(model: BrainTumorNet, context: FitContext, outcome: FitOutcome) -> InputGuard:
+    """The input guard of the trained model, fitted on its training split and thresholded on validation.
+
+    With a frozen backbone the cached clean features are reused (only the head runs); otherwise the whole
+    network runs once over the training and validation images.
+    """
+    train_images, val_images = context.train_set.images, context.val_set.images
+    if outcome.clean_features is not None:
+        train_features, val_features = outcome.clean_features
+        train = head_outputs(model, train_features, train_images)
+        val = head_outputs(model, val_features, val_images)
+    else:
+        normalise = eval_transform(context.prep)
+        train, val = model_outputs(model, normalise, train_images), model_outputs(model, normalise, val_images)
+    guard = fit_guard(train, context.train_set.labels, val)
+    context.say(
+        f"input guard ({guard.spec.detector} + image evidence): {guard.spec.validation_flag_rate:.1%} of validation "
+        "images flagged at the thresholds"
+    )
+    return guard
 
 
 def training_record(
@@ -270,11 +300,14 @@ def save_run(
     selection: Selection,
     record: TrainingRecord,
     data_root: Path,
+    guard: InputGuard | None = None,
 ) -> Path:
     """The bundle, ``training_curves.png``, ``val_metrics.json`` and ``run_manifest.json``, also sent to the tracker."""
     recipe, run_dir, history = context.recipe, context.run_dir, context.history.rows
     manifest = build_manifest(recipe, data_root, data.images.paths, data.images.hashes)
-    bundle_dir = save_bundle(run_dir / "bundle", model, recipe, context.prep, training=record, manifest=manifest)
+    bundle_dir = save_bundle(
+        run_dir / "bundle", model, recipe, context.prep, training=record, manifest=manifest, guard=guard
+    )
     if history:
         plot_training_curves(history, run_dir / "training_curves.png", title=recipe.name)
     write_json_atomic(run_dir / "val_metrics.json", selection.val_metrics)

@@ -28,6 +28,7 @@ from braintumor.training.losses import resolve_class_weights
 from braintumor.training.steps import (
     build_model,
     fit,
+    fit_run_guard,
     open_run_folder,
     prepare_data,
     read_run_file,
@@ -110,7 +111,8 @@ def train_recipe(
     record = training_record(
         context, data, outcome, selection, data_root=data_root, duration=duration, tracking=tracking
     )
-    bundle_dir = save_run(model, context, data, selection, record, data_root)
+    guard = fit_run_guard(model, context, outcome)
+    bundle_dir = save_run(model, context, data, selection, record, data_root, guard)
     return TrainResult(
         run_dir,
         bundle_dir,

@@ -1,0 +1,116 @@
+"""Feature-space out-of-distribution detectors, each a small registered builder (timm-style registry).
+
+A detector is fitted on the Training images' penultimate features (and logits) and scores new inputs:
+higher means further from what the model learned. The scoring itself is pytorch-ood's; what is kept
+for a bundle is plain tensors (safetensors), never a pickled object.
+
+Example:
+    >>> import torch
+    >>> torch.manual_seed(0) and None
+    >>> features, labels = torch.randn(200, 8), torch.arange(200) % 4
+    >>> detector = create_detector("mahalanobis")
+    >>> state = detector.fit(features, labels, torch.randn(200, 4))
+    >>> far = detector.score(state, torch.full((1, 8), 8.0), torch.zeros(1, 4))
+    >>> near = detector.score(state, features[:1], torch.zeros(1, 4))
+    >>> bool(far > near)
+    True
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from pytorch_ood.detector import KNN, EnergyBased, Mahalanobis, MaxLogit
+
+from braintumor.errors import BrainTumorError
+
+State = dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Detector:
+    """``fit(features, labels, logits) -> state`` and ``score(state, features, logits) -> [N]`` (higher: OOD)."""
+
+    name: str
+    description: str
+    fit: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], State]
+    score: Callable[[State, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+_REGISTRY: dict[str, Detector] = {}
+
+
+def register_detector(detector: Detector) -> Detector:
+    _REGISTRY[detector.name] = detector
+    return detector
+
+
+def detector_names() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def create_detector(name: str) -> Detector:
+    """The registered detector ``name``; an unknown name is a clear error listing the choices."""
+    if name not in _REGISTRY:
+        raise BrainTumorError(f"unknown input-guard detector {name!r}; choose one of {', '.join(detector_names())}")
+    return _REGISTRY[name]
+
+
+def _mahalanobis_fit(features: torch.Tensor, labels: torch.Tensor, logits: torch.Tensor) -> State:
+    # Lee et al. 2018: class means and one shared covariance, in float64 (a 1408-wide covariance is ill-conditioned).
+    detector = Mahalanobis(None).fit_features(features.double(), labels)
+    return {"mu": detector.mu.float(), "precision": detector.precision.float()}
+
+
+def _mahalanobis_score(state: State, features: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    detector = Mahalanobis(None)
+    detector.mu, detector.precision = state["mu"].double(), state["precision"].double()
+    return detector.predict_features(features.double()).float()
+
+
+KNN_NEIGHBOURS = 50
+
+
+def _knn_fit(features: torch.Tensor, labels: torch.Tensor, logits: torch.Tensor) -> State:
+    return {"train_features": features.float().contiguous()}
+
+
+def _knn_score(state: State, features: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    # Sun et al. 2022: distance to the k-th nearest normalised Training feature (the index is rebuilt, not stored).
+    train = state["train_features"]
+    detector = KNN(None, k=min(KNN_NEIGHBOURS, len(train))).fit_features(train, torch.zeros(len(train)))
+    return detector.predict_features(features.float()).float()
+
+
+def _no_state(features: torch.Tensor, labels: torch.Tensor, logits: torch.Tensor) -> State:
+    return {}
+
+
+register_detector(
+    Detector(
+        "mahalanobis",
+        "class-conditional Mahalanobis distance, shared covariance (Lee et al. 2018)",
+        _mahalanobis_fit,
+        _mahalanobis_score,
+    )
+)
+register_detector(
+    Detector(
+        "knn", f"distance to the {KNN_NEIGHBOURS}th nearest Training feature (Sun et al. 2022)", _knn_fit, _knn_score
+    )
+)
+register_detector(
+    Detector(
+        "energy",
+        "negative free energy of the logits (Liu et al. 2020)",
+        _no_state,
+        lambda s, f, z: EnergyBased.score(z),
+    )
+)
+register_detector(
+    Detector(
+        "max_logit", "negative maximum logit (Hendrycks et al. 2022)", _no_state, lambda s, f, z: MaxLogit.score(z)
+    )
+)

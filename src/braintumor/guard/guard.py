@@ -1,0 +1,171 @@
+"""The input guard: says "this is not a brain MRI like the ones I learned from" instead of diagnosing it.
+
+Two components, each with a threshold set on the validation split (never on Testing): a feature detector on
+the model's penultimate features and logits (:mod:`~braintumor.guard.detectors`), and image evidence on the
+model's input (:mod:`~braintumor.guard.evidence`). See :data:`~braintumor.guard.spec.SCORE_DEFINITION`.
+
+Example:
+    >>> import torch
+    >>> from braintumor.models.network import BrainTumorNet, LinearHead
+    >>> torch.manual_seed(0) and None
+    >>> net = BrainTumorNet(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.LazyLinear(16)), 16,
+    ...                     LinearHead(16, dropout=0.0, num_classes=4), frozen_backbone=False)
+    >>> images = (torch.rand(120, 3, 16, 16) * 60).to(torch.uint8)
+    >>> labels, normalise = torch.arange(120) % 4, lambda x: x.float() / 255
+    >>> guard = fit_guard(model_outputs(net, normalise, images[:80]), labels[:80],
+    ...                   model_outputs(net, normalise, images[80:]))
+    >>> noise = torch.randint(0, 256, (4, 3, 16, 16), dtype=torch.uint8)
+    >>> guard.score(model_outputs(net, normalise, noise)).flagged.tolist()
+    [True, True, True, True]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from braintumor.guard.detectors import State, create_detector
+from braintumor.guard.evidence import EVIDENCE_NAMES, evidence_distance, image_evidence
+from braintumor.guard.spec import GuardSpec
+
+DEFAULT_DETECTOR = "mahalanobis"
+DEFAULT_QUANTILE = 0.99
+# The Training images' range of each evidence statistic: these quantiles, so a handful of odd slices do not widen it.
+EVIDENCE_RANGE_QUANTILES = (0.001, 0.999)
+Normalise = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class GuardScores:
+    """Per image: the combined ``ood_score`` (> 1: flagged) and each component's normalised score."""
+
+    ood_score: torch.Tensor
+    feature: torch.Tensor
+    evidence: torch.Tensor
+
+    @property
+    def flagged(self) -> torch.Tensor:
+        return self.ood_score > 1.0
+
+
+@dataclass(frozen=True)
+class GuardInputs:
+    """What the guard reads of a set of images: penultimate features, logits and image evidence."""
+
+    features: torch.Tensor
+    logits: torch.Tensor
+    evidence: torch.Tensor
+
+
+@torch.inference_mode()
+def model_outputs(
+    model: torch.nn.Module, normalise: Normalise, images: torch.Tensor, batch_size: int = 64
+) -> GuardInputs:
+    """:class:`GuardInputs` of uint8 ``images`` (run in eval mode).
+
+    Args:
+        model: a network with ``penultimate_and_logits`` (:class:`~braintumor.models.network.BrainTumorNet`,
+            :class:`~braintumor.models.ensemble.EnsembleNet`).
+        normalise: the bundle's eval transform (uint8 to the network's input).
+        images: ``[N, 3, S, S]`` uint8 at the model's size.
+        batch_size: images per forward pass.
+    """
+    was_training = model.training
+    model.eval()
+    batches = [images[i : i + batch_size] for i in range(0, len(images), batch_size)]
+    parts = [model.penultimate_and_logits(normalise(batch)) for batch in batches]
+    model.train(was_training)
+    features = torch.cat([p for p, _ in parts]).float()
+    return GuardInputs(features, torch.cat([z for _, z in parts]).float(), image_evidence(images))
+
+
+@torch.inference_mode()
+def head_outputs(model: torch.nn.Module, backbone_features: torch.Tensor, images: torch.Tensor) -> GuardInputs:
+    """:class:`GuardInputs` from cached backbone features of a frozen backbone: only the head runs.
+
+    Args:
+        model: a :class:`~braintumor.models.network.BrainTumorNet` whose backbone made ``backbone_features``.
+        backbone_features: ``[N, D]`` features of the clean (unaugmented) images.
+        images: the same images, ``[N, 3, S, S]`` uint8 (for the image evidence).
+    """
+    was_training = model.training
+    model.eval()
+    features, logits = model.head_penultimate_and_logits(backbone_features)
+    model.train(was_training)
+    return GuardInputs(features.float(), logits.float(), image_evidence(images))
+
+
+def _normalised(scores: torch.Tensor, median: float, threshold: float) -> torch.Tensor:
+    return (scores - median) / max(threshold - median, 1e-6)
+
+
+class InputGuard:
+    """A fitted guard: its :class:`GuardSpec` (JSON) and its detector state (tensors)."""
+
+    def __init__(self, spec: GuardSpec, state: State) -> None:
+        self.spec = spec
+        self.state = state
+        self.detector = create_detector(spec.detector)
+        self._low = torch.tensor(spec.evidence_low)
+        self._high = torch.tensor(spec.evidence_high)
+
+    def score(self, inputs: GuardInputs) -> GuardScores:
+        """Scores of images given their :class:`GuardInputs`."""
+        feature = _normalised(
+            self.detector.score(self.state, inputs.features, inputs.logits),
+            self.spec.feature_median,
+            self.spec.feature_threshold,
+        )
+        distance = evidence_distance(inputs.evidence.float(), self._low, self._high)
+        outside = _normalised(distance, self.spec.evidence_median, self.spec.evidence_threshold)
+        return GuardScores(torch.maximum(feature, outside), feature, outside)
+
+
+def _evidence_threshold(distances: torch.Tensor, quantile: float) -> tuple[float, float]:
+    # Most validation images lie inside the Training range (distance 0): the threshold then sits just above 0,
+    # and at least half the range outside it, so only inputs clearly unlike Training are flagged on evidence alone.
+    median = float(distances.median())
+    return median, max(float(torch.quantile(distances, quantile)), median + 0.5)
+
+
+def fit_guard(
+    train: GuardInputs,
+    train_labels: torch.Tensor,
+    val: GuardInputs,
+    *,
+    detector: str = DEFAULT_DETECTOR,
+    quantile: float = DEFAULT_QUANTILE,
+) -> InputGuard:
+    """Fit the guard on Training images and set its thresholds at the ``quantile`` of validation scores.
+
+    Args:
+        train: :class:`GuardInputs` of the model's training split (clean views).
+        train_labels: their class indices.
+        val: :class:`GuardInputs` of the validation split.
+        detector: a name from :func:`~braintumor.guard.detectors.detector_names`.
+        quantile: validation quantile of each threshold (0.99: about 1% of validation images flagged per component).
+    """
+    chosen = create_detector(detector)
+    state = chosen.fit(train.features, train_labels, train.logits)
+    low, high = torch.quantile(train.evidence, torch.tensor(EVIDENCE_RANGE_QUANTILES), dim=0)
+    feature_scores = chosen.score(state, val.features, val.logits)
+    evidence_median, evidence_threshold = _evidence_threshold(evidence_distance(val.evidence, low, high), quantile)
+    spec = GuardSpec(
+        detector=detector,
+        quantile=quantile,
+        feature_median=float(feature_scores.median()),
+        feature_threshold=float(torch.quantile(feature_scores, quantile)),
+        evidence_names=list(EVIDENCE_NAMES),
+        evidence_low=low.tolist(),
+        evidence_high=high.tolist(),
+        evidence_median=evidence_median,
+        evidence_threshold=evidence_threshold,
+        n_train=len(train.features),
+        n_val=len(val.features),
+        validation_flag_rate=0.0,
+    )
+    guard = InputGuard(spec, state)
+    guard.spec.validation_flag_rate = float(guard.score(val).flagged.float().mean())
+    return guard
