@@ -14,6 +14,7 @@ from braintumor.cli.calibrate import calibrate_command
 from braintumor.cli.ensemble import ensemble_command
 from braintumor.cli.evaluate import evaluate_command
 from braintumor.cli.explain import explain_command
+from braintumor.cli.guard import guard_command
 from braintumor.cli.predict import predict_command
 from braintumor.cli.recipes import recipes_command
 from braintumor.cli.serve import export_command, serve_command
@@ -34,6 +35,7 @@ _COMMANDS = {
     "runs": runs_command,
     "evaluate": evaluate_command,
     "calibrate": calibrate_command,
+    "guard": guard_command,
     "predict": predict_command,
     "explain": explain_command,
     "ensemble": ensemble_command,

@@ -3,11 +3,22 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
-from braintumor.cli.common import QuietOption, TtaOption, data_root_or_none, stage_errors
+from braintumor.cli.common import QuietOption, TtaOption, data_root_or_none, stage_errors, warn
 from braintumor.evaluation.defaults import DEFAULT_TARGET_COVERAGE
+
+if TYPE_CHECKING:
+    from braintumor.guard import GuardSpec
+
+
+def _refit_guard(bundle: Path, root: Path | None, quiet: bool) -> GuardSpec:
+    """Fit the bundle's input guard again (``--guard``) and return its new definition."""
+    from braintumor.inference.guard_fit import fit_bundle_guard
+
+    return fit_bundle_guard(bundle, root, show_progress=not quiet).spec
 
 
 def calibrate_command(
@@ -28,17 +39,24 @@ def calibrate_command(
         None, "--out", "-o", help="Folder for the plots (default: <bundle>/../calibration)."
     ),
     tta: bool = TtaOption,
+    guard: bool = typer.Option(
+        False,
+        "--guard/--no-guard",
+        help="Also refit the input guard on the bundle's training and validation split (as `braintumor guard`).",
+    ),
     quiet: bool = QuietOption,
 ) -> None:
     """Fit temperature scaling and a referral threshold on the bundle's validation split (never Testing)."""
     from rich.table import Table
 
+    from braintumor.bundle import read_bundle_config
     from braintumor.cli.display import console
     from braintumor.evaluation.calibrate import calibrate_bundle, summary_rows
 
     root = data_root_or_none(data)
     with stage_errors():
         result = calibrate_bundle(bundle, root, out, target_coverage=target_coverage, tta=tta, show_progress=not quiet)
+        spec = _refit_guard(bundle, root, quiet) if guard else None
     record = result.record
     table = Table(title=f"Calibration on the validation split ({record['n_images']} images)")
     for column in ("score", "before", "after"):
@@ -53,5 +71,13 @@ def calibrate_command(
         f"{selective['n_referred']} referred",
         highlight=False,
     )
+    if spec is not None:
+        console.print(
+            f"input guard refitted ({spec.detector} + image evidence): {spec.validation_flag_rate:.1%} of "
+            f"{spec.n_val} validation images flagged (thresholds at their {spec.quantile:g} quantile)",
+            highlight=False,
+        )
+    elif read_bundle_config(result.bundle_dir).extras.guard is None:
+        warn("note", f"{bundle} has no input guard: add one with --guard (or `braintumor guard {bundle}`)")
     console.print(f"bundle updated: {result.bundle_dir / 'config.json'}")
     console.print(f"calibration files: {result.out_dir}")

@@ -37,24 +37,32 @@ def metrics_table(metrics: dict[str, Any], title: str) -> Table:
 
 
 def predictions_table(predictions: Sequence[Prediction], class_names: Sequence[str]) -> Table:
-    from braintumor.inference.predictor import REFER_MESSAGE
+    from braintumor.inference.predictor import OOD_MESSAGE, REFER_MESSAGE
 
-    # Bundles with a referral threshold (braintumor calibrate) say which answers a person must check.
+    # Bundles with a referral threshold (braintumor calibrate) say which answers a person must check;
+    # bundles with an input guard say which inputs are not brain MRIs like the training images.
     with_referral = any(prediction.referred is not None for prediction in predictions)
+    with_guard = any(prediction.out_of_distribution is not None for prediction in predictions)
     table = Table(title="Predictions")
     table.add_column("image", overflow="fold")
     table.add_column("class", style="bold")
     for name in class_names:
         table.add_column(name, justify="right")
-    if with_referral:
-        table.add_column("advice", no_wrap=True)
+    if with_guard:
+        table.add_column("ood score", justify="right")
+    if with_referral or with_guard:
+        table.add_column("advice")
     for prediction in predictions:
-        advice = [f"[bold yellow]{REFER_MESSAGE}" if prediction.referred else ""] if with_referral else []
+        flagged = bool(prediction.out_of_distribution)
+        advice = (
+            f"[bold red]{OOD_MESSAGE}" if flagged else (f"[bold yellow]{REFER_MESSAGE}" if prediction.referred else "")
+        )
         table.add_row(
             prediction.source,
-            prediction.class_name,
+            "[red]none (flagged)" if flagged else prediction.class_name,
             *[f"{prediction.probabilities[name]:.3f}" for name in class_names],
-            *advice,
+            *([f"{prediction.ood_score:.2f}"] if with_guard else []),
+            *([advice] if with_referral or with_guard else []),
         )
     return table
 

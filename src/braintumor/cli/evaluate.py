@@ -3,10 +3,28 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 
 from braintumor.cli.common import DataOption, QuietOption, TtaOption, data_root, stage_errors, warn
+
+
+def guard_line(metrics: dict[str, Any], bundle: Path | str, data: Path | str) -> str:
+    """One line on the input guard: what it flagged and the accuracy on the rest, or how to add one."""
+    guard = metrics.get("guard")
+    if not isinstance(guard, dict):
+        return (
+            f"guard: none (bundle trained before the input guard; add one with `braintumor guard {bundle} "
+            f"--data {data}`)"
+        )
+    accepted = guard["accepted"]
+    accuracy = f"{accepted['accuracy']:.2%}" if accepted is not None else "- (every image flagged)"
+    share = guard["flagged_share"] or 0.0
+    return (
+        f"input guard: {guard['n_flagged']} of {guard['n_images']} images ({share:.1%}) flagged; "
+        f"accuracy on the accepted images {accuracy}"
+    )
 
 
 def evaluate_command(
@@ -49,6 +67,7 @@ def evaluate_command(
         console.print(metrics_table(metrics, title))
         for line in uncertainty_lines(metrics):
             console.print(line, highlight=False)
+    console.print(guard_line(result.metrics, bundle, root), highlight=False)
     if result.deduplicated is None and result.audit_note:
         warn("note", result.audit_note)
     console.print(f"evaluation files: {out_dir}")

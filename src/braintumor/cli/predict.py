@@ -24,6 +24,8 @@ def predict_command(
     from braintumor.bundle import load_bundle
     from braintumor.cli.display import console, predictions_table
     from braintumor.inference.predictor import (
+        NO_GUARD_MESSAGE,
+        OOD_MESSAGE,
         REFER_MESSAGE,
         Predictor,
         expand_inputs,
@@ -42,6 +44,11 @@ def predict_command(
             f"{REFER_MESSAGE}",
             highlight=False,
         )
+    if predictor.guard is None:
+        warn("note", NO_GUARD_MESSAGE)
+    else:
+        flagged = sum(bool(p.out_of_distribution) for p in predictions)
+        console.print(f"input guard: {flagged} of {len(predictions)} images flagged: {OOD_MESSAGE}", highlight=False)
     for item in skipped:
         warn("skipped", f"{item.path}: {item.reason}")
     if json_out:

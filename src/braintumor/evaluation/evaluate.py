@@ -3,9 +3,14 @@
 Outputs in ``out_dir``: ``metrics.json`` (accuracy, cross-entropy, macro-F1, per-class precision,
 recall, F1; one-vs-rest sensitivity, specificity and ROC-AUC; bootstrap 95% intervals; calibration
 scores and, with a referral threshold in the bundle, selective prediction), ``confusion_matrix.json`` and ``.png``,
-``per_class.csv``, ``predictions.csv`` (one row per image with every class probability, and
-``referred`` when the bundle has a threshold), ``reliability.png``, ``risk_coverage.png`` and
-``skipped.csv`` when some files could not be decoded.
+``per_class.csv``, ``predictions.csv`` (one row per image with every class probability,
+``referred`` when the bundle has a threshold, ``out_of_distribution`` and ``ood_score`` when it has an
+input guard), ``reliability.png``, ``risk_coverage.png`` and ``skipped.csv`` when some files could not
+be decoded.
+
+With an input guard (:mod:`braintumor.guard`) the ood scores come from the same forward pass as the
+predictions, and ``metrics.json["guard"]`` holds the share flagged (overall and per true class) and the
+metrics on the accepted images beside those on all images; without one it is ``"none"``.
 """
 
 from __future__ import annotations
@@ -23,10 +28,13 @@ from braintumor.data.images import SkippedFile
 from braintumor.data.layout import discover_split
 from braintumor.evaluation.calibration import plot_reliability_diagram, plot_risk_coverage, uncertainty_metrics
 from braintumor.evaluation.deduplicated import deduplicated_metrics
-from braintumor.evaluation.metrics import classification_metrics
+from braintumor.evaluation.metrics import classification_metrics, guard_metrics
 from braintumor.evaluation.plots import plot_confusion_matrix
 from braintumor.inference.predictor import Predictor, probabilities_from_logits
 from braintumor.io import write_json_atomic
+
+# What metrics.json["guard"] says for a bundle without an input guard (trained before it).
+NO_GUARD = "none"
 
 
 @dataclass
@@ -42,6 +50,8 @@ class EvaluationResult:
     # Metrics on the data audit's clean subset (no copy in Training), or why there are none.
     deduplicated: dict[str, Any] | None = None
     audit_note: str | None = None
+    # Per image, the input guard's ood_score (> 1: flagged out of distribution); None: the bundle has no guard.
+    ood_scores: np.ndarray | None = None
 
 
 def _write_csv(path: Path, header: list[str], rows: list[list[Any]]) -> None:
@@ -49,6 +59,33 @@ def _write_csv(path: Path, header: list[str], rows: list[list[Any]]) -> None:
         writer = csv.writer(handle)
         writer.writerow(header)
         writer.writerows(rows)
+
+
+def _prediction_rows(
+    image_set: ImageSet,
+    probabilities: np.ndarray,
+    class_names: list[str],
+    referred: np.ndarray | None,
+    ood_scores: np.ndarray | None,
+) -> tuple[list[str], list[list[Any]]]:
+    """Header and rows of ``predictions.csv``: one row per image, optional referral and guard columns."""
+    header = ["path", "true_class", "predicted_class", "correct", *[f"p_{name}" for name in class_names]]
+    header += (["referred"] if referred is not None else []) + (
+        ["out_of_distribution", "ood_score"] if ood_scores is not None else []
+    )
+    rows: list[list[Any]] = []
+    predicted = probabilities.argmax(axis=1)
+    for index, (path, label, guess, row) in enumerate(
+        zip(image_set.paths, image_set.labels.tolist(), predicted, probabilities, strict=True)
+    ):
+        values = [str(path), class_names[int(label)], class_names[int(guess)], int(label == guess)]
+        values += [f"{p:.6f}" for p in row]
+        if referred is not None:
+            values.append(int(referred[index]))
+        if ood_scores is not None:
+            values += [int(ood_scores[index] > 1.0), f"{ood_scores[index]:.4f}"]
+        rows.append(values)
+    return header, rows
 
 
 def write_evaluation(
@@ -59,10 +96,12 @@ def write_evaluation(
     class_names: list[str],
     title: str,
     referred: np.ndarray | None = None,
+    ood_scores: np.ndarray | None = None,
 ) -> None:
     """Write the metric files, the confusion matrix plot and the per-image predictions.
 
-    ``referred`` (one bool per image) adds a ``referred`` column to ``predictions.csv``.
+    ``referred`` (one bool per image) adds a ``referred`` column to ``predictions.csv``; ``ood_scores``
+    (the input guard's score per image) add ``out_of_distribution`` (score > 1) and ``ood_score``.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out_dir / "metrics.json", metrics)
@@ -79,27 +118,26 @@ def write_evaluation(
             for name, v in metrics["per_class"].items()
         ],
     )
-    predicted = probabilities.argmax(axis=1)
-    _write_csv(
-        out_dir / "predictions.csv",
-        ["path", "true_class", "predicted_class", "correct", *[f"p_{name}" for name in class_names]]
-        + (["referred"] if referred is not None else []),
-        [
-            [
-                str(path),
-                class_names[int(label)],
-                class_names[int(guess)],
-                int(label == guess),
-                *[f"{p:.6f}" for p in row],
-            ]
-            + ([int(referred[index])] if referred is not None else [])
-            for index, (path, label, guess, row) in enumerate(
-                zip(image_set.paths, image_set.labels.tolist(), predicted, probabilities, strict=True)
-            )
-        ],
-    )
+    header, rows = _prediction_rows(image_set, probabilities, class_names, referred, ood_scores)
+    _write_csv(out_dir / "predictions.csv", header, rows)
     if image_set.skipped:
         _write_csv(out_dir / "skipped.csv", ["path", "reason"], [[s.path, s.reason] for s in image_set.skipped])
+
+
+def guard_section(
+    predictor: Predictor, labels: np.ndarray, probabilities: np.ndarray, ood_scores: np.ndarray | None
+) -> dict[str, Any] | str:
+    """``metrics.json["guard"]``: the guard's definition and what it flagged here, or :data:`NO_GUARD`."""
+    if predictor.guard is None or ood_scores is None:
+        return NO_GUARD
+    spec = predictor.guard.spec
+    return {
+        "detector": spec.detector,
+        "quantile": spec.quantile,
+        "validation_flag_rate": spec.validation_flag_rate,
+        "threshold": 1.0,
+        **guard_metrics(labels, probabilities, ood_scores, predictor.class_names),
+    }
 
 
 def _split_metrics(
@@ -181,18 +219,21 @@ def evaluate_bundle(
     ``n_bootstrap`` resamples give the 95% confidence intervals (seed 0).
     With a data audit (``audit``, else ``audits/<data root name>/audit.json`` when present), metrics
     on the audit's clean subset go to ``metrics.json["deduplicated"]`` and ``metrics_deduplicated.json``.
+    With an input guard, ``metrics.json["guard"]`` says what it flagged (:func:`guard_section`).
     """
     bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
     out_dir = Path(out_dir)
     samples = discover_split(data_root, split)
     image_set = load_images(samples, bundle.preprocessing, description=f"Decoding {split}", show_progress=show_progress)
     predictor = Predictor(bundle, tta=tta)
-    logits = predictor.predict_logits_uint8(image_set.images)
+    # One pass: the logits and, with an input guard, every image's ood_score (from its clean view).
+    logits, ood_scores = predictor.run_uint8(image_set.images)
     probabilities = probabilities_from_logits(logits, predictor.temperature)
     labels = image_set.labels.numpy()
     metrics = _split_metrics(
         bundle, data_root, split, image_set, predictor, logits, probabilities, tta=tta, n_bootstrap=n_bootstrap
     )
+    metrics["guard"] = guard_section(predictor, labels, probabilities, ood_scores)
     deduplicated, audit_note = deduplicated_metrics(
         data_root,
         split,
@@ -208,10 +249,20 @@ def evaluate_bundle(
         metrics["deduplicated"] = deduplicated
     title = f"{bundle.name} on {split}"
     referred = predictor.referred(probabilities)
-    write_evaluation(out_dir, metrics, probabilities, image_set, bundle.class_names, title=title, referred=referred)
+    write_evaluation(
+        out_dir, metrics, probabilities, image_set, bundle.class_names, title, referred=referred, ood_scores=ood_scores
+    )
     _write_uncertainty_plots(out_dir, title, predictor, logits, probabilities, labels)
     if deduplicated is not None:
         _write_deduplicated(out_dir, deduplicated, bundle.class_names, title)
     return EvaluationResult(
-        metrics, out_dir, probabilities, labels, image_set.paths, image_set.skipped, deduplicated, audit_note
+        metrics,
+        out_dir,
+        probabilities,
+        labels,
+        image_set.paths,
+        image_set.skipped,
+        deduplicated,
+        audit_note,
+        ood_scores=ood_scores,
     )

@@ -15,6 +15,9 @@ Example:
     ...                                       per_class=PER_CLASS_STATISTICS)
     >>> full["precision"]["1"]["value"], full["accuracy"] == ci["accuracy"]  # more statistics, the same resamples
     (1.0, True)
+    >>> flags = guard_metrics(np.array([0, 1, 1]), probs, np.array([0.2, 3.0, 0.5]), ["a", "b"])
+    >>> flags["n_flagged"], flags["per_class"]["b"]["flagged_share"], flags["accepted"]["accuracy"]
+    (1, 0.5, 0.5)
 """
 
 from __future__ import annotations
@@ -169,4 +172,53 @@ def bootstrap_confidence_intervals(
         "n_resamples": int(n_resamples),
         "confidence_level": confidence_level,
         "seed": seed,
+    }
+
+
+def _share(part: int, whole: int) -> float | None:
+    return part / whole if whole else None
+
+
+def guard_metrics(
+    y_true: np.ndarray, probabilities: np.ndarray, ood_scores: np.ndarray, class_names: list[str]
+) -> dict[str, Any]:
+    """What the input guard flagged (``ood_score > 1``) and the metrics on the images it accepted.
+
+    Returns:
+        ``n_images``, ``n_flagged``, ``flagged_share`` (``None`` without images), ``per_class`` (per true
+        class: ``n_images``, ``n_flagged``, ``flagged_share``), ``ood_score`` quantiles, ``n_accepted``,
+        ``all_images`` (accuracy, macro-F1 and loss on every image) and ``accepted``
+        (:func:`classification_metrics` of the accepted images; ``None`` when the guard flagged all).
+    """
+    y_true, scores = np.asarray(y_true), np.asarray(ood_scores, dtype=np.float64)
+    flagged = scores > 1.0
+    accepted = ~flagged
+    per_class = {}
+    for index, name in enumerate(class_names):
+        members = y_true == index
+        n_flagged = int((flagged & members).sum())
+        per_class[name] = {
+            "n_images": int(members.sum()),
+            "n_flagged": n_flagged,
+            "flagged_share": _share(n_flagged, int(members.sum())),
+        }
+    everything = classification_metrics(y_true, probabilities, class_names) if len(y_true) else None
+    quantiles = (
+        dict(zip(("min", "median", "p95", "max"), np.quantile(scores, [0, 0.5, 0.95, 1]).tolist(), strict=True))
+        if len(scores)
+        else None
+    )
+    return {
+        "n_images": len(y_true),
+        "n_flagged": int(flagged.sum()),
+        "flagged_share": _share(int(flagged.sum()), len(y_true)),
+        "per_class": per_class,
+        "ood_score": quantiles,
+        "n_accepted": int(accepted.sum()),
+        "all_images": None
+        if everything is None
+        else {key: everything[key] for key in ("n_images", "accuracy", "macro_f1", "loss")},
+        "accepted": classification_metrics(y_true[accepted], probabilities[accepted], class_names)
+        if accepted.any()
+        else None,
     }

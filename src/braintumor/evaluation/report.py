@@ -3,7 +3,8 @@
 The report holds the official and the deduplicated metrics side by side (the latter from
 ``metrics["deduplicated"]`` when a data audit ran), bootstrap 95% confidence intervals, training
 curves, the confusion matrix, per-class and ROC numbers, a reliability diagram (calibrated bundles),
-a risk-coverage curve (bundles with a referral threshold), the most confident mistakes with their
+a risk-coverage curve (bundles with a referral threshold), the input guard's scores on the validation
+and the evaluated split with the images it flagged, the most confident mistakes with their
 Grad-CAM maps, the maps' sanity checks and a model card. Figures are PNG data URIs; there is no
 script and no link to anything outside the file.
 
@@ -52,10 +53,18 @@ from braintumor.errors import BrainTumorError
 from braintumor.evaluation.calibration import expected_calibration_error
 from braintumor.evaluation.evaluate import EvaluationResult
 from braintumor.evaluation.plots import plot_confusion_matrix, plot_training_curves
-from braintumor.evaluation.report_data import ReportData, interval_text, number_text, report_data
+from braintumor.evaluation.report_data import (
+    ReportData,
+    interval_text,
+    number_text,
+    report_data,
+    validation_ood_scores,
+)
 from braintumor.evaluation.report_figures import (
     Figure,
     confident_mistakes,
+    flagged_examples,
+    guard_histogram_figure,
     plot_to_uri,
     reliability_figure,
     risk_coverage_figure,
@@ -71,6 +80,7 @@ if TYPE_CHECKING:
 
 REPORT_FILE = "report.html"
 CONFIDENT_MISTAKE = 0.9  # a wrong answer at or above this probability is the most harmful kind
+FLAGGED_EXAMPLES = 8  # thumbnails of the images the input guard flagged, highest score first
 _EXTRA_LIBRARIES = ("captum", "scikit-learn", "scipy", "torchmetrics", "matplotlib")
 
 Section = Callable[[ReportData], dict[str, Any]]
@@ -92,6 +102,10 @@ INTENDED_USE = [
     "Any other input (other pathologies, other body parts, other modalities, non-MRI images) is still forced "
     "into one of the four classes: the model cannot say 'none of these'.",
 ]
+NO_GUARD_TEXT = (
+    "The bundle has no input guard (it was trained before the guard existed): every input, whatever it is, gets "
+    "one of the four classes. Add one with `braintumor guard BUNDLE --data ROOT`."
+)
 KNOWN_DATA_PROBLEMS = [
     "Known leakage: the project's default data (Sartaj Bhuvaji's public Brain Tumor MRI set) holds byte-identical "
     "copies of images across its Training and Testing folders, nearly all no_tumor, and many more near copies "
@@ -238,6 +252,23 @@ def summary_section(data: ReportData) -> dict[str, Any]:
 # --- model card ------------------------------------------------------------------------------------
 
 
+def _intended_use(data: ReportData) -> list[str]:
+    """:data:`INTENDED_USE`, whose last line (no 'none of these') holds only for a bundle without an input guard."""
+    guard = data.bundle.guard
+    if guard is None:
+        return INTENDED_USE
+    spec = guard.spec
+    return [
+        *INTENDED_USE[:-1],
+        f"An input guard ({spec.detector} distance on the model's penultimate features, plus grey-level image "
+        "evidence on its input) flags inputs unlike the Training images as out of distribution (ood_score > 1) "
+        f"instead of only diagnosing them; its thresholds sit at the {spec.quantile:g} quantile of the validation "
+        f"scores and flag {spec.validation_flag_rate:.1%} of the {spec.n_val} validation images. It is a screen, "
+        "not a guarantee: an MRI slice close to Training in these features (another pathology, another scanner) "
+        "can pass it and is still forced into one of the four classes.",
+    ]
+
+
 def _card_details(data: ReportData) -> list[tuple[str, str]]:
     bundle, config, prep = data.bundle, data.bundle.config, data.bundle.preprocessing
     recipe = bundle.recipe
@@ -281,6 +312,14 @@ def _card_metrics(data: ReportData) -> list[str]:
         lines.append("Deduplicated split: no audit run for this evaluation.")
     recalls = "; ".join(f"{name} {interval_text(official['recall'][name], True)}" for name in data.class_names)
     lines.append(f"Recall per class: {recalls}.")
+    guard = data.metrics.get("guard")
+    if isinstance(guard, dict):
+        accepted = guard["accepted"]
+        lines.append(
+            f"Input guard on {split}: {guard['n_flagged']} of {guard['n_images']} images flagged "
+            f"({number_text(guard['flagged_share'], True)}); accuracy on the accepted images "
+            f"{number_text(accepted['accuracy'] if accepted else None, True)}."
+        )
     val_metrics = data.bundle.config.training.val_metrics
     if "accuracy" in val_metrics:
         lines.append(f"Validation split (from Training) accuracy: {val_metrics['accuracy']:.1%}.")
@@ -343,7 +382,7 @@ def model_card_section(data: ReportData) -> dict[str, Any]:
     """The model card: details, intended use, training data, metrics, limits and the failure modes seen here."""
     return {
         "card_details": _card_details(data),
-        "intended_use": INTENDED_USE,
+        "intended_use": _intended_use(data),
         "training_data": _training_data(data.bundle.config.training),
         "card_metrics": _card_metrics(data),
         "limits": _limits(data),
@@ -393,6 +432,69 @@ def calibration_section(data: ReportData) -> dict[str, Any]:
     else:
         notes.append("The bundle has no referral threshold (selective prediction): no risk-coverage curve.")
     return {"calibration_figures": figures, "calibration_notes": notes}
+
+
+def _guard_rows(
+    class_names: list[str], split: str, scores: np.ndarray, labels: np.ndarray, validation: np.ndarray | None
+) -> list[tuple[str, str, str, str]]:
+    """``(images, count, flagged, share)`` rows: the validation split, the evaluated split and each true class."""
+
+    def row(name: str, values: np.ndarray) -> tuple[str, str, str, str]:
+        flagged = int((values > 1.0).sum())
+        return (name, str(len(values)), str(flagged), number_text(flagged / len(values), True) if len(values) else "-")
+
+    rows = [row("validation (from Training)", validation)] if validation is not None else []
+    rows.append(row(f"{split}, all images", scores))
+    rows += [row(f"{split}, true {name}", scores[labels == index]) for index, name in enumerate(class_names)]
+    return rows
+
+
+def _accepted_rows(guard: Mapping[str, Any] | None) -> list[tuple[str, str, str]]:
+    """``(metric, all images, accepted images)`` rows from ``metrics.json["guard"]``."""
+    if not isinstance(guard, Mapping) or guard.get("all_images") is None:
+        return []
+    everything, accepted = guard["all_images"], guard["accepted"] or {}
+    return [
+        ("images", str(everything["n_images"]), str(guard["n_accepted"])),
+        ("accuracy", number_text(everything["accuracy"], True), number_text(accepted.get("accuracy"), True)),
+        ("macro-F1", number_text(everything["macro_f1"]), number_text(accepted.get("macro_f1"))),
+        ("cross-entropy", number_text(everything["loss"]), number_text(accepted.get("loss"))),
+    ]
+
+
+def guard_section(data: ReportData, *, count: int = FLAGGED_EXAMPLES) -> dict[str, Any]:
+    """The input guard: score histograms (validation and this split), flag shares, accepted metrics, flagged images."""
+    empty: dict[str, Any] = {"guard_rows": [], "guard_accepted": [], "guard_figures": [], "guard_examples": []}
+    guard, scores = data.bundle.guard, data.result.ood_scores
+    if guard is None:
+        return {**empty, "guard_notes": [NO_GUARD_TEXT]}
+    if scores is None:
+        return {**empty, "guard_notes": ["This evaluation recorded no input guard scores: evaluate again."]}
+    spec = guard.spec
+    notes = [
+        f"{spec.definition} Detector: {spec.detector}; thresholds at the {spec.quantile:g} quantile of the "
+        f"validation scores, flagging {spec.validation_flag_rate:.1%} of the {spec.n_val} validation images at fitting."
+    ]
+    validation, problem = validation_ood_scores(data.bundle, data.metrics.get("data_root"))
+    if problem is not None:
+        notes.append(f"No validation histogram: {problem}.")
+    scores = np.asarray(scores)
+    histograms = {"validation": validation} if validation is not None else {}
+    histograms[data.split] = scores
+    examples = flagged_examples(data.result, data.class_names, count)
+    n_flagged = int((scores > 1.0).sum())
+    notes.append(
+        f"{len(examples)} of the {n_flagged} flagged {data.split} images, highest score first."
+        if n_flagged
+        else f"The guard flagged none of the {data.split} images."
+    )
+    return {
+        "guard_rows": _guard_rows(data.class_names, data.split, scores, data.labels, validation),
+        "guard_accepted": _accepted_rows(data.metrics.get("guard")),
+        "guard_figures": [guard_histogram_figure(histograms)],
+        "guard_examples": examples,
+        "guard_notes": notes,
+    }
 
 
 def training_section(data: ReportData) -> dict[str, Any]:
@@ -518,7 +620,13 @@ def build_report(
         task = progress.add_task("Writing report", total=None)
         explainer = Explainer(bundle)
         data = report_data(result, bundle, explainer, sanity_images=sanity_images, n_bootstrap=n_bootstrap, seed=seed)
-        sections: list[Section] = [summary_section, model_card_section, metrics_section, calibration_section]
+        sections: list[Section] = [
+            summary_section,
+            model_card_section,
+            metrics_section,
+            calibration_section,
+            guard_section,
+        ]
         if bundle.config.training.history:
             sections.append(training_section)
         sections.append(partial(mistakes_section, explainer=explainer, count=n_mistakes))

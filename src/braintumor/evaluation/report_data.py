@@ -1,4 +1,5 @@
-"""The numbers ``report.html`` is written from, computed once: intervals, the deduplicated subset, sanity checks.
+"""The numbers ``report.html`` is written from, computed once: intervals, the deduplicated subset, sanity checks,
+and the input guard's scores of the validation split.
 
 ``metrics["deduplicated"]`` is read as a :func:`~braintumor.evaluation.metrics.classification_metrics`
 dictionary; when it also lists which images it kept (``paths``/``kept_paths``) or dropped
@@ -25,9 +26,13 @@ import numpy as np
 import torch
 
 from braintumor.bundle import Bundle
+from braintumor.data.dataset import load_images
+from braintumor.errors import BrainTumorError
+from braintumor.evaluation.calibrate import validation_samples
 from braintumor.evaluation.evaluate import EvaluationResult
 from braintumor.evaluation.metrics import PER_CLASS_STATISTICS, bootstrap_confidence_intervals, classification_metrics
 from braintumor.evaluation.report_figures import load_model_sized
+from braintumor.inference.predictor import Predictor
 
 if TYPE_CHECKING:
     from braintumor.explain.explainer import Explainer
@@ -247,3 +252,28 @@ def report_data(
         sanity=report_sanity_checks(result, explainer, predicted, sanity_images, seed),
         n_bootstrap=n_bootstrap,
     )
+
+
+def validation_ood_scores(bundle: Bundle, data_root: Path | str | None = None) -> tuple[np.ndarray | None, str | None]:
+    """The input guard's ``ood_score`` of every validation image the bundle recorded, or ``(None, why not)``.
+
+    The files are found as ``braintumor calibrate`` finds them (:func:`~braintumor.evaluation.calibrate.
+    validation_samples`): at their recorded paths, else re-rooted under ``data_root`` (the evaluated data root).
+    """
+    if bundle.guard is None:
+        return None, "the bundle has no input guard"
+    problem = ""
+    for root in dict.fromkeys([None, None if data_root is None else Path(data_root)]):
+        try:
+            image_set = load_images(
+                validation_samples(bundle, root),
+                bundle.preprocessing,
+                description="Decoding validation",
+                show_progress=False,
+            )
+        except BrainTumorError as error:
+            problem = str(error)
+            continue
+        # The guard judges the clean image only, so test-time augmentation would not change the scores.
+        return Predictor(bundle).run_uint8(image_set.images)[1], None
+    return None, problem

@@ -7,6 +7,8 @@ Example:
     'at the referral threshold 0.650 the model answers 66.7% of images'
     >>> np.allclose(uncalibrated(probabilities, 1.0), probabilities)
     True
+    >>> guard_histogram_figure({"validation": np.array([0.1, 0.5, 1.2])}).title
+    'Input guard scores'
 """
 
 from __future__ import annotations
@@ -211,3 +213,64 @@ def confident_mistakes(
             }
         )
     return tiles, len(wrong)
+
+
+GUARD_THRESHOLD = 1.0  # ood_score above this: flagged out of distribution (braintumor.guard.spec)
+
+
+def guard_histogram_figure(scores: dict[str, np.ndarray]) -> Figure:
+    """Histograms of the input guard's ``ood_score`` per split (share of each split's images), threshold at 1.
+
+    Scores beyond the 1st-99th percentile range of all splits together (at least -1 to 2) are drawn in the
+    outermost bins, so one far outlier does not squeeze every other image into a single bar.
+    """
+    joined = np.concatenate([np.asarray(v, dtype=np.float64) for v in scores.values()])
+    low = min(-1.0, float(np.percentile(joined, 1)))
+    high = max(2.0, float(np.percentile(joined, 99)))
+    bins = np.linspace(low, high, 41)
+    figure, axis = plt.subplots(figsize=(7.0, 3.8))
+    for name, values in scores.items():
+        values = np.asarray(values, dtype=np.float64)
+        flagged = float((values > GUARD_THRESHOLD).mean()) if len(values) else 0.0
+        weights = np.full(len(values), 1.0 / max(len(values), 1))
+        label = f"{name} ({len(values)} images, {flagged:.1%} flagged)"
+        axis.hist(
+            np.clip(values, low, high), bins=bins, weights=weights, histtype="stepfilled", alpha=0.45, label=label
+        )
+    axis.axvline(GUARD_THRESHOLD, color="C3", linestyle="--", label="threshold (ood_score = 1)")
+    axis.set(xlabel="ood_score", ylabel="share of the split's images", title="Input guard scores")
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    clipped = int(((joined < low) | (joined > high)).sum())
+    caption = (
+        "0 is a typical validation image, 1 the threshold: an image scoring above 1 is flagged out of distribution."
+        + (f" {clipped} scores outside [{low:.2f}, {high:.2f}] are drawn in the outermost bins." if clipped else "")
+    )
+    return Figure("Input guard scores", figure_uri(figure), caption)
+
+
+def flagged_examples(result: EvaluationResult, class_names: Sequence[str], count: int) -> list[dict[str, str]]:
+    """Thumbnails of up to ``count`` images the input guard flagged, highest ``ood_score`` first."""
+    if result.ood_scores is None:
+        return []
+    scores = np.asarray(result.ood_scores)
+    flagged = np.flatnonzero(scores > GUARD_THRESHOLD)
+    tiles: list[dict[str, str]] = []
+    for index in flagged[np.argsort(-scores[flagged], kind="stable")]:
+        if len(tiles) >= count:
+            break
+        try:
+            image = load_image_rgb(Path(result.paths[index]))
+        except (ImageDecodeError, OSError):
+            continue
+        tiles.append(
+            {
+                "uri": image_uri(image, max_side=160),
+                "score": f"{scores[index]:.2f}",
+                "true": class_names[int(result.labels[index])],
+                "predicted": class_names[int(np.argmax(result.probabilities[index]))],
+                "file": str(result.paths[index]),
+            }
+        )
+    return tiles

@@ -53,7 +53,8 @@ REPORT_TEMPLATE = """<!DOCTYPE html>
 diagnose, treat or triage patients. Its outputs are for research and education on public data.</div>
 <nav>
   <a href="#summary">Summary</a><a href="#card">Model card</a><a href="#metrics">Metrics</a>
-  <a href="#calibration">Calibration</a><a href="#training">Training</a><a href="#explanations">Explanations</a>
+  <a href="#calibration">Calibration</a><a href="#guard">Input guard</a><a href="#training">Training</a>
+  <a href="#explanations">Explanations</a>
   <a href="#reproduce">Reproducibility</a>
 </nav>
 
@@ -103,6 +104,39 @@ diagnose, treat or triage patients. Its outputs are for research and education o
   {% endfor %}
 </div>
 {% for line in calibration_notes %}<p class="note">{{ line }}</p>{% endfor %}
+
+<h2 id="guard">Input guard (out-of-distribution inputs)</h2>
+{% if guard_rows %}
+<table>
+  <tr><th>images</th><th>count</th><th>flagged</th><th>share flagged</th></tr>
+  {% for item in guard_rows %}
+  <tr><td>{{ item[0] }}</td><td>{{ item[1] }}</td><td>{{ item[2] }}</td><td>{{ item[3] }}</td></tr>
+  {% endfor %}
+</table>
+{% endif %}
+{% if guard_accepted %}
+<table>
+  <tr><th>metric</th><th>all images</th><th>accepted images (not flagged)</th></tr>
+  {% for item in guard_accepted %}
+  <tr><td>{{ item[0] }}</td><td>{{ item[1] }}</td><td>{{ item[2] }}</td></tr>
+  {% endfor %}
+</table>
+{% endif %}
+{% for fig in guard_figures %}
+<figure><img src="{{ fig.uri }}" alt="{{ fig.title }}"><figcaption>{{ fig.caption }}</figcaption></figure>
+{% endfor %}
+{% for line in guard_notes %}<p class="note">{{ line }}</p>{% endfor %}
+{% if guard_examples %}
+<div class="grid">
+{% for tile in guard_examples %}
+  <div class="tile">
+    <img src="{{ tile.uri }}" alt="flagged image, ood_score {{ tile.score }}">
+    <div><strong>ood_score {{ tile.score }}</strong>: true {{ tile.true }}, predicted {{ tile.predicted }}</div>
+    <div class="file">{{ tile.file }}</div>
+  </div>
+{% endfor %}
+</div>
+{% endif %}
 
 <h2 id="training">Training</h2>
 {% for fig in training_figures %}

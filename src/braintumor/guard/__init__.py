@@ -1,17 +1,31 @@
-"""Input guard stage: flags inputs unlike the Training images (not brain MRIs, other sources), not diagnosing them."""
+"""Input guard stage: flags inputs unlike the Training images (not brain MRIs, other sources), not diagnosing them.
 
-from braintumor.guard.guard import (
-    DEFAULT_DETECTOR,
-    DEFAULT_QUANTILE,
-    GuardInputs,
-    GuardScores,
-    InputGuard,
-    fit_guard,
-    head_outputs,
-    model_outputs,
-)
-from braintumor.guard.spec import GUARD_FILE, SCORE_DEFINITION, GuardSpec
+Names are imported lazily, so the CLI can read :mod:`braintumor.guard.defaults` without loading torch.
 
+Example:
+    >>> from braintumor.guard import DEFAULT_DETECTOR, InputGuard
+    >>> DEFAULT_DETECTOR, InputGuard.__name__
+    ('mahalanobis', 'InputGuard')
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from braintumor.guard.defaults import DEFAULT_DETECTOR, DEFAULT_QUANTILE
+    from braintumor.guard.guard import GuardInputs, GuardScores, InputGuard, fit_guard, head_outputs, model_outputs
+    from braintumor.guard.spec import GUARD_FILE, SCORE_DEFINITION, GuardSpec
+
+_EXPORTS = {
+    **dict.fromkeys(("DEFAULT_DETECTOR", "DEFAULT_QUANTILE"), "braintumor.guard.defaults"),
+    **dict.fromkeys(
+        ("GuardInputs", "GuardScores", "InputGuard", "fit_guard", "head_outputs", "model_outputs"),
+        "braintumor.guard.guard",
+    ),
+    **dict.fromkeys(("GUARD_FILE", "SCORE_DEFINITION", "GuardSpec"), "braintumor.guard.spec"),
+}
 __all__ = [
     "DEFAULT_DETECTOR",
     "DEFAULT_QUANTILE",
@@ -25,3 +39,9 @@ __all__ = [
     "head_outputs",
     "model_outputs",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'braintumor.guard' has no attribute {name!r}")

@@ -26,12 +26,11 @@ from dataclasses import dataclass
 
 import torch
 
+from braintumor.guard.defaults import DEFAULT_DETECTOR, DEFAULT_QUANTILE
 from braintumor.guard.detectors import State, create_detector
 from braintumor.guard.evidence import EVIDENCE_NAMES, evidence_distance, image_evidence
 from braintumor.guard.spec import GuardSpec
 
-DEFAULT_DETECTOR = "mahalanobis"
-DEFAULT_QUANTILE = 0.99
 # The Training images' range of each evidence statistic: these quantiles, so a handful of odd slices do not widen it.
 EVIDENCE_RANGE_QUANTILES = (0.001, 0.999)
 Normalise = Callable[[torch.Tensor], torch.Tensor]

@@ -41,6 +41,11 @@ from braintumor.inference.tta import tta_views
 
 # What a prediction below the bundle's confidence threshold (selective prediction) tells the user.
 REFER_MESSAGE = "refer to a radiologist"
+# What a prediction the input guard flags tells the user instead of a diagnosis.
+OOD_MESSAGE = "not a brain MRI like the training images: no diagnosis"
+NO_GUARD_MESSAGE = (
+    "guard: none (this bundle was trained before the input guard; add one with `braintumor guard BUNDLE --data ROOT`)"
+)
 
 
 @dataclass(frozen=True)
@@ -214,9 +219,11 @@ def write_predictions_json(
     path: Path, bundle: Path, predictor: Predictor, predictions: Sequence[Prediction], skipped: Sequence[SkippedFile]
 ) -> None:
     """``predict --json``: the bundle, its referral threshold, every prediction and every skipped file."""
+    guard = predictor.guard
     payload = {
         "bundle": str(bundle),
         "refer_threshold": predictor.refer_threshold,
+        "guard": "none" if guard is None else guard.spec.model_dump(mode="json"),
         "predictions": [asdict(p) for p in predictions],
         "skipped": [asdict(s) for s in skipped],
     }
@@ -224,12 +231,17 @@ def write_predictions_json(
 
 
 def write_predictions_csv(path: Path, predictor: Predictor, predictions: Sequence[Prediction]) -> None:
-    """``predict --csv``: one row per image, a probability column per class (and ``referred`` when calibrated)."""
-    with_referral = predictor.refer_threshold is not None
+    """``predict --csv``: one row per image, a probability column per class, ``referred`` when calibrated and
+    ``out_of_distribution``/``ood_score`` when the bundle has an input guard."""
+    with_referral, with_guard = predictor.refer_threshold is not None, predictor.guard is not None
     names = predictor.class_names
+    header = ["path", "class", "confidence", *[f"p_{n}" for n in names]]
+    header += ["referred"] * with_referral + ["out_of_distribution", "ood_score"] * with_guard
     with path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["path", "class", "confidence", *[f"p_{n}" for n in names]] + (["referred"] * with_referral))
+        writer.writerow(header)
         for p in predictions:
             row = [p.source, p.class_name, f"{p.confidence:.6f}", *[f"{p.probabilities[n]:.6f}" for n in names]]
-            writer.writerow(row + ([int(bool(p.referred))] if with_referral else []))
+            row += [int(bool(p.referred))] if with_referral else []
+            row += [int(bool(p.out_of_distribution)), f"{p.ood_score:.4f}"] if with_guard else []
+            writer.writerow(row)

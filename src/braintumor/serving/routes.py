@@ -106,19 +106,22 @@ async def health(service: Service) -> HealthResponse:
         max_upload_bytes=settings.max_upload_bytes,
         accepted_formats=list(settings.allowed_formats),
         explain_available=service.gradcam is not None,
+        guard_available=service.guard_available,
     )
 
 
 async def model_info(service: Service) -> dict[str, Any]:
-    """Class names, recipe, preprocessing and validation metrics of the served bundle."""
+    """Class names, recipe, preprocessing, validation metrics and input guard (``null``: none) of the bundle."""
     return service.model_card()
 
 
 async def predict(request: Request, service: Service) -> PredictionResponse:
-    """Class, probabilities, calibrated confidence and refer flag for one JPEG, PNG or DICOM image."""
+    """Class, probabilities, calibrated confidence, refer flag and input-guard verdict for one JPEG, PNG or DICOM
+    image. When ``out_of_distribution`` is true the probabilities are still returned, but they are not a
+    diagnosis: ``warning`` says so in plain words."""
     started = time.perf_counter()
     decoded, read_ms, decode_ms = await receive(request, service.settings)
-    probabilities, inference_ms = await run_in_threadpool(service.predict, decoded.image)
+    probabilities, check, inference_ms = await run_in_threadpool(service.predict, decoded.image)
     best = int(np.argmax(probabilities))
     confidence = float(probabilities[best])
     threshold = service.refer_threshold
@@ -130,6 +133,7 @@ async def predict(request: Request, service: Service) -> PredictionResponse:
         temperature=service.temperature,
         refer=None if threshold is None else confidence < threshold,
         refer_threshold=threshold,
+        **check.model_dump(),
         model=service.ref,
         image=ImageInfo(format=decoded.format, width=decoded.image.width, height=decoded.image.height),
         timing=Timing(
@@ -147,7 +151,9 @@ async def explain(
     target: str | None = Query(None, description="Class to explain (default: the predicted class)."),
     method: str = Query("gradcam", description="Attribution method passed to braintumor.explain."),
 ) -> Response:
-    """Grad-CAM overlay PNG for the predicted class or ``target``; the class is in ``X-Explained-Class``."""
+    """Grad-CAM overlay PNG for the predicted class or ``target``; the class is in ``X-Explained-Class``, the
+    input guard's verdict in ``X-Out-Of-Distribution`` (true, false or none), ``X-OOD-Score`` and
+    ``X-Input-Warning``."""
     if target is not None and target not in service.class_names:
         raise UploadError(
             422, "unknown_class", f"unknown class {target!r}: choose {readable_list(service.class_names)}"
@@ -155,8 +161,8 @@ async def explain(
     # Refuse before reading the upload: without Grad-CAM no image can be explained.
     service.require_gradcam()
     decoded, _, _ = await receive(request, service.settings)
-    png, explained = await run_in_threadpool(service.explain, decoded.image, target, method)
-    return Response(png, media_type="image/png", headers={"X-Explained-Class": explained})
+    png, explained, check = await run_in_threadpool(service.explain, decoded.image, target, method)
+    return Response(png, media_type="image/png", headers={"X-Explained-Class": explained, **check.headers()})
 
 
 def public_router() -> APIRouter:

@@ -12,6 +12,26 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 DISCLAIMER = "Research use only: not a medical device and not for diagnosis."
+# What a flagged upload tells the user, next to the class probabilities that are still returned.
+OOD_WARNING = (
+    "This image does not look like the brain MRI slices the model was trained on; "
+    "the class probabilities are not a diagnosis."
+)
+# An image is flagged when its ood_score is above this (braintumor.guard.spec.SCORE_DEFINITION).
+OOD_FLAG_ABOVE = 1.0
+# /v1/explain answers with a PNG: the input guard's verdict travels in these headers.
+OOD_HEADER = "X-Out-Of-Distribution"
+OOD_SCORE_HEADER = "X-OOD-Score"
+WARNING_HEADER = "X-Input-Warning"
+_OOD_DESCRIPTION = (
+    "True when the input guard says the image is not like the brain MRI slices the model was trained on "
+    "(the classes are then not a diagnosis); null when the bundle has no input guard."
+)
+_SCORE_DESCRIPTION = (
+    f"The input guard's score: 0 is a typical validation image, above {OOD_FLAG_ABOVE:g} is flagged; "
+    "null without a guard."
+)
+_WARNING_DESCRIPTION = "Plain-words warning when the image is flagged out of distribution; null otherwise."
 
 
 class ModelRef(BaseModel):
@@ -43,10 +63,58 @@ class PredictionResponse(BaseModel):
         None, description="True when confidence is below the bundle's refer threshold; null when it has none."
     )
     refer_threshold: float | None = None
+    out_of_distribution: bool | None = Field(None, description=_OOD_DESCRIPTION)
+    ood_score: float | None = Field(None, description=_SCORE_DESCRIPTION)
+    warning: str | None = Field(None, description=_WARNING_DESCRIPTION)
     model: ModelRef
     image: ImageInfo
     timing: Timing
     disclaimer: str = DISCLAIMER
+
+
+class InputCheck(BaseModel):
+    """The input guard's verdict on one image: the guard fields of :class:`PredictionResponse`.
+
+    Example:
+        >>> InputCheck.from_score(3.5).model_dump()["out_of_distribution"], InputCheck.from_score(None).warning
+        (True, None)
+        >>> InputCheck.from_score(0.2).headers()
+        {'X-Out-Of-Distribution': 'false', 'X-OOD-Score': '0.2000'}
+    """
+
+    out_of_distribution: bool | None = Field(None, description=_OOD_DESCRIPTION)
+    ood_score: float | None = Field(None, description=_SCORE_DESCRIPTION)
+    warning: str | None = Field(None, description=_WARNING_DESCRIPTION)
+
+    @classmethod
+    def from_score(cls, ood_score: float | None) -> InputCheck:
+        """The verdict for an ``ood_score`` (None: the bundle has no guard, so nothing is known)."""
+        if ood_score is None:
+            return cls()
+        flagged = bool(ood_score > OOD_FLAG_ABOVE)
+        return cls(out_of_distribution=flagged, ood_score=float(ood_score), warning=OOD_WARNING if flagged else None)
+
+    def headers(self) -> dict[str, str]:
+        """The verdict as the ``/v1/explain`` response headers (``none`` without a guard)."""
+        if self.out_of_distribution is None:
+            return {OOD_HEADER: "none"}
+        headers = {OOD_HEADER: "true" if self.out_of_distribution else "false"}
+        headers[OOD_SCORE_HEADER] = f"{self.ood_score:.4f}"
+        if self.warning is not None:
+            headers[WARNING_HEADER] = self.warning
+        return headers
+
+
+class GuardInfo(BaseModel):
+    """What ``/v1/model`` says about the bundle's input guard (``"guard": null`` when it has none)."""
+
+    detector: str = Field(description="Feature detector on the penultimate features (and logits).")
+    quantile: float = Field(description="Validation quantile that set each threshold.")
+    validation_flag_rate: float = Field(description="Share of validation images the guard flags.")
+    n_train: int
+    n_val: int
+    flag_above: float = Field(OOD_FLAG_ABOVE, description="An image is flagged when its ood_score is above this.")
+    definition: str = Field(description="How ood_score is built.")
 
 
 class ErrorResponse(BaseModel):
@@ -62,6 +130,9 @@ class HealthResponse(BaseModel):
     max_upload_bytes: int
     accepted_formats: list[str]
     explain_available: bool
+    guard_available: bool = Field(
+        False, description="Whether uploads are checked by an input guard (out_of_distribution is null without one)."
+    )
     disclaimer: str = DISCLAIMER
 
 
@@ -94,6 +165,21 @@ UPLOAD_ERRORS: dict[int | str, dict[str, Any]] = {
 }
 EXPLAIN_RESPONSES: dict[int | str, dict[str, Any]] = {
     **UPLOAD_ERRORS,
-    200: {"content": {"image/png": {}}, "description": "Grad-CAM overlay (PNG)."},
+    200: {
+        "content": {"image/png": {}},
+        "description": "Grad-CAM overlay (PNG); the input guard's verdict is in the headers.",
+        "headers": {
+            "X-Explained-Class": {"description": "The class explained.", "schema": {"type": "string"}},
+            OOD_HEADER: {"description": "true, false, or none (no input guard).", "schema": {"type": "string"}},
+            OOD_SCORE_HEADER: {
+                "description": _SCORE_DESCRIPTION + " Absent without a guard.",
+                "schema": {"type": "number"},
+            },
+            WARNING_HEADER: {
+                "description": _WARNING_DESCRIPTION + " Absent when not flagged.",
+                "schema": {"type": "string"},
+            },
+        },
+    },
     501: {"model": ErrorResponse, "description": "Explanations are not installed on this server."},
 }

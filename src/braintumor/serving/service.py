@@ -1,4 +1,8 @@
-"""The model behind the service: the loaded bundle, its predictor, Grad-CAM and the model card."""
+"""The model behind the service: the loaded bundle, its predictor and input guard, Grad-CAM and the model card.
+
+A bundle without an input guard (made before it existed), or an ONNX graph exported before it, is served
+with ``out_of_distribution`` null; ``/v1/model`` then says why in ``guard_note``.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from PIL import Image
@@ -19,11 +23,19 @@ from braintumor.bundle import WEIGHTS_FILE, Bundle, load_bundle
 from braintumor.config import Recipe
 from braintumor.errors import BrainTumorError
 from braintumor.inference.onnx_export import OnnxPredictor, make_predictor
-from braintumor.serving.schemas import DISCLAIMER, ModelRef
+from braintumor.serving.schemas import DISCLAIMER, GuardInfo, InputCheck, ModelRef
 from braintumor.serving.settings import ServeSettings
 from braintumor.serving.uploads import UploadError
 
 GradcamFunction = Callable[..., tuple[Image.Image, str]]
+
+
+class Outcome(NamedTuple):
+    """One image's class probabilities, the input guard's verdict and the milliseconds the model took."""
+
+    probabilities: np.ndarray
+    check: InputCheck
+    inference_ms: float
 
 
 def weights_version(bundle_path: Path) -> str:
@@ -80,16 +92,36 @@ class ModelService:
     def class_names(self) -> list[str]:
         return self.bundle.class_names
 
-    def predict(self, image: Image.Image) -> tuple[np.ndarray, float]:
-        """Class probabilities for one image and the milliseconds the model took."""
+    @property
+    def guard_available(self) -> bool:
+        """Whether uploads are checked by the input guard (with the backend in use)."""
+        return self.predictor.guard is not None
+
+    def guard_note(self) -> str | None:
+        """Why uploads are not checked by an input guard, in plain words; None when they are."""
+        if self.guard_available:
+            return None
+        if self.bundle.guard is not None:  # the bundle has one, the ONNX graph cannot feed it
+            return (
+                "model.onnx was exported before the input guard, so inputs are not checked: export it again with "
+                "`braintumor export BUNDLE --onnx`"
+            )
+        return (
+            "this bundle has no input guard (it was made before the guard existed), so inputs are not checked: "
+            "fit one with `braintumor guard BUNDLE`"
+        )
+
+    def predict(self, image: Image.Image) -> Outcome:
+        """Class probabilities for one image, the input guard's verdict and the milliseconds the model took."""
         started = time.perf_counter()
         if isinstance(self.predictor, OnnxPredictor):
             with self.inference_slots:
-                probabilities = self.predictor.predict_images([image])[0]
+                probabilities, scores = self.predictor.predict_images_guarded([image])
         else:
             with self.torch_lock:
-                probabilities = self.predictor.predict_images([image])[0]
-        return probabilities, (time.perf_counter() - started) * 1000.0
+                probabilities, scores = self.predictor.predict_images_guarded([image])
+        check = InputCheck.from_score(None if scores is None else float(scores[0]))
+        return Outcome(probabilities[0], check, (time.perf_counter() - started) * 1000.0)
 
     def require_gradcam(self) -> GradcamFunction:
         """The Grad-CAM function, or the 501 that says why this server has none."""
@@ -99,9 +131,10 @@ class ModelService:
             )
         return self.gradcam
 
-    def explain(self, image: Image.Image, target: str | None, method: str) -> tuple[bytes, str]:
-        """A Grad-CAM overlay as PNG bytes and the class it explains."""
+    def explain(self, image: Image.Image, target: str | None, method: str) -> tuple[bytes, str, InputCheck]:
+        """A Grad-CAM overlay as PNG bytes, the class it explains and the input guard's verdict on the image."""
         gradcam = self.require_gradcam()
+        check = self.predict(image).check if self.guard_available else InputCheck()
         try:
             with self.torch_lock:
                 overlay, explained = gradcam(self.bundle, image, target=target, method=method)
@@ -109,12 +142,28 @@ class ModelService:
             raise UploadError(422, "cannot_explain", f"cannot explain this image: {error}") from None
         buffer = io.BytesIO()
         overlay.convert("RGB").save(buffer, format="PNG")
-        return buffer.getvalue(), explained
+        return buffer.getvalue(), explained, check
+
+    def guard_info(self) -> GuardInfo | None:
+        """The input guard in use (None: uploads are not checked, see :meth:`guard_note`)."""
+        guard = self.predictor.guard
+        if guard is None:
+            return None
+        spec = guard.spec
+        return GuardInfo(
+            detector=spec.detector,
+            quantile=spec.quantile,
+            validation_flag_rate=spec.validation_flag_rate,
+            n_train=spec.n_train,
+            n_val=spec.n_val,
+            definition=spec.definition,
+        )
 
     def model_card(self) -> dict[str, Any]:
-        """What ``/v1/model`` reports: classes, recipe, preprocessing, validation metrics, calibration."""
+        """What ``/v1/model`` reports: classes, recipe, preprocessing, validation metrics, calibration, guard."""
         config = self.bundle.config
         training = config.training
+        guard = self.guard_info()
         return {
             "model": self.ref.model_dump(),
             "class_names": self.bundle.class_names,
@@ -128,5 +177,7 @@ class ModelService:
             "created_utc": config.created_utc,
             "versions": config.versions,
             "explain_available": self.gradcam is not None,
+            "guard": None if guard is None else guard.model_dump(),
+            "guard_note": self.guard_note(),
             "disclaimer": DISCLAIMER,
         }
