@@ -22,9 +22,8 @@ import math
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import matplotlib
 import numpy as np
@@ -61,14 +60,14 @@ NON_MRI_KINDS = {
     "dem_grey": "matplotlib's elevation arrays (jacksboro_fault_dem, topobathy, bivariate_normal) as grey images",
     "digits": "scikit-learn's 8x8 handwritten digits upsampled (nearest or bilinear), PNG",
 }
-WORDS = (
-    "patient report scan date radiology department findings impression normal the of and to in is for "
-    "lorem ipsum dolor sit amet consectetur 2024 0.5 mm slice axial contrast"
-).split()
+WORDS = [
+    "patient", "report", "scan", "date", "radiology", "department", "findings", "impression", "normal", "the",
+    "of", "and", "to", "in", "is", "for", "lorem", "ipsum", "dolor", "sit", "amet", "consectetur", "2024", "0.5",
+    "mm", "slice", "axial", "contrast",
+]  # fmt: skip
 
 
-@dataclass(frozen=True)
-class NonMriImage:
+class NonMriImage(NamedTuple):
     """One generated input: its kind (a key of :data:`NON_MRI_KINDS`), a name and the encoded file's bytes."""
 
     kind: str
@@ -256,8 +255,7 @@ def _subset(inputs: Any, index: torch.Tensor) -> Any:
     return GuardInputs(inputs.features[index], inputs.logits[index], inputs.evidence[index])
 
 
-@dataclass
-class Sets:
+class Sets(NamedTuple):
     """The images and model outputs (computed once) of every set, and what was left out and why."""
 
     images: dict[str, torch.Tensor]
@@ -297,7 +295,9 @@ def build_sets(bundle: Any, data_root: Path, per_kind: int, seed: int) -> Sets:
     images["non_mri"] = _decode_non_mri(non_mri, prep)
     normalise, outputs = eval_transform(prep), {}
     for name, batch in images.items():
-        outputs[name], seconds[f"model_{name}_s"], _ = timed(lambda b=batch: model_outputs(bundle.model, normalise, b), 2)
+        outputs[name], seconds[f"model_{name}_s"], _ = timed(
+            lambda b=batch: model_outputs(bundle.model, normalise, b), 2
+        )
         print(f"model outputs of {name}: {len(batch)} images in {seconds[f'model_{name}_s']} s", flush=True)
     clean_index, note = _clean_testing_index(test_set.paths, data_root)
     if clean_index is not None:
@@ -368,21 +368,24 @@ def time_guard(bundle: Any, sets: Sets, count: int = TIMING_IMAGES) -> dict[str,
     inputs = _subset(sets.outputs["validation"], torch.arange(len(images)))
     evidence_ms = _median_ms(lambda: image_evidence(images), 7)
     score_ms = _median_ms(lambda: bundle.guard.score(inputs), 7)
-    with_guard, without = Predictor(bundle), Predictor(bundle)
-    without.guard = None
-    rounds: dict[str, list[float]] = {"with": [], "without": []}
+    predictors = {"with": Predictor(bundle), "without": Predictor(bundle)}
+    predictors["without"].guard = None
+    rounds: dict[str, list[tuple[float, float]]] = {"with": [], "without": []}
+    for predictor in predictors.values():
+        predictor.run_uint8(images[:8])  # warm-up: first-call allocations are not the guard's cost
     for _ in range(2):  # alternating rounds: both see the same machine load
-        rounds["without"].append(_median_ms(lambda: without.run_uint8(images), 1))
-        rounds["with"].append(_median_ms(lambda: with_guard.run_uint8(images), 1))
-    n = len(images)
+        for mode in ("without", "with"):
+            _, wall, cpu = timed(lambda m=mode: predictors[m].run_uint8(images))
+            rounds[mode].append((wall * 1000 / len(images), cpu * 1000 / len(images)))
     return {
-        "images": n,
-        "guard_only_ms_per_image": (evidence_ms + score_ms) / n,
-        "evidence_ms_per_image": evidence_ms / n,
-        "score_ms_per_image": score_ms / n,
-        "predict_without_guard_ms_per_image": min(rounds["without"]) / n,
-        "predict_with_guard_ms_per_image": min(rounds["with"]) / n,
-        "predict_rounds_ms": rounds,
+        "images": len(images),
+        "guard_only_ms_per_image": (evidence_ms + score_ms) / len(images),
+        "evidence_ms_per_image": evidence_ms / len(images),
+        "score_ms_per_image": score_ms / len(images),
+        # Per image, the fastest round's wall and process CPU milliseconds (all threads).
+        "predict_without_guard_ms_per_image": min(rounds["without"]),
+        "predict_with_guard_ms_per_image": min(rounds["with"]),
+        "predict_rounds_ms_per_image": rounds,
     }
 
 
@@ -496,10 +499,12 @@ def _timing_lines(timing: dict[str, Any], fit: dict[str, Any]) -> list[str]:
         (f"guard alone (evidence + scoring), batch of {timing['images']}", timing["guard_only_ms_per_image"], "ms"),
         ("  of which image evidence", timing["evidence_ms_per_image"], "ms"),
         ("  of which detector + thresholds", timing["score_ms_per_image"], "ms"),
-        ("predict (run_uint8) without the guard", timing["predict_without_guard_ms_per_image"], "ms"),
-        ("predict (run_uint8) with the guard", timing["predict_with_guard_ms_per_image"], "ms"),
     ]
     lines += [markdown_row([label, f"{value:.3f} {unit}/image"]) for label, value, unit in rows]
+    for mode in ("without", "with"):
+        wall, cpu = timing[f"predict_{mode}_guard_ms_per_image"]
+        label = f"predict (run_uint8, fastest of 2 rounds) {mode} the guard: wall (CPU of all threads)"
+        lines.append(markdown_row([label, f"{wall:.2f} ({cpu:.2f}) ms/image"]))
     share = fit["share_of_training"]
     lines.append(markdown_row(["guard fit (image evidence + fit_guard)", f"{fit['guard_fit_s']:.2f} s"]))
     lines.append(markdown_row(["bundle's training (config.json duration_s)", f"{fit['training_duration_s']} s"]))

@@ -13,7 +13,7 @@ import torch
 from sklearn.metrics import f1_score, log_loss, roc_auc_score
 from typer.testing import CliRunner
 
-from braintumor.bundle import load_bundle, save_bundle
+from braintumor.bundle import load_bundle, read_bundle_config, save_bundle, write_bundle_config
 from braintumor.cli import app
 from braintumor.errors import BrainTumorError
 from braintumor.evaluation.calibrate import calibrate_bundle, validation_samples
@@ -210,3 +210,25 @@ def test_calibrate_explains_what_is_missing(trained_run, synthetic_root: Path, t
     assert all(str(s.path).startswith(str(moved)) for s in validation_samples(bundle, moved))
     with pytest.raises(BrainTumorError, match="does not exist"):
         validation_samples(bundle, tmp_path / "nowhere")
+
+
+def test_calibrate_refits_the_input_guard_on_request(trained_run, synthetic_root: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "bundle"
+    shutil.copytree(trained_run.bundle_dir, copy)
+    config = read_bundle_config(copy)
+    config.extras.guard = None  # as a bundle trained before the input guard
+    write_bundle_config(copy, config)
+    runner = CliRunner()
+    run = runner.invoke(app, ["calibrate", str(copy), "--data", str(synthetic_root), "--no-guard", "-q"])
+    assert run.exit_code == 0, run.output
+    assert "has no input guard: add one with --guard" in " ".join(run.output.split())
+    assert load_bundle(copy).guard is None
+    run = runner.invoke(app, ["calibrate", str(copy), "--data", str(synthetic_root), "--guard", "-q"])
+    assert run.exit_code == 0, run.output
+    bundle = load_bundle(copy)
+    assert bundle.guard is not None and bundle.config.extras.temperature is not None  # calibration kept
+    spec = bundle.guard.spec
+    assert f"input guard refitted ({spec.detector} + image evidence): {spec.validation_flag_rate:.1%} of" in " ".join(
+        run.output.split()
+    )
+    assert spec.n_val == len(bundle.config.training.val_paths)

@@ -48,10 +48,13 @@ def _inline_images(html: str) -> list[str]:
 def test_report_is_one_self_contained_file(cli_report: Path) -> None:
     html = cli_report.read_text(encoding="utf-8")
     sources = _inline_images(html)
-    # Confusion matrix, ROC, training curves, deletion curves and two Grad-CAM overlays per shown mistake.
+    # Confusion matrix, ROC, input guard scores, training curves, deletion curves, two Grad-CAM overlays per
+    # shown mistake and a thumbnail per shown image the input guard flagged.
     with (cli_report.parent / "predictions.csv").open(encoding="utf-8") as handle:
-        n_wrong = sum(1 for row in csv.DictReader(handle) if row["correct"] == "0")
-    assert len(sources) == 4 + 2 * min(n_wrong, 8)
+        rows = list(csv.DictReader(handle))
+    n_wrong = sum(1 for row in rows if row["correct"] == "0")
+    n_flagged = sum(1 for row in rows if row["out_of_distribution"] == "1")
+    assert len(sources) == 5 + 2 * min(n_wrong, 8) + min(n_flagged, 8)
     for source in sources:
         assert source.startswith("data:image/png;base64,")
         with Image.open(io.BytesIO(base64.b64decode(source.split(",", 1)[1]))) as image:
@@ -78,6 +81,9 @@ def test_report_content(cli_report: Path, trained_run) -> None:
         "95% percentile bootstrap",
         "not calibrated",
         "no risk-coverage curve",
+        "Input guard (out-of-distribution inputs)",
+        "Input guard scores",
+        "An input guard",
         "timm",
         "torch",
         "captum",

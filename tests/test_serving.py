@@ -138,6 +138,9 @@ def test_health_model_page_and_docs(client: TestClient) -> None:
     assert card["recipe"]["name"] == "tiny-serve"
     assert card["temperature"] == TEMPERATURE and card["refer_threshold"] == REFER_THRESHOLD
     assert "validation" in card["metrics"]
+    # A bundle saved without an input guard says so: "guard": null and a note on how to add one.
+    assert card["guard"] is None and "braintumor guard" in card["guard_note"]
+    assert health["guard_available"] is False
     assert "val_paths" not in str(card) and "data_root" not in str(card)  # no server paths
 
     page = client.get("/")
@@ -167,6 +170,8 @@ def test_predict_multipart_matches_the_predictor(client: TestClient, bundle_dir:
     assert body["image"] == {"format": "PNG", "width": 64, "height": 64}
     assert body["model"]["backend"] == "pytorch"
     assert body["timing"]["total_ms"] >= body["timing"]["inference_ms"] > 0
+    # No input guard in this bundle: nothing is known about the input (guard: none).
+    assert body["out_of_distribution"] is None and body["ood_score"] is None and body["warning"] is None
 
 
 def test_predict_raw_jpeg_body_and_content_not_name(client: TestClient) -> None:
@@ -293,7 +298,7 @@ def test_an_internal_failure_is_a_500_and_the_service_recovers(bundle_dir: Path)
     service = application.state.service
     original = service.predict
 
-    def broken(image: Image.Image) -> tuple[np.ndarray, float]:
+    def broken(image: Image.Image) -> service_module.Outcome:
         raise RuntimeError("simulated failure")
 
     service.predict = broken

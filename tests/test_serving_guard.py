@@ -10,26 +10,22 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-pytest.importorskip("fastapi")
-
-from fastapi.testclient import TestClient  # noqa: E402
-
-from braintumor.bundle import load_bundle, save_bundle  # noqa: E402
-from braintumor.config import Recipe  # noqa: E402
-from braintumor.data.preprocessing import Preprocessing, eval_transform, resize_to_uint8_tensor  # noqa: E402
-from braintumor.data.synthetic import synthetic_image  # noqa: E402
-from braintumor.guard import fit_guard, model_outputs  # noqa: E402
-from braintumor.inference import Predictor  # noqa: E402
-from braintumor.layout_constants import CLASS_NAMES  # noqa: E402
-from braintumor.models import create_model, resolve_preprocessing  # noqa: E402
-from braintumor.serving.app import create_app  # noqa: E402
-from braintumor.serving.schemas import OOD_WARNING  # noqa: E402
+from braintumor.bundle import load_bundle, save_bundle
+from braintumor.config import Recipe
+from braintumor.data.preprocessing import Preprocessing, eval_transform, resize_to_uint8_tensor
+from braintumor.data.synthetic import synthetic_image
+from braintumor.guard import fit_guard, model_outputs
+from braintumor.inference import Predictor
+from braintumor.layout_constants import CLASS_NAMES
+from braintumor.models import create_model, resolve_preprocessing
+from braintumor.serving.schemas import OOD_WARNING
 
 # Fit and validation slices come from other seeds than the held-out slices the tests upload.
 FIT_SEED, VAL_SEED, HELD_OUT_SEED = 11, 12, 13
@@ -88,17 +84,26 @@ def save_guarded_bundle(
     return save_bundle(folder, model, recipe, preprocessing, extras=extras, guard=guard)
 
 
+def make_client(folder: Path, **settings: Any) -> Any:
+    """A FastAPI test client of the service for ``folder`` (skips without the serve extra)."""
+    testclient = pytest.importorskip("fastapi.testclient")
+    from braintumor.serving.app import create_app
+    from braintumor.serving.settings import ServeSettings
+
+    return testclient.TestClient(create_app(folder, ServeSettings(**settings)))
+
+
 @pytest.fixture(scope="module")
 def guarded_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save_guarded_bundle(tmp_path_factory.mktemp("guard") / "bundle", extras={"refer_threshold": 0.5})
 
 
 @pytest.fixture(scope="module")
-def client(guarded_dir: Path) -> TestClient:
-    return TestClient(create_app(guarded_dir))
+def client(guarded_dir: Path) -> Any:
+    return make_client(guarded_dir)
 
 
-def _predict(client: TestClient, image: Image.Image) -> dict:
+def _predict(client: Any, image: Image.Image) -> dict:
     response = client.post("/v1/predict", files={"file": ("upload.png", png_bytes(image), "image/png")})
     assert response.status_code == 200, response.text
     return response.json()
@@ -107,7 +112,7 @@ def _predict(client: TestClient, image: Image.Image) -> dict:
 @pytest.mark.parametrize(
     "image", [colour_noise(), colour_noise(200, seed=1), blank_white()], ids=["noise", "big", "white"]
 )
-def test_unlike_uploads_are_flagged_with_a_warning(client: TestClient, image: Image.Image) -> None:
+def test_unlike_uploads_are_flagged_with_a_warning(client: Any, image: Image.Image) -> None:
     body = _predict(client, image)
     assert body["out_of_distribution"] is True and body["ood_score"] > 1.0
     assert body["warning"] == OOD_WARNING and "not a diagnosis" in body["warning"]
@@ -116,7 +121,7 @@ def test_unlike_uploads_are_flagged_with_a_warning(client: TestClient, image: Im
     assert body["class_name"] in CLASS_NAMES and body["refer_threshold"] == 0.5 and "disclaimer" in body
 
 
-def test_held_out_slices_pass_and_match_the_predictor(client: TestClient, guarded_dir: Path) -> None:
+def test_held_out_slices_pass_and_match_the_predictor(client: Any, guarded_dir: Path) -> None:
     slices = synthetic_slices(12, HELD_OUT_SEED)
     bodies = [_predict(client, image) for image in slices]
     flags = [body["out_of_distribution"] for body in bodies]
@@ -131,7 +136,7 @@ def test_held_out_slices_pass_and_match_the_predictor(client: TestClient, guarde
     assert float(np.median(scores)) < 0.5
 
 
-def test_model_card_health_and_schema_describe_the_guard(client: TestClient) -> None:
+def test_model_card_health_and_schema_describe_the_guard(client: Any) -> None:
     card = client.get("/v1/model").json()
     guard = card["guard"]
     assert guard["detector"] == "mahalanobis" and guard["quantile"] == 0.99 and guard["flag_above"] == 1.0
@@ -145,7 +150,7 @@ def test_model_card_health_and_schema_describe_the_guard(client: TestClient) -> 
     assert "X-Out-Of-Distribution" in explain_headers
 
 
-def test_explain_carries_the_verdict_in_headers(client: TestClient) -> None:
+def test_explain_carries_the_verdict_in_headers(client: Any) -> None:
     noise = client.post("/v1/explain", files={"file": ("n.png", png_bytes(colour_noise()), "image/png")})
     assert noise.status_code == 200 and noise.headers["content-type"] == "image/png"
     assert noise.headers["x-out-of-distribution"] == "true" and float(noise.headers["x-ood-score"]) > 1.0
@@ -165,7 +170,7 @@ def test_bundle_without_guard_has_null_fields(tmp_path: Path) -> None:
     )
     model = create_model(recipe, load_pretrained=False)
     folder = save_bundle(tmp_path / "old", model, recipe, resolve_preprocessing(recipe, model))
-    client = TestClient(create_app(folder))
+    client = make_client(folder)
     body = _predict(client, colour_noise())
     assert body["out_of_distribution"] is None and body["ood_score"] is None and body["warning"] is None
     assert body["class_name"] in CLASS_NAMES

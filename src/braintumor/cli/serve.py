@@ -36,6 +36,8 @@ def export_command(
         f"(limit {PARITY_TOLERANCE:.0e}): [green]ok[/]",
         highlight=False,
     )
+    if result.max_ood_diff is not None:
+        console.print(f"input guard parity: max relative ood_score difference {result.max_ood_diff:.2e}: [green]ok[/]")
     console.print(f"wrote {result.path} (opset {result.opset}, dynamic batch axis)", highlight=False)
 
 

@@ -92,11 +92,13 @@ def _chosen_recipe(recipe: str, overrides: list[str], weights: Path | None, epoc
 def _evaluate_trained(result: TrainResult, name: str, root: Path, run_dir: Path, *, report: bool, quiet: bool) -> None:
     """``train --evaluate``: the official Testing split, its metrics tracked with the run."""
     from braintumor.cli.display import console, metrics_table
+    from braintumor.cli.evaluate import guard_line
     from braintumor.evaluation.evaluate import evaluate_bundle
     from braintumor.training.tracking import log_artifacts, log_final_metrics
 
     evaluation = evaluate_bundle(result.bundle_dir, root, "Testing", run_dir / "eval-Testing", show_progress=not quiet)
     console.print(metrics_table(evaluation.metrics, f"{name}: official Testing split"))
+    console.print(guard_line(evaluation.metrics, result.bundle_dir, root), highlight=False)
     console.print(f"evaluation files: {evaluation.out_dir}")
     final = {f"test_{key}": evaluation.metrics[key] for key in ("accuracy", "loss", "macro_f1")}
     log_final_metrics(result.logger, final)

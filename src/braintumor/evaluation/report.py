@@ -440,6 +440,7 @@ def _guard_rows(
     """``(images, count, flagged, share)`` rows: the validation split, the evaluated split and each true class."""
 
     def row(name: str, values: np.ndarray) -> tuple[str, str, str, str]:
+        """One row: the images' name, their count, how many are flagged and that share."""
         flagged = int((values > 1.0).sum())
         return (name, str(len(values)), str(flagged), number_text(flagged / len(values), True) if len(values) else "-")
 

@@ -221,12 +221,13 @@ GUARD_THRESHOLD = 1.0  # ood_score above this: flagged out of distribution (brai
 def guard_histogram_figure(scores: dict[str, np.ndarray]) -> Figure:
     """Histograms of the input guard's ``ood_score`` per split (share of each split's images), threshold at 1.
 
-    Scores beyond the 1st-99th percentile range of all splits together (at least -1 to 2) are drawn in the
-    outermost bins, so one far outlier does not squeeze every other image into a single bar.
+    The axis spans the scores near the threshold (up to the 95th percentile of all splits together, kept
+    within 3 to 10); scores beyond it are drawn in the outermost bins, so a few far outliers (images nothing
+    like Training score in the hundreds) do not squeeze every other image into a single bar.
     """
     joined = np.concatenate([np.asarray(v, dtype=np.float64) for v in scores.values()])
-    low = min(-1.0, float(np.percentile(joined, 1)))
-    high = max(2.0, float(np.percentile(joined, 99)))
+    low = float(np.clip(np.percentile(joined, 1), -5.0, -1.0))
+    high = float(np.clip(np.percentile(joined, 95), 3.0, 10.0))
     bins = np.linspace(low, high, 41)
     figure, axis = plt.subplots(figsize=(7.0, 3.8))
     for name, values in scores.items():
@@ -245,7 +246,7 @@ def guard_histogram_figure(scores: dict[str, np.ndarray]) -> Figure:
     clipped = int(((joined < low) | (joined > high)).sum())
     caption = (
         "0 is a typical validation image, 1 the threshold: an image scoring above 1 is flagged out of distribution."
-        + (f" {clipped} scores outside [{low:.2f}, {high:.2f}] are drawn in the outermost bins." if clipped else "")
+        + (f" {clipped} scores outside [{low:.3g}, {high:.3g}] are drawn in the outermost bins." if clipped else "")
     )
     return Figure("Input guard scores", figure_uri(figure), caption)
 

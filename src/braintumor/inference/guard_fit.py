@@ -15,6 +15,7 @@ from braintumor.data.layout import discover_split
 from braintumor.data.preprocessing import eval_transform
 from braintumor.errors import BrainTumorError
 from braintumor.guard import DEFAULT_DETECTOR, DEFAULT_QUANTILE, InputGuard, fit_guard, model_outputs
+from braintumor.guard.detectors import create_detector
 
 
 def _relative_names(paths: list[str] | list[Path], root: Path | None) -> list[str]:
@@ -65,6 +66,7 @@ def fit_bundle_guard(
         quantile: validation quantile of the thresholds.
         show_progress: rich progress bars while decoding.
     """
+    create_detector(detector)  # an unknown name fails before minutes of decoding
     bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
     root = Path(data_root) if data_root is not None else None
     if root is None and bundle.config.training.data_root:

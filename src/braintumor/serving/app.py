@@ -3,7 +3,10 @@
 Uploads never touch the disk: the body is read into memory up to the configured limit and the
 multipart form is parsed there (FastAPI's own ``UploadFile`` would spool large files to a temporary
 file). Inference uses onnxruntime when the bundle has ``model.onnx`` (see ``braintumor export``),
-PyTorch otherwise; Grad-CAM always uses the PyTorch model. The pieces: response models in
+PyTorch otherwise; Grad-CAM always uses the PyTorch model. Both backends run the bundle's input guard:
+an upload unlike the training slices is answered with ``out_of_distribution: true`` and a ``warning``
+(the class probabilities are still there, but they are not a diagnosis); a bundle without a guard
+answers null there. The pieces: response models in
 :mod:`~braintumor.serving.schemas`, the model in :mod:`~braintumor.serving.service`, the endpoints in
 :mod:`~braintumor.serving.routes`.
 

@@ -7,6 +7,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from pydantic import BaseModel, Field
@@ -29,7 +30,7 @@ _OOD_DESCRIPTION = (
 )
 _SCORE_DESCRIPTION = (
     f"The input guard's score: 0 is a typical validation image, above {OOD_FLAG_ABOVE:g} is flagged; "
-    "null without a guard."
+    "null without a guard (or when it could not be computed: the image is then flagged)."
 )
 _WARNING_DESCRIPTION = "Plain-words warning when the image is flagged out of distribution; null otherwise."
 
@@ -80,6 +81,8 @@ class InputCheck(BaseModel):
         (True, None)
         >>> InputCheck.from_score(0.2).headers()
         {'X-Out-Of-Distribution': 'false', 'X-OOD-Score': '0.2000'}
+        >>> InputCheck.from_score(float("nan")).out_of_distribution
+        True
     """
 
     out_of_distribution: bool | None = Field(None, description=_OOD_DESCRIPTION)
@@ -91,6 +94,8 @@ class InputCheck(BaseModel):
         """The verdict for an ``ood_score`` (None: the bundle has no guard, so nothing is known)."""
         if ood_score is None:
             return cls()
+        if not math.isfinite(ood_score):  # nothing vouches for such an input; JSON has no NaN or infinity
+            return cls(out_of_distribution=True, ood_score=None, warning=OOD_WARNING)
         flagged = bool(ood_score > OOD_FLAG_ABOVE)
         return cls(out_of_distribution=flagged, ood_score=float(ood_score), warning=OOD_WARNING if flagged else None)
 
@@ -99,7 +104,8 @@ class InputCheck(BaseModel):
         if self.out_of_distribution is None:
             return {OOD_HEADER: "none"}
         headers = {OOD_HEADER: "true" if self.out_of_distribution else "false"}
-        headers[OOD_SCORE_HEADER] = f"{self.ood_score:.4f}"
+        if self.ood_score is not None:
+            headers[OOD_SCORE_HEADER] = f"{self.ood_score:.4f}"
         if self.warning is not None:
             headers[WARNING_HEADER] = self.warning
         return headers
