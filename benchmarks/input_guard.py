@@ -4,7 +4,8 @@ The non-MRI set is built from what ships with the installed packages or is gener
 downloaded: ``DEFAULT_PER_KIND`` images of each kind in :data:`NON_MRI_KINDS` (12 kinds, 240 images), each
 encoded as a PNG or JPEG file and decoded by braintumor's own decoder, as an upload would be. The brain MRIs
 are the bundle's validation split (rebuilt from Training with ``training_split``), the official Testing split
-and its deduplicated subset (the data audit's clean manifest, when ``audits/<data root name>`` exists).
+and its deduplicated subset (the data audit's clean manifest: ``--audit``, default ``audits/<data root name>``;
+skipped with a note when there is none).
 
     python benchmarks/input_guard.py runs/lite2-probe/bundle --data ../shared/data/brain-tumor-mri
 
@@ -266,18 +267,21 @@ class Sets(NamedTuple):
     note: str = ""
 
 
-def _clean_testing_index(test_paths: list[Path], data_root: Path) -> tuple[torch.Tensor | None, str]:
-    from braintumor.audit.audit_file import load_clean_test_paths
+def _clean_testing_index(
+    test_paths: list[Path], data_root: Path, audit: Path | None
+) -> tuple[torch.Tensor | None, str]:
+    from braintumor.audit.audit_file import default_audit_dir, load_clean_test_paths
 
-    clean = load_clean_test_paths(data_root)
+    clean = load_clean_test_paths(data_root, audit)
     if clean is None:
-        return None, f"deduplicated Testing skipped: no audit with a near-copy search at audits/{data_root.name}"
+        where = audit or default_audit_dir(data_root)
+        return None, f"Deduplicated Testing skipped: no audit with a near-copy search at {where}."
     wanted = {path.resolve() for path in clean}
     keep = [i for i, path in enumerate(test_paths) if Path(path).resolve() in wanted]
     return torch.tensor(keep, dtype=torch.long), ""
 
 
-def build_sets(bundle: Any, data_root: Path, per_kind: int, seed: int) -> Sets:
+def build_sets(bundle: Any, data_root: Path, per_kind: int, seed: int, audit: Path | None = None) -> Sets:
     """Decode validation, Testing and the non-MRI set; run the model once over them and the training split."""
     from braintumor.data.dataset import load_images
     from braintumor.data.layout import discover_split
@@ -299,7 +303,7 @@ def build_sets(bundle: Any, data_root: Path, per_kind: int, seed: int) -> Sets:
             lambda b=batch: model_outputs(bundle.model, normalise, b), 2
         )
         print(f"model outputs of {name}: {len(batch)} images in {seconds[f'model_{name}_s']} s", flush=True)
-    clean_index, note = _clean_testing_index(test_set.paths, data_root)
+    clean_index, note = _clean_testing_index(test_set.paths, data_root, audit)
     if clean_index is not None:
         outputs["testing_dedup"] = _subset(outputs["testing"], clean_index)
     kinds = np.array([item.kind for item in non_mri])
@@ -330,7 +334,7 @@ def _aurocs(non_mri: torch.Tensor, scored: dict[str, Any], attribute: str = "ood
 
 def score_sets(guard: Any, sets: Sets) -> dict[str, Any]:
     """Flag rates of every set, AUROCs of ood_score (and of each component) and the per-kind breakdown."""
-    scored = {name: guard.score(inputs) for name, inputs in sets.outputs.items() if name != "train"}
+    scored = {name: guard.score(sets.outputs[name]) for name in (*MRI_SETS, "non_mri") if name in sets.outputs}
     non_mri = scored["non_mri"]
     per_kind = {}
     for kind in NON_MRI_KINDS:
@@ -359,15 +363,29 @@ def _median_ms(function: Callable[[], object], repeats: int) -> float:
     return statistics.median(samples)
 
 
+GUARD_CHUNKS = {"single image (serving)": 1, "predict batch (32)": 32, f"one batch of {TIMING_IMAGES}": TIMING_IMAGES}
+
+
+def _guard_alone_ms(guard: Any, images: torch.Tensor, inputs: Any, chunk: int) -> dict[str, float]:
+    """Milliseconds per image of the guard's own work (image evidence, then detector and thresholds) over
+    ``images`` in batches of ``chunk``, as the predictor or the service runs it; median of repeated passes."""
+    from braintumor.guard.evidence import image_evidence
+
+    starts = range(0, len(images), chunk)
+    parts = [_subset(inputs, torch.arange(i, min(i + chunk, len(images)))) for i in starts]
+    repeats = 3 if chunk == 1 else 7
+    evidence = _median_ms(lambda: [image_evidence(images[i : i + chunk]) for i in starts], repeats) / len(images)
+    score = _median_ms(lambda: [guard.score(part) for part in parts], repeats) / len(images)
+    return {"evidence_ms": evidence, "score_ms": score, "total_ms": evidence + score}
+
+
 def time_guard(bundle: Any, sets: Sets, count: int = TIMING_IMAGES) -> dict[str, Any]:
     """The guard's cost per image: its own work alone (evidence and scoring), and predict with against without it."""
-    from braintumor.guard.evidence import image_evidence
     from braintumor.inference.predictor import Predictor
 
-    images = sets.images["validation"][:count]
+    images = sets.images["validation"][:count].contiguous()
     inputs = _subset(sets.outputs["validation"], torch.arange(len(images)))
-    evidence_ms = _median_ms(lambda: image_evidence(images), 7)
-    score_ms = _median_ms(lambda: bundle.guard.score(inputs), 7)
+    alone = {name: _guard_alone_ms(bundle.guard, images, inputs, chunk) for name, chunk in GUARD_CHUNKS.items()}
     predictors = {"with": Predictor(bundle), "without": Predictor(bundle)}
     predictors["without"].guard = None
     rounds: dict[str, list[tuple[float, float]]] = {"with": [], "without": []}
@@ -379,9 +397,7 @@ def time_guard(bundle: Any, sets: Sets, count: int = TIMING_IMAGES) -> dict[str,
             rounds[mode].append((wall * 1000 / len(images), cpu * 1000 / len(images)))
     return {
         "images": len(images),
-        "guard_only_ms_per_image": (evidence_ms + score_ms) / len(images),
-        "evidence_ms_per_image": evidence_ms / len(images),
-        "score_ms_per_image": score_ms / len(images),
+        "guard_alone_ms_per_image": alone,
         # Per image, the fastest round's wall and process CPU milliseconds (all threads).
         "predict_without_guard_ms_per_image": min(rounds["without"]),
         "predict_with_guard_ms_per_image": min(rounds["with"]),
@@ -424,6 +440,22 @@ def _short(result: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def held_out_validation_rate(sets: Sets, detector: str, quantile: float, seed: int = 0) -> float:
+    """Share of validation images flagged by thresholds set on the other half of validation (2-fold, seeded):
+    the validation flag rate without the in-sample bias of thresholds set on the same images."""
+    from braintumor.guard import fit_guard
+
+    val = sets.outputs["validation"]
+    order = torch.randperm(len(val.features), generator=torch.Generator().manual_seed(seed))
+    halves, flagged = (order[: len(order) // 2], order[len(order) // 2 :]), 0
+    for fit_on, held_out in (halves, halves[::-1]):
+        guard = fit_guard(
+            sets.outputs["train"], sets.train_labels, _subset(val, fit_on), detector=detector, quantile=quantile
+        )
+        flagged += int(guard.score(_subset(val, held_out)).flagged.sum())
+    return flagged / len(order)
+
+
 def compare_detectors(sets: Sets) -> list[dict[str, Any]]:
     """Every registered detector refitted on the same model outputs (default quantile)."""
     from braintumor.guard import fit_guard
@@ -434,7 +466,9 @@ def compare_detectors(sets: Sets) -> list[dict[str, Any]]:
         guard, fit_s, _ = timed(
             lambda n=name: fit_guard(sets.outputs["train"], sets.train_labels, sets.outputs["validation"], detector=n)
         )
+        held_out = held_out_validation_rate(sets, name, guard.spec.quantile)
         rows.append({"detector": name, "fit_s": round(fit_s, 3), **_short(score_sets(guard, sets))})
+        rows[-1]["validation_flagged_held_out"] = held_out
         print(f"detector {name}: {rows[-1]['validation_flagged']:.2%} of validation flagged", flush=True)
     return rows
 
@@ -450,6 +484,7 @@ def sweep_quantiles(sets: Sets, detector: str) -> list[dict[str, Any]]:
         )
         short = _short(score_sets(guard, sets))
         rows.append({"quantile": quantile, **{k: v for k, v in short.items() if not k.startswith("testing")}})
+        rows[-1]["validation_flagged_held_out"] = held_out_validation_rate(sets, detector, quantile)
     return rows
 
 
@@ -495,16 +530,19 @@ def _kinds_table(result: dict[str, Any]) -> list[str]:
 
 def _timing_lines(timing: dict[str, Any], fit: dict[str, Any]) -> list[str]:
     lines = markdown_header(["measurement", "value"], "lr")
-    rows = [
-        (f"guard alone (evidence + scoring), batch of {timing['images']}", timing["guard_only_ms_per_image"], "ms"),
-        ("  of which image evidence", timing["evidence_ms_per_image"], "ms"),
-        ("  of which detector + thresholds", timing["score_ms_per_image"], "ms"),
-    ]
-    lines += [markdown_row([label, f"{value:.3f} {unit}/image"]) for label, value, unit in rows]
+    for name, cost in timing["guard_alone_ms_per_image"].items():
+        value = f"{cost['total_ms']:.3f} ms/image ({cost['evidence_ms']:.3f} evidence + {cost['score_ms']:.3f} scoring)"
+        lines.append(markdown_row([f"guard alone, {name}", value]))
     for mode in ("without", "with"):
         wall, cpu = timing[f"predict_{mode}_guard_ms_per_image"]
         label = f"predict (run_uint8, fastest of 2 rounds) {mode} the guard: wall (CPU of all threads)"
         lines.append(markdown_row([label, f"{wall:.2f} ({cpu:.2f}) ms/image"]))
+    extra = [
+        timing["predict_with_guard_ms_per_image"][i] - timing["predict_without_guard_ms_per_image"][i] for i in (0, 1)
+    ]
+    lines.append(
+        markdown_row(["the guard's extra cost in predict: wall (CPU)", f"{extra[0]:+.2f} ({extra[1]:+.2f}) ms/image"])
+    )
     share = fit["share_of_training"]
     lines.append(markdown_row(["guard fit (image evidence + fit_guard)", f"{fit['guard_fit_s']:.2f} s"]))
     lines.append(markdown_row(["bundle's training (config.json duration_s)", f"{fit['training_duration_s']} s"]))
@@ -513,20 +551,23 @@ def _timing_lines(timing: dict[str, Any], fit: dict[str, Any]) -> list[str]:
 
 
 def _detector_table(rows: list[dict[str, Any]]) -> list[str]:
-    columns = ["detector", "fit s", "validation flagged", "non-MRI flagged", "AUROC vs val", "AUROC vs val (feature)"]
-    columns += ["Testing flagged (reported only)", "kinds below 99%"]
-    lines = markdown_header(columns, "lrrrrrrl")
+    columns = ["detector", "fit s", "validation flagged", "validation flagged, held out", "non-MRI flagged"]
+    columns += ["AUROC vs val", "AUROC vs val (feature)", "Testing flagged (reported only)", "kinds below 99%"]
+    lines = markdown_header(columns, "lrrrrrrrl")
     for row in rows:
-        cells = [row["detector"], f"{row['fit_s']:.2f}", _pct(row["validation_flagged"]), _pct(row["non_mri_flagged"])]
+        cells = [row["detector"], f"{row['fit_s']:.2f}", _pct(row["validation_flagged"])]
+        cells += [_pct(row["validation_flagged_held_out"]), _pct(row["non_mri_flagged"])]
         cells += [_auc(row["auroc_validation"]), _auc(row["auroc_feature_validation"]), _pct(row["testing_flagged"])]
         lines.append(markdown_row([*cells, ", ".join(row["kinds_below_target"]) or "none"]))
     return lines
 
 
 def _quantile_table(rows: list[dict[str, Any]]) -> list[str]:
-    lines = markdown_header(["quantile", "validation flagged", "non-MRI flagged", "kinds below 99%"], "rrrl")
+    columns = ["quantile", "validation flagged", "validation flagged, held out", "non-MRI flagged", "kinds below 99%"]
+    lines = markdown_header(columns, "rrrrl")
     for row in rows:
-        cells = [f"{row['quantile']:g}", _pct(row["validation_flagged"]), _pct(row["non_mri_flagged"])]
+        cells = [f"{row['quantile']:g}", _pct(row["validation_flagged"]), _pct(row["validation_flagged_held_out"])]
+        cells.append(_pct(row["non_mri_flagged"]))
         lines.append(markdown_row([*cells, ", ".join(row["kinds_below_target"]) or "none"]))
     return lines
 
@@ -547,12 +588,13 @@ def markdown(report: dict[str, Any], command: str) -> str:
         *_timing_lines(report["timing"], report["fit"]),
         "",
         "Every registered detector refitted on the same model outputs (image evidence unchanged, quantile "
-        f"{spec['quantile']:g}); chosen on validation and the non-MRI set, Testing only reported:",
+        f'{spec["quantile"]:g}); chosen on validation and the non-MRI set, Testing only reported. "validation '
+        'flagged" is in-sample (thresholds set on those images); "held out": each half of validation judged by '
+        "thresholds set on the other half (seeded 2-fold).",
         "",
         *_detector_table(report["detectors"]),
         "",
-        f"The default detector ({spec['detector']}) at other quantiles (validation and non-MRI only; the validation "
-        "rate is in-sample, the thresholds being set on the same images):",
+        f"The default detector ({spec['detector']}) at other quantiles, validation and non-MRI only:",
         "",
         *_quantile_table(report["quantiles"]),
         "",
@@ -567,6 +609,7 @@ def main() -> None:
     parser.add_argument("bundle", type=Path, help="A model bundle with an input guard.")
     parser.add_argument("--per-kind", type=int, default=DEFAULT_PER_KIND, help="Non-MRI images of each kind.")
     parser.add_argument("--seed", type=int, default=0, help="Seed of the non-MRI set.")
+    parser.add_argument("--audit", type=Path, default=None, help="audit.json or its folder (default: audits/<root>).")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args()
     from braintumor.bundle import load_bundle
@@ -580,10 +623,11 @@ def main() -> None:
         option("--data", args.data),
         option("--per-kind", args.per_kind, DEFAULT_PER_KIND),
         option("--seed", args.seed, 0),
+        option("--audit", args.audit),
         option("--out", args.out, DEFAULT_OUT),
     )
     torch.manual_seed(0)
-    sets = build_sets(bundle, args.data, args.per_kind, args.seed)
+    sets = build_sets(bundle, args.data, args.per_kind, args.seed, args.audit)
     report = {
         "bundle": str(args.bundle),
         "command": command,

@@ -21,21 +21,24 @@ EVIDENCE_NAMES = ("colourfulness", "mean_grey", "grey_std", "dark_fraction", "bo
 DARK_LEVEL = 25
 BORDER_SHARE = 0.06
 MIN_SPAN = 0.05
+SUBSAMPLE_FROM = 64
 
 
 def image_evidence(images: torch.Tensor) -> torch.Tensor:
     """Per image, the statistics named in :data:`EVIDENCE_NAMES`, each in [0, 1].
 
     Args:
-        images: ``[N, 3, S, S]`` uint8 images at the model's input size.
+        images: ``[N, 3, S, S]`` uint8 images at the model's input size. From 64 px up every second row
+            and column is read: the statistics are the same to a few thousandths at a quarter of the cost.
 
     Returns:
         ``[N, len(EVIDENCE_NAMES)]`` float32: mean channel spread (max - min), mean and standard deviation
         of the grey level, share of dark pixels, and mean grey level of the border frame.
     """
-    pixels = images.float() / 255.0
-    colourfulness = (pixels.amax(dim=1) - pixels.amin(dim=1)).mean(dim=(1, 2))
-    grey = pixels.mean(dim=1)
+    if images.shape[-1] >= SUBSAMPLE_FROM:
+        images = images[..., ::2, ::2]
+    colourfulness = (images.amax(dim=1) - images.amin(dim=1)).float().mean(dim=(1, 2)) / 255.0
+    grey = images.float().sum(dim=1) / (3 * 255.0)
     border = max(1, round(grey.shape[-1] * BORDER_SHARE))
     frame = torch.ones_like(grey[0], dtype=torch.bool)
     frame[border:-border, border:-border] = False
