@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import io
 import math
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -379,29 +380,55 @@ def _guard_alone_ms(guard: Any, images: torch.Tensor, inputs: Any, chunk: int) -
     return {"evidence_ms": evidence, "score_ms": score, "total_ms": evidence + score}
 
 
-def time_guard(bundle: Any, sets: Sets, count: int = TIMING_IMAGES) -> dict[str, Any]:
-    """The guard's cost per image: its own work alone (evidence and scoring), and predict with against without it."""
+PREDICT_CHUNK = 32
+
+
+def _paired_predict_ms(bundle: Any, images: torch.Tensor) -> dict[str, Any]:
+    """``run_uint8`` with and without the guard on the same chunks of ``images``, in alternating order so both see
+    the same machine load: per mode the median over chunks of (wall, CPU) ms per image, and of the paired
+    differences."""
     from braintumor.inference.predictor import Predictor
 
-    images = sets.images["validation"][:count].contiguous()
-    inputs = _subset(sets.outputs["validation"], torch.arange(len(images)))
-    alone = {name: _guard_alone_ms(bundle.guard, images, inputs, chunk) for name, chunk in GUARD_CHUNKS.items()}
     predictors = {"with": Predictor(bundle), "without": Predictor(bundle)}
     predictors["without"].guard = None
-    rounds: dict[str, list[tuple[float, float]]] = {"with": [], "without": []}
     for predictor in predictors.values():
         predictor.run_uint8(images[:8])  # warm-up: first-call allocations are not the guard's cost
-    for _ in range(2):  # alternating rounds: both see the same machine load
-        for mode in ("without", "with"):
-            _, wall, cpu = timed(lambda m=mode: predictors[m].run_uint8(images))
-            rounds[mode].append((wall * 1000 / len(images), cpu * 1000 / len(images)))
+    samples: dict[str, list[tuple[float, float]]] = {"with": [], "without": []}
+    for index, start in enumerate(range(0, len(images), PREDICT_CHUNK)):
+        chunk = images[start : start + PREDICT_CHUNK]
+        for mode in ("without", "with") if index % 2 == 0 else ("with", "without"):
+            _, wall, cpu = timed(lambda m=mode, c=chunk: predictors[m].run_uint8(c))
+            samples[mode].append((wall * 1000 / len(chunk), cpu * 1000 / len(chunk)))
+
+    def median(values: list[tuple[float, float]]) -> list[float]:
+        return [statistics.median(v[i] for v in values) for i in (0, 1)]
+
+    differences = [(w[0] - o[0], w[1] - o[1]) for w, o in zip(samples["with"], samples["without"], strict=True)]
+    return {
+        "predict_without_guard_ms_per_image": median(samples["without"]),
+        "predict_with_guard_ms_per_image": median(samples["with"]),
+        "predict_guard_extra_ms_per_image": median(differences),
+        "predict_samples_ms_per_image": samples,
+    }
+
+
+def time_guard(bundle: Any, sets: Sets, count: int = TIMING_IMAGES) -> dict[str, Any]:
+    """The guard's cost per image: its own work alone (evidence and scoring), and predict with against without it."""
+    images = sets.images["validation"][:count].contiguous()
+    inputs = _subset(sets.outputs["validation"], torch.arange(len(images)))
+    load_before, threads = os.getloadavg()[0], torch.get_num_threads()
+    alone = {}
+    for count_threads in sorted({1, threads}):  # small ops: one thread avoids OpenMP stalls on a busy machine
+        torch.set_num_threads(count_threads)
+        for name, chunk in GUARD_CHUNKS.items():
+            alone[f"{name}, {count_threads} thread(s)"] = _guard_alone_ms(bundle.guard, images, inputs, chunk)
+    torch.set_num_threads(threads)
     return {
         "images": len(images),
+        "torch_threads": threads,
         "guard_alone_ms_per_image": alone,
-        # Per image, the fastest round's wall and process CPU milliseconds (all threads).
-        "predict_without_guard_ms_per_image": min(rounds["without"]),
-        "predict_with_guard_ms_per_image": min(rounds["with"]),
-        "predict_rounds_ms_per_image": rounds,
+        **_paired_predict_ms(bundle, images),
+        "load_average_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)],
     }
 
 
@@ -535,14 +562,13 @@ def _timing_lines(timing: dict[str, Any], fit: dict[str, Any]) -> list[str]:
         lines.append(markdown_row([f"guard alone, {name}", value]))
     for mode in ("without", "with"):
         wall, cpu = timing[f"predict_{mode}_guard_ms_per_image"]
-        label = f"predict (run_uint8, fastest of 2 rounds) {mode} the guard: wall (CPU of all threads)"
+        label = f"predict (run_uint8, median of {PREDICT_CHUNK}-image chunks) {mode} the guard: wall (CPU)"
         lines.append(markdown_row([label, f"{wall:.2f} ({cpu:.2f}) ms/image"]))
-    extra = [
-        timing["predict_with_guard_ms_per_image"][i] - timing["predict_without_guard_ms_per_image"][i] for i in (0, 1)
-    ]
-    lines.append(
-        markdown_row(["the guard's extra cost in predict: wall (CPU)", f"{extra[0]:+.2f} ({extra[1]:+.2f}) ms/image"])
-    )
+    wall, cpu = timing["predict_guard_extra_ms_per_image"]
+    label = "the guard's extra cost in predict, median paired difference: wall (CPU)"
+    lines.append(markdown_row([label, f"{wall:+.2f} ({cpu:+.2f}) ms/image"]))
+    before, after = timing["load_average_1min"]
+    lines.append(markdown_row(["machine load (1-min load average) before and after timing", f"{before} / {after}"]))
     share = fit["share_of_training"]
     lines.append(markdown_row(["guard fit (image evidence + fit_guard)", f"{fit['guard_fit_s']:.2f} s"]))
     lines.append(markdown_row(["bundle's training (config.json duration_s)", f"{fit['training_duration_s']} s"]))

@@ -40,7 +40,7 @@ def training_split(bundle: Bundle, data_root: Path, *, show_progress: bool = Tru
     train_set, val_set = image_set.subset(train_idx), image_set.subset(val_idx)
     if record.val_paths:
         recorded_root = Path(record.data_root) if record.data_root else None
-        rebuilt = _relative_names([str(p) for p in val_set.paths], data_root.resolve())
+        rebuilt = _relative_names([str(Path(p).resolve()) for p in val_set.paths], data_root.resolve())
         if rebuilt != _relative_names(record.val_paths, recorded_root):
             raise BrainTumorError(
                 f"{data_root} does not give the validation split {bundle.path} was trained with: pass the data root "
