@@ -59,7 +59,7 @@ def create_detector(name: str) -> Detector:
 
 
 def _mahalanobis_fit(features: torch.Tensor, labels: torch.Tensor, logits: torch.Tensor) -> State:
-    # Lee et al. 2018: class means and one shared covariance, in float64 (a 1408-wide covariance is ill-conditioned).
+    # Lee et al. 2018: class means and one shared covariance, in float64 (a 1280-wide covariance is ill-conditioned).
     detector = Mahalanobis(None).fit_features(features.double(), labels)
     return {"mu": detector.mu.float(), "precision": detector.precision.float()}
 
