@@ -19,6 +19,7 @@ STAGE_RANKS: dict[str, int] = {
     "layout_constants": 0,
     "progress": 0,
     "io": 0,
+    "lazy": 0,
     "guard": 4,
     "config": 1,
     "configs": 1,

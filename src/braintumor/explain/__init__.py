@@ -10,8 +10,9 @@ Example:
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from braintumor.lazy import lazy_exports
 
 if TYPE_CHECKING:
     from braintumor.explain.explainer import METHODS, Explainer, explainer_for, gradcam_overlay
@@ -42,8 +43,4 @@ __all__ = [
     "sanity_checks",
 ]
 
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'braintumor.explain' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -10,8 +10,9 @@ Example:
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from braintumor.lazy import lazy_exports
 
 if TYPE_CHECKING:
     from braintumor.guard.defaults import DEFAULT_DETECTOR, DEFAULT_QUANTILE
@@ -40,8 +41,4 @@ __all__ = [
     "model_outputs",
 ]
 
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'braintumor.guard' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -10,8 +10,9 @@ Example:
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from braintumor.lazy import lazy_exports
 
 if TYPE_CHECKING:
     from braintumor.inference.predictor import Prediction, Predictor, expand_inputs
@@ -20,8 +21,4 @@ _EXPORTS = {name: "braintumor.inference.predictor" for name in ("Prediction", "P
 
 __all__ = ["Prediction", "Predictor", "expand_inputs"]
 
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'braintumor.inference' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)
