@@ -24,6 +24,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from braintumor.errors import BrainTumorError
+from braintumor.runtime import Precision, PrecisionChoice, resolve_precision
 
 # The built-in recipes ship inside the package (package data), so a wheel install has them too.
 RECIPE_PACKAGE = "braintumor.configs"
@@ -59,6 +60,16 @@ class DataConfig(_Strict):
     )
     drop_train_duplicates: bool = Field(
         True, description="Drop byte-identical copies inside Training before splitting (keeps one)."
+    )
+    interpolation: Literal["auto", "nearest", "bilinear", "bicubic"] = Field(
+        "auto",
+        description="Resampling of the resize to image_size: auto is the pretrained backbone's own (bilinear for "
+        "custom_cnn); nearest is what Keras' flow_from_directory does.",
+    )
+    val_split: Literal["stratified", "keras"] = Field(
+        "stratified",
+        description="stratified: a seeded class-stratified random validation share; keras: the first val_fraction "
+        "of each class's files in name order, as Keras' flow_from_directory(validation_split=...) takes them.",
     )
 
 
@@ -126,6 +137,12 @@ class ModelConfig(_Strict):
         "amplified by up to 1/sqrt(eps).",
     )
     dropout: float = Field(0.5, ge=0.0, lt=1.0)
+    init: Literal["pytorch", "keras"] = Field(
+        "pytorch",
+        description="custom_cnn and the head: pytorch keeps PyTorch's default initialisation and BatchNorm "
+        "(momentum 0.1, eps 1e-5); keras uses Keras' defaults: Glorot-uniform weights, zero biases, BatchNorm "
+        "momentum 0.99 (0.01 in PyTorch's convention) and eps 1e-3.",
+    )
 
     @model_validator(mode="after")
     def _check_architecture(self) -> ModelConfig:
@@ -190,7 +207,16 @@ class TrainConfig(_Strict):
     cache_views: int = Field(
         4, ge=1, le=64, description="Augmented views per image in the feature cache (view e%K in epoch e)."
     )
-    precision: str = Field("32-true", description="Lightning precision string.")
+    precision: PrecisionChoice = Field(
+        "auto",
+        description="Numeric precision of the image network's training, feature caching and inference: auto is "
+        "bf16-mixed where the machine runs bf16 natively (AVX-512 bf16, AMX or a bf16 GPU), else 32, and 32 for a "
+        "frozen backbone without fine-tuning (exact cached features); heads on cached features always train in fp32 "
+        "(docs/speed.md).",
+    )
+    channels_last: bool = Field(
+        True, description="Run convolutional networks in NHWC memory order (oneDNN's native layout; same numbers)."
+    )
     finetune_stages: list[FineTuneStage] = Field(
         default_factory=list,
         description="Progressive fine-tuning after the frozen-backbone (linear-probe) phase: LP-FT with one stage, "
@@ -204,6 +230,12 @@ class TrainConfig(_Strict):
         description="WiSE-FT: after fine-tuning, interpolate (1-a)*probed + a*fine-tuned weights for each a and keep "
         "the one with the lowest validation loss. Empty: keep the fine-tuned weights.",
     )
+
+    @field_validator("precision", mode="before")
+    @classmethod
+    def _precision_text(cls, value: Any) -> Any:
+        # YAML reads `precision: 32` as a number.
+        return str(value) if isinstance(value, int) else value
 
     @model_validator(mode="after")
     def _check_loss(self) -> TrainConfig:
@@ -229,6 +261,23 @@ class Recipe(_Strict):
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+
+    def precision(self) -> Precision:
+        """The precision this recipe's image network trains and runs at on this machine.
+
+        ``auto`` is bf16-mixed where the machine runs bf16 natively, except for a frozen backbone without
+        fine-tuning: its cached features and its inference stay fp32, so that they are exact (bf16 features
+        moved the Lite2 probe's Testing accuracy by 1-2 points, docs/speed.md).
+
+        Example:
+            >>> Recipe.model_validate({"name": "probe", "model": {"freeze_backbone": True}}).precision()
+            '32-true'
+        """
+        requested = self.train.precision
+        frozen = self.model.architecture == "transfer" and self.model.freeze_backbone and not self.train.finetune_stages
+        if requested == "auto" and frozen:
+            return "32-true"
+        return resolve_precision(requested)
 
     @model_validator(mode="after")
     def _check_finetuning(self) -> Recipe:

@@ -19,6 +19,7 @@ from braintumor.cli.predict import predict_command
 from braintumor.cli.recipes import recipes_command
 from braintumor.cli.serve import export_command, serve_command
 from braintumor.cli.train import runs_command, train_command
+from braintumor.runtime import tune_cpu_runtime
 
 app = typer.Typer(
     name="braintumor",
@@ -44,6 +45,13 @@ _COMMANDS = {
 }
 for _name, _command in _COMMANDS.items():
     app.command(_name)(_command)
+
+
+@app.callback()
+def _runtime() -> None:
+    """Train, evaluate, explain and serve brain-tumour MRI classifiers."""
+    # Before any command allocates: freed memory stays in the process (braintumor.runtime explains why).
+    tune_cpu_runtime()
 
 
 def main() -> None:

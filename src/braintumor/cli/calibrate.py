@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from braintumor.cli.common import QuietOption, TtaOption, data_root_or_none, stage_errors, warn
+from braintumor.cli.common import QuietOption, TtaOption, data_root_or_none, ensure_onnx_and_say, stage_errors, warn
 from braintumor.evaluation.defaults import DEFAULT_TARGET_COVERAGE
 
 if TYPE_CHECKING:
@@ -81,3 +81,4 @@ def calibrate_command(
         warn("note", f"{bundle} has no input guard: add one with --guard (or `braintumor guard {bundle}`)")
     console.print(f"bundle updated: {result.bundle_dir / 'config.json'}")
     console.print(f"calibration files: {result.out_dir}")
+    ensure_onnx_and_say(result.bundle_dir)

@@ -29,6 +29,13 @@ DataOption = typer.Option(
 )
 QuietOption = typer.Option(False, "--quiet", "-q", help="No progress bars.")
 TtaOption = typer.Option(False, "--tta", help="Test-time augmentation: average flipped and shifted views.")
+PrecisionOption = typer.Option(
+    None,
+    "--precision",
+    help="PyTorch inference precision: auto (bf16 where the CPU has native bf16), bf16-mixed or 32 "
+    "(default: the precision the bundle was trained at; docs/speed.md).",
+    show_default=False,
+)
 
 
 def fail(message: str) -> NoReturn:
@@ -65,3 +72,14 @@ def data_root(data: Path | None) -> Path:
 def warn(subject: str, message: str) -> None:
     """One yellow line: ``subject message`` (skipped files, notes, warnings)."""
     console.print(f"[yellow]{subject}[/] {message}", highlight=False)
+
+
+def ensure_onnx_and_say(bundle: Path) -> None:
+    """Write ``model.onnx`` into ``bundle`` when it is missing and say what happened (never fails the command)."""
+    from braintumor.inference.onnx_bundle import ensure_onnx
+
+    status = ensure_onnx(bundle)
+    if status.available:
+        console.print(f"onnx: {status.note}", highlight=False)
+    else:
+        warn("onnx:", f"{status.note}; `braintumor serve` uses PyTorch until then")

@@ -6,7 +6,15 @@ from pathlib import Path
 
 import typer
 
-from braintumor.cli.common import DataOption, QuietOption, data_root_or_none, fail, stage_errors, warn
+from braintumor.cli.common import (
+    DataOption,
+    QuietOption,
+    data_root_or_none,
+    ensure_onnx_and_say,
+    fail,
+    stage_errors,
+    warn,
+)
 
 
 def ensemble_command(
@@ -37,10 +45,10 @@ def ensemble_command(
     with stage_errors():
         folder = combine_bundles(bundles, out, weights=parsed, name=name)
     console.print(f"wrote ensemble of {len(bundles)} bundles to {folder}")
-    if not guard:
-        return
-    try:
-        spec = fit_bundle_guard(folder, data_root_or_none(data), show_progress=not quiet).spec
-        console.print(f"input guard fitted: {spec.validation_flag_rate:.1%} of validation images flagged")
-    except BrainTumorError as error:  # the ensemble itself is written and usable: say how to add the guard
-        warn("guard: none", f"{error} (add it later with `braintumor guard {folder} --data ROOT`)")
+    if guard:
+        try:
+            spec = fit_bundle_guard(folder, data_root_or_none(data), show_progress=not quiet).spec
+            console.print(f"input guard fitted: {spec.validation_flag_rate:.1%} of validation images flagged")
+        except BrainTumorError as error:  # the ensemble itself is written and usable: say how to add the guard
+            warn("guard: none", f"{error} (add it later with `braintumor guard {folder} --data ROOT`)")
+    ensure_onnx_and_say(folder)

@@ -7,7 +7,7 @@ from typing import Any
 
 import typer
 
-from braintumor.cli.common import DataOption, QuietOption, TtaOption, data_root, stage_errors, warn
+from braintumor.cli.common import DataOption, PrecisionOption, QuietOption, TtaOption, data_root, stage_errors, warn
 
 
 def guard_line(metrics: dict[str, Any], bundle: Path | str, data: Path | str) -> str:
@@ -34,6 +34,7 @@ def evaluate_command(
     out: Path | None = typer.Option(None, "--out", "-o", help="Output folder (default: <bundle>/../eval-<split>)."),
     report: bool = typer.Option(False, "--report", help="Also write report.html (plots, Grad-CAM, model card)."),
     tta: bool = TtaOption,
+    precision: str | None = PrecisionOption,
     audit: Path | None = typer.Option(
         None,
         "--audit",
@@ -49,7 +50,9 @@ def evaluate_command(
     root = data_root(data)
     out_dir = out or bundle.resolve().parent / f"eval-{split}"
     with stage_errors():
-        result = evaluate_bundle(bundle, root, split, out_dir, show_progress=not quiet, tta=tta, audit=audit)
+        result = evaluate_bundle(
+            bundle, root, split, out_dir, show_progress=not quiet, tta=tta, audit=audit, precision=precision
+        )
     for skipped in result.skipped:
         console.print(f"skipped {skipped.path}: {skipped.reason}")
     recipe = result.metrics["recipe"]

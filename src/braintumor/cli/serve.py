@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from braintumor.cli.common import fail, stage_errors
+from braintumor.cli.common import ensure_onnx_and_say, fail, stage_errors
 from braintumor.inference.defaults import DEFAULT_OPSET
 from braintumor.serving.settings import ServeSettings
 
@@ -71,6 +71,8 @@ def serve_command(
 
     if workers > 1:
         concurrency = concurrency or max(1, (os.cpu_count() or 1) // workers)
+    if backend == "auto":
+        ensure_onnx_and_say(bundle)  # once, before any worker loads the bundle
     with stage_errors():
         settings = ServeSettings.from_env(
             max_upload_bytes=int(max_upload_mb * MIB),

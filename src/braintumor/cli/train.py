@@ -37,9 +37,17 @@ def train_command(
     devices: str = typer.Option("1", "--devices", help="Devices (processes) per node, or auto."),
     num_nodes: int = typer.Option(1, "--num-nodes", help="Machines taking part (multi-node DDP)."),
     strategy: str = typer.Option("auto", "--strategy", help="Lightning strategy, e.g. ddp (gloo on CPU)."),
+    onnx: bool = typer.Option(True, "--onnx/--no-onnx", help="Write model.onnx into the bundle (for fast serving)."),
+    register_model: str | None = typer.Option(
+        None, "--register-model", help="Also register the logged MLflow model under this name (MLflow registry)."
+    ),
     quiet: bool = QuietOption,
 ) -> None:
-    """Train a recipe on Training (with a stratified validation split) and write a model bundle."""
+    """Train a recipe on Training (with a stratified validation split) and write a model bundle.
+
+    With MLflow tracking the bundle is also logged as an MLflow pyfunc model (its URI is printed and shown by
+    `braintumor runs`); --register-model NAME registers it.
+    """
     from braintumor.cli.display import console, metrics_table
     from braintumor.training.train import RunOptions, read_run_file, resume_run, train_recipe
 
@@ -53,6 +61,7 @@ def train_command(
         devices=int(devices) if devices.isdigit() else devices,
         num_nodes=num_nodes,
         strategy=strategy,
+        export_onnx=onnx,
     )
     with stage_errors():
         if resume is not None:
@@ -71,10 +80,21 @@ def train_command(
         title = f"{name}: validation split (best epoch {result.best_epoch}, {result.duration_s:.0f} s)"
         console.print(metrics_table(result.val_metrics, title))
         console.print(f"bundle: {result.bundle_dir}")
+        if register_model:
+            _register(result, register_model)
         if result.tracking.get("offline_folder"):
             console.print(f"ClearML offline session: {result.tracking['offline_folder']}")
         if evaluate:
             _evaluate_trained(result, name, root, run_dir, report=report, quiet=quiet)
+
+
+def _register(result: TrainResult, name: str) -> None:
+    """``--register-model``: the run's pyfunc model in the MLflow registry."""
+    from braintumor.cli.display import console
+    from braintumor.training.tracking import register_model
+
+    model_uri, version = register_model(result.tracking, name)
+    console.print(f"registered {model_uri} as models:/{name}/{version}", highlight=False)
 
 
 def _chosen_recipe(recipe: str, overrides: list[str], weights: Path | None, epochs: int | None) -> Recipe:

@@ -14,6 +14,7 @@ Example:
 from __future__ import annotations
 
 import hashlib
+import os
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -25,6 +26,7 @@ import torch
 from sklearn.model_selection import train_test_split
 from torch.utils.data import Dataset
 
+from braintumor.config import Recipe
 from braintumor.data.images import SkippedFile, decode_image_bytes, read_file_bytes
 from braintumor.data.layout import Sample
 from braintumor.data.preprocessing import Preprocessing, resize_to_uint8_tensor
@@ -86,9 +88,9 @@ def load_images(
     *,
     description: str = "Decoding images",
     show_progress: bool = True,
-    workers: int = 4,
+    workers: int | None = None,
 ) -> ImageSet:
-    """Decode and resize ``samples`` (threads: PIL releases the GIL while decoding).
+    """Decode and resize ``samples`` (threads: PIL releases the GIL while decoding; default one per core).
 
     Files that cannot be decoded are left out and listed in ``ImageSet.skipped`` with the reason.
     Raises :class:`DatasetLayoutError` when no file at all could be decoded.
@@ -98,6 +100,8 @@ def load_images(
     paths: list[Path] = []
     hashes: list[str] = []
     skipped: list[SkippedFile] = []
+    # More decoding threads than cores only adds switches between them.
+    workers = workers or min(4, os.cpu_count() or 1)
     with ThreadPoolExecutor(max_workers=workers) as pool, progress_bar(show_progress) as progress:
         task = progress.add_task(description, total=len(samples))
         for sample, result in zip(samples, pool.map(lambda s: _decode_one(s, prep), samples), strict=True):
@@ -178,3 +182,28 @@ class ImageTensorDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self.transform(self.image_set.images[index]), self.image_set.labels[index]
+
+
+def keras_split(paths: Sequence[Path], labels: torch.Tensor, val_fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """``(train_indices, val_indices)`` as Keras' ``flow_from_directory(validation_split=...)`` takes them: per
+    class, the first ``val_fraction`` of the files in name order are validation, the rest training.
+
+    Example:
+        >>> paths = [Path(f"{i}.jpg") for i in range(8)]
+        >>> keras_split(paths, torch.tensor([0, 0, 0, 0, 1, 1, 1, 1]), 0.25)
+        (array([1, 2, 3, 5, 6, 7]), array([0, 4]))
+    """
+    val: list[int] = []
+    label_array = labels.numpy()
+    for label in np.unique(label_array):
+        members = sorted(np.flatnonzero(label_array == label), key=lambda index: paths[index].name)
+        val.extend(members[: int(val_fraction * len(members))])  # Keras truncates, as here
+    val_idx = np.array(sorted(val), dtype=np.int64)
+    return np.setdiff1d(np.arange(len(label_array)), val_idx), val_idx
+
+
+def validation_split(recipe: Recipe, image_set: ImageSet) -> tuple[np.ndarray, np.ndarray]:
+    """The recipe's ``(train_indices, val_indices)`` of ``image_set``: stratified (seeded) or Keras' split."""
+    if recipe.data.val_split == "keras":
+        return keras_split(image_set.paths, image_set.labels, recipe.data.val_fraction)
+    return stratified_split(image_set.labels, recipe.data.val_fraction, recipe.data.split_seed)

@@ -32,6 +32,7 @@ from braintumor.evaluation.metrics import classification_metrics, guard_metrics
 from braintumor.evaluation.plots import plot_confusion_matrix
 from braintumor.inference.predictor import Predictor, probabilities_from_logits
 from braintumor.io import write_json_atomic
+from braintumor.runtime import tune_cpu_runtime
 
 # What metrics.json["guard"] says for a bundle without an input guard (trained before it).
 NO_GUARD = "none"
@@ -212,6 +213,7 @@ def evaluate_bundle(
     tta: bool = False,
     n_bootstrap: int = 1000,
     audit: Path | str | None = None,
+    precision: str | None = None,
 ) -> EvaluationResult:
     """Predict every image of ``<data_root>/<split>`` with ``bundle`` and write the results to ``out_dir``.
 
@@ -220,12 +222,14 @@ def evaluate_bundle(
     With a data audit (``audit``, else ``audits/<data root name>/audit.json`` when present), metrics
     on the audit's clean subset go to ``metrics.json["deduplicated"]`` and ``metrics_deduplicated.json``.
     With an input guard, ``metrics.json["guard"]`` says what it flagged (:func:`guard_section`).
+    ``precision`` is the PyTorch inference precision (:class:`~braintumor.inference.predictor.Predictor`).
     """
+    tune_cpu_runtime()
     bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
     out_dir = Path(out_dir)
     samples = discover_split(data_root, split)
     image_set = load_images(samples, bundle.preprocessing, description=f"Decoding {split}", show_progress=show_progress)
-    predictor = Predictor(bundle, tta=tta)
+    predictor = Predictor(bundle, tta=tta, precision=precision)
     # One pass: the logits and, with an input guard, every image's ood_score (from its clean view).
     logits, ood_scores = predictor.run_uint8(image_set.images)
     probabilities = probabilities_from_logits(logits, predictor.temperature)
@@ -234,6 +238,7 @@ def evaluate_bundle(
         bundle, data_root, split, image_set, predictor, logits, probabilities, tta=tta, n_bootstrap=n_bootstrap
     )
     metrics["guard"] = guard_section(predictor, labels, probabilities, ood_scores)
+    metrics["inference_precision"] = predictor.precision
     deduplicated, audit_note = deduplicated_metrics(
         data_root,
         split,

@@ -30,6 +30,7 @@ from braintumor.guard.defaults import DEFAULT_DETECTOR, DEFAULT_QUANTILE
 from braintumor.guard.detectors import State, create_detector
 from braintumor.guard.evidence import EVIDENCE_NAMES, evidence_distance, image_evidence
 from braintumor.guard.spec import GuardSpec
+from braintumor.runtime import autocast, channels_last_batch, to_channels_last
 
 # The Training images' range of each evidence statistic: these quantiles, so a handful of odd slices do not widen it.
 EVIDENCE_RANGE_QUANTILES = (0.001, 0.999)
@@ -60,7 +61,7 @@ class GuardInputs:
 
 @torch.inference_mode()
 def model_outputs(
-    model: torch.nn.Module, normalise: Normalise, images: torch.Tensor, batch_size: int = 64
+    model: torch.nn.Module, normalise: Normalise, images: torch.Tensor, batch_size: int = 64, precision: str = "32-true"
 ) -> GuardInputs:
     """:class:`GuardInputs` of uint8 ``images`` (run in eval mode).
 
@@ -70,11 +71,14 @@ def model_outputs(
         normalise: the bundle's eval transform (uint8 to the network's input).
         images: ``[N, 3, S, S]`` uint8 at the model's size.
         batch_size: images per forward pass.
+        precision: ``32-true``, ``bf16-mixed`` or ``auto`` (:func:`braintumor.runtime.resolve_precision`).
     """
     was_training = model.training
     model.eval()
+    to_channels_last(model)
     batches = [images[i : i + batch_size] for i in range(0, len(images), batch_size)]
-    parts = [model.penultimate_and_logits(normalise(batch)) for batch in batches]
+    with autocast(precision):
+        parts = [model.penultimate_and_logits(channels_last_batch(normalise(batch))) for batch in batches]
     model.train(was_training)
     features = torch.cat([p for p, _ in parts]).float()
     return GuardInputs(features, torch.cat([z for _, z in parts]).float(), image_evidence(images))

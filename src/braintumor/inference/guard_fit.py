@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from braintumor.bundle import Bundle, load_bundle, write_bundle_guard
-from braintumor.data.dataset import ImageSet, drop_exact_duplicates, load_images, stratified_split
+from braintumor.data.dataset import ImageSet, drop_exact_duplicates, load_images, validation_split
 from braintumor.data.layout import discover_split
 from braintumor.data.preprocessing import eval_transform
 from braintumor.errors import BrainTumorError
@@ -36,7 +36,7 @@ def training_split(bundle: Bundle, data_root: Path, *, show_progress: bool = Tru
     image_set = load_images(samples, bundle.preprocessing, description="Decoding Training", show_progress=show_progress)
     if recipe.data.drop_train_duplicates:
         image_set, _ = drop_exact_duplicates(image_set)
-    train_idx, val_idx = stratified_split(image_set.labels, recipe.data.val_fraction, recipe.data.split_seed)
+    train_idx, val_idx = validation_split(recipe, image_set)
     train_set, val_set = image_set.subset(train_idx), image_set.subset(val_idx)
     if record.val_paths:
         recorded_root = Path(record.data_root) if record.data_root else None

@@ -186,7 +186,8 @@ def _check_parity(bundle: Bundle, graph: Path, inputs: torch.Tensor) -> tuple[fl
     Raises:
         OnnxExportError: a difference over its tolerance, or a guard the graph cannot feed.
     """
-    reference, reference_ood = Predictor(bundle).predict_uint8_guarded(inputs)
+    # The reference is the fp32 network: the graph is fp32, and bf16 would differ by more than the tolerance.
+    reference, reference_ood = Predictor(bundle, precision="32").predict_uint8_guarded(inputs)
     onnx_predictor = OnnxPredictor(bundle, onnx_path=graph)
     exported, exported_ood = onnx_predictor.predict_uint8_guarded(inputs)
     max_abs_diff = float(np.abs(reference - exported).max())
@@ -224,7 +225,8 @@ def export_onnx(
     """
     destination = Path(out) if out is not None else bundle.path / ONNX_FILE
     destination.parent.mkdir(parents=True, exist_ok=True)
-    wrapper = _Uint8Network(bundle.model, bundle.preprocessing).eval()
+    # Exported in NCHW order (what onnxruntime's graph optimiser expects); inference converts back when it runs.
+    wrapper = _Uint8Network(bundle.model.to(memory_format=torch.contiguous_format), bundle.preprocessing).eval()
     size = bundle.preprocessing.image_size
     inputs = parity_samples(size, samples)
     handle, staging_name = tempfile.mkstemp(prefix=f".{destination.name}.", suffix=".tmp", dir=destination.parent)

@@ -38,6 +38,7 @@ from braintumor.errors import BrainTumorError, ImageDecodeError
 from braintumor.guard import GuardInputs
 from braintumor.guard.evidence import image_evidence
 from braintumor.inference.tta import tta_views
+from braintumor.runtime import autocast, channels_last_batch, resolve_precision, to_channels_last, tune_cpu_runtime
 
 # What a prediction below the bundle's confidence threshold (selective prediction) tells the user.
 REFER_MESSAGE = "refer to a radiologist"
@@ -112,12 +113,20 @@ class Predictor:
         tta: test-time augmentation: average the logits of the views of :func:`~braintumor.inference.tta.tta_views`
             (6 forward passes per image). Logits rather than probabilities are averaged so that the
             temperature fitted on logits keeps its meaning.
+        precision: ``auto`` (bf16 autocast where the CPU runs bf16 natively), ``bf16-mixed`` or ``32``
+            (:func:`braintumor.runtime.resolve_precision`); default: the precision the bundle was trained at.
+            Convolutional networks also run in NHWC order.
     """
 
-    def __init__(self, bundle: Bundle, *, batch_size: int = 32, tta: bool = False) -> None:
+    def __init__(
+        self, bundle: Bundle, *, batch_size: int = 32, tta: bool = False, precision: str | None = None
+    ) -> None:
+        tune_cpu_runtime()
         self.bundle = bundle
         self.batch_size = batch_size
         self.tta = tta
+        self.precision = resolve_precision(precision) if precision else bundle.recipe.precision()
+        to_channels_last(bundle.model)
         self.transform = eval_transform(bundle.preprocessing)
         self.temperature = bundle.config.extras.temperature or 1.0
         self.refer_threshold = bundle.config.extras.refer_threshold
@@ -127,16 +136,21 @@ class Predictor:
     def class_names(self) -> list[str]:
         return self.bundle.class_names
 
+    def _network_input(self, uint8_batch: torch.Tensor) -> torch.Tensor:
+        return channels_last_batch(self.transform(uint8_batch))
+
     @torch.inference_mode()
     def _batch_outputs(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Logits (TTA views averaged) and, with a guard, each image's ``ood_score`` (from its clean view)."""
         views = tta_views(batch) if self.tta else [batch]
-        model = self.bundle.model
-        if self.guard is None:
-            return torch.stack([model(self.transform(view)) for view in views]).mean(dim=0).float(), None
-        # views[0] is the unchanged image: the guard judges what was sent, not an augmented copy.
-        penultimate, clean_logits = model.penultimate_and_logits(self.transform(views[0]))
-        logits = torch.stack([clean_logits, *[model(self.transform(view)) for view in views[1:]]]).mean(dim=0)
+        model, network_input = self.bundle.model, self._network_input
+        with autocast(self.precision):
+            if self.guard is None:
+                return torch.stack([model(network_input(view)).float() for view in views]).mean(dim=0), None
+            # views[0] is the unchanged image: the guard judges what was sent, not an augmented copy.
+            penultimate, clean_logits = model.penultimate_and_logits(network_input(views[0]))
+            others = [model(network_input(view)).float() for view in views[1:]]
+        logits = torch.stack([clean_logits.float(), *others]).mean(dim=0)
         inputs = GuardInputs(penultimate.float(), clean_logits.float(), image_evidence(batch))
         return logits.float(), self.guard.score(inputs).ood_score
 

@@ -19,7 +19,7 @@ import torch.nn as nn
 from braintumor.config import Recipe
 from braintumor.data.preprocessing import Preprocessing
 from braintumor.layout_constants import CLASS_NAMES
-from braintumor.models.network import BrainTumorNet, LinearHead, SeedCNN, SeedHead
+from braintumor.models.network import BrainTumorNet, LinearHead, SeedCNN, SeedHead, keras_initialise
 from braintumor.models.pretrained import create_backbone
 
 __all__ = ["BrainTumorNet", "create_model", "resolve_preprocessing"]
@@ -42,6 +42,11 @@ def create_model(recipe: Recipe, *, load_pretrained: bool = True, num_classes: i
         head = LinearHead(num_features, spec.dropout, num_classes, standardize=spec.head_standardize)
     else:
         head = SeedHead(num_features, spec.head_hidden, spec.dropout, num_classes)
+    if spec.init == "keras":
+        # The from-scratch parts only: a pretrained backbone keeps the weights it was trained to.
+        keras_initialise(head)
+        if spec.architecture == "custom_cnn":
+            keras_initialise(backbone)
     return BrainTumorNet(backbone, num_features, head, frozen_backbone=frozen)
 
 
@@ -49,10 +54,12 @@ def resolve_preprocessing(recipe: Recipe, model: BrainTumorNet) -> Preprocessing
     """Normalisation and interpolation from the backbone's pretrained config; [0, 1] pixels for the CNN."""
     size = recipe.data.image_size
     crop = "head" if recipe.data.crop_to_head else "none"
+    chosen = recipe.data.interpolation
     if recipe.model.architecture == "custom_cnn":
-        return Preprocessing(image_size=size, interpolation="bilinear", crop=crop, intensity=recipe.data.intensity)
+        interpolation = "bilinear" if chosen == "auto" else chosen
+        return Preprocessing(image_size=size, interpolation=interpolation, crop=crop, intensity=recipe.data.intensity)
     data_config = timm.data.resolve_data_config(model=model.backbone)
-    interpolation = data_config.get("interpolation", "bilinear")
+    interpolation = data_config.get("interpolation", "bilinear") if chosen == "auto" else chosen
     if interpolation not in {"nearest", "bilinear", "bicubic"}:
         interpolation = "bilinear"
     return Preprocessing(

@@ -9,6 +9,29 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+# Keras' BatchNormalization defaults, in PyTorch's convention (Keras' momentum 0.99 is PyTorch's 0.01).
+KERAS_BATCHNORM_MOMENTUM = 0.01
+KERAS_BATCHNORM_EPS = 1e-3
+
+
+def keras_initialise(module: nn.Module) -> nn.Module:
+    """Keras' default initialisation, in place: Glorot-uniform weights and zero biases for Conv and Dense layers,
+    Keras' BatchNorm momentum and epsilon. Returns ``module``.
+
+    Example:
+        >>> layer = keras_initialise(nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3)))
+        >>> float(layer[0].bias.abs().sum()), layer[1].momentum, layer[1].eps
+        (0.0, 0.01, 0.001)
+    """
+    for layer in module.modules():
+        if isinstance(layer, nn.Conv2d | nn.Linear):
+            nn.init.xavier_uniform_(layer.weight)
+            if layer.bias is not None:
+                nn.init.zeros_(layer.bias)
+        elif isinstance(layer, nn.BatchNorm1d | nn.BatchNorm2d):
+            layer.momentum, layer.eps = KERAS_BATCHNORM_MOMENTUM, KERAS_BATCHNORM_EPS
+    return module
+
 
 class SeedHead(nn.Sequential):
     """The seed's classifier head: Dense(hidden, ReLU), BatchNorm, Dropout, Dense(num_classes)."""

@@ -33,17 +33,15 @@ def encode_views(encoder: nn.Module, context: FitContext) -> tuple[torch.Tensor,
     """``encoder``'s outputs ``[views, N, ...]`` for the training views and ``[1, N, ...]`` for the clean validation."""
     recipe, prep, show_progress = context.recipe, context.prep, context.options.show_progress
     clean = eval_transform(prep)
-    seed = recipe.train.seed
-    train = build_view_features(
-        encoder,
-        context.train_set,
-        clean,
-        train_transform(recipe.augment, prep),
-        views=cache_views(recipe),
-        seed=seed,
-        show_progress=show_progress,
-    )
-    val = build_view_features(encoder, context.val_set, clean, clean, views=1, seed=seed, show_progress=show_progress)
+    run = {
+        "seed": recipe.train.seed,
+        "show_progress": show_progress,
+        "precision": recipe.precision(),
+        "channels_last": recipe.train.channels_last,
+    }
+    augmented = train_transform(recipe.augment, prep)
+    train = build_view_features(encoder, context.train_set, clean, augmented, views=cache_views(recipe), **run)
+    val = build_view_features(encoder, context.val_set, clean, clean, views=1, **run)
     return train, val
 
 
@@ -57,6 +55,8 @@ def _fingerprint(context: FitContext) -> str:
                 context.prep.model_dump(mode="json"),
                 cache_views(recipe),
                 recipe.train.seed,
+                # bf16 features differ from fp32 ones in the last bits: a cache from the other precision is stale.
+                recipe.precision(),
                 context.train_set.hashes,
                 context.val_set.hashes,
             ]

@@ -15,6 +15,7 @@ from torch.utils.data import Dataset
 
 from braintumor.data.dataset import ImageSet
 from braintumor.progress import progress_bar
+from braintumor.runtime import autocast, channels_last_batch, to_channels_last
 
 
 @torch.inference_mode()
@@ -26,19 +27,31 @@ def extract_features(
     batch_size: int = 64,
     description: str = "Backbone features",
     show_progress: bool = True,
+    per_image: bool = True,
+    precision: str = "32-true",
+    channels_last: bool = True,
 ) -> torch.Tensor:
-    """Outputs ``[N, ...]`` of a frozen encoder; ``transform`` is applied per image (so augmentation is per image).
+    """Outputs ``[N, ...]`` (float32) of a frozen encoder, in batches.
 
-    ``model`` is a backbone (pooled features) or the frozen bottom of a partly fine-tuned one (activation maps).
+    Args:
+        model: a backbone (pooled features) or the frozen bottom of a partly fine-tuned one (activation maps).
+        image_set: the decoded uint8 images.
+        transform: uint8 image to network input; applied per image when ``per_image`` (augmentation draws per
+            image), else to each whole batch (a deterministic transform: the same result, faster).
+        batch_size, description, show_progress: batching and the progress bar.
+        precision: ``32-true``, ``bf16-mixed`` or ``auto`` (:func:`braintumor.runtime.resolve_precision`).
+        channels_last: run a convolutional ``model`` in NHWC order.
     """
     model.eval()
+    if channels_last:
+        to_channels_last(model)
     chunks: list[torch.Tensor] = []
-    with progress_bar(show_progress) as progress:
+    with progress_bar(show_progress) as progress, autocast(precision):
         task = progress.add_task(description, total=len(image_set))
         for start in range(0, len(image_set), batch_size):
             images = image_set.images[start : start + batch_size]
-            batch = torch.stack([transform(image) for image in images])
-            chunks.append(model(batch).float())
+            batch = torch.stack([transform(image) for image in images]) if per_image else transform(images)
+            chunks.append(model(channels_last_batch(batch) if channels_last else batch).float())
             progress.advance(task, len(images))
     return torch.cat(chunks)
 
@@ -52,24 +65,19 @@ def build_view_features(
     views: int,
     seed: int,
     show_progress: bool = True,
+    precision: str = "32-true",
+    channels_last: bool = True,
 ) -> torch.Tensor:
-    """Features ``[views, N, D]``: view 0 clean, the others augmented with seeds ``seed + view``."""
+    """Features ``[views, N, D]``: view 0 clean (``clean_transform`` is deterministic), the others augmented
+    with seeds ``seed + view``."""
+    run = {"show_progress": show_progress, "precision": precision, "channels_last": channels_last}
     stacked = [
-        extract_features(
-            model, image_set, clean_transform, description="Features (clean view)", show_progress=show_progress
-        )
+        extract_features(model, image_set, clean_transform, description="Features (clean view)", per_image=False, **run)
     ]
     for view in range(1, views):
         torch.manual_seed(seed + view)
-        stacked.append(
-            extract_features(
-                model,
-                image_set,
-                augmented_transform,
-                description=f"Features (augmented view {view}/{views - 1})",
-                show_progress=show_progress,
-            )
-        )
+        description = f"Features (augmented view {view}/{views - 1})"
+        stacked.append(extract_features(model, image_set, augmented_transform, description=description, **run))
     return torch.stack(stacked)
 
 

@@ -27,6 +27,7 @@ from braintumor.config import Recipe
 from braintumor.data.dataset import ImageSet, ImageTensorDataset
 from braintumor.data.preprocessing import Preprocessing, eval_transform, train_transform
 from braintumor.layout_constants import CLASS_NAMES
+from braintumor.runtime import resolve_precision
 from braintumor.training.callbacks import EpochHistory
 from braintumor.training.features import FeatureViewDataset, FeatureViewScheduler
 from braintumor.training.module import ClassifierModule
@@ -47,6 +48,8 @@ class RunOptions:
     devices: int | str = 1
     num_nodes: int = 1
     strategy: str = "auto"
+    # Write model.onnx (checked against PyTorch) into the bundle, so `serve` uses onnxruntime without a manual step.
+    export_onnx: bool = True
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -91,7 +94,12 @@ def classifier(
         num_classes=len(CLASS_NAMES),
         class_weights=context.class_weights,
         optimizer_groups=optimizer_groups,
+        channels_last=context.recipe.train.channels_last,
     )
+
+
+# Heads on cached features are small matrix products: bf16 would only cost them accuracy.
+HEAD_PRECISION = "32-true"
 
 
 def _restore_best(module: ClassifierModule, checkpoint: ModelCheckpoint) -> None:
@@ -111,8 +119,12 @@ def fit_module(
     resume_from: Path | None = None,
     max_epochs: int | None = None,
     checkpoint_dir: Path | None = None,
+    precision: str | None = None,
 ) -> L.Trainer:
-    """Lightning fit with early stopping and per-epoch checkpoints, then the best epoch's weights restored."""
+    """Lightning fit with early stopping and per-epoch checkpoints, then the best epoch's weights restored.
+
+    ``precision`` (default: the recipe's) is resolved for this machine (:meth:`~braintumor.config.Recipe.precision`).
+    """
     recipe, options = context.recipe, context.options
     checkpoint = ModelCheckpoint(
         dirpath=checkpoint_dir or context.run_dir / "checkpoints",
@@ -129,7 +141,7 @@ def fit_module(
         devices=options.devices,
         num_nodes=options.num_nodes,
         strategy=options.strategy,
-        precision=recipe.train.precision,
+        precision=resolve_precision(precision) if precision else recipe.precision(),
         callbacks=[
             context.history,
             checkpoint,

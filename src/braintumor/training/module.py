@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torchmetrics.classification import MulticlassAccuracy
 
 from braintumor.config import TrainConfig
+from braintumor.runtime import channels_last_batch, has_convolutions, to_channels_last
 from braintumor.training.losses import training_loss
 
 
@@ -29,9 +30,12 @@ class ClassifierModule(L.LightningModule):
         num_classes: int,
         class_weights: torch.Tensor | None = None,
         optimizer_groups: list[dict[str, Any]] | None = None,
+        channels_last: bool = False,
     ) -> None:
         super().__init__()
         self.network = network
+        # NHWC order for convolutional networks and their image batches (oneDNN's native layout).
+        self.channels_last = channels_last and has_convolutions(network)
         self.train_config = train_config
         # Fine-tuning stages pass their own parameter groups (per-group LRs) and get a cosine schedule.
         self.optimizer_groups = optimizer_groups
@@ -53,6 +57,14 @@ class ClassifierModule(L.LightningModule):
         # Lightning keeps each submodule's mode as it finds it; feature extraction leaves the network in eval
         # mode, which would train the head with BatchNorm's initial statistics and without dropout.
         self.network.train()
+        if self.channels_last:
+            to_channels_last(self.network)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        if not self.channels_last:
+            return batch
+        inputs, targets = batch
+        return channels_last_batch(inputs), targets
 
     def _loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return training_loss(logits, targets, self.train_config, self.class_weights)

@@ -112,7 +112,8 @@ def _choose_wise_alpha(
     for alpha in sorted(set(context.recipe.train.wise_alphas)):
         model.load_state_dict(interpolate_weights(probe_state, tuned_state, alpha))
         # The same validation cross-entropy as the rest of the run reports.
-        losses[f"{alpha:g}"] = validation_metrics(model, context.val_set, context.prep)["loss"]
+        metrics = validation_metrics(model, context.val_set, context.prep, context.recipe.precision())
+        losses[f"{alpha:g}"] = metrics["loss"]
     best = min(losses, key=losses.__getitem__)
     model.load_state_dict(interpolate_weights(probe_state, tuned_state, float(best)))
     context.say(f"WiSE-FT: validation loss per alpha {losses}; keeping alpha {best}")

@@ -22,7 +22,7 @@ from safetensors.torch import load_file
 
 from braintumor.bundle import TrainingRecord, save_bundle
 from braintumor.config import Recipe
-from braintumor.data.dataset import ImageSet, drop_exact_duplicates, load_images, stratified_split
+from braintumor.data.dataset import ImageSet, drop_exact_duplicates, load_images, validation_split
 from braintumor.data.layout import Sample
 from braintumor.data.preprocessing import Preprocessing, eval_transform
 from braintumor.errors import BrainTumorError
@@ -33,6 +33,7 @@ from braintumor.models import create_model, resolve_preprocessing
 from braintumor.models.network import BrainTumorNet
 from braintumor.training.feature_cache import FEATURE_CACHE_FILE, cached_features
 from braintumor.training.fitting import (
+    HEAD_PRECISION,
     FitContext,
     RunOptions,
     Say,
@@ -120,11 +121,12 @@ def prepare_data(
             f"dropped {report.removed_copies} byte-identical copies inside Training"
             + (f" and {report.removed_conflicts} files with conflicting labels" if report.removed_conflicts else "")
         )
-    train_idx, val_idx = stratified_split(image_set.labels, recipe.data.val_fraction, recipe.data.split_seed)
+    train_idx, val_idx = validation_split(recipe, image_set)
     train_set, val_set = image_set.subset(train_idx), image_set.subset(val_idx)
+    how = f"stratified, seed {recipe.data.split_seed}" if recipe.data.val_split == "stratified" else "Keras' split"
     say(
-        f"training on {len(train_set)} images, validating on {len(val_set)} (stratified, seed "
-        f"{recipe.data.split_seed}); class counts {train_set.class_counts()}"
+        f"training on {len(train_set)} images, validating on {len(val_set)} ({how}); "
+        f"class counts {train_set.class_counts()}"
     )
     return PreparedData(image_set, train_set, val_set, duplicates)
 
@@ -208,7 +210,9 @@ def _fit_probe(
         model.head.load_state_dict(load_file(str(probe_file)))
     else:
         context.history.stage = "probe" if stages else "train"
-        trainer = fit_module(module, loaders, context, callbacks=[scheduler], resume_from=context.resume_from)
+        trainer = fit_module(
+            module, loaders, context, callbacks=[scheduler], resume_from=context.resume_from, precision=HEAD_PRECISION
+        )
         if stages:
             save_weights(model.head, probe_file)
     timing["probe_fit_s"] = round(time.perf_counter() - started, 2)
@@ -225,7 +229,7 @@ class Selection:
 
 def select_best(model: BrainTumorNet, context: FitContext) -> Selection:
     """The best epoch over the whole history and the kept weights' validation metrics."""
-    val_metrics = validation_metrics(model, context.val_set, context.prep)
+    val_metrics = validation_metrics(model, context.val_set, context.prep, context.recipe.precision())
     val_losses = [row.get("val_loss", float("inf")) for row in context.history.rows]
     return Selection(int(np.argmin(val_losses)) + 1 if val_losses else 0, val_metrics)
 
@@ -243,7 +247,9 @@ def fit_run_guard(model: BrainTumorNet, context: FitContext, outcome: FitOutcome
         val = head_outputs(model, val_features, val_images)
     else:
         normalise = eval_transform(context.prep)
-        train, val = model_outputs(model, normalise, train_images), model_outputs(model, normalise, val_images)
+        precision = context.recipe.precision()
+        train = model_outputs(model, normalise, train_images, precision=precision)
+        val = model_outputs(model, normalise, val_images, precision=precision)
     guard = fit_guard(train, context.train_set.labels, val)
     context.say(
         f"input guard ({guard.spec.detector} + image evidence): {guard.spec.validation_flag_rate:.1%} of validation "

@@ -21,7 +21,9 @@ from lightning.pytorch.utilities import rank_zero_only
 from braintumor.config import Recipe
 from braintumor.data.images import SkippedFile
 from braintumor.data.layout import discover_split
+from braintumor.inference.onnx_bundle import ensure_onnx
 from braintumor.layout_constants import CLASS_NAMES
+from braintumor.runtime import precision_note, tune_cpu_runtime
 from braintumor.training.callbacks import EpochHistory
 from braintumor.training.fitting import FitContext, RunOptions, Say, quiet_lightning
 from braintumor.training.losses import resolve_class_weights
@@ -37,6 +39,7 @@ from braintumor.training.steps import (
     start_tracking,
     training_record,
 )
+from braintumor.training.tracking import log_bundle_model
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +82,10 @@ def train_recipe(
     # Only rank zero talks to the person running it; the other ranks' messages are debug logs.
     say = (console_log or log.info) if rank_zero_only.rank == 0 else log.debug
     quiet_lightning()
+    tune_cpu_runtime()
+    note = precision_note(recipe.train.precision)
+    if note:
+        say(note)
     started = time.perf_counter()
     data_root, run_dir = Path(data_root), Path(run_dir)
     previous, resume_from = open_run_folder(run_dir, resume, say)
@@ -113,6 +120,10 @@ def train_recipe(
     )
     guard = fit_run_guard(model, context, outcome)
     bundle_dir = save_run(model, context, data, selection, record, data_root, guard)
+    if options.export_onnx:
+        say(f"onnx: {ensure_onnx(bundle_dir).note}")
+    # After the ONNX export: the logged model then carries model.onnx and serves with onnxruntime.
+    _log_model(logger, bundle_dir, tracking, say)
     return TrainResult(
         run_dir,
         bundle_dir,
@@ -124,6 +135,18 @@ def train_recipe(
         logger=logger,
         tracking=tracking,
     )
+
+
+def _log_model(logger: Any, bundle_dir: Path, tracking: dict[str, Any], say: Say) -> None:
+    """The bundle as the run's MLflow pyfunc model; a failure is said, never fatal (the bundle is saved)."""
+    try:
+        uri = log_bundle_model(logger, bundle_dir)
+    except Exception as error:  # MLflow raises many types (store, network, environment)
+        say(f"MLflow model not logged: {error}")
+        return
+    if uri is not None:
+        tracking["model_uri"] = uri
+        say(f"MLflow model: {uri}")
 
 
 def resume_run(

@@ -13,26 +13,30 @@ from braintumor.evaluation.metrics import classification_metrics
 from braintumor.inference.predictor import probabilities_from_logits
 from braintumor.layout_constants import CLASS_NAMES
 from braintumor.models.network import BrainTumorNet
+from braintumor.runtime import autocast, channels_last_batch, to_channels_last
 
 
 @torch.inference_mode()
 def predict_probabilities(
-    model: BrainTumorNet, image_set: ImageSet, prep: Preprocessing, batch_size: int = 64
+    model: BrainTumorNet, image_set: ImageSet, prep: Preprocessing, batch_size: int = 64, precision: str = "32-true"
 ) -> np.ndarray:
-    """Softmax probabilities of ``model`` on pre-decoded images (eval mode, no augmentation)."""
+    """Softmax probabilities of ``model`` on pre-decoded images (eval mode, no augmentation, NHWC order)."""
     model.eval()
+    to_channels_last(model)
     transform = eval_transform(prep)
-    logits = torch.cat(
-        [
-            model(transform(image_set.images[start : start + batch_size]))
-            for start in range(0, len(image_set), batch_size)
-        ]
-    )
+    with autocast(precision):
+        logits = torch.cat(
+            [
+                model(channels_last_batch(transform(image_set.images[start : start + batch_size]))).float()
+                for start in range(0, len(image_set), batch_size)
+            ]
+        )
     return probabilities_from_logits(logits)
 
 
-def validation_metrics(model: BrainTumorNet, val_set: ImageSet, prep: Preprocessing) -> dict[str, Any]:
+def validation_metrics(
+    model: BrainTumorNet, val_set: ImageSet, prep: Preprocessing, precision: str = "32-true"
+) -> dict[str, Any]:
     """:func:`~braintumor.evaluation.metrics.classification_metrics` of ``model`` on the validation split."""
-    return classification_metrics(
-        val_set.labels.numpy(), predict_probabilities(model, val_set, prep), list(CLASS_NAMES)
-    )
+    probabilities = predict_probabilities(model, val_set, prep, precision=precision)
+    return classification_metrics(val_set.labels.numpy(), probabilities, list(CLASS_NAMES))
