@@ -20,6 +20,7 @@ STAGE_RANKS: dict[str, int] = {
     "progress": 0,
     "io": 0,
     "lazy": 0,
+    "runtime": 0,
     "guard": 4,
     "config": 1,
     "configs": 1,

@@ -5,12 +5,15 @@ Three measured causes of slow CPU work (``benchmarks/cpu_speed.py``, ``docs/spee
 - **The allocator.** glibc's malloc hands every block above its mmap threshold back to the kernel when it
   is freed, so each batch's activation maps are page-faulted in again: on 2 cores the kernel time was as
   large as the compute time. :func:`tune_cpu_runtime` keeps freed memory in the process (``mallopt``);
-  it changes no result, only where memory comes from. ``BRAINTUMOR_CPU_TUNING=0`` turns it off.
+  it changes no result, only where memory comes from.
 - **The memory format.** oneDNN's convolutions run natively on NHWC; NCHW tensors are reordered at every
   layer. :func:`to_channels_last` converts a network once (same numbers up to float rounding order).
 - **The precision.** CPUs with AVX-512 bf16 (or AMX) run bf16 matrix work at about twice fp32's rate;
   :func:`autocast` runs a block under bf16 autocast when the precision says so. This changes numbers
   slightly (features agree to a cosine of 0.9997 on Lite2), so it is a recipe choice, recorded in bundles.
+
+``BRAINTUMOR_CPU_TUNING=0`` turns the allocator tuning and channels_last off (the eager baseline that
+``benchmarks/cpu_speed.py`` compares against); precision is chosen separately.
 
 Example:
     >>> resolve_precision("32")
@@ -51,13 +54,19 @@ _M_MMAP_MAX = -4
 
 
 @cache
+def tuning_enabled() -> bool:
+    """False when ``BRAINTUMOR_CPU_TUNING=0``: no allocator tuning, no channels_last (read once per process)."""
+    return os.environ.get(TUNING_ENV, "1") != "0"
+
+
+@cache
 def tune_cpu_runtime() -> bool:
     """Keep freed memory in the process instead of returning it to the kernel (glibc); True when applied.
 
     Idempotent and cheap; a no-op on other C libraries or with ``BRAINTUMOR_CPU_TUNING=0``. The cost is that
     the process keeps its peak memory until it exits, which is what a training or serving process does anyway.
     """
-    if os.environ.get(TUNING_ENV, "1") == "0" or platform.system() != "Linux":
+    if not tuning_enabled() or platform.system() != "Linux":
         return False
     try:
         libc = ctypes.CDLL("libc.so.6")
@@ -138,7 +147,7 @@ def to_channels_last(module: nn.Module) -> nn.Module:
     """``module`` with 4D parameters in NHWC order, when it has convolutions (in place, returned)."""
     import torch
 
-    if has_convolutions(module):
+    if tuning_enabled() and has_convolutions(module):
         module.to(memory_format=torch.channels_last)
     return module
 
@@ -147,4 +156,4 @@ def channels_last_batch(batch: torch.Tensor) -> torch.Tensor:
     """A ``[N, C, H, W]`` batch in NHWC order (other shapes unchanged), so the first convolution reads it directly."""
     import torch
 
-    return batch.contiguous(memory_format=torch.channels_last) if batch.dim() == 4 else batch
+    return batch.contiguous(memory_format=torch.channels_last) if batch.dim() == 4 and tuning_enabled() else batch

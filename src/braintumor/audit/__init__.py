@@ -4,6 +4,7 @@ Modules, from the bottom up:
 
 - :mod:`~braintumor.audit.constants`: file names, format, statuses and defaults (light, for the CLI's help);
 - :mod:`~braintumor.audit.similarity`: whole-image NCC candidate search and the aligned detail check;
+- :mod:`~braintumor.audit.cache`: what was computed per file and per candidate pair, reused by the next audit;
 - :mod:`~braintumor.audit.scan`: reading every file once (digest, header, size, thumbnails);
 - :mod:`~braintumor.audit.exact_copies`: byte-identical groups, what training drops, label conflicts;
 - :mod:`~braintumor.audit.near_copies`: which files are compared across splits, the pairs and groups;

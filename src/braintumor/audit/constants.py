@@ -10,6 +10,9 @@ AUDIT_FILE = "audit.json"
 REPORT_FILE = "audit.html"
 SCORES_PLOT_FILE = "near_duplicate_scores.png"
 DEFAULT_AUDIT_ROOT = Path("audits")
+# The audit cache (braintumor.audit.cache): <audit folder>/cache/audit_cache.sqlite unless --cache names a folder.
+CACHE_DIR_NAME = "cache"
+CACHE_FILE = "audit_cache.sqlite"
 REFERENCE_SPLIT = "Training"
 QUERY_SPLITS = ("Validation", "Testing")
 # Aligned fine-detail NCC at or above this marks a near copy. On the Sartaj data copies score >= 0.927

@@ -8,6 +8,8 @@ and a pair scoring at least the threshold is a near copy. Connected pairs form g
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from collections import defaultdict
 from collections.abc import Sequence
@@ -18,13 +20,22 @@ from typing import Any
 
 import numpy as np
 
+from braintumor.audit.cache import AuditCache, PairValue
 from braintumor.audit.constants import CANDIDATE_FLOOR, CHECK_CHUNK, REFERENCE_SPLIT
 from braintumor.audit.scan import FileRecord, detail_thumbnail, file_entry
-from braintumor.audit.similarity import PairCheck, check_pairs, nearest_candidates, normalise_thumbnails
+from braintumor.audit.similarity import (
+    DETAIL_SIZE,
+    PairCheck,
+    check_pairs,
+    nearest_candidates,
+    normalise_thumbnails,
+)
 from braintumor.progress import progress_bar
 
 # Reference thumbnails normalised and searched at a time; the progress bar counts these blocks.
 REFERENCE_BLOCK = 4096
+# Pairs checked between cache commits (one check_pairs batch, a few seconds on 2 cores).
+CACHED_CHECK_CHUNK = 256
 
 
 @dataclass
@@ -47,11 +58,12 @@ def find_near_copies(
     candidates: int,
     workers: int,
     show_progress: bool,
+    cache: AuditCache | None = None,
 ) -> dict[str, Any]:
     """Search every query split's distinct images against Training's distinct images; check the candidates.
 
     Args:
-        root: the data root (the check decodes candidate files again at 128 px).
+        root: the data root (without a cache, the check decodes candidate files again at 128 px).
         records: every file of the data set, as :func:`~braintumor.audit.scan.read_all` returns them.
         thumbnails: the decodable files' ``[N, 2, 64, 64]`` thumbnails.
         rows: each record's row in ``thumbnails`` (-1 when undecodable).
@@ -59,6 +71,7 @@ def find_near_copies(
         candidates: most similar Training images kept per query image and thumbnail.
         workers: threads decoding the candidates' files.
         show_progress: draw progress bars.
+        cache: the audit cache (cached detail images and pair checks), or None to check every pair.
     """
     reference_ids, query_ids = _representatives(records, rows)
     result: dict[str, Any] = {
@@ -72,30 +85,72 @@ def find_near_copies(
         return result
     started = time.perf_counter()
     query_thumbs, reference_thumbs = thumbnails[rows[query_ids]], thumbnails[rows[reference_ids]]
-    found = _search(query_thumbs, reference_thumbs, candidates, show_progress)
+    key = _search_key(records, query_ids, reference_ids, candidates)
+    found = _stored_search(cache, key, len(query_ids), len(reference_ids))
+    if found is None:
+        found = _search_pairs(query_thumbs, reference_thumbs, candidates, show_progress)
+        if cache is not None:
+            cache.store_search(key, {name: value.tolist() for name, value in found.items()})
     search_s = time.perf_counter() - started
-    keys = sorted(found)
-    mirrored = np.array([found[key][1] for key in keys], dtype=bool)
     pairs = _CandidatePairs(
-        query=[query_ids[q] for q, _ in keys],
-        reference=[reference_ids[r] for _, r in keys],
-        mirrored=mirrored,
-        channel_ncc=_channel_ncc(query_thumbs[[q for q, _ in keys]], reference_thumbs[[r for _, r in keys]], mirrored),
+        query=[query_ids[q] for q in found["query"]],
+        reference=[reference_ids[r] for r in found["reference"]],
+        mirrored=found["mirrored"],
+        channel_ncc=found["channel_ncc"],
     )
     started = time.perf_counter()
-    checked = _check(root, records, pairs, workers, show_progress)
+    checked = _check(root, records, pairs, workers, show_progress, cache)
     check_s = time.perf_counter() - started
     result["candidates"], result["pairs"] = _pair_entries(records, pairs, checked, threshold)
-    searched = {q for q, _ in keys}
+    searched = set(found["query"].tolist())
     # Queries whose best candidate in both channels was under the floor: nothing looked similar enough.
     unchecked = [records[query_ids[q]].path for q in range(len(query_ids)) if q not in searched]
     result.update(
         queries_without_candidates=unchecked,
         search_s=round(search_s, 2),
         check_s=round(check_s, 2),
-        pairs_checked=len(keys),
+        pairs_checked=len(pairs.query),
     )
     return result
+
+
+def _search_pairs(
+    query_thumbs: np.ndarray, reference_thumbs: np.ndarray, candidates: int, show_progress: bool
+) -> dict[str, np.ndarray]:
+    """The candidate pairs as arrays: query and reference positions, mirroring, both channels' NCC."""
+    found = _search(query_thumbs, reference_thumbs, candidates, show_progress)
+    keys = sorted(found)
+    mirrored = np.array([found[key][1] for key in keys], dtype=bool)
+    query = np.array([q for q, _ in keys], dtype=np.int64)
+    reference = np.array([r for _, r in keys], dtype=np.int64)
+    channel_ncc = _channel_ncc(query_thumbs[query], reference_thumbs[reference], mirrored)
+    return {"query": query, "reference": reference, "mirrored": mirrored, "channel_ncc": channel_ncc}
+
+
+def _search_key(records: Sequence[FileRecord], query_ids: Sequence[int], reference_ids: Sequence[int], k: int) -> str:
+    """A hash of what decides the search: the searched contents in order (their thumbnails follow from
+    them under the cache's fingerprint), ``k`` and the floor."""
+    parts = [[records[i].digest for i in query_ids], [records[i].digest for i in reference_ids], k, CANDIDATE_FLOOR]
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
+
+
+def _stored_search(cache: AuditCache | None, key: str, n_query: int, n_reference: int) -> dict[str, np.ndarray] | None:
+    """The cached candidate pairs under ``key`` as :func:`_search_pairs` returns them; None if absent or unusable."""
+    stored = cache.search_result(key) if cache is not None else None
+    if stored is None:
+        return None
+    try:
+        found = {
+            "query": np.asarray(stored["query"], dtype=np.int64).reshape(-1),
+            "reference": np.asarray(stored["reference"], dtype=np.int64).reshape(-1),
+            "mirrored": np.asarray(stored["mirrored"], dtype=bool).reshape(-1),
+            "channel_ncc": np.asarray(stored["channel_ncc"], dtype=np.float32).reshape(-1, 2),
+        }
+    except (KeyError, TypeError, ValueError):
+        return None
+    sizes = {len(value) for value in found.values()}
+    in_range = all(0 <= v < n for name, n in (("query", n_query), ("reference", n_reference)) for v in found[name])
+    return found if len(sizes) == 1 and in_range else None
 
 
 def _representatives(records: Sequence[FileRecord], rows: np.ndarray) -> tuple[list[int], list[int]]:
@@ -162,21 +217,43 @@ def _channel_ncc(query_side: np.ndarray, reference_side: np.ndarray, mirrored: n
 
 
 def _check(
-    root: Path, records: Sequence[FileRecord], pairs: _CandidatePairs, workers: int, show_progress: bool
+    root: Path,
+    records: Sequence[FileRecord],
+    pairs: _CandidatePairs,
+    workers: int,
+    show_progress: bool,
+    cache: AuditCache | None = None,
 ) -> PairCheck:
-    """Aligned detail NCC of every candidate pair, decoding the files at 128 px."""
-    if not pairs.query:
+    """Aligned detail NCC of every candidate pair, decoding the files at 128 px; cached pairs are not checked."""
+    n_pairs = len(pairs.query)
+    if not n_pairs:
         return PairCheck(*(np.zeros(0) for _ in range(4)))
-    parts = []
+    # A check depends only on the two contents and the mirroring (and is the same in any batch: a test
+    # checks it), so it is cached under the two digests.
+    keys = [
+        (records[q].digest or "", records[r].digest or "", bool(m))
+        for q, r, m in zip(pairs.query, pairs.reference, pairs.mirrored, strict=True)
+    ]
+    known = cache.pair_results(keys) if cache is not None else {}
+    checked = PairCheck(
+        np.full(n_pairs, -1.0, np.float32),
+        np.zeros(n_pairs, np.float32),
+        np.zeros(n_pairs, bool),
+        np.zeros((n_pairs, 4), np.float32),
+    )
+    for p, key in enumerate(keys):
+        if key in known:
+            checked.detail_ncc[p], checked.overlap[p], checked.aligned[p], checked.transform[p] = known[key]
+    todo = [p for p, key in enumerate(keys) if key not in known]
+    # In chunks, so the 128 px images in memory stay bounded on 100k-image sets; smaller ones with a
+    # cache, so an interrupted check keeps all but the last chunk.
+    chunk_size = CHECK_CHUNK if cache is None else CACHED_CHECK_CHUNK
     with ThreadPoolExecutor(max_workers=workers) as pool, progress_bar(show_progress) as progress:
-        task = progress.add_task("Checking candidate pairs", total=len(pairs.query))
-        # In chunks, so the 128 px images in memory stay bounded on 100k-image sets.
-        for start in range(0, len(pairs.query), CHECK_CHUNK):
-            chunk = range(start, min(start + CHECK_CHUNK, len(pairs.query)))
+        task = progress.add_task("Checking candidate pairs", total=n_pairs, completed=n_pairs - len(todo))
+        for start in range(0, len(todo), chunk_size):
+            chunk = todo[start : start + chunk_size]
             needed = sorted({pairs.query[p] for p in chunk} | {pairs.reference[p] for p in chunk})
-            details = dict(
-                zip(needed, pool.map(lambda i: detail_thumbnail(root / records[i].path), needed), strict=True)
-            )
+            details = _details(root, records, needed, pool, cache)
             query_detail = np.stack([details[pairs.query[p]] for p in chunk])
             reference_detail = np.stack(
                 [
@@ -184,13 +261,34 @@ def _check(
                     for p in chunk
                 ]
             )
-            parts.append(check_pairs(query_detail, reference_detail, on_batch=lambda n: progress.advance(task, n)))
-    return PairCheck(
-        *(
-            np.concatenate([getattr(part, name) for part in parts])
-            for name in ("detail_ncc", "overlap", "aligned", "transform")
-        )
-    )
+            part = check_pairs(query_detail, reference_detail, on_batch=lambda n: progress.advance(task, n))
+            for name in ("detail_ncc", "overlap", "aligned", "transform"):
+                getattr(checked, name)[chunk] = getattr(part, name)
+            if cache is not None:
+                cache.store_pairs([(keys[p], _pair_value(checked, p)) for p in chunk])
+    if cache is not None:
+        cache.stats.pairs_reused += len(known)
+        cache.stats.pairs_checked += len(todo)
+    return checked
+
+
+def _pair_value(checked: PairCheck, p: int) -> PairValue:
+    """Pair ``p``'s results as plain Python values (float32 values survive SQLite's float64 exactly)."""
+    t0, t1, t2, t3 = (float(v) for v in checked.transform[p])
+    return float(checked.detail_ncc[p]), float(checked.overlap[p]), bool(checked.aligned[p]), (t0, t1, t2, t3)
+
+
+def _details(
+    root: Path, records: Sequence[FileRecord], needed: Sequence[int], pool: ThreadPoolExecutor, cache: AuditCache | None
+) -> dict[int, np.ndarray]:
+    """The 128 px detail images of records ``needed``: from the cache (the scan stored them), else decoded."""
+    found: dict[int, np.ndarray] = {}
+    if cache is not None:
+        cached = cache.details([records[i].digest or "" for i in needed], (DETAIL_SIZE, DETAIL_SIZE))
+        found = {i: cached[records[i].digest or ""] for i in needed if (records[i].digest or "") in cached}
+    missing = [i for i in needed if i not in found]
+    found.update(zip(missing, pool.map(lambda i: detail_thumbnail(root / records[i].path), missing), strict=True))
+    return found
 
 
 def _pair_entries(

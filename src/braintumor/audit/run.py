@@ -14,7 +14,10 @@ the working directory):
 - ``clean_test_manifest.txt``: the Testing files with no exact or near copy in Training, one path
   (relative to the data root) per line; :func:`~braintumor.audit.audit_file.load_clean_test_paths` reads it back;
 - ``audit.html``: a self-contained report with a summary table and example pairs side by side, and
-  ``near_duplicate_scores.png``, the two scores of every checked pair with the threshold.
+  ``near_duplicate_scores.png``, the two scores of every checked pair with the threshold;
+- ``cache/audit_cache.sqlite`` (or in ``cache_dir``): each file's digest, header and thumbnails and each
+  checked pair's scores, so the next audit of the folder reads only new or changed files and checks
+  only new pairs (:mod:`braintumor.audit.cache`; the results are the same with or without it).
 
 ``braintumor evaluate`` looks for ``audit.json`` there (or takes ``--audit``) and reports the
 deduplicated Testing split next to the official one (:func:`~braintumor.audit.audit_file.clean_subset`).
@@ -38,10 +41,13 @@ from pathlib import Path
 from typing import Any
 
 from braintumor.audit.audit_file import AuditError, default_audit_dir
+from braintumor.audit.cache import AuditCache, fingerprint
 from braintumor.audit.constants import (
     AUDIT_FILE,
     AUDIT_FORMAT,
     AUDIT_VERSION,
+    CACHE_DIR_NAME,
+    CACHE_FILE,
     CANDIDATE_FLOOR,
     DEFAULT_CANDIDATES,
     DEFAULT_NEAR_THRESHOLD,
@@ -52,7 +58,7 @@ from braintumor.audit.constants import (
 from braintumor.audit.exact_copies import exact_groups, label_conflicts, training_drop
 from braintumor.audit.leakage import assign_statuses, leakage_summary
 from braintumor.audit.near_copies import find_near_copies, near_groups
-from braintumor.audit.scan import FileRecord, discover_splits, file_entry, read_all, split_summary
+from braintumor.audit.scan import CACHE_SETTINGS, FileRecord, discover_splits, file_entry, read_all, split_summary
 from braintumor.audit.similarity import DETAIL_SIZE, THUMBNAIL_SIZE
 from braintumor.audit.source_shortcut import size_by_class
 from braintumor.io import write_json_atomic
@@ -79,6 +85,8 @@ def run_audit(
     workers: int = 4,
     show_progress: bool = True,
     console_log: Callable[[str], Any] | None = None,
+    cache_dir: Path | str | None = None,
+    use_cache: bool = True,
 ) -> AuditResult:
     """Audit ``<data_root>/{Training,Validation,Testing}`` and write ``audit.json``, manifests and the report.
 
@@ -92,6 +100,8 @@ def run_audit(
         workers: threads reading and decoding files.
         show_progress: draw progress bars.
         console_log: where notes for the user go (the CLI's console); None drops them.
+        cache_dir: the folder of the audit cache (:mod:`braintumor.audit.cache`); None is ``<out_dir>/cache``.
+        use_cache: reuse (and update) the cache; False reads and checks everything, writing no cache.
     """
     say = console_log or (lambda message: None)
     started = time.perf_counter()
@@ -102,28 +112,37 @@ def run_audit(
     if candidates < 1:
         raise AuditError(f"candidates per image must be at least 1, got {candidates}")
     splits = discover_splits(root)
-    records, thumbnails, rows = read_all(root, splits, workers, show_progress)
-    read_s = time.perf_counter() - started
-    query_splits = [s for s in QUERY_SPLITS if s in splits]
-    run_near = near and REFERENCE_SPLIT in splits and bool(query_splits)
-    near_result: dict[str, Any] = {"threshold": near_threshold, "pairs": [], "candidates": []}
-    if run_near:
-        near_result = find_near_copies(
-            root,
-            records,
-            thumbnails,
-            rows,
-            threshold=near_threshold,
-            candidates=candidates,
-            workers=workers,
-            show_progress=show_progress,
-        )
-    elif near and query_splits:
-        say("no Training split: the near-copy search needs one (exact duplicates are still reported)")
+    cache = open_cache(root, out, cache_dir, say) if use_cache else None
+    try:
+        records, thumbnails, rows = read_all(root, splits, workers, show_progress, cache)
+        read_s = time.perf_counter() - started
+        query_splits = [s for s in QUERY_SPLITS if s in splits]
+        run_near = near and REFERENCE_SPLIT in splits and bool(query_splits)
+        near_result: dict[str, Any] = {"threshold": near_threshold, "pairs": [], "candidates": []}
+        if run_near:
+            near_result = find_near_copies(
+                root,
+                records,
+                thumbnails,
+                rows,
+                threshold=near_threshold,
+                candidates=candidates,
+                workers=workers,
+                show_progress=show_progress,
+                cache=cache,
+            )
+        elif near and query_splits:
+            say("no Training split: the near-copy search needs one (exact duplicates are still reported)")
+        if cache is not None:
+            cache.prune(r.path for r in records)
+    finally:
+        if cache is not None:
+            cache.close()
     assign_statuses(records, near_result["pairs"], run_near)
     audit = _audit_document(
         root, list(splits), query_splits, records, near_result, run_near, near_threshold, candidates
     )
+    audit["cache"] = cache.summary() if cache is not None else None
     audit["timing"] = {
         "read_s": round(read_s, 2),
         "search_s": near_result.get("search_s", 0.0),
@@ -133,6 +152,22 @@ def run_audit(
     outputs = write_audit(audit, out, root if write_report else None)
     audit["timing"]["total_s"] = round(time.perf_counter() - started, 2)
     return AuditResult(audit, out, outputs)
+
+
+def open_cache(root: Path, out_dir: Path, cache_dir: Path | str | None, say: Callable[[str], Any]) -> AuditCache:
+    """The audit cache in ``cache_dir`` (default ``<out_dir>/cache``), refusing a folder inside the data.
+
+    Args:
+        root: the data root.
+        out_dir: the audit folder.
+        cache_dir: the cache's folder, or None for the default.
+        say: where the cache's one-line notes go.
+    """
+    folder = Path(cache_dir) if cache_dir is not None else out_dir / CACHE_DIR_NAME
+    resolved, data = folder.resolve(), root.resolve()
+    if resolved.is_relative_to(data) and not resolved.is_relative_to(out_dir.resolve()):
+        raise AuditError(f"the audit cache {folder} is inside the data folder {root}; give --cache a folder outside it")
+    return AuditCache.open(folder / CACHE_FILE, fingerprint(CACHE_SETTINGS), say)
 
 
 def _audit_document(

@@ -16,20 +16,28 @@ Example:
 from __future__ import annotations
 
 import io
+import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
+from braintumor.audit.cache import AuditCache, FileRow, decode_pixels, encode_pixels
 from braintumor.audit.constants import QUERY_SPLITS, REFERENCE_SPLIT
 from braintumor.audit.similarity import DETAIL_SIZE, THUMBNAIL_SIZE, content_box
 from braintumor.data.dataset import file_digest
-from braintumor.data.images import decode_image_bytes, is_dicom, read_file_bytes
+from braintumor.data.images import (
+    DEFAULT_MAX_FILE_BYTES,
+    DEFAULT_MAX_PIXELS,
+    decode_image_bytes,
+    is_dicom,
+    read_file_bytes,
+)
 from braintumor.data.layout import Sample, discover_split, find_split_dir
 from braintumor.errors import DatasetLayoutError, ImageDecodeError
 from braintumor.progress import progress_bar
@@ -50,6 +58,64 @@ class FileRecord:
     format: str | None = None
     error: str | None = None
     status: str | None = None
+
+
+# What decides a file's cached values besides the code (braintumor.audit.cache.fingerprint hashes that).
+CACHE_SETTINGS = {
+    "thumbnail_size": THUMBNAIL_SIZE,
+    "detail_size": DETAIL_SIZE,
+    "max_pixels": DEFAULT_MAX_PIXELS,
+    "max_file_bytes": DEFAULT_MAX_FILE_BYTES,
+}
+# Files decoded between cache commits: an interrupted scan loses at most this many.
+CACHE_COMMIT_EVERY = 256
+# How a file was handled: not read (trusted stat), read and hashed only, decoded, or not readable.
+REUSED, REHASHED, DECODED, UNREAD = "reused", "rehashed", "decoded", "unread"
+_HEADER_FIELDS = ("bytes", "width", "height", "mode", "format", "error")
+_THUMBNAIL_SHAPE = (2, THUMBNAIL_SIZE, THUMBNAIL_SIZE)
+
+
+@dataclass
+class _Read:
+    """One file's outcome: its record and thumbnails, and the cache rows it adds (None: nothing to store)."""
+
+    record: FileRecord
+    thumbnails: np.ndarray | None
+    file_row: tuple[str, FileRow] | None = None
+    content: tuple[str, dict[str, Any], bytes | None, bytes | None] | None = None
+    how: str = DECODED
+
+
+@dataclass
+class _Known:
+    """The cache's rows, loaded once before the scan (the worker threads only read them)."""
+
+    files: dict[str, FileRow]
+    contents: dict[str, tuple[dict[str, Any], bytes | None]]
+
+
+@dataclass
+class _Pending:
+    """Rows waiting for the next commit, and the counts for the cache's stats."""
+
+    files: list[tuple[str, FileRow]] = field(default_factory=list)
+    contents: list[tuple[str, dict[str, Any], bytes | None, bytes | None]] = field(default_factory=list)
+
+    def add(self, result: _Read, cache: AuditCache) -> None:
+        stats = cache.stats
+        stats.files_rehashed += result.how == REHASHED
+        stats.files_decoded += result.how == DECODED
+        if result.file_row is not None:
+            self.files.append(result.file_row)
+        if result.content is not None:
+            self.contents.append(result.content)
+        if len(self.files) >= CACHE_COMMIT_EVERY:
+            self.flush(cache)
+
+    def flush(self, cache: AuditCache) -> None:
+        # Contents first in the same transaction: a file row never points at a digest without its content.
+        cache.store(self.files, self.contents)
+        self.files, self.contents = [], []
 
 
 def file_entry(record: FileRecord) -> dict[str, str]:
@@ -104,59 +170,164 @@ def _grey_thumbnail(image: Image.Image, size: int, box: tuple[float, float, floa
     return np.asarray(resized, dtype=np.uint8)
 
 
-def _thumbnails(image: Image.Image) -> np.ndarray:
-    """``[2, 64, 64]``: the whole frame, and the head's bounding box (a padded or cropped copy matches there)."""
+def _thumbnails(image: Image.Image) -> tuple[np.ndarray, np.ndarray]:
+    """``[2, 64, 64]``: the whole frame, and the head's bounding box (a padded or cropped copy matches there);
+    and the ``128 x 128`` detail image (:func:`detail_thumbnail`), which the box is found on anyway."""
     grey = image.convert("L")
-    box = content_box(_grey_thumbnail(grey, DETAIL_SIZE))
-    return np.stack([_grey_thumbnail(grey, THUMBNAIL_SIZE), _grey_thumbnail(grey, THUMBNAIL_SIZE, box)])
+    detail = _grey_thumbnail(grey, DETAIL_SIZE)
+    box = content_box(detail)
+    return np.stack([_grey_thumbnail(grey, THUMBNAIL_SIZE), _grey_thumbnail(grey, THUMBNAIL_SIZE, box)]), detail
 
 
-def _read_one(sample: Sample, root: Path, split: str) -> tuple[FileRecord, np.ndarray | None]:
-    record = FileRecord(path=sample.path.relative_to(root).as_posix(), split=split, class_name=sample.class_name)
+def _decode_into(record: FileRecord, data: bytes, path: Path) -> tuple[np.ndarray, np.ndarray] | None:
+    """Fill ``record`` from the file's bytes; its thumbnails and detail image, or None when it does not decode."""
+    record.bytes, record.digest = len(data), file_digest(data)
+    record.format, record.mode = _header(data)
+    try:
+        image = decode_image_bytes(data, path)
+    except ImageDecodeError as error:
+        record.error = error.reason
+        return None
+    record.width, record.height = image.size
+    record.mode = record.mode or image.mode
+    return _thumbnails(image)
+
+
+def _new_record(sample: Sample, root: Path, split: str) -> FileRecord:
+    return FileRecord(path=sample.path.relative_to(root).as_posix(), split=split, class_name=sample.class_name)
+
+
+def _read_one(sample: Sample, root: Path, split: str) -> _Read:
+    record = _new_record(sample, root, split)
     try:
         data = read_file_bytes(sample.path)
     except ImageDecodeError as error:
         record.error = error.reason
-        return record, None
-    record.bytes, record.digest = len(data), file_digest(data)
-    record.format, record.mode = _header(data)
+        return _Read(record, None, how=UNREAD)
+    images = _decode_into(record, data, sample.path)
+    return _Read(record, None if images is None else images[0], how=DECODED)
+
+
+def _from_content(record: FileRecord, digest: str, content: tuple[dict[str, Any], bytes | None]) -> np.ndarray | None:
+    """Fill ``record`` from a cached content row; its thumbnails (an empty array when undecodable), None if damaged."""
+    header, blob = content
+    if not set(_HEADER_FIELDS) <= set(header):
+        return None
+    thumbnails = np.zeros(0, np.uint8) if header["error"] is not None else decode_pixels(blob, _THUMBNAIL_SHAPE)
+    if thumbnails is None:
+        return None
+    for name in _HEADER_FIELDS:
+        setattr(record, name, header[name])
+    record.digest = digest
+    return thumbnails
+
+
+def _reuse(sample: Sample, root: Path, split: str, known: _Known) -> _Read | None:
+    """The file's cached outcome when its size and modification time match a trusted row (nothing is read)."""
+    record = _new_record(sample, root, split)
+    row = known.files.get(record.path)
+    if row is None or row.digest not in known.contents:
+        return None
     try:
-        image = decode_image_bytes(data, sample.path)
+        stat = sample.path.stat()
+    except OSError:
+        return None
+    if not row.trusted(stat.st_size, stat.st_mtime_ns):
+        return None
+    thumbnails = _from_content(record, row.digest, known.contents[row.digest])
+    return None if thumbnails is None else _Read(record, thumbnails if thumbnails.size else None, how=REUSED)
+
+
+def _read_cached(sample: Sample, root: Path, split: str, known: _Known) -> _Read:
+    """One file the cache could not vouch for by its stat: reused after hashing when its bytes are known,
+    else decoded; with the rows to store."""
+    record = _new_record(sample, root, split)
+    # Taken before the stat and the read: a change after them gives the file a newer time than the row's.
+    verified_ns = time.time_ns()
+    try:
+        stat = sample.path.stat()
+    except OSError:
+        return _read_one(sample, root, split)
+    try:
+        data = read_file_bytes(sample.path)
     except ImageDecodeError as error:
         record.error = error.reason
-        return record, None
-    record.width, record.height = image.size
-    record.mode = record.mode or image.mode
-    return record, _thumbnails(image)
+        return _Read(record, None, how=UNREAD)
+    digest = file_digest(data)
+    new_row = (record.path, FileRow(stat.st_size, stat.st_mtime_ns, verified_ns, digest))
+    if digest in known.contents:
+        thumbnails = _from_content(record, digest, known.contents[digest])
+        if thumbnails is not None:
+            return _Read(record, thumbnails if thumbnails.size else None, new_row, how=REHASHED)
+    images = _decode_into(record, data, sample.path)
+    header = {name: getattr(record, name) for name in _HEADER_FIELDS}
+    blobs = (None, None) if images is None else (encode_pixels(images[0]), encode_pixels(images[1]))
+    return _Read(record, None if images is None else images[0], new_row, (digest, header, *blobs), DECODED)
 
 
 def read_all(
-    root: Path, splits: dict[str, list[Sample]], workers: int, show_progress: bool
+    root: Path,
+    splits: dict[str, list[Sample]],
+    workers: int,
+    show_progress: bool,
+    cache: AuditCache | None = None,
 ) -> tuple[list[FileRecord], np.ndarray, np.ndarray]:
     """Every file's record, the ``[N, 2, 64, 64]`` thumbnails of the decodable files, and each record's row.
 
-    A record's row is its index into the thumbnails, or -1 when the file could not be decoded.
+    A record's row is its index into the thumbnails, or -1 when the file could not be decoded. With a
+    cache, files it knows are not decoded again, and what was decoded is stored every
+    :data:`CACHE_COMMIT_EVERY` files (also when the scan stops with an error or Ctrl-C).
 
     Args:
         root: the data root; record paths are relative to it.
         splits: the files of each split, as :func:`discover_splits` lists them.
         workers: threads reading and decoding files.
         show_progress: draw a progress bar.
+        cache: the audit cache, or None to read every file.
     """
     jobs = [(sample, split) for split, samples in splits.items() for sample in samples]
-    records: list[FileRecord] = []
+    active = cache is not None and cache.active
+    known = _Known(cache.known_files(), cache.known_contents()) if active and cache is not None else _Known({}, {})
+    # Reused files need only a stat: checked here, so the thread pool gets only the files to read.
+    results: list[_Read | None] = [_reuse(s, root, split, known) if active else None for s, split in jobs]
+    todo = [index for index, result in enumerate(results) if result is None]
+    pending = _Pending()
+
+    def work(index: int) -> _Read:
+        sample, split = jobs[index]
+        return _read_cached(sample, root, split, known) if active else _read_one(sample, root, split)
+
+    pool = ThreadPoolExecutor(max_workers=workers)
+    try:
+        with progress_bar(show_progress) as progress:
+            task = progress.add_task("Reading images", total=len(jobs), completed=len(jobs) - len(todo))
+            for index, result in zip(todo, pool.map(work, todo), strict=True):
+                progress.advance(task)
+                results[index] = result
+                if cache is not None:
+                    pending.add(result, cache)
+    except BaseException:
+        # Ctrl-C or an error: do not decode the files still queued (the finished ones are stored below).
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    finally:
+        pool.shutdown(wait=True)
+        if cache is not None:
+            cache.stats.files_reused += len(jobs) - len(todo)
+            pending.flush(cache)
+    return _assemble([result for result in results if result is not None])
+
+
+def _assemble(results: Sequence[_Read]) -> tuple[list[FileRecord], np.ndarray, np.ndarray]:
+    """The records, the stacked thumbnails of the decodable ones, and each record's row in them (-1: none)."""
+    rows = np.full(len(results), -1, dtype=np.int64)
     thumbnails: list[np.ndarray] = []
-    rows = np.full(len(jobs), -1, dtype=np.int64)
-    with ThreadPoolExecutor(max_workers=workers) as pool, progress_bar(show_progress) as progress:
-        task = progress.add_task("Reading images", total=len(jobs))
-        for index, (record, thumbnail) in enumerate(pool.map(lambda job: _read_one(job[0], root, job[1]), jobs)):
-            progress.advance(task)
-            records.append(record)
-            if thumbnail is not None:
-                rows[index] = len(thumbnails)
-                thumbnails.append(thumbnail)
-    stacked = np.stack(thumbnails) if thumbnails else np.zeros((0, 2, THUMBNAIL_SIZE, THUMBNAIL_SIZE), np.uint8)
-    return records, stacked, rows
+    for index, result in enumerate(results):
+        if result.thumbnails is not None:
+            rows[index] = len(thumbnails)
+            thumbnails.append(result.thumbnails)
+    stacked = np.stack(thumbnails) if thumbnails else np.zeros((0, *_THUMBNAIL_SHAPE), np.uint8)
+    return [result.record for result in results], stacked, rows
 
 
 def detail_thumbnail(path: Path) -> np.ndarray:

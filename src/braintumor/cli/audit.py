@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from braintumor.audit.constants import DEFAULT_CANDIDATES, DEFAULT_NEAR_THRESHOLD
+from braintumor.audit.constants import CACHE_DIR_NAME, CACHE_FILE, DEFAULT_CANDIDATES, DEFAULT_NEAR_THRESHOLD
 from braintumor.cli.common import QuietOption, data_root, stage_errors, warn
 
 
@@ -30,6 +30,13 @@ def audit_command(
     ),
     near: bool = typer.Option(True, "--near/--exact-only", help="Search near copies, or only byte-identical ones."),
     report: bool = typer.Option(True, "--report/--no-report", help="Write audit.html with example pairs."),
+    cache: Path | None = typer.Option(
+        None,
+        "--cache",
+        help=f"Folder of the audit cache ({CACHE_FILE}: what was computed per file and pair, so a re-run reads "
+        f"only new or changed files; default <audit folder>/{CACHE_DIR_NAME}, docs/audit_cache.md).",
+    ),
+    no_cache: bool = typer.Option(False, "--no-cache", help="Read and check everything; write no cache."),
     quiet: bool = QuietOption,
 ) -> None:
     """Duplicates, train/test leakage, label conflicts and unreadable files; writes audit.json, a clean
@@ -47,6 +54,8 @@ def audit_command(
             write_report=report,
             show_progress=not quiet,
             console_log=console.print,
+            cache_dir=cache,
+            use_cache=not no_cache,
         )
     console.print(audit_table(result.audit))
     for warning in result.audit["size_by_class"]["warnings"]:
@@ -55,4 +64,13 @@ def audit_command(
         warn("undecodable", f"{item['path']}: {item['reason']}")
     for name, path in sorted(result.outputs.items()):
         console.print(f"{name}: {path}", highlight=False)
+    stats = result.audit.get("cache")
+    if stats is not None:
+        files = sum(s["files"] for s in result.audit["splits"].values())
+        console.print(
+            f"cache: reused {stats['files_reused'] + stats['files_rehashed']} of {files} files "
+            f"({stats['files_rehashed']} after checking their bytes), {stats['pairs_reused']} of "
+            f"{stats['pairs_reused'] + stats['pairs_checked']} pair checks ({stats['path']})",
+            highlight=False,
+        )
     console.print(f"audit took {result.audit['timing']['total_s']:.1f} s")

@@ -105,6 +105,7 @@ def runs_table(rows: Sequence[dict[str, Any]]) -> Table:
     table = Table(title="Training runs (MLflow)")
     for column in ("started (UTC)", "run", "recipe", "status", "val acc", "val loss", "test acc", "test macro-F1"):
         table.add_column(column)
+    table.add_column("model URI", overflow="fold")
     for row in rows:
         started = dt.datetime.fromtimestamp(row["started"] / 1000, tz=dt.UTC).strftime("%Y-%m-%d %H:%M")
         table.add_row(
@@ -116,6 +117,7 @@ def runs_table(rows: Sequence[dict[str, Any]]) -> Table:
             number(row["best_val_loss"]),
             number(row["test_accuracy"], True),
             number(row["test_macro_f1"]),
+            row.get("model_uri") or "-",
         )
     return table
 

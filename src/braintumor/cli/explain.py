@@ -3,11 +3,25 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from braintumor.cli.common import QuietOption, fail, stage_errors, warn
+from braintumor.cli.volume import (
+    AsVolumeOption,
+    MinSlicesOption,
+    MontageSlicesOption,
+    SeriesOption,
+    ThresholdOption,
+    VolumeIndexOption,
+    VolumeOptions,
+    run_volume_command,
+)
 from braintumor.explain.defaults import DEFAULT_SANITY_IMAGES, DEFAULT_SHAP_SAMPLES
+
+if TYPE_CHECKING:
+    from braintumor.explain.run import ExplainRun
 
 
 def explain_command(
@@ -36,12 +50,32 @@ def explain_command(
         DEFAULT_SANITY_IMAGES, "--sanity-images", min=1, help="Images used by --sanity (the first N)."
     ),
     quiet: bool = QuietOption,
+    series: str | None = SeriesOption,
+    volume_index: int | None = VolumeIndexOption,
+    as_volume: bool = AsVolumeOption,
+    montage_slices: int = MontageSlicesOption,
+    threshold: float = ThresholdOption,
+    min_slices: int = MinSlicesOption,
 ) -> None:
-    """Grad-CAM, Grad-CAM++ and SHAP heat maps over each image, as PNG beside the original."""
-    from rich.table import Table
+    """Grad-CAM, Grad-CAM++ and SHAP heat maps over each image, as PNG beside the original.
 
-    from braintumor.cli.display import console
-    from braintumor.explain.run import explain_paths, parse_methods, summarise_sanity
+    A volume (.nii/.nii.gz, a zip of one DICOM series, a multi-frame DICOM, a series folder with --as-volume)
+    gets montage.png (the most tumour-like slices with Grad-CAM and the per-slice curve), slices.csv and
+    explanations.json in --out.
+    """
+    options = VolumeOptions(series, volume_index, as_volume, threshold, min_slices)
+    if options.wanted(inputs):
+        run_volume_command(
+            bundle,
+            inputs[0],
+            options,
+            csv_out=out / "slices.csv",
+            json_out=out / "explanations.json",
+            montage_out=out / "montage.png",
+            montage_slices=montage_slices,
+        )
+        return
+    from braintumor.explain.run import explain_paths, parse_methods
 
     with stage_errors():
         run = explain_paths(
@@ -57,6 +91,16 @@ def explain_command(
             sanity_images=sanity_images,
             show_progress=not quiet,
         )
+    _print_run(run)
+
+
+def _print_run(run: ExplainRun) -> None:
+    """Notes, skipped files, the figures table and the sanity checks of an image run."""
+    from rich.table import Table
+
+    from braintumor.cli.display import console
+    from braintumor.explain.run import summarise_sanity
+
     for note in run.notes:
         warn("note", note)
     for item in run.skipped:

@@ -59,6 +59,22 @@ def _voi(values: np.ndarray, dataset: Any) -> tuple[np.ndarray, tuple[float, flo
     return values, None
 
 
+def window_to_uint8(values: np.ndarray, low: float, high: float, *, invert: bool = False) -> np.ndarray:
+    """Map ``low..high`` to 0..255 (clipped), the last step of the display pipeline; also used for NIfTI volumes.
+
+    Example:
+        >>> window_to_uint8(np.array([0.0, 5.0, 10.0, 20.0]), 0.0, 10.0).tolist()
+        [0, 128, 255, 255]
+        >>> window_to_uint8(np.array([0.0, 10.0]), 0.0, 10.0, invert=True).tolist()
+        [255, 0]
+    """
+    values = np.asarray(values, dtype=np.float64)
+    scaled = np.clip((values - low) / (high - low), 0.0, 1.0) if high > low else np.zeros_like(values)
+    if invert:
+        scaled = 1.0 - scaled
+    return (scaled * 255.0).round().astype(np.uint8)
+
+
 def _grey_to_rgb(frame: np.ndarray, dataset: Any, photometric: str) -> Image.Image:
     from pydicom.pixels import apply_modality_lut
 
@@ -66,10 +82,22 @@ def _grey_to_rgb(frame: np.ndarray, dataset: Any, photometric: str) -> Image.Ima
     values, output_range = _voi(values, dataset)
     values = np.asarray(values, dtype=np.float64)
     low, high = output_range if output_range is not None else (float(values.min()), float(values.max()))
-    scaled = np.clip((values - low) / (high - low), 0.0, 1.0) if high > low else np.zeros_like(values)
-    if photometric == "MONOCHROME1":  # MONOCHROME1 means high values are dark.
-        scaled = 1.0 - scaled
-    return Image.fromarray((scaled * 255.0).round().astype(np.uint8), mode="L").convert("RGB")
+    # MONOCHROME1 means high values are dark.
+    grey = window_to_uint8(values, low, high, invert=photometric == "MONOCHROME1")
+    return Image.fromarray(grey, mode="L").convert("RGB")
+
+
+def display_frame(frame: np.ndarray, dataset: Any) -> Image.Image:
+    """One stored frame through the display pipeline (modality LUT, VOI, MONOCHROME1, colour) to 8-bit RGB.
+
+    ``dataset`` supplies the display attributes (a whole file's header, or a per-frame view of an
+    enhanced multi-frame file). Raises ``ValueError``/``KeyError``-style errors from pydicom for an
+    inconsistent LUT or window; :func:`dicom_frames` turns those into an :class:`ImageDecodeError`.
+    """
+    photometric = str(dataset.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
+    if photometric.startswith("MONOCHROME"):
+        return _grey_to_rgb(frame, dataset, photometric)
+    return _colour_to_rgb(frame, dataset, photometric)
 
 
 def _colour_to_rgb(frame: np.ndarray, dataset: Any, photometric: str) -> Image.Image:
@@ -128,15 +156,11 @@ def dicom_frames(
         pixels = dataset.pixel_array
     except Exception as error:  # pydicom raises many types for compressed, truncated or broken pixel data
         raise ImageDecodeError(source, f"cannot decode DICOM pixel data: {error}") from None
-    photometric = str(dataset.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
     frames = pixels if frame_count > 1 else pixels[np.newaxis]
     images: list[Image.Image] = []
     try:
         for frame in frames:
-            if photometric.startswith("MONOCHROME"):
-                images.append(_grey_to_rgb(frame, dataset, photometric))
-            else:
-                images.append(_colour_to_rgb(frame, dataset, photometric))
+            images.append(display_frame(frame, dataset))
     except (ValueError, TypeError, KeyError, AttributeError, NotImplementedError) as error:
         # An inconsistent LUT or window (e.g. width 0) is a broken header, not a server fault.
         raise ImageDecodeError(source, f"cannot apply the DICOM display settings: {error}") from None

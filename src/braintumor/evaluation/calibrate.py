@@ -84,6 +84,9 @@ def validation_samples(bundle: Bundle, data_root: Path | str | None = None) -> l
         path = Path(str(value))
         if data_root is not None and recorded_root is not None and path.is_relative_to(recorded_root):
             path = Path(data_root) / path.relative_to(recorded_root)
+        elif data_root is not None and not path.is_absolute() and "Training" in path.parts:
+            # Bundles before 0.1 recorded paths as given on the command line, relative to where train ran.
+            path = Path(data_root).joinpath(*path.parts[path.parts.index("Training") :])
         if not path.is_file():
             raise BrainTumorError(
                 f"validation file {path} of bundle {bundle.path} does not exist; pass --data with the data root "

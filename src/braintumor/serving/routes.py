@@ -1,5 +1,5 @@
-"""The endpoints: the web page and ``/v1/health`` open to all, ``/v1/model``, ``/v1/predict`` and
-``/v1/explain`` behind the API key when one is configured.
+"""The endpoints: the web page and ``/v1/health`` open to all, ``/v1/model``, ``/v1/predict``,
+``/v1/predict/volume`` and ``/v1/explain`` behind the API key when one is configured.
 
 Handlers find the :class:`~braintumor.serving.service.ModelService` in ``app.state.service``.
 Decoding and inference run in the thread pool so the event loop keeps answering while a request
@@ -12,6 +12,7 @@ Example:
 
 from __future__ import annotations
 
+import base64
 import secrets
 import time
 from collections.abc import Callable
@@ -28,10 +29,16 @@ from braintumor.serving.schemas import (
     EXPLAIN_RESPONSES,
     UPLOAD_BODY,
     UPLOAD_ERRORS,
+    VOLUME_BODY,
+    VOLUME_ERRORS,
     HealthResponse,
     ImageInfo,
     PredictionResponse,
+    SliceInfo,
+    StudyInfo,
     Timing,
+    VolumeInfo,
+    VolumeResponse,
 )
 from braintumor.serving.service import ModelService
 from braintumor.serving.settings import ServeSettings
@@ -39,9 +46,11 @@ from braintumor.serving.uploads import (
     DecodedUpload,
     UploadError,
     decode_upload,
+    decode_volume_upload,
     read_limited,
     readable_list,
     upload_from_body,
+    volume_request,
 )
 
 API_PREFIX = "/v1"
@@ -104,6 +113,7 @@ async def health(service: Service) -> HealthResponse:
         api_key_required=settings.api_key_required,
         api_key_header=settings.api_key_header,
         max_upload_bytes=settings.max_upload_bytes,
+        max_volume_upload_bytes=settings.max_volume_upload_bytes,
         accepted_formats=list(settings.allowed_formats),
         explain_available=service.gradcam is not None,
         guard_available=service.guard_available,
@@ -165,6 +175,53 @@ async def explain(
     return Response(png, media_type="image/png", headers={"X-Explained-Class": explained, **check.headers()})
 
 
+def _volume_response(result: Any, found: str, filename: str, png: bytes | None, kind: str | None) -> dict[str, Any]:
+    """The fields of :class:`VolumeResponse` that come from the volume and its prediction."""
+    described = result.volume.describe()
+    info = {key: described[key] for key in VolumeInfo.model_fields if key in described and key != "format"}
+    return {
+        "study": StudyInfo(**result.study.__dict__),
+        "slices": [SliceInfo(**item.__dict__) for item in result.slices],
+        "volume": VolumeInfo(**info, format=found, filename=filename),
+        "warnings": list(result.volume.warnings),
+        "class_names": result.class_names,
+        "peak_image_png": None if png is None else base64.b64encode(png).decode("ascii"),
+        "peak_image_kind": kind,
+    }
+
+
+async def predict_volume(
+    request: Request,
+    service: Service,
+    series: str | None = Query(None, description="SeriesInstanceUID to read when the zip holds several series."),
+    volume: int | None = Query(None, ge=0, description="Which volume of a 4D NIfTI (0-based)."),
+    peak_image: bool = Query(True, description="Include the peak slice as a base64 PNG (Grad-CAM when available)."),
+) -> VolumeResponse:
+    """Per-slice probabilities and input-guard verdicts and a study-level finding for a .nii/.nii.gz file or a zip
+    of one DICOM series. Parsed in memory under the archive limits (size, members, compression ratio, no paths
+    outside the archive, no symlinks). The finding's rule is in ``study.rule``; it is not a diagnosis."""
+    started = time.perf_counter()
+    settings = service.settings
+    body = await read_limited(request.stream(), settings.max_volume_upload_bytes, request.headers.get("content-length"))
+    upload = upload_from_body(request.headers.get("content-type"), body)
+    read_done = time.perf_counter()
+    parsed, found = await run_in_threadpool(decode_volume_upload, upload, volume_request(settings, series, volume))
+    decoded = time.perf_counter()
+    result = await run_in_threadpool(service.predict_volume, parsed)
+    inferred = time.perf_counter()
+    png, kind = await run_in_threadpool(service.peak_image, result) if peak_image else (None, None)
+    return VolumeResponse(
+        **_volume_response(result, found, upload.filename, png, kind),
+        model=service.ref,
+        timing=Timing(
+            read_ms=round((read_done - started) * 1000.0, 2),
+            decode_ms=round((decoded - read_done) * 1000.0, 2),
+            inference_ms=round((inferred - decoded) * 1000.0, 2),
+            total_ms=round((time.perf_counter() - started) * 1000.0, 2),
+        ),
+    )
+
+
 def public_router() -> APIRouter:
     """The web page and ``/v1/health``: what anyone may see before uploading."""
     router = APIRouter()
@@ -179,6 +236,13 @@ def protected_router(settings: ServeSettings) -> APIRouter:
     router.add_api_route(f"{API_PREFIX}/model", model_info, methods=["GET"], responses={401: UPLOAD_ERRORS[401]})
     router.add_api_route(
         f"{API_PREFIX}/predict", predict, methods=["POST"], openapi_extra=UPLOAD_BODY, responses=UPLOAD_ERRORS
+    )
+    router.add_api_route(
+        f"{API_PREFIX}/predict/volume",
+        predict_volume,
+        methods=["POST"],
+        openapi_extra=VOLUME_BODY,
+        responses=VOLUME_ERRORS,
     )
     router.add_api_route(
         f"{API_PREFIX}/explain",

@@ -134,6 +134,7 @@ class HealthResponse(BaseModel):
     api_key_required: bool
     api_key_header: str
     max_upload_bytes: int
+    max_volume_upload_bytes: int | None = Field(None, description="Largest /v1/predict/volume upload.")
     accepted_formats: list[str]
     explain_available: bool
     guard_available: bool = Field(
@@ -188,4 +189,92 @@ EXPLAIN_RESPONSES: dict[int | str, dict[str, Any]] = {
         },
     },
     501: {"model": ErrorResponse, "description": "Explanations are not installed on this server."},
+}
+
+
+class SliceInfo(BaseModel):
+    """One axial slice of a volume (inferior to superior)."""
+
+    index: int
+    position_mm: float | None = Field(None, description="Height of the slice centre (patient superior axis, mm).")
+    class_name: str
+    probabilities: dict[str, float]
+    out_of_distribution: bool | None = Field(None, description=_OOD_DESCRIPTION)
+    ood_score: float | None = Field(None, description=_SCORE_DESCRIPTION)
+    sop_instance_uid: str | None = Field(
+        None, description="The DICOM image this slice is (null: NIfTI or reformatted)."
+    )
+    frame_number: int | None = None
+
+
+class StudyInfo(BaseModel):
+    """The study-level finding and the rule that gave it."""
+
+    finding: str = Field(description="A tumour class, no_tumor, or indeterminate (too few slices pass the guard).")
+    reason: str
+    rule: str = Field(description="The study rule in words; its parameters are fixed a priori, not tuned.")
+    threshold: float
+    min_consecutive: int
+    peak_slice: int | None = Field(
+        None, description="Slice with the finding's highest probability (no_tumor: the most tumour-like)."
+    )
+    peak_probability: float | None = None
+    run: list[int] | None = Field(None, description="First and last slice of the qualifying run.")
+    per_class: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+
+class VolumeInfo(BaseModel):
+    format: str = Field(description="NIFTI, ZIP (a DICOM series) or DICOM (multi-frame), sniffed from the content.")
+    filename: str
+    n_slices: int
+    shape: list[int]
+    spacing_mm: list[float] | None = None
+    acquisition_orientation: str
+    series_uid: str | None = None
+    study_uid: str | None = None
+    series_description: str | None = None
+
+
+class VolumeResponse(BaseModel):
+    study: StudyInfo
+    slices: list[SliceInfo]
+    volume: VolumeInfo
+    warnings: list[str] = Field(description="Skipped files, missing slices, the 4D volume used...")
+    class_names: list[str]
+    peak_image_png: str | None = Field(
+        None, description="Base64 PNG of the peak slice (with Grad-CAM when explanations are available)."
+    )
+    peak_image_kind: str | None = Field(None, description="gradcam or plain.")
+    model: ModelRef
+    timing: Timing
+    disclaimer: str = DISCLAIMER
+
+
+VOLUME_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "description": "A .nii/.nii.gz file or a zip of one DICOM series (or a multi-frame DICOM), as the form "
+        "field `file` or the raw body.",
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {"file": {"type": "string", "format": "binary"}},
+                    "required": ["file"],
+                }
+            },
+            "application/zip": {"schema": {"type": "string", "format": "binary"}},
+            "application/gzip": {"schema": {"type": "string", "format": "binary"}},
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+        },
+    }
+}
+VOLUME_ERRORS: dict[int | str, dict[str, Any]] = {
+    **UPLOAD_ERRORS,
+    415: {"model": ErrorResponse, "description": "Content is not a NIfTI file, a zip or a DICOM file."},
+    422: {
+        "model": ErrorResponse,
+        "description": "Unusable volume: several series (choose with ?series=UID), a 4D NIfTI without ?volume=N, "
+        "a 2D or 5D NIfTI, an unsafe archive (zip bomb, paths outside it, symlinks), truncated or pixel-less DICOM.",
+    },
 }

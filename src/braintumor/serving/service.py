@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import io
+import logging
 import os
 import threading
 import time
@@ -19,15 +20,17 @@ from typing import Any, NamedTuple
 import numpy as np
 from PIL import Image
 
-from braintumor.bundle import WEIGHTS_FILE, Bundle, load_bundle
+from braintumor.bundle import ONNX_FILE, WEIGHTS_FILE, Bundle, load_bundle
 from braintumor.config import Recipe
 from braintumor.errors import BrainTumorError
+from braintumor.inference.onnx_bundle import ensure_onnx
 from braintumor.inference.onnx_export import OnnxPredictor, make_predictor
 from braintumor.serving.schemas import DISCLAIMER, GuardInfo, InputCheck, ModelRef
 from braintumor.serving.settings import ServeSettings
 from braintumor.serving.uploads import UploadError
 
 GradcamFunction = Callable[..., tuple[Image.Image, str]]
+_log = logging.getLogger(__name__)
 
 
 class Outcome(NamedTuple):
@@ -73,6 +76,10 @@ class ModelService:
     def __init__(self, bundle_path: Path | str, settings: ServeSettings) -> None:
         self.settings = settings
         self.bundle: Bundle = load_bundle(bundle_path)
+        # A bundle from before ONNX-at-training gets its graph now (atomically, parity-checked), else PyTorch.
+        self.onnx_note = ensure_onnx(self.bundle).note if settings.backend == "auto" else None
+        if self.onnx_note and not (self.bundle.path / ONNX_FILE).is_file():
+            _log.warning("serving with PyTorch: %s", self.onnx_note)
         # One thread per model run and as many runs as cores: requests proceed side by side on their own
         # core, which gave more requests/s than two threads per run (docs/serving.md).
         self.predictor = make_predictor(self.bundle, settings.backend, threads=settings.threads or 1)
@@ -181,3 +188,34 @@ class ModelService:
             "guard_note": self.guard_note(),
             "disclaimer": DISCLAIMER,
         }
+
+    # Volumes (/v1/predict/volume): the same predictor and locks as single images, one batch per volume.
+
+    def predict_volume(self, volume: Any, rule: Any = None) -> Any:
+        """Every slice of a decoded volume and the study finding, as a ``VolumeResult``."""
+        from braintumor.inference.volume import predict_volume
+
+        if isinstance(self.predictor, OnnxPredictor):
+            with self.inference_slots:
+                return predict_volume(self.predictor, volume, rule)
+        with self.torch_lock:
+            return predict_volume(self.predictor, volume, rule)
+
+    def peak_image(self, result: Any) -> tuple[bytes | None, str | None]:
+        """PNG bytes of the peak slice, with the Grad-CAM of the finding's class when explanations are available."""
+        peak = result.study.peak_slice
+        if peak is None:
+            return None, None
+        image = result.volume.slices[peak]
+        kind = "plain"
+        if self.gradcam is not None:
+            target = result.study.finding if result.study.finding in self.class_names else None
+            try:
+                with self.torch_lock:
+                    image, _ = self.gradcam(self.bundle, image, target=target, method="gradcam")
+                kind = "gradcam"
+            except (BrainTumorError, ValueError):
+                kind = "plain"  # the slice itself still shows where the peak is
+        buffer = io.BytesIO()
+        image.convert("RGB").save(buffer, format="PNG")
+        return buffer.getvalue(), kind

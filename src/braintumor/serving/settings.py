@@ -25,6 +25,13 @@ API_KEY_ENV = "BRAINTUMOR_API_KEY"
 SETTINGS_ENV = "BRAINTUMOR_SERVE_SETTINGS"
 BUNDLE_ENV = "BRAINTUMOR_SERVE_BUNDLE"
 KNOWN_FORMATS = ("JPEG", "PNG", "DICOM", "BMP", "TIFF", "WEBP")
+# The volume limits of braintumor.data.archives and braintumor.data.volume_core, written out rather than imported:
+# importing braintumor.data loads torch, and `braintumor --help` reads these settings (a test keeps them equal).
+DEFAULT_MAX_ARCHIVE_BYTES = 1024 * 1024 * 1024
+DEFAULT_MAX_MEMBERS = 2000
+DEFAULT_MAX_RATIO = 200.0
+DEFAULT_MAX_VOXELS = 64 * 1024 * 1024
+DEFAULT_MAX_SLICES = 1000
 
 
 class ServeSettingsError(BrainTumorError):
@@ -52,6 +59,18 @@ class ServeSettings(BaseModel):
     backend: Literal["auto", "onnx", "torch"] = Field(
         "auto", description="auto: onnxruntime when the bundle has model.onnx, else PyTorch."
     )
+    max_volume_upload_bytes: int = Field(
+        256 * 1024 * 1024, ge=1024, description="Largest /v1/predict/volume body (a .nii.gz or zip); larger get 413."
+    )
+    max_archive_bytes: int = Field(
+        DEFAULT_MAX_ARCHIVE_BYTES, ge=1024, description="Most bytes a volume upload may expand to (zip or gzip)."
+    )
+    max_archive_members: int = Field(DEFAULT_MAX_MEMBERS, ge=1, description="Most files in an uploaded zip.")
+    max_compression_ratio: float = Field(
+        DEFAULT_MAX_RATIO, gt=1.0, description="Highest compression ratio of a zip member (higher: a zip bomb)."
+    )
+    max_volume_voxels: int = Field(DEFAULT_MAX_VOXELS, ge=1, description="Largest volume decoded, in voxels.")
+    max_volume_slices: int = Field(DEFAULT_MAX_SLICES, ge=1, description="Most axial slices predicted per volume.")
     threads: int | None = Field(None, ge=1, description="onnxruntime intra-op threads per model run (default 1).")
     concurrency: int | None = Field(
         None, ge=1, description="Model runs at the same time (default: CPU cores); further requests wait."

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from PIL import Image
 
@@ -194,3 +195,63 @@ def decode_upload(upload: Upload, *, allowed_formats: tuple[str, ...], max_pixel
     except ImageDecodeError as error:
         raise UploadError(422, "undecodable_image", f"the {found} file cannot be used: {error.reason}") from None
     return DecodedUpload(image, found, upload.filename)
+
+
+def sniff_volume_format(data: bytes) -> str | None:
+    """``ZIP``, ``NIFTI`` (gzipped or not) or ``DICOM`` for a volume upload, by content; None otherwise.
+
+    Example:
+        >>> sniff_volume_format(b"PK\\x03\\x04" + bytes(30)), sniff_volume_format(b"\\x1f\\x8b" + bytes(30))
+        ('ZIP', 'NIFTI')
+    """
+    from braintumor.data.archives import is_zip
+    from braintumor.data.nifti import GZIP_MAGIC, nifti_version
+
+    if is_zip(data):
+        return "ZIP"
+    if data[:2] == GZIP_MAGIC or nifti_version(data) is not None:
+        return "NIFTI"
+    return "DICOM" if is_dicom(data) else None
+
+
+def volume_request(settings: Any, series: str | None, volume_index: int | None) -> Any:
+    """The :class:`~braintumor.data.volumes.VolumeRequest` of an upload under the service's limits."""
+    from braintumor.data.archives import ArchiveLimits
+    from braintumor.data.volumes import VolumeLimits, VolumeRequest
+
+    return VolumeRequest(
+        series_uid=series,
+        volume_index=volume_index,
+        limits=VolumeLimits(max_voxels=settings.max_volume_voxels, max_slices=settings.max_volume_slices),
+        archive=ArchiveLimits(
+            max_total_bytes=settings.max_archive_bytes,
+            max_members=settings.max_archive_members,
+            max_ratio=settings.max_compression_ratio,
+        ),
+    )
+
+
+def decode_volume_upload(upload: Upload, request: Any) -> tuple[Any, str]:
+    """The upload as a :class:`~braintumor.data.volume_core.Volume` and its sniffed format, or an
+    :class:`UploadError`: 415 for content that is no volume, 422 naming the reason for anything else."""
+    from braintumor.data.archives import ArchiveError
+    from braintumor.data.volume_core import SeriesChoiceError
+    from braintumor.data.volumes import load_volume_bytes
+
+    if not upload.data:
+        raise UploadError(422, "empty_upload", "the uploaded file is empty (0 bytes)")
+    found = sniff_volume_format(upload.data)
+    if found is None:
+        raise UploadError(
+            415,
+            "unsupported_media_type",
+            "the file is not a volume: send a .nii/.nii.gz file or a zip of one DICOM series",
+        )
+    try:
+        return load_volume_bytes(upload.data, upload.filename, request), found
+    except SeriesChoiceError as error:
+        raise UploadError(422, "choose_series", f"the upload {error.reason}") from None
+    except ArchiveError as error:
+        raise UploadError(422, "unsafe_archive", f"the zip cannot be used: {error.reason}") from None
+    except ImageDecodeError as error:
+        raise UploadError(422, "unusable_volume", f"the {found} upload cannot be used: {error.reason}") from None

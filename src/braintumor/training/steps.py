@@ -275,7 +275,7 @@ def training_record(
         n_train=len(data.train_set),
         n_val=len(data.val_set),
         train_class_counts=data.train_set.class_counts(),
-        val_paths=[str(p) for p in data.val_set.paths],
+        val_paths=[str(p.resolve()) for p in data.val_set.paths],  # absolute: read back from any folder
         skipped_files=[vars(s) for s in data.images.skipped],
         duplicates=data.duplicates,
         epochs_run=len(history),

@@ -209,6 +209,72 @@ def list_runs(tracking_uri: str | None = None, *, limit: int = 20) -> list[dict[
                 "test_accuracy": metrics.get("test_accuracy"),
                 "test_macro_f1": metrics.get("test_macro_f1"),
                 "epochs": metrics.get("best_epoch"),
+                "model_uri": run.data.tags.get(MODEL_URI_TAG),
             }
         )
     return rows
+
+
+MODEL_URI_TAG = "braintumor.model_uri"
+MODEL_NAME = "model"
+
+
+def _model_requirements() -> list[str]:
+    """The packages the pyfunc model imports, pinned to this environment (MLflow would infer them slowly)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    pinned = []
+    for package in ("mlflow", "torch", "torchvision", "timm", "numpy", "pandas", "pillow", "safetensors", "pydicom"):
+        try:
+            pinned.append(f"{package}=={version(package)}")
+        except PackageNotFoundError:
+            continue
+    return pinned
+
+
+def log_bundle_model(logger: Logger | None, bundle_dir: Path) -> str | None:
+    """Log ``bundle_dir`` as the run's MLflow ``pyfunc`` model with a signature; returns its URI (None: no MLflow).
+
+    The URI (``models:/<id>``) is also set as the run tag ``braintumor.model_uri`` so ``braintumor runs`` shows it.
+    """
+    from lightning.pytorch.loggers import MLFlowLogger
+
+    if not isinstance(logger, MLFlowLogger):
+        return None
+    import mlflow
+
+    from braintumor.bundle.store import read_bundle_config
+    from braintumor.inference.mlflow_model import BUNDLE_ARTIFACT, ENTRY_FILE, signature
+
+    class_names = list(read_bundle_config(bundle_dir).class_names)
+    mlflow.set_tracking_uri(logger._tracking_uri)
+    # The fluent API logs models into the active run: make Lightning's run the active one for this call.
+    with mlflow.start_run(run_id=logger.run_id):
+        info = mlflow.pyfunc.log_model(
+            name=MODEL_NAME,
+            python_model=str(ENTRY_FILE),
+            artifacts={BUNDLE_ARTIFACT: str(bundle_dir)},
+            signature=signature(class_names),
+            pip_requirements=_model_requirements(),
+        )
+    logger.experiment.set_tag(logger.run_id, MODEL_URI_TAG, info.model_uri)
+    return str(info.model_uri)
+
+
+def register_model(tracking: Mapping[str, Any], name: str) -> tuple[str, str]:
+    """Register a run's logged model under ``name`` in the MLflow registry; returns (model URI, version)."""
+    try:
+        import mlflow
+        from mlflow.tracking import MlflowClient
+    except ImportError:
+        raise TrackingError("registering a model needs mlflow: pip install mlflow") from None
+    uri, run_id = tracking.get("tracking_uri"), tracking.get("run_id")
+    if not uri or not run_id:
+        raise TrackingError("--register-model needs MLflow tracking (the default --tracker mlflow)")
+    model_uri = MlflowClient(tracking_uri=uri).get_run(run_id).data.tags.get(MODEL_URI_TAG)
+    if not model_uri:
+        raise TrackingError(f"run {run_id} has no logged model to register")
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    version = mlflow.register_model(model_uri, name)
+    return model_uri, str(version.version)

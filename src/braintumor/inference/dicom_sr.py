@@ -1,0 +1,195 @@
+"""The study-level finding of a DICOM series as a DICOM Structured Report (highdicom Comprehensive 3D SR).
+
+The report is a TID 1500 Measurement Report: the observer is the model as a device (name, and the weights'
+hash as its version), the procedure is an MR of the brain (LOINC 24590-2), and one measurement group holds
+the finding (class as a local code, ``99BRAINTUMOR``: no standard code says "this classifier's class"), the
+peak slice's probability with the peak image as its source (SOP instance and frame), the algorithm's name,
+version and rule. The study and series UIDs, the patient and study attributes come from the source headers
+through highdicom (``evidence``): nothing is added that the series does not already hold. Writing into the
+source series folder is refused unless asked (:func:`check_report_path`).
+
+Example:
+    >>> code = class_code("glioma")
+    >>> code.value, code.scheme_designator
+    ('glioma', '99BRAINTUMOR')
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from braintumor.errors import BrainTumorError
+from braintumor.inference.volume import VolumeResult
+
+CODING_SCHEME = "99BRAINTUMOR"
+MANUFACTURER = "braintumor (research use only, not a medical device)"
+SR_SERIES_NUMBER = 9901
+
+
+class ReportError(BrainTumorError):
+    """A structured report that cannot be written (no DICOM source, unwritable place)."""
+
+
+def class_code(name: str) -> Any:
+    """The local code of a class or study finding (``glioma``, ``no_tumor``, ``indeterminate``...)."""
+    from highdicom.sr import CodedConcept
+
+    return CodedConcept(value=name, scheme_designator=CODING_SCHEME, meaning=name.replace("_", " "))
+
+
+def check_report_path(path: Path, source: Path | str, *, allow_in_source: bool = False) -> Path:
+    """``path`` resolved; refuses a place inside the source series folder unless ``allow_in_source``."""
+    path, source = Path(path).resolve(), Path(source).resolve()
+    folder = source if source.is_dir() else source.parent
+    inside = path.parent == folder or folder in path.parents
+    # A zip's folder is no series folder; a folder of slices or a DICOM file's folder is.
+    if (source.is_dir() or source.suffix.lower() != ".zip") and inside and not allow_in_source:
+        raise ReportError(
+            f"{path}: the report would go into the source series folder {folder}; write it elsewhere "
+            "(or pass --sr-in-source to allow it)"
+        )
+    if path == source:
+        raise ReportError(f"{path}: the report would overwrite its source")
+    return path
+
+
+def _observation_context(result: VolumeResult) -> Any:
+    from highdicom.sr import DeviceObserverIdentifyingAttributes, ObservationContext, ObserverContext
+    from pydicom.sr.codedict import codes
+    from pydicom.uid import generate_uid
+
+    device = DeviceObserverIdentifyingAttributes(
+        uid=generate_uid(),
+        name=result.model_name,
+        manufacturer_name="braintumor",
+        model_name=f"{result.model_name} {result.model_version}",
+    )
+    return ObservationContext(
+        observer_device_context=ObserverContext(observer_type=codes.DCM.Device, observer_identifying_attributes=device)
+    )
+
+
+def _finding_group(result: VolumeResult) -> Any:
+    from highdicom.sr import (
+        AlgorithmIdentification,
+        Measurement,
+        MeasurementsAndQualitativeEvaluations,
+        SourceImageForMeasurementGroup,
+        TrackingIdentifier,
+    )
+    from pydicom.sr.codedict import codes
+    from pydicom.uid import generate_uid
+
+    study = result.study
+    algorithm = AlgorithmIdentification(
+        name=result.model_name,
+        version=result.model_version,
+        parameters=[f"threshold={study.threshold:g}", f"min_consecutive={study.min_consecutive}", study.rule],
+    )
+    peak = None if study.peak_slice is None else result.slices[study.peak_slice]
+    sources, measurements = [], []
+    if peak is not None and peak.sop_instance_uid:
+        ref = result.volume.slice_refs[peak.index]
+        frames = None if ref is None or ref.frame_number is None else [ref.frame_number]
+        sources.append(SourceImageForMeasurementGroup(ref.sop_class_uid, ref.sop_instance_uid, frames))  # type: ignore[union-attr]
+    if peak is not None and study.peak_probability is not None:
+        measurements.append(
+            Measurement(
+                name=class_code("peak_slice_probability"), value=float(study.peak_probability), unit=codes.UCUM.NoUnits
+            )
+        )
+    if peak is not None and peak.position_mm is not None:
+        measurements.append(
+            Measurement(
+                name=class_code("peak_slice_position_mm"), value=float(peak.position_mm), unit=codes.UCUM.Millimeter
+            )
+        )
+    return MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=TrackingIdentifier(uid=generate_uid(), identifier="study-level finding"),
+        # TID 1501's finding type is the concept "Finding" (DCM 121071) with the class as its value.
+        finding_type=class_code(study.finding),
+        algorithm_id=algorithm,
+        measurements=measurements or None,
+        source_images=sources or None,
+    )
+
+
+def build_report(result: VolumeResult) -> Any:
+    """The Comprehensive 3D SR dataset (see the module docstring); needs a DICOM-series volume."""
+    series = result.volume.series
+    if series is None or not series.datasets:
+        raise ReportError("--dicom-sr needs DICOM input: a NIfTI file has no study or series to refer to")
+    try:
+        import highdicom  # noqa: F401
+    except ImportError:
+        raise ReportError("--dicom-sr needs highdicom: pip install 'braintumor[volumes]'") from None
+    from highdicom.sr import Comprehensive3DSR, MeasurementReport
+    from pydicom.sr.codedict import codes
+    from pydicom.uid import generate_uid
+
+    report = MeasurementReport(
+        observation_context=_observation_context(result),
+        procedure_reported=codes.LN.BrainMRI,
+        imaging_measurements=[_finding_group(result)],
+    )
+    return Comprehensive3DSR(
+        evidence=series.datasets,
+        content=report,
+        series_instance_uid=generate_uid(),
+        series_number=SR_SERIES_NUMBER,
+        sop_instance_uid=generate_uid(),
+        instance_number=1,
+        manufacturer=MANUFACTURER,
+        is_complete=True,
+        series_description=f"braintumor {result.model_name}: {result.study.finding}",
+    )
+
+
+def save_report(dataset: Any, path: Path | str) -> Path:
+    """Write a report dataset from :func:`build_report` to ``path`` (its folder is made when missing)."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        dataset.save_as(path, enforce_file_format=True)
+    except OSError as error:
+        raise ReportError(f"{path}: cannot write the report: {error.strerror or error}") from None
+    return path
+
+
+def write_report(result: VolumeResult, path: Path | str) -> Path:
+    """Build and write the report to ``path`` (check the place first with :func:`check_report_path`)."""
+    return save_report(build_report(result), path)
+
+
+def _text_items(items: Any, found: dict[str, list[str]]) -> None:
+    """Every TEXT content item's value by concept meaning, at any depth."""
+    for item in items:
+        if item.get("ValueType") == "TEXT":
+            found.setdefault(str(item.ConceptNameCodeSequence[0].CodeMeaning), []).append(str(item.TextValue))
+        if "ContentSequence" in item:
+            _text_items(item.ContentSequence, found)
+
+
+def read_report_finding(path: Path | str) -> dict[str, Any]:
+    """Read a report back with highdicom: the finding, the referenced study, series and peak image, the model."""
+    import highdicom as hd
+
+    report = hd.sr.srread(path)
+    group = report.content.get_image_measurement_groups()[0]
+    texts: dict[str, list[str]] = {}
+    _text_items(report.ContentSequence, texts)
+    evidence = report.CurrentRequestedProcedureEvidenceSequence[0]
+    source = group.source_images[0] if group.source_images else None
+    measurements = {m.name.value: float(m.value) for m in group.get_measurements()}
+    return {
+        "finding": str(group.finding_type.value),
+        "study_uid": str(evidence.StudyInstanceUID),
+        "series_uid": str(evidence.ReferencedSeriesSequence[0].SeriesInstanceUID),
+        "peak_sop_instance_uid": None if source is None else str(source.referenced_sop_instance_uid),
+        "peak_probability": measurements.get("peak_slice_probability"),
+        "peak_position_mm": measurements.get("peak_slice_position_mm"),
+        "algorithm_name": (texts.get("Algorithm Name") or [None])[0],
+        "algorithm_version": (texts.get("Algorithm Version") or [None])[0],
+        "patient_id": str(report.get("PatientID", "")),
+    }
