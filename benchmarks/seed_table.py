@@ -34,9 +34,10 @@ from braintumor.training.train import RunOptions, train_recipe
 
 SEED_PUBLISHED = {
     "seed-cnn": ("64.72%", "1.2796"),
+    "seed-cnn-keras": ("64.72%", "1.2796"),
     "seed-resnet50": ("70.81%", "1.2345"),
 }
-DEFAULT_RECIPES = ["lite0-frozen", "seed-resnet50", "seed-cnn"]
+DEFAULT_RECIPES = ["lite0-frozen", "seed-resnet50", "seed-cnn", "seed-cnn-keras"]
 
 
 def _overrides_for(recipe: str, overrides: list[str]) -> list[str]:

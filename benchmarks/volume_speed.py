@@ -10,8 +10,9 @@ zip of a DICOM series (one file per slice, real orientation and position tags) a
 each is then read (:func:`braintumor.data.volumes.load_volume`: parse, order, display pipeline, reorient) and
 predicted (:func:`braintumor.inference.volume.predict_volume`: the bundle's preprocessing, model, input guard
 and the study rule) ``--runs`` times; the table gives the fastest and the median wall seconds (a shared
-machine only adds time). The backend is the one ``predict`` uses: onnxruntime when the bundle has
-``model.onnx``, else PyTorch. Target (issue 16): <= 3 s end to end on 2 cores with the main bundle.
+machine only adds time). The backend is the one ``predict`` uses (``auto``): PyTorch in NHWC order, the
+fastest on batches; ``--backend onnx`` times onnxruntime instead. Target (issue 16): <= 3 s end to end on
+2 cores with the main bundle.
 
 Without BUNDLE a tiny CNN is trained on synthetic images first (a few seconds): its time says nothing about
 the main bundle, and the table says so.
@@ -149,7 +150,7 @@ def main() -> None:
         # Exported to the scratch folder: the bundle itself is not changed.
         predictor = OnnxPredictor(bundle, onnx_path=export_onnx(bundle, out=work / ONNX_FILE).path)
     else:
-        predictor = make_predictor(bundle, "torch" if args.backend == "torch" else "auto")
+        predictor = make_predictor(bundle, "onnx" if args.backend == "onnx" else "torch")
     backend = "onnxruntime" if isinstance(predictor, OnnxPredictor) else "pytorch"
     rows, lines = [], markdown_header(COLUMNS, "rrrrr")
     for name, path in write_inputs(stack, work).items():

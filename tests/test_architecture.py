@@ -29,6 +29,7 @@ STAGE_RANKS: dict[str, int] = {
     "bundle": 5,
     "inference": 6,
     "explain": 7,
+    "adaptation": 7,
     "audit": 7,
     "evaluation": 8,
     "training": 9,

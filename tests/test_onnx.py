@@ -52,7 +52,11 @@ CLASSES = ["glioma", "meningioma", "no_tumor", "pituitary"]
 
 
 def _save(folder: Path, model_spec: dict, size: int, extras: dict | None = None) -> Path:
-    recipe = Recipe.model_validate({"name": folder.name, "data": {"image_size": size}, "model": model_spec})
+    # fp32: these tests check that the fp32 graph reproduces the fp32 network (a bf16 bundle's PyTorch path
+    # differs from its graph by bf16 rounding; tests/test_fast_path.py covers that default).
+    recipe = Recipe.model_validate(
+        {"name": folder.name, "data": {"image_size": size}, "model": model_spec, "train": {"precision": "32"}}
+    )
     model = create_model(recipe, load_pretrained=False)
     return save_bundle(folder, model, recipe, resolve_preprocessing(recipe, model), extras=extras)
 
@@ -206,7 +210,7 @@ def test_onnx_guard_matches_pytorch(guarded_onnx: Path) -> None:
 
 
 def test_service_gives_the_same_flags_with_both_backends(guarded_onnx: Path) -> None:
-    onnx_client, torch_client = make_client(guarded_onnx), make_client(guarded_onnx, backend="torch")
+    onnx_client, torch_client = make_client(guarded_onnx, backend="auto"), make_client(guarded_onnx, backend="torch")
     assert onnx_client.get("/v1/health").json()["model"]["backend"] == "onnxruntime"
     assert onnx_client.get("/v1/model").json()["guard"]["detector"] == "mahalanobis"
     for image in _guard_images():
@@ -253,7 +257,7 @@ def test_a_graph_exported_before_the_guard_still_serves(guarded_onnx: Path, tmp_
     # Served from the bundle folder, the old graph gives null guard fields and says how to fix it.
     copy = shutil.copytree(guarded_onnx, tmp_path / "bundle")
     (copy / ONNX_FILE).write_bytes(legacy.read_bytes())
-    client = make_client(copy)
+    client = make_client(copy, backend="auto")
     body = client.post("/v1/predict", files={"file": ("n.png", png_bytes(colour_noise()), "image/png")}).json()
     assert body["model"]["backend"] == "onnxruntime" and body["out_of_distribution"] is None
     card = client.get("/v1/model").json()

@@ -38,6 +38,9 @@ from braintumor.serving.settings import API_KEY_ENV, ServeSettings, ServeSetting
 
 TEMPERATURE = 1.7
 REFER_THRESHOLD = 0.6
+# These tests are about the API; the PyTorch backend keeps them independent of ONNX export
+# (tests/test_fast_path.py and tests/test_onnx.py cover the onnxruntime default).
+TORCH = ServeSettings(backend="torch")
 
 
 def _bundle(folder: Path, extras: dict | None) -> Path:
@@ -60,7 +63,7 @@ def bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def client(bundle_dir: Path) -> TestClient:
-    settings = ServeSettings(max_upload_bytes=3 * 1024 * 1024, max_pixels=1_000_000)
+    settings = ServeSettings(max_upload_bytes=3 * 1024 * 1024, max_pixels=1_000_000, backend="torch")
     return TestClient(create_app(bundle_dir, settings))
 
 
@@ -146,7 +149,9 @@ def test_health_model_page_and_docs(client: TestClient) -> None:
     page = client.get("/")
     assert page.status_code == 200 and "text/html" in page.headers["content-type"]
     assert "Research use only" in page.text and 'type="file"' in page.text
-    assert "http://" not in page.text and "https://" not in page.text  # self-contained: no CDN
+    # Self-contained: no CDN (the SVG namespace is an identifier, never fetched).
+    text = page.text.replace("http://www.w3.org/2000/svg", "")
+    assert "http://" not in text and "https://" not in text
 
     assert client.get("/docs").status_code == 200
     paths = client.get("/openapi.json").json()["paths"]
@@ -184,7 +189,7 @@ def test_predict_raw_jpeg_body_and_content_not_name(client: TestClient) -> None:
 
 
 def test_bundle_without_calibration_has_no_refer_flag(tmp_path: Path) -> None:
-    client = TestClient(create_app(_bundle(tmp_path / "plain", extras=None)))
+    client = TestClient(create_app(_bundle(tmp_path / "plain", extras=None), TORCH))
     body = client.post("/v1/predict", files={"file": ("a.png", _encode(_mri(32), "PNG"), "image/png")}).json()
     assert body["calibrated"] is False and body["temperature"] is None
     assert body["refer"] is None and body["refer_threshold"] is None
@@ -192,7 +197,7 @@ def test_bundle_without_calibration_has_no_refer_flag(tmp_path: Path) -> None:
 
 def test_refer_threshold_stored_as_a_record(tmp_path: Path) -> None:
     folder = _bundle(tmp_path / "record", extras={"refer_threshold": {"threshold": 0.99, "coverage": 0.8}})
-    client = TestClient(create_app(folder))
+    client = TestClient(create_app(folder, TORCH))
     body = client.post("/v1/predict", files={"file": ("a.png", _encode(_mri(32), "PNG"), "image/png")}).json()
     assert body["refer_threshold"] == 0.99 and body["refer"] is True  # a random 4-class model is never 99% sure
 
@@ -218,7 +223,7 @@ def test_explain_returns_a_png_overlay(client: TestClient) -> None:
 
 def test_explain_without_the_explain_stage_is_a_clear_501(bundle_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(service_module, "_gradcam_function", lambda: (None, "captum is not installed"))
-    client = TestClient(create_app(bundle_dir))
+    client = TestClient(create_app(bundle_dir, TORCH))
     assert client.get("/v1/health").json()["explain_available"] is False
     response = client.post("/v1/explain", files={"file": ("a.png", _encode(_mri(32), "PNG"), "image/png")})
     assert response.status_code == 501 and "captum is not installed" in response.json()["detail"]
@@ -293,7 +298,7 @@ def test_every_bad_input_is_refused_clearly_and_the_service_keeps_answering(clie
 
 
 def test_an_internal_failure_is_a_500_and_the_service_recovers(bundle_dir: Path) -> None:
-    application = create_app(bundle_dir)
+    application = create_app(bundle_dir, TORCH)
     client = TestClient(application, raise_server_exceptions=False)
     service = application.state.service
     original = service.predict
@@ -336,7 +341,7 @@ def test_uploads_are_never_written_to_disk(client: TestClient, monkeypatch: pyte
 
 def test_api_key(bundle_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(API_KEY_ENV, "s3cret-key")
-    client = TestClient(create_app(bundle_dir, ServeSettings.from_env()))
+    client = TestClient(create_app(bundle_dir, ServeSettings.from_env(backend="torch")))
     files = {"file": ("a.png", _encode(_mri(32), "PNG"), "image/png")}
     health = client.get("/v1/health").json()
     assert health["api_key_required"] is True and health["api_key_header"] == "X-API-Key"

@@ -73,6 +73,8 @@ def save_guarded_bundle(
             "name": name,
             "data": {"image_size": size},
             "model": {"architecture": "custom_cnn", "conv_channels": list(channels), "head_hidden": 16},
+            # fp32, so that the ONNX graph (fp32) and PyTorch agree to the parity tolerances in test_onnx.py.
+            "train": {"precision": "32"},
         }
     )
     model = create_model(recipe, load_pretrained=False)
@@ -90,7 +92,8 @@ def make_client(folder: Path, **settings: Any) -> Any:
     from braintumor.serving.app import create_app
     from braintumor.serving.settings import ServeSettings
 
-    return testclient.TestClient(create_app(folder, ServeSettings(**settings)))
+    # The PyTorch backend unless asked: these tests compare with the PyTorch predictor.
+    return testclient.TestClient(create_app(folder, ServeSettings(**{"backend": "torch", **settings})))
 
 
 @pytest.fixture(scope="module")

@@ -66,6 +66,27 @@ class TrainingRecord(_Open):
     ensemble_of: list[str] | None = Field(None, description="Member names, for an ensemble bundle.")
 
 
+class AdaptationRecord(_Open):
+    """What ``braintumor adapt`` did: the method, its settings, the unlabelled images and what they showed.
+
+    The fitted change itself lives in the weights (the head's last Dense layer, or the backbone's BatchNorm
+    statistics), so an adapted bundle loads, predicts and exports like any other.
+    """
+
+    method: str
+    settings: dict[str, Any] = Field(default_factory=dict)
+    source_bundle: str = Field(description="The bundle that was adapted (left unchanged).")
+    images_root: str
+    n_images: int = Field(ge=0, description="Images the adaptation was fitted on (after the guard).")
+    manifest_sha256: str = Field(description="sha256 over the sorted content hashes of those images.")
+    image_digests: list[str] = Field(default_factory=list, description="Their content hashes (file_digest).")
+    rejected_by_guard: list[str] = Field(default_factory=list)
+    skipped_files: list[dict[str, Any]] = Field(default_factory=list)
+    evidence: dict[str, Any] = Field(default_factory=dict, description="How far the images sat from the source.")
+    warnings: list[str] = Field(default_factory=list)
+    created_utc: str | None = None
+
+
 class BundleExtras(_Open):
     """State fitted after training (``braintumor calibrate``); later stages (input guard, adaptation) add theirs."""
 
@@ -75,6 +96,7 @@ class BundleExtras(_Open):
     )
     calibration: dict[str, Any] | None = Field(None, description="The calibration record (scores before/after).")
     guard: GuardSpec | None = Field(None, description="The input guard (its tensors are in guard.safetensors).")
+    adaptation: AdaptationRecord | None = Field(None, description="Set by `braintumor adapt` on the new bundle.")
 
     @field_validator("refer_threshold", mode="before")
     @classmethod

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import typer
 
+from braintumor.cli.adapt import adapt_command
 from braintumor.cli.audit import audit_command
 from braintumor.cli.calibrate import calibrate_command
 from braintumor.cli.ensemble import ensemble_command
@@ -37,6 +38,7 @@ _COMMANDS = {
     "evaluate": evaluate_command,
     "calibrate": calibrate_command,
     "guard": guard_command,
+    "adapt": adapt_command,
     "predict": predict_command,
     "explain": explain_command,
     "ensemble": ensemble_command,

@@ -45,6 +45,7 @@ def evaluate_command(
 ) -> None:
     """Accuracy, loss, per-class metrics, confusion matrix and per-image predictions on a split."""
     from braintumor.cli.display import console, metrics_table, uncertainty_lines
+    from braintumor.evaluation.adaptation_info import adaptation_text
     from braintumor.evaluation.evaluate import evaluate_bundle
 
     root = data_root(data)
@@ -71,6 +72,11 @@ def evaluate_command(
         for line in uncertainty_lines(metrics):
             console.print(line, highlight=False)
     console.print(guard_line(result.metrics, bundle, root), highlight=False)
+    adaptation = result.metrics.get("adaptation")
+    if adaptation is not None:
+        console.print(adaptation_text(adaptation), highlight=False)
+        if adaptation["warning"]:
+            warn("warning", adaptation["warning"])
     if result.deduplicated is None and result.audit_note:
         warn("note", result.audit_note)
     console.print(f"evaluation files: {out_dir}")

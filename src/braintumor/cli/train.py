@@ -27,6 +27,9 @@ def train_command(
     evaluate: bool = typer.Option(False, "--evaluate", help="Afterwards, evaluate on the official Testing split."),
     report: bool = typer.Option(False, "--report", help="With --evaluate: also write and track report.html."),
     resume: Path | None = typer.Option(None, "--resume", help="Continue an interrupted run folder."),
+    force: bool = typer.Option(
+        False, "--force", help="With --resume: resume even if the data set or code changed (recorded as a warning)."
+    ),
     tracker: str = typer.Option(
         TRACKERS[0], "--tracker", help=f"{', '.join(TRACKERS)} (mlflow: a local store by default)."
     ),
@@ -68,7 +71,7 @@ def train_command(
             record = read_run_file(resume)
             root, name, run_dir = Path(record["data_root"]), record["recipe"]["name"], resume
             console.print(f"[bold]resuming[/] {name} in {run_dir}")
-            result = resume_run(resume, options=options, console_log=console.print)
+            result = resume_run(resume, options=options, console_log=console.print, force=force)
         else:
             root = data_root(data)
             chosen = _chosen_recipe(recipe, overrides, weights, epochs)

@@ -69,14 +69,14 @@ def predict_volume_input(bundle: Path, source: Path, options: VolumeOptions) -> 
     """Load the bundle and the volume and predict every slice; the predictor is returned for the guard notes."""
     from braintumor.bundle import load_bundle
     from braintumor.data.volumes import VolumeRequest, load_volume
-    from braintumor.inference.onnx_export import make_predictor
     from braintumor.inference.predictor import Predictor
     from braintumor.inference.volume import StudyRule, predict_volume
 
     rule = StudyRule(threshold=options.threshold, min_consecutive=options.min_slices)
     loaded = load_bundle(bundle)
-    # onnxruntime when the bundle has model.onnx: a volume is a batch of ~150 slices, where it is fastest.
-    predictor = Predictor(loaded, tta=True) if options.tta else make_predictor(loaded, "auto")
+    # PyTorch in NHWC order: on batches (a volume is ~150 slices) it ran Lite2 twice as fast as onnxruntime
+    # (docs/speed.md); onnxruntime serves single images.
+    predictor = Predictor(loaded, tta=options.tta)
     volume = load_volume(source, VolumeRequest(series_uid=options.series, volume_index=options.volume_index))
     return predictor, predict_volume(predictor, volume, rule)
 

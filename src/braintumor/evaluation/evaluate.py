@@ -26,6 +26,7 @@ from braintumor.bundle import Bundle, load_bundle
 from braintumor.data.dataset import ImageSet, load_images
 from braintumor.data.images import SkippedFile
 from braintumor.data.layout import discover_split
+from braintumor.evaluation.adaptation_info import adaptation_summary
 from braintumor.evaluation.calibration import plot_reliability_diagram, plot_risk_coverage, uncertainty_metrics
 from braintumor.evaluation.deduplicated import deduplicated_metrics
 from braintumor.evaluation.metrics import classification_metrics, guard_metrics
@@ -238,6 +239,9 @@ def evaluate_bundle(
         bundle, data_root, split, image_set, predictor, logits, probabilities, tta=tta, n_bootstrap=n_bootstrap
     )
     metrics["guard"] = guard_section(predictor, labels, probabilities, ood_scores)
+    adaptation = adaptation_summary(bundle.config.extras.adaptation, image_set.hashes)
+    if adaptation is not None:
+        metrics["adaptation"] = adaptation
     metrics["inference_precision"] = predictor.precision
     deduplicated, audit_note = deduplicated_metrics(
         data_root,

@@ -50,6 +50,7 @@ from braintumor.bundle import Bundle, TrainingRecord, library_versions, load_bun
 from braintumor.config import Recipe
 from braintumor.data.preprocessing import Preprocessing
 from braintumor.errors import BrainTumorError
+from braintumor.evaluation.adaptation_info import adaptation_text
 from braintumor.evaluation.calibration import expected_calibration_error
 from braintumor.evaluation.evaluate import EvaluationResult
 from braintumor.evaluation.plots import plot_confusion_matrix, plot_training_curves
@@ -284,7 +285,18 @@ def _card_details(data: ReportData) -> list[tuple[str, str]]:
         ("Classes", ", ".join(data.class_names)),
         ("Bundle", f"{bundle.path} (created {_known(config.created_utc)})"),
         ("Evaluated on", f"{data.metrics.get('data_root', '?')} / {data.split} ({len(data.labels)} images)"),
+        *_adaptation_details(data.metrics.get("adaptation")),
     ]
+
+
+def _adaptation_details(summary: dict[str, Any] | None) -> list[tuple[str, str]]:
+    """The model card's rows for an adapted bundle: what it was adapted on and any overlap with the evaluation."""
+    if summary is None:
+        return []
+    rows = [("Adaptation", adaptation_text(summary) or "")]
+    if summary.get("warning"):
+        rows.append(("Adaptation overlap", f"WARNING: {summary['warning']}"))
+    return rows
 
 
 def _training_data(training: TrainingRecord) -> list[str]:

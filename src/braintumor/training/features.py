@@ -9,16 +9,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import lightning as L
 import torch
 from torch.utils.data import Dataset
 
 from braintumor.data.dataset import ImageSet
 from braintumor.progress import progress_bar
 from braintumor.runtime import autocast, channels_last_batch, to_channels_last
+from braintumor.training.determinism import kill_point
 
 
-@torch.inference_mode()
 def extract_features(
     model: torch.nn.Module,
     image_set: ImageSet,
@@ -44,9 +43,11 @@ def extract_features(
     """
     model.eval()
     if channels_last:
+        # Outside inference mode: parameters converted inside it become inference tensors, which a later
+        # fine-tuning stage cannot set requires_grad on.
         to_channels_last(model)
     chunks: list[torch.Tensor] = []
-    with progress_bar(show_progress) as progress, autocast(precision):
+    with torch.inference_mode(), progress_bar(show_progress) as progress, autocast(precision):
         task = progress.add_task(description, total=len(image_set))
         for start in range(0, len(image_set), batch_size):
             images = image_set.images[start : start + batch_size]
@@ -78,11 +79,19 @@ def build_view_features(
         torch.manual_seed(seed + view)
         description = f"Features (augmented view {view}/{views - 1})"
         stacked.append(extract_features(model, image_set, augmented_transform, description=description, **run))
+        kill_point(f"features:{view}")
     return torch.stack(stacked)
 
 
 class FeatureViewDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
-    """Serves one view of cached features at a time; :class:`FeatureViewScheduler` picks the view."""
+    """Serves cached features: keys ``(epoch, index)`` (:class:`~braintumor.training.determinism.EpochSampler`)
+    read view ``epoch % num_views``, plain indices read ``self.view``.
+
+    Example:
+        >>> dataset = FeatureViewDataset(torch.arange(6.0).reshape(3, 2, 1), torch.tensor([0, 1]))
+        >>> dataset[(4, 1)][0].item(), dataset[1][0].item()
+        (3.0, 1.0)
+    """
 
     def __init__(self, features: torch.Tensor, labels: torch.Tensor) -> None:
         if features.dim() == 2:
@@ -98,15 +107,8 @@ class FeatureViewDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
     def __len__(self) -> int:
         return self.features.shape[1]
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.features[self.view, index], self.labels[index]
-
-
-class FeatureViewScheduler(L.Callback):
-    """Sets the training view to ``epoch % num_views`` at the start of every epoch."""
-
-    def __init__(self, dataset: FeatureViewDataset) -> None:
-        self.dataset = dataset
-
-    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.dataset.view = trainer.current_epoch % self.dataset.num_views
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        if isinstance(key, tuple):
+            epoch, index = key
+            return self.features[epoch % self.num_views, index], self.labels[index]
+        return self.features[self.view, key], self.labels[key]

@@ -7,19 +7,22 @@ step takes one argument instead of ten.
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
 import torch.nn as nn
-from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities import rank_zero_only
+from safetensors import safe_open
 from safetensors.torch import save_file
 from torch.utils.data import DataLoader
 
@@ -29,7 +32,9 @@ from braintumor.data.preprocessing import Preprocessing, eval_transform, train_t
 from braintumor.layout_constants import CLASS_NAMES
 from braintumor.runtime import resolve_precision
 from braintumor.training.callbacks import EpochHistory
-from braintumor.training.features import FeatureViewDataset, FeatureViewScheduler
+from braintumor.training.checkpoints import AtomicCheckpointIO, RunEarlyStopping, epoch_checkpoints, usable_checkpoint
+from braintumor.training.determinism import EpochSampler, EpochSeed, EpochSeededDataset
+from braintumor.training.features import FeatureViewDataset
 from braintumor.training.module import ClassifierModule
 from braintumor.training.tracking import TrackerName
 
@@ -72,6 +77,8 @@ class FitContext:
     # The run's last.ckpt when resuming, looked up once when the run started (a fit writes a new one).
     resume_from: Path | None
     say: Say
+    # What a forced resume let through (another recipe, data set or code version): recorded in the manifest.
+    resume_warnings: list[str] = field(default_factory=list)
 
 
 def quiet_lightning() -> None:
@@ -82,6 +89,8 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=".*`isinstance\\(treespec, LeafSpec\\)`.*")
     # A frozen backbone is in eval mode on purpose (fixed BatchNorm statistics).
     warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode at the start of training.*")
+    # A resumed fit writes into the folder it continues, on purpose.
+    warnings.filterwarnings("ignore", message=".*Checkpoint directory .* exists and is not empty.*")
 
 
 def classifier(
@@ -124,17 +133,12 @@ def fit_module(
     """Lightning fit with early stopping and per-epoch checkpoints, then the best epoch's weights restored.
 
     ``precision`` (default: the recipe's) is resolved for this machine (:meth:`~braintumor.config.Recipe.precision`).
+    ``resume_from`` is used only when it loads (:func:`~braintumor.training.checkpoints.usable_checkpoint`).
     """
     recipe, options = context.recipe, context.options
-    checkpoint = ModelCheckpoint(
-        dirpath=checkpoint_dir or context.run_dir / "checkpoints",
-        filename="best",
-        monitor="val_loss",
-        mode="min",
-        save_top_k=1,
-        save_last=True,
-        every_n_epochs=1,
-    )
+    best, last = epoch_checkpoints(checkpoint_dir or context.run_dir / "checkpoints")
+    train_loader, val_loader = loaders
+    sampler = train_loader.sampler if isinstance(train_loader.sampler, EpochSampler) else None
     trainer = L.Trainer(
         max_epochs=max_epochs or recipe.train.max_epochs,
         accelerator=options.accelerator,
@@ -143,11 +147,16 @@ def fit_module(
         strategy=options.strategy,
         precision=resolve_precision(precision) if precision else recipe.precision(),
         callbacks=[
+            EpochSeed(recipe.train.seed, context.history.stage, sampler),
             context.history,
-            checkpoint,
-            EarlyStopping(monitor="val_loss", mode="min", patience=recipe.train.early_stopping_patience),
+            RunEarlyStopping(monitor="val_loss", mode="min", patience=recipe.train.early_stopping_patience),
             *(callbacks or []),
+            best,
+            last,
         ],
+        plugins=[AtomicCheckpointIO()],
+        # EpochSampler shards the training set per rank itself; validation runs whole on every rank.
+        use_distributed_sampler=False,
         logger=context.logger if context.logger is not None else False,
         log_every_n_steps=1,
         enable_progress_bar=options.show_progress,
@@ -155,23 +164,31 @@ def fit_module(
         num_sanity_val_steps=0,
         default_root_dir=context.run_dir,
     )
-    train_loader, val_loader = loaders
-    trainer.fit(module, train_loader, val_loader, ckpt_path=resume_from)
-    _restore_best(module, checkpoint)
+    trainer.fit(module, train_loader, val_loader, ckpt_path=usable_checkpoint(resume_from, context.say))
+    _restore_best(module, best)
     return trainer
 
 
+def _loader_generator(seed: int) -> torch.Generator:
+    # A DataLoader draws its workers' base seed when an epoch's iteration starts; from the global generator that
+    # would shift the dropout draws after EpochSeed's re-seed in some epochs and not in others (Lightning starts
+    # a fit's first iteration before the epoch hooks). Per-sample seeding makes the value itself irrelevant.
+    return torch.Generator().manual_seed(seed)
+
+
 def image_loaders(context: FitContext) -> tuple[DataLoader, DataLoader]:
-    """Loaders over the decoded images: seeded shuffle and the recipe's augmentation for training."""
+    """Loaders over the decoded images: shuffled by (seed, epoch) and the recipe's augmentation for training."""
     recipe, prep = context.recipe, context.prep
     workers = recipe.data.num_workers
+    train_set = ImageTensorDataset(context.train_set, train_transform(recipe.augment, prep))
     train_loader = DataLoader(
-        ImageTensorDataset(context.train_set, train_transform(recipe.augment, prep)),
+        # Each sample's augmentation is drawn from (seed, epoch, index): the same in any worker, rank or resume.
+        EpochSeededDataset(train_set, recipe.train.seed),
         batch_size=recipe.data.batch_size,
-        shuffle=True,
+        sampler=EpochSampler(len(train_set), recipe.train.seed),
         num_workers=workers,
-        generator=torch.Generator().manual_seed(recipe.train.seed),
         persistent_workers=workers > 0,
+        generator=_loader_generator(recipe.train.seed),
     )
     val_loader = DataLoader(
         ImageTensorDataset(context.val_set, eval_transform(prep)),
@@ -184,21 +201,38 @@ def image_loaders(context: FitContext) -> tuple[DataLoader, DataLoader]:
 
 def view_loaders(
     train_views: torch.Tensor, val_views: torch.Tensor, context: FitContext, val_batch_size: int
-) -> tuple[tuple[DataLoader, DataLoader], FeatureViewScheduler]:
-    """Loaders over cached views (the image path's shuffle order) and the callback that switches the view."""
+) -> tuple[DataLoader, DataLoader]:
+    """Loaders over cached views: the image path's shuffle order, view ``epoch % views`` in epoch ``epoch``."""
     recipe = context.recipe
     train_dataset = FeatureViewDataset(train_views, context.train_set.labels)
     train_loader = DataLoader(
         train_dataset,
         batch_size=recipe.data.batch_size,
-        shuffle=True,
-        generator=torch.Generator().manual_seed(recipe.train.seed),
+        sampler=EpochSampler(len(train_dataset), recipe.train.seed),
+        generator=_loader_generator(recipe.train.seed),
     )
     val_loader = DataLoader(FeatureViewDataset(val_views, context.val_set.labels), batch_size=val_batch_size)
-    return (train_loader, val_loader), FeatureViewScheduler(train_dataset)
+    return train_loader, val_loader
 
 
-def save_weights(network: nn.Module, path: Path) -> None:
-    """A finished fit's weights as safetensors, which a resumed run loads instead of fitting again (rank zero)."""
-    if rank_zero_only.rank == 0:
-        save_file({key: value.contiguous() for key, value in network.state_dict().items()}, str(path))
+def save_weights(network: nn.Module, path: Path, history: EpochHistory | None = None) -> None:
+    """A finished fit's weights as safetensors, which a resumed run loads instead of fitting again (rank zero).
+
+    The history rows so far go in the file's metadata (a resumed run that skips this fit gets them back);
+    written to a temporary name and renamed, so a kill while saving leaves no file that looks finished.
+    """
+    if rank_zero_only.rank != 0:
+        return
+    metadata = {"history": json.dumps(history.rows)} if history is not None else None
+    temporary = path.with_name(path.name + ".tmp")
+    save_file({key: value.contiguous() for key, value in network.state_dict().items()}, str(temporary), metadata)
+    os.replace(temporary, path)
+
+
+def load_weights(network: nn.Module, path: Path, history: EpochHistory | None = None) -> None:
+    """Load what :func:`save_weights` wrote into ``network`` and ``history``."""
+    with safe_open(str(path), framework="pt") as handle:
+        network.load_state_dict({key: handle.get_tensor(key) for key in handle.keys()})  # noqa: SIM118
+        saved = (handle.metadata() or {}).get("history")
+    if history is not None and saved is not None:
+        history.rows = json.loads(saved)

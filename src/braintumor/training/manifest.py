@@ -74,15 +74,37 @@ def _relative(path: Path, root: Path) -> str:
         return str(path)
 
 
+def data_record(data_root: Path, paths: list[Path], hashes: list[str]) -> dict[str, Any]:
+    """The data set a run used: its root, file count and :func:`data_manifest_hash` over the files."""
+    root = data_root.resolve()
+    entries = [(_relative(Path(p), root), h) for p, h in zip(paths, hashes, strict=True)]
+    return {"root": str(root), "files": len(entries), "manifest_sha256": data_manifest_hash(entries)}
+
+
+# The sources that decide a trained model (the recipe, data, network, training loop and CPU runtime); bundles,
+# guard, evaluation and serving code can change without changing the weights a resumed run would produce.
+TRAINING_CODE = ("config.py", "runtime.py", "layout_constants.py", "data", "models", "training")
+
+
+def code_digest() -> str:
+    """SHA-256 over the Python sources in :data:`TRAINING_CODE`: a code version that needs no git checkout."""
+    package = Path(__file__).resolve().parents[1]
+    digest = hashlib.sha256()
+    for part in TRAINING_CODE:
+        sources = [package / part] if part.endswith(".py") else sorted((package / part).rglob("*.py"))
+        for source in sources:
+            digest.update(f"{source.relative_to(package).as_posix()}\n".encode())
+            digest.update(source.read_bytes())
+    return digest.hexdigest()
+
+
 def build_manifest(
     recipe: Recipe, data_root: Path, paths: list[Path], hashes: list[str], extra: dict[str, Any] | None = None
 ) -> dict[str, Any]:
     """Git state, data-set manifest hash (files actually used), recipe, seed, versions, machine."""
-    root = data_root.resolve()
-    entries = [(_relative(Path(p), root), h) for p, h in zip(paths, hashes, strict=True)]
     return {
         "git": git_state(),
-        "data": {"root": str(root), "files": len(entries), "manifest_sha256": data_manifest_hash(entries)},
+        "data": data_record(data_root, paths, hashes),
         "recipe": recipe.model_dump(mode="json"),
         "seed": recipe.train.seed,
         "versions": library_versions(),

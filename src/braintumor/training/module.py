@@ -53,6 +53,13 @@ class ClassifierModule(L.LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.network(x)
 
+    def setup(self, stage: str) -> None:
+        # NHWC before DDP wraps the module (Lightning calls setup first): DDP lays out its gradient buckets by
+        # the parameters' strides then, and re-lays them after the first step. Converted later, a resumed DDP
+        # fit's first step would reduce through the other layout than the uninterrupted fit's, and differ.
+        if self.channels_last:
+            to_channels_last(self.network)
+
     def on_fit_start(self) -> None:
         # Lightning keeps each submodule's mode as it finds it; feature extraction leaves the network in eval
         # mode, which would train the head with BatchNorm's initial statistics and without dropout.
@@ -88,6 +95,17 @@ class ClassifierModule(L.LightningModule):
         self.val_accuracy(logits, targets)
         self.log("val_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(targets), sync_dist=True)
         self.log("val_acc", self.val_accuracy, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(targets))
+
+    def on_train_epoch_end(self) -> None:
+        # ReduceLROnPlateau steps here, not in Lightning's epoch-end scheduler update: that runs after the
+        # checkpoint callbacks, so last.ckpt would miss this epoch's step and a resumed run would skip it.
+        scheduler, metrics = self.lr_schedulers(), self.trainer.callback_metrics
+        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau) and "val_loss" in metrics:
+            scheduler.step(metrics["val_loss"])
+
+    def lr_scheduler_step(self, scheduler: Any, metric: Any) -> None:
+        if not isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):  # plateau: on_train_epoch_end
+            scheduler.step()
 
     def configure_optimizers(self) -> dict[str, Any]:
         optimizer_class = torch.optim.AdamW if self.train_config.optimizer == "adamw" else torch.optim.Adam

@@ -1,7 +1,8 @@
 """LP-FT's second half: the recipe's fine-tuning stages after the probe, then the WiSE-FT weight choice.
 
-Each stage's final weights go to ``checkpoints/stage-N/final.safetensors``; a resumed run skips the
-stages that have one and continues an unfinished stage from its ``last.ckpt``.
+Each stage's final weights (and the history rows so far) go to ``checkpoints/stage-N/final.safetensors``;
+a resumed run skips the stages that have one and continues an unfinished stage from its ``last.ckpt``. The
+WiSE-FT choice is recomputed from the probed and fine-tuned weights, a pure function of both.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from typing import Any
 import lightning as L
 import torch
 import torch.nn as nn
-from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 
 from braintumor.config import FineTuneStage
@@ -20,7 +20,15 @@ from braintumor.errors import BrainTumorError
 from braintumor.models.network import BrainTumorNet
 from braintumor.training.feature_cache import encode_views
 from braintumor.training.finetune import FineTuneNet, interpolate_weights, prepare_stage, split_backbone
-from braintumor.training.fitting import FitContext, classifier, fit_module, image_loaders, save_weights, view_loaders
+from braintumor.training.fitting import (
+    FitContext,
+    classifier,
+    fit_module,
+    image_loaders,
+    load_weights,
+    save_weights,
+    view_loaders,
+)
 from braintumor.training.validation import validation_metrics
 
 FINAL_FILE = "final.safetensors"
@@ -41,7 +49,7 @@ def finetune(model: BrainTumorNet, context: FitContext) -> tuple[dict[str, Any],
         optimizer_groups = prepare_stage(model, stage, context.recipe.train.weight_decay)
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         if context.resume and final_file.is_file():
-            model.load_state_dict(load_file(str(final_file)))
+            load_weights(model, final_file, context.history)
             record["stages"].append({"stage": index, "reused": True, "trainable_parameters": trainable})
             continue
         context.say(
@@ -78,7 +86,7 @@ def _fit_stage(
         max_epochs=stage.epochs,
         checkpoint_dir=stage_dir,
     )
-    save_weights(model, stage_dir / FINAL_FILE)
+    save_weights(model, stage_dir / FINAL_FILE, context.history)
     return trainer
 
 
@@ -99,8 +107,8 @@ def _stage_inputs(
     bottom, top = split
     # The frozen bottom's activations are computed once per cached view, not once per epoch.
     train_activations, val_activations = encode_views(bottom, context)
-    loaders, scheduler = view_loaders(train_activations, val_activations, context, context.recipe.data.batch_size * 2)
-    return FineTuneNet(nn.Sequential(top, model.head), top if frozen else None), loaders, [scheduler]
+    loaders = view_loaders(train_activations, val_activations, context, context.recipe.data.batch_size * 2)
+    return FineTuneNet(nn.Sequential(top, model.head), top if frozen else None), loaders, []
 
 
 def _choose_wise_alpha(

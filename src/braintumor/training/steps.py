@@ -18,7 +18,6 @@ import numpy as np
 import torch
 from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities import rank_zero_only
-from safetensors.torch import load_file
 
 from braintumor.bundle import TrainingRecord, save_bundle
 from braintumor.config import Recipe
@@ -31,6 +30,7 @@ from braintumor.guard import InputGuard, fit_guard, head_outputs, model_outputs
 from braintumor.io import write_json_atomic
 from braintumor.models import create_model, resolve_preprocessing
 from braintumor.models.network import BrainTumorNet
+from braintumor.training.determinism import kill_point
 from braintumor.training.feature_cache import FEATURE_CACHE_FILE, cached_features
 from braintumor.training.fitting import (
     HEAD_PRECISION,
@@ -40,10 +40,12 @@ from braintumor.training.fitting import (
     classifier,
     fit_module,
     image_loaders,
+    load_weights,
     save_weights,
     view_loaders,
 )
 from braintumor.training.manifest import build_manifest
+from braintumor.training.resume import check_resumable, resume_key
 from braintumor.training.stages import finetune
 from braintumor.training.tracking import (
     create_logger,
@@ -131,8 +133,35 @@ def prepare_data(
     return PreparedData(image_set, train_set, val_set, duplicates)
 
 
+def check_run_folder(
+    recipe: Recipe,
+    data_root: Path,
+    data: PreparedData,
+    previous: dict[str, Any],
+    *,
+    resume: bool,
+    force: bool,
+    say: Say,
+) -> dict[str, Any]:
+    """The run's resume record for ``run.json``; a resume of a folder from another recipe, data set or code
+    version raises :class:`~braintumor.training.resume.ResumeMismatchError` unless ``force``."""
+    key = resume_key(recipe, data_root, data.images.paths, data.images.hashes)
+    if not resume:
+        return {"resume_key": key, "resume_warnings": []}
+    forced = check_resumable(previous, key, force=force)
+    for problem in forced:
+        say(f"warning: resuming anyway (--force): {problem}")
+    return {"resume_key": key, "resume_warnings": [*previous.get("resume_warnings", []), *forced]}
+
+
 def start_tracking(
-    recipe: Recipe, data_root: Path, run_dir: Path, options: RunOptions, previous: dict[str, Any], resume: bool
+    recipe: Recipe,
+    data_root: Path,
+    run_dir: Path,
+    options: RunOptions,
+    previous: dict[str, Any],
+    resume: bool,
+    resume_record: dict[str, Any] | None = None,
 ) -> tuple[Logger | None, dict[str, Any]]:
     """The tracker's logger (rank zero only; a resumed run continues its tracker run) and ``run.json``."""
     tracking = dict(previous.get("tracking") or {})
@@ -154,6 +183,7 @@ def start_tracking(
             "data_root": str(data_root.resolve()),
             "options": options.to_json(),
             "tracking": tracking,
+            **(resume_record or {}),
         },
     )
     return logger, tracking
@@ -200,21 +230,19 @@ def _fit_probe(
         "feature_cache_reused": reused,
         "feature_extraction_s": round(time.perf_counter() - started, 2),
     }
-    loaders, scheduler = view_loaders(train_features, val_features, context, val_batch_size=512)
+    loaders = view_loaders(train_features, val_features, context, val_batch_size=512)
     module = classifier(model.head, context)
     stages = context.recipe.train.finetune_stages
     probe_file = context.run_dir / "checkpoints" / PROBE_FILE
     trainer = None
     if context.resume and probe_file.is_file():
         # The probe finished before the interruption: its weights are final, go on to fine-tuning.
-        model.head.load_state_dict(load_file(str(probe_file)))
+        load_weights(model.head, probe_file, context.history)
     else:
         context.history.stage = "probe" if stages else "train"
-        trainer = fit_module(
-            module, loaders, context, callbacks=[scheduler], resume_from=context.resume_from, precision=HEAD_PRECISION
-        )
+        trainer = fit_module(module, loaders, context, resume_from=context.resume_from, precision=HEAD_PRECISION)
         if stages:
-            save_weights(model.head, probe_file)
+            save_weights(model.head, probe_file, context.history)
     timing["probe_fit_s"] = round(time.perf_counter() - started, 2)
     return trainer, timing, (train_features[0], val_features)
 
@@ -310,10 +338,12 @@ def save_run(
 ) -> Path:
     """The bundle, ``training_curves.png``, ``val_metrics.json`` and ``run_manifest.json``, also sent to the tracker."""
     recipe, run_dir, history = context.recipe, context.run_dir, context.history.rows
-    manifest = build_manifest(recipe, data_root, data.images.paths, data.images.hashes)
+    extra = {"resume_warnings": context.resume_warnings} if context.resume_warnings else None
+    manifest = build_manifest(recipe, data_root, data.images.paths, data.images.hashes, extra)
     bundle_dir = save_bundle(
         run_dir / "bundle", model, recipe, context.prep, training=record, manifest=manifest, guard=guard
     )
+    kill_point("bundle")
     if history:
         plot_training_curves(history, run_dir / "training_curves.png", title=recipe.name)
     write_json_atomic(run_dir / "val_metrics.json", selection.val_metrics)

@@ -29,6 +29,7 @@ from braintumor.training.fitting import FitContext, RunOptions, Say, quiet_light
 from braintumor.training.losses import resolve_class_weights
 from braintumor.training.steps import (
     build_model,
+    check_run_folder,
     fit,
     fit_run_guard,
     open_run_folder,
@@ -68,12 +69,14 @@ def train_recipe(
     console_log: Say | None = None,
     options: RunOptions | None = None,
     resume: bool = False,
+    force: bool = False,
 ) -> TrainResult | None:
     """Train ``recipe`` on ``<data_root>/Training`` and write ``<run_dir>/bundle``.
 
     ``console_log`` is any callable taking a string (``rich.console.Console.print``); messages about
-    skipped files and duplicates go there so the person running it sees them. With ``resume=True`` the
-    run continues from ``<run_dir>/checkpoints/last.ckpt`` (same recipe, same split, same tracker run).
+    skipped files and duplicates go there so the person running it sees them. With ``resume=True`` the run
+    continues from ``<run_dir>/checkpoints/last.ckpt`` to the model the uninterrupted run gives (docs/resume.md);
+    another recipe, data set or code version is refused unless ``force`` (recorded in the manifest).
     Returns ``None`` in the non-zero ranks of a multi-process run; rank zero writes every file.
     """
     options = options or RunOptions()
@@ -95,7 +98,8 @@ def train_recipe(
     samples = discover_split(data_root, "Training")  # layout errors surface before any model is built
     model, prep = build_model(recipe)
     data = prepare_data(recipe, samples, prep, options.show_progress, say)
-    logger, tracking = start_tracking(recipe, data_root, run_dir, options, previous, resume)
+    resume_record = check_run_folder(recipe, data_root, data, previous, resume=resume, force=force, say=say)
+    logger, tracking = start_tracking(recipe, data_root, run_dir, options, previous, resume, resume_record)
     context = FitContext(
         recipe=recipe,
         prep=prep,
@@ -109,6 +113,7 @@ def train_recipe(
         resume=resume,
         resume_from=resume_from,
         say=say,
+        resume_warnings=resume_record["resume_warnings"],
     )
     outcome = fit(model, context)
     if rank_zero_only.rank != 0:
@@ -155,8 +160,12 @@ def resume_run(
     options: RunOptions | None = None,
     console_log: Say | None = None,
     show_progress: bool | None = None,
+    force: bool = False,
 ) -> TrainResult | None:
-    """Continue an interrupted run from its last checkpoint, with the recipe and data it started with."""
+    """Continue an interrupted run from its last checkpoint, with the recipe and data it started with.
+
+    ``force`` resumes a folder whose data set or code version changed since (see :func:`train_recipe`).
+    """
     record = read_run_file(run_dir)
     recipe = Recipe.model_validate(record["recipe"])
     if options is None:
@@ -170,4 +179,5 @@ def resume_run(
         console_log=console_log,
         show_progress=show_progress,
         resume=True,
+        force=force,
     )

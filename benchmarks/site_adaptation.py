@@ -1,0 +1,279 @@
+"""Site adaptation, measured honestly: methods chosen on a Training-only proxy, scored by 2-fold cross-adaptation.
+
+1. Proxy (Training only): each of a class's other-source images held out of a probe's training, then mixed with
+   the validation split as the target (research/site_adaptation.py); every method adapts on one fold of it and is
+   scored on the other. The default method is the rule's choice there (choose_on_proxy).
+2. Testing: the bundle adapts on the unlabelled images of one stratified fold (seed 0) and predicts the other,
+   then the reverse; pooled accuracy, macro-F1 and per-class recall with bootstrap CIs, beside the unadapted
+   bundle on the same images; the transductive figure (adapt on all of Testing, predict it), labelled so; the
+   deduplicated split (needs `braintumor audit DATA`).
+3. Validation check: adapting to the validation split (Training-like) must keep its accuracy within 1 point.
+4. Timing: `adapt` (the library call behind the command) on --timing-images images.
+
+Features are cached in --cache (one backbone pass per split).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from common import command_line, data_parser, option, produced_by, timed, use_weights_dir, write_json
+
+CANDIDATES = ["none", "em", "standardize", "coral", "t3a", "shot", "standardize+em", "coral+em", "shot+em"]
+
+
+def _features(bundle: Any, data: Path, split: str, cache: Path) -> dict[str, np.ndarray]:
+    """Backbone features, labels, paths, content hashes and source flags of a split, cached as .npz."""
+    path = cache / f"{split}.npz"
+    if path.is_file():
+        with np.load(path) as arrays:
+            return {key: arrays[key] for key in arrays.files}
+    from braintumor.adaptation.network import backbone_features
+    from braintumor.data.dataset import drop_exact_duplicates, load_images, validation_split
+    from braintumor.data.layout import discover_split
+    from braintumor.data.preprocessing import eval_transform
+    from braintumor.research.source_holdout import is_main_source
+
+    images = load_images(discover_split(data, split), bundle.preprocessing, show_progress=False)
+    if split == "Training":
+        images = drop_exact_duplicates(images)[0]
+    features = backbone_features(bundle.model.backbone, images.images, eval_transform(bundle.preprocessing))
+    arrays = {
+        "features": features.numpy(),
+        "labels": images.labels.numpy(),
+        "paths": np.array([str(p) for p in images.paths]),
+        "hashes": np.array(images.hashes),
+        "main_source": np.array([is_main_source(p) for p in images.paths]),
+    }
+    if split == "Training":
+        arrays["train_idx"], arrays["val_idx"] = validation_split(bundle.recipe, images)
+    cache.mkdir(parents=True, exist_ok=True)
+    np.savez(path, **arrays)
+    return arrays
+
+
+def _testing_rows(bundle: Any, testing: dict[str, np.ndarray], methods: list[str], data: Path) -> dict[str, Any]:
+    import torch
+
+    from braintumor.adaptation import source_stats
+    from braintumor.adaptation.network import head_state, penultimate
+    from braintumor.evaluation.deduplicated import deduplicated_metrics
+    from braintumor.layout_constants import CLASS_NAMES
+    from braintumor.research.site_adaptation import cross_adapt, scores, transductive
+
+    z = penultimate(bundle.model, torch.as_tensor(testing["features"]))
+    head, source, labels = head_state(bundle.model), source_stats(bundle), testing["labels"]
+    temperature = bundle.config.extras.temperature or 1.0
+    flagged, rate = _flags(bundle, testing["features"]), bundle.guard.spec.validation_flag_rate
+    rows: dict[str, Any] = {}
+    for method in methods:
+        logits = cross_adapt(method, z, head, source, labels, temperature=temperature)
+        row = {"cross_fold": scores(labels, logits)}
+        gated = cross_adapt(
+            method,
+            z,
+            head,
+            source,
+            labels,
+            temperature=temperature,
+            gated=True,
+            flagged=flagged,
+            validation_flag_rate=rate,
+        )
+        row["cross_fold_as_adapt_applies"] = scores(labels, gated)
+        row["transductive"] = scores(labels, transductive(method, z, head, source, temperature))
+        probabilities = torch.softmax(torch.as_tensor(logits), dim=1).numpy()
+        paths = [Path(p) for p in testing["paths"]]
+        dedup, note = deduplicated_metrics(
+            data, "Testing", paths, list(testing["hashes"]), labels, probabilities, list(CLASS_NAMES)
+        )
+        row["deduplicated_cross_fold"] = (
+            {
+                "n": dedup["n_images"],
+                "accuracy": dedup["accuracy"],
+                "macro_f1": dedup["macro_f1"],
+                "recall": {k: v["recall"] for k, v in dedup["per_class"].items()},
+            }
+            if dedup
+            else {"note": note}
+        )
+        rows[method] = row
+    return rows
+
+
+def _flags(bundle: Any, features: np.ndarray) -> np.ndarray:
+    """Which images the guard's feature component flags (the cache keeps no pixels for the image evidence)."""
+    import torch
+
+    from braintumor.guard.guard import head_outputs
+
+    tensor = torch.as_tensor(features)
+    blank = torch.zeros(len(tensor), 3, 8, 8, dtype=torch.uint8)
+    return (bundle.guard.score(head_outputs(bundle.model, tensor, blank)).feature > 1).numpy()
+
+
+def _evidence(bundle: Any, features: np.ndarray) -> dict[str, Any]:
+    import torch
+
+    from braintumor.adaptation import shift_evidence, source_stats
+    from braintumor.adaptation.network import penultimate
+
+    z = penultimate(bundle.model, torch.as_tensor(features))
+    flagged = _flags(bundle, features)
+    return shift_evidence(
+        z,
+        source_stats(bundle),
+        flagged_share=float(flagged.mean()),
+        validation_flag_rate=bundle.guard.spec.validation_flag_rate,
+    ).to_dict()
+
+
+def _validation_check(bundle: Any, training: dict[str, np.ndarray], method: str) -> dict[str, Any]:
+    import torch
+
+    from braintumor.adaptation import source_stats
+    from braintumor.adaptation.network import head_state, penultimate
+    from braintumor.research.site_adaptation import cross_adapt, transductive
+
+    val = training["val_idx"]
+    z = penultimate(bundle.model, torch.as_tensor(training["features"][val]))
+    head, source, labels = head_state(bundle.model), source_stats(bundle), training["labels"][val]
+    base = float(np.mean(head.logits(z).numpy().argmax(1) == labels))
+    crossed = float(np.mean(cross_adapt(method, z, head, source, labels).argmax(1) == labels))
+    rate = bundle.guard.spec.validation_flag_rate
+    flagged = _flags(bundle, training["features"][val])
+    as_applied = cross_adapt(method, z, head, source, labels, gated=True, flagged=flagged, validation_flag_rate=rate)
+    crossed_gated = float(np.mean(as_applied.argmax(1) == labels))
+    whole = float(np.mean(transductive(method, z, head, source).argmax(1) == labels))
+    return {
+        "method": method,
+        "unadapted": base,
+        "cross_fold": crossed,
+        "adapted_on_all_validation": whole,
+        "cross_fold_as_adapt_applies": crossed_gated,
+        "within_1_point": bool(max(abs(whole - base), abs(crossed - base), abs(crossed_gated - base)) <= 0.01),
+        "evidence": _evidence(bundle, training["features"][val]),
+    }
+
+
+def _timing(bundle_path: Path, data: Path, count: int, method: str) -> dict[str, Any]:
+    from braintumor.adaptation import adapt_bundle
+    from braintumor.data.layout import discover_split
+
+    files = [s.path for split in ("Testing", "Training") for s in discover_split(data, split)][:count]
+    with tempfile.TemporaryDirectory() as folder:
+        for index, path in enumerate(files):
+            (Path(folder) / "in" / str(index % 7)).mkdir(parents=True, exist_ok=True)
+            os.symlink(path.resolve(), Path(folder) / "in" / str(index % 7) / f"{index}{path.suffix}")
+        result, wall, cpu = timed(
+            lambda: adapt_bundle(
+                bundle_path, Path(folder) / "in", Path(folder) / "out", method=method, show_progress=False
+            ),
+            1,
+        )
+    return {
+        "images": len(files),
+        "method": method,
+        "wall_s": wall,
+        "cpu_s": cpu,
+        "load_average_1min": round(os.getloadavg()[0], 2),
+        "n_adapted_on": result.record.n_images,
+        "rejected_by_guard": len(result.record.rejected_by_guard),
+    }
+
+
+def _row_text(name: str, scores: dict[str, Any]) -> str:
+    ci = scores["confidence_intervals"]
+    recall = " / ".join(f"{scores['recall'][k]:.2f}" for k in ("glioma", "meningioma", "no_tumor", "pituitary"))
+    g = ci["recall"]["glioma"]
+    return (
+        f"| {name} | {scores['accuracy']:.2%} [{ci['accuracy']['low']:.1%}, {ci['accuracy']['high']:.1%}] | "
+        f"{scores['macro_f1']:.3f} [{ci['macro_f1']['low']:.3f}, {ci['macro_f1']['high']:.3f}] | "
+        f"{scores['recall']['glioma']:.2f} [{g['low']:.2f}, {g['high']:.2f}] | {recall} |"
+    )
+
+
+def main() -> None:
+    parser = data_parser(__doc__)
+    parser.add_argument("bundle", type=Path)
+    parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "site_adaptation_cache")
+    parser.add_argument("--methods", nargs="+", default=CANDIDATES)
+    parser.add_argument("--timing-images", type=int, default=1000, help="0: skip the timing run.")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/site_adaptation.json"))
+    args = parser.parse_args()
+    use_weights_dir(args)
+    import torch
+
+    from braintumor.adaptation.defaults import DEFAULT_METHOD
+    from braintumor.bundle import load_bundle
+    from braintumor.research.site_adaptation import choose_on_proxy, proxy_rows
+
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    bundle = load_bundle(args.bundle)
+    cache = args.cache / bundle.path.resolve().as_posix().strip("/").replace("/", "_")
+    training, testing = (_features(bundle, args.data, split, cache) for split in ("Training", "Testing"))
+    proxy = proxy_rows(
+        training["features"].astype(np.float64),
+        training["labels"],
+        training["main_source"],
+        training["train_idx"],
+        training["val_idx"],
+        args.methods,
+    )
+    choice = choose_on_proxy(proxy)
+    methods = list(dict.fromkeys(["none", choice["chosen"], DEFAULT_METHOD, *args.methods]))
+    result: dict[str, Any] = {
+        "bundle": str(args.bundle),
+        "proxy": {"rows": proxy, **choice},
+        "default_method": DEFAULT_METHOD,
+        "default_matches_proxy": choice["chosen"] == DEFAULT_METHOD,
+        "testing": _testing_rows(bundle, testing, methods, args.data),
+        "testing_evidence": _evidence(bundle, testing["features"]),
+        "validation_check": _validation_check(bundle, training, DEFAULT_METHOD),
+    }
+    if args.timing_images:
+        result["timing"] = _timing(args.bundle, args.data, args.timing_images, DEFAULT_METHOD)
+    command = command_line(
+        "site_adaptation.py",
+        str(args.bundle),
+        option("--data", args.data),
+        option("--timing-images", args.timing_images, 1000),
+    )
+    result["produced_by"] = produced_by(command, f"torch threads {torch.get_num_threads()}, ")
+    write_json(args.out, result)
+    print(f"proxy (Training only): chosen {choice['chosen']!r}; library default {DEFAULT_METHOD!r}")
+    for site in ("mixture", "shifted"):
+        for row in (r for r in proxy if r["site"] == site and r["method"] in ("none", "em", "standardize")):
+            print(
+                f"  proxy {site:8s} held {row['held_out']:10s} {row['method']:12s} gated={row['gated']!s:5s} "
+                f"held recall {row['held_out_recall']:.3f} others {row['in_distribution_accuracy']:.3f}"
+            )
+    for method, summary in choice["summary"].items():
+        accuracy, kept = summary["accuracy"], summary["in_distribution_accuracy"]
+        print(f"  {method:16s} target acc {accuracy:.3f}  in-distribution {kept:.3f}")
+    print(
+        "| method (Testing, 2-fold cross-adaptation) | accuracy [95% CI] | macro-F1 [CI] | glioma recall [CI] "
+        "| recall g / m / n / p |"
+    )
+    print("|---|---|---|---|---|")
+    for method, row in result["testing"].items():
+        print(_row_text(method, row["cross_fold"]))
+    print("as `adapt` applies it (the evidence gate on each fold):")
+    for method, row in result["testing"].items():
+        print(_row_text(method + " (gated)", row["cross_fold_as_adapt_applies"]))
+    print("transductive (adapt on all Testing, evaluate on it; not an honest estimate):")
+    for method, row in result["testing"].items():
+        print(_row_text(method + " (transductive)", row["transductive"]))
+    print(result["validation_check"])
+    print(result.get("timing"))
+    print(result["produced_by"])
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    main()

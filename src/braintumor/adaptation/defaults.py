@@ -1,0 +1,35 @@
+"""The adaptation methods' names and their settings, fixed a priori or chosen on the Training-only proxy.
+
+``benchmarks/site_adaptation.py`` says which: the proxy (:mod:`braintumor.research.site_adaptation`) holds a
+class's other-source images out of training and adapts to them mixed with validation images; no setting here
+was chosen on Testing.
+"""
+
+from __future__ import annotations
+
+# Methods in the order `braintumor adapt --help` lists them; combinations join names with "+".
+METHODS = ("adabn", "standardize", "coral", "em", "t3a", "shot")
+# The default combination, chosen by the source hold-out proxy (benchmarks/results/site_adaptation.json).
+DEFAULT_METHOD = "em"
+# Fewest target images each method needs: class priors need a few per class, covariances many more.
+MIN_IMAGES = {"adabn": 32, "standardize": 32, "coral": 64, "em": 16, "t3a": 16, "shot": 32}
+# CORAL's covariance shrinkage towards the scaled identity (a priori: 1280 dimensions, a few hundred images).
+CORAL_SHRINKAGE = 0.5
+# Standardisation's floor on a target feature's standard deviation, in source units (no division by ~0).
+MIN_STD = 1e-3
+# EM (Saerens et al. 2002): stop when no prior moves by more than this, or after this many rounds.
+EM_TOLERANCE = 1e-6
+EM_MAX_ITERATIONS = 200
+# T3A (Iwasawa and Matsuo 2021): the most confident target features kept per class.
+T3A_FILTER = 20
+# SHOT's information maximisation on the last layer only: Adam steps, learning rate, diversity weight.
+SHOT_STEPS = 100
+SHOT_LEARNING_RATE = 1e-2
+SHOT_DIVERSITY = 1.0
+# AdaBN: images per forward pass while the backbone's BatchNorm statistics are re-estimated.
+ADABN_BATCH_SIZE = 64
+# Shift evidence: a target whose share of guard-flagged images is at most this many times the validation
+# split's rate, and whose mean feature sits within NEAR_MEAN_SHIFT source deviations, is "near the source".
+NEAR_FLAG_RATIO = 2.0
+NEAR_MEAN_SHIFT = 0.15
+SEED = 0

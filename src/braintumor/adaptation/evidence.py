@@ -1,0 +1,66 @@
+"""How far a set of target images sits from the source, from unlabelled evidence only.
+
+Three measures: the share the input guard flags (against the validation split's rate, which the guard was
+thresholded on), how far the target's mean penultimate feature sits from the source's (root mean square over
+dimensions, in source standard deviations), and how far EM's class priors move from the training priors
+(total variation). A target near the source on the first two is one where moving every image's features
+can only hurt (the proxy's in-distribution images, ``benchmarks/site_adaptation.py``).
+
+Example:
+    >>> from braintumor.adaptation.methods import SourceStats
+    >>> source = SourceStats(torch.zeros(2), torch.ones(2), torch.tensor([0.5, 0.5]))
+    >>> e = shift_evidence(torch.zeros(10, 2), source, flagged_share=0.0, validation_flag_rate=0.01)
+    >>> e.near_source, e.mean_shift
+    (True, 0.0)
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+
+from braintumor.adaptation.defaults import NEAR_FLAG_RATIO, NEAR_MEAN_SHIFT
+from braintumor.adaptation.methods import SourceStats
+
+# A guard thresholded at its validation 0.99 quantile flags ~1% of source-like images; a small target
+# flags a few more by chance, so the comparison never goes below this share.
+MIN_FLAG_SHARE = 0.02
+
+
+@dataclass(frozen=True)
+class ShiftEvidence:
+    """The measures and the verdict they give."""
+
+    flagged_share: float
+    validation_flag_rate: float | None
+    mean_shift: float
+    prior_shift: float | None
+    near_source: bool
+    explanation: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def shift_evidence(
+    features: torch.Tensor,
+    source: SourceStats,
+    *,
+    flagged_share: float,
+    validation_flag_rate: float | None,
+    target_priors: torch.Tensor | None = None,
+) -> ShiftEvidence:
+    """The :class:`ShiftEvidence` of target penultimate ``features`` (the images the guard accepted)."""
+    standardised = (features.double().mean(dim=0) - source.mean.double()) / source.std.double()
+    mean_shift = float(standardised.pow(2).mean().sqrt())
+    prior = None if target_priors is None else float(0.5 * (target_priors - source.priors).abs().sum())
+    flag_limit = max(MIN_FLAG_SHARE, NEAR_FLAG_RATIO * (validation_flag_rate or 0.0))
+    near = flagged_share <= flag_limit and mean_shift <= NEAR_MEAN_SHIFT
+    explanation = (
+        f"{flagged_share:.1%} of the images flagged by the input guard (near-source limit {flag_limit:.1%}); mean "
+        f"feature {mean_shift:.3f} source deviations from the source's (limit {NEAR_MEAN_SHIFT})"
+        + ("" if prior is None else f"; class priors {prior:.3f} (total variation) from the training priors")
+    )
+    return ShiftEvidence(round(flagged_share, 4), validation_flag_rate, round(mean_shift, 4), prior, near, explanation)

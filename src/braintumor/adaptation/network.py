@@ -1,0 +1,122 @@
+"""Where adaptation touches a network: the head's last Dense layer, the BatchNorm before it, the backbone's
+BatchNorm statistics (AdaBN).
+
+Example:
+    >>> from braintumor.models.network import BrainTumorNet, LinearHead
+    >>> net = BrainTumorNet(torch.nn.Identity(), 3, LinearHead(3, dropout=0.0, num_classes=2), frozen_backbone=True)
+    >>> state = head_state(net)
+    >>> set_head_state(net, HeadState(state.weight * 2, state.bias))
+    >>> bool(torch.allclose(head_state(net).weight, state.weight * 2))
+    True
+    >>> source_moments(net)[1].tolist()
+    [1.0, 1.0, 1.0]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from braintumor.adaptation.defaults import ADABN_BATCH_SIZE, SEED
+from braintumor.adaptation.methods import HeadState
+from braintumor.errors import BrainTumorError
+from braintumor.models.network import BrainTumorNet
+from braintumor.runtime import channels_last_batch, to_channels_last
+
+
+def last_layer(model: nn.Module) -> nn.Linear:
+    """The head's last Dense layer (what every head here ends in)."""
+    head = getattr(model, "head", None)
+    if not isinstance(head, nn.Sequential) or not isinstance(head[-1], nn.Linear):
+        raise BrainTumorError("adaptation needs a network whose head ends in a Dense layer (every recipe's head does)")
+    return head[-1]
+
+
+def head_state(model: nn.Module) -> HeadState:
+    layer = last_layer(model)
+    return HeadState(layer.weight.detach().double().clone(), layer.bias.detach().double().clone())
+
+
+@torch.no_grad()
+def set_head_state(model: nn.Module, state: HeadState) -> None:
+    """Write an adapted layer into the network, in place (same shapes, same state-dict keys)."""
+    layer = last_layer(model)
+    layer.weight.copy_(state.weight.to(layer.weight.dtype))
+    layer.bias.copy_(state.bias.to(layer.bias.dtype))
+
+
+def source_moments(model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-dimension mean and standard deviation of the source's penultimate features, read from the
+    BatchNorm before the last layer: its output has mean 0 and deviation 1 on the source (affine: beta, |gamma|)."""
+    norms = [layer for layer in model.head if isinstance(layer, nn.BatchNorm1d)]  # type: ignore[union-attr]
+    if not norms:
+        raise BrainTumorError(
+            "this head has no BatchNorm before its last layer, so the source's feature statistics are unknown: "
+            "use --method em, t3a or shot"
+        )
+    norm = norms[-1]
+    if norm.affine:
+        return norm.bias.detach().double().clone(), norm.weight.detach().double().abs().clone()
+    size = norm.num_features
+    return torch.zeros(size, dtype=torch.float64), torch.ones(size, dtype=torch.float64)
+
+
+@torch.no_grad()
+def penultimate(model: BrainTumorNet, backbone_features: torch.Tensor) -> torch.Tensor:
+    """The input of the last layer for cached backbone features (eval mode)."""
+    model.eval()
+    return model.head_penultimate_and_logits(backbone_features)[0].double()
+
+
+@torch.no_grad()
+def adabn(
+    backbone: nn.Module,
+    images: torch.Tensor,
+    transform: Callable[[torch.Tensor], torch.Tensor],
+    *,
+    batch_size: int = ADABN_BATCH_SIZE,
+    seed: int = SEED,
+) -> int:
+    """AdaBN (Li et al. 2016): replace every BatchNorm's running statistics by the target images' (in place).
+
+    The images are shuffled (a seeded permutation) so that no batch is one folder's, and the statistics
+    are the plain average over batches (``momentum=None``). Returns the number of BatchNorm layers reset.
+    """
+    norms = [layer for layer in backbone.modules() if isinstance(layer, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        raise BrainTumorError("AdaBN needs a backbone with BatchNorm layers; this one has none")
+    momenta = [layer.momentum for layer in norms]
+    for layer in norms:
+        layer.reset_running_stats()
+        layer.momentum = None
+    order = torch.as_tensor(np.random.default_rng(seed).permutation(len(images)))
+    backbone.train()
+    try:
+        for start in range(0, len(images), batch_size):
+            backbone(transform(images[order[start : start + batch_size]]))
+    finally:
+        backbone.eval()
+        for layer, momentum in zip(norms, momenta, strict=True):
+            layer.momentum = momentum
+    return len(norms)
+
+
+@torch.inference_mode()
+def backbone_features(
+    backbone: nn.Module,
+    images: torch.Tensor,
+    transform: Callable[[torch.Tensor], torch.Tensor],
+    *,
+    batch_size: int = ADABN_BATCH_SIZE,
+) -> torch.Tensor:
+    """Pooled backbone features ``[N, D]`` (float32, eval mode, NHWC: the training cache's exact fast path)."""
+    backbone.eval()
+    to_channels_last(backbone)
+    chunks = [
+        backbone(channels_last_batch(transform(images[start : start + batch_size]))).float()
+        for start in range(0, len(images), batch_size)
+    ]
+    return torch.cat(chunks) if chunks else torch.zeros((0, 0))

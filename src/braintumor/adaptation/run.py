@@ -1,0 +1,206 @@
+"""``braintumor adapt``: fit a bundle to a site from that site's unlabelled images, into a new bundle.
+
+The steps: list and decode the images (folder names are ignored: no label is read), score them with the
+bundle's input guard and drop what it flags, measure how far the rest sits from the source
+(:mod:`~braintumor.adaptation.evidence`), run the method (:mod:`~braintumor.adaptation.pipeline`) and save a
+copy of the bundle with the adapted weights and an ``extras.adaptation`` record. The original bundle is only
+read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from braintumor.adaptation.defaults import DEFAULT_METHOD
+from braintumor.adaptation.errors import AdaptationError
+from braintumor.adaptation.evidence import ShiftEvidence, shift_evidence
+from braintumor.adaptation.methods import SourceStats
+from braintumor.adaptation.network import (
+    adabn,
+    backbone_features,
+    head_state,
+    penultimate,
+    set_head_state,
+    source_moments,
+)
+from braintumor.adaptation.pipeline import adapt_head, gate, method_settings, min_images, parse_methods
+from braintumor.bundle import AdaptationRecord, Bundle, load_bundle, save_bundle
+from braintumor.data.dataset import ImageSet, load_images
+from braintumor.data.layout import Sample
+from braintumor.data.preprocessing import eval_transform
+from braintumor.guard.guard import head_outputs
+from braintumor.inference.predictor import expand_inputs
+from braintumor.models.network import BrainTumorNet
+
+
+@dataclass
+class AdaptationResult:
+    """What :func:`adapt_bundle` wrote and found."""
+
+    out: Path
+    record: AdaptationRecord
+    evidence: ShiftEvidence
+    applied: tuple[str, ...]
+    warnings: list[str] = field(default_factory=list)
+
+
+def manifest_sha256(digests: list[str]) -> str:
+    """One hash naming a set of images: sha256 over their sorted content hashes (order and paths do not matter).
+
+    Example:
+        >>> manifest_sha256(["b", "a"]) == manifest_sha256(["a", "b"])
+        True
+    """
+    return hashlib.sha256("\n".join(sorted(digests)).encode()).hexdigest()
+
+
+def _check_paths(bundle_path: Path, images: Path, out: Path, needed: int) -> list[Path]:
+    if not images.exists():
+        raise AdaptationError(f"image folder {images} does not exist")
+    if out.resolve() == bundle_path.resolve() or out.resolve().is_relative_to(bundle_path.resolve()):
+        raise AdaptationError(f"-o {out} is the bundle being adapted (or inside it): write the adapted copy elsewhere")
+    files = expand_inputs([images])
+    if not files:
+        raise AdaptationError(f"{images} holds no files: point --images at a folder of the site's scans")
+    if len(files) < needed:
+        raise AdaptationError(
+            f"{images} holds {len(files)} files; the method needs at least {needed} images: add more scans"
+        )
+    return files
+
+
+def source_stats(bundle: Bundle) -> SourceStats:
+    """The source's penultimate statistics: the head's BatchNorm, the guard's class means, the training priors."""
+    mean, std = source_moments(bundle.model)
+    counts = bundle.config.training.train_class_counts
+    if counts and all(name in counts for name in bundle.class_names):
+        priors = torch.tensor([float(counts[name]) for name in bundle.class_names], dtype=torch.float64)
+    else:
+        priors = torch.ones(len(bundle.class_names), dtype=torch.float64)
+    guard = bundle.guard
+    class_means = guard.state.get("mu") if guard is not None and guard.spec.detector == "mahalanobis" else None
+    return SourceStats(mean, std, priors / priors.sum(), None if class_means is None else class_means.double())
+
+
+def _decode(files: list[Path], bundle: Bundle, show_progress: bool) -> ImageSet:
+    # Label 0 for every file: the adaptation never reads a label, whatever the folders are called.
+    return load_images([Sample(path, 0) for path in files], bundle.preprocessing, show_progress=show_progress)
+
+
+def _guard_filter(bundle: Bundle, images: ImageSet, features: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """A mask of the images the guard accepts (all when there is no guard) and the flagged share."""
+    if bundle.guard is None:
+        return torch.ones(len(images), dtype=torch.bool), 0.0
+    flagged = bundle.guard.score(head_outputs(bundle.model, features, images.images)).flagged
+    return ~flagged, float(flagged.float().mean())
+
+
+def _gated(methods: tuple[str, ...], evidence: ShiftEvidence, force: bool) -> tuple[tuple[str, ...], list[str]]:
+    """The methods to apply, and a warning for each one the evidence advises against (applied anyway with force)."""
+    kept, skipped = gate(methods, evidence.near_source)
+    where = "near the source" if evidence.near_source else "away from the source"
+    warnings = [
+        f"the images sit {where} ({evidence.explanation}); {name} {reason}: "
+        + ("applied anyway (--force)" if force else "not applied (--force applies it)")
+        for name, reason in skipped.items()
+    ]
+    return (methods if force else kept), warnings
+
+
+def _record(
+    bundle: Bundle, images: Path, kept: ImageSet, rejected: list[str], evidence: ShiftEvidence, details: dict[str, Any]
+) -> AdaptationRecord:
+    return AdaptationRecord(
+        method=details.pop("method"),
+        settings=details,
+        source_bundle=str(bundle.path),
+        images_root=str(images),
+        n_images=len(kept),
+        manifest_sha256=manifest_sha256(kept.hashes),
+        image_digests=sorted(kept.hashes),
+        rejected_by_guard=rejected,
+        skipped_files=[{"path": s.path, "reason": s.reason} for s in kept.skipped],
+        evidence=evidence.to_dict(),
+        warnings=details.pop("warnings"),
+        created_utc=datetime.now(UTC).isoformat(timespec="seconds"),
+    )
+
+
+def adapt_bundle(
+    bundle_path: Path | str,
+    images: Path | str,
+    out: Path | str,
+    *,
+    method: str = DEFAULT_METHOD,
+    force: bool = False,
+    show_progress: bool = True,
+) -> AdaptationResult:
+    """Adapt the bundle at ``bundle_path`` to the unlabelled images under ``images`` and save it to ``out``.
+
+    Raises:
+        AdaptationError: an unknown method, an empty or too small folder (before any image is decoded), too few
+            images left after the guard, an ensemble bundle, or ``out`` inside the bundle.
+    """
+    bundle_path, images, out = Path(bundle_path), Path(images), Path(out)
+    methods = parse_methods(method)
+    files = _check_paths(bundle_path, images, out, min_images(methods))
+    bundle = load_bundle(bundle_path)
+    if not isinstance(bundle.model, BrainTumorNet):
+        raise AdaptationError("adapt the member bundles one by one, then combine them with `braintumor ensemble`")
+    record, evidence, applied = _fit(bundle, images, files, methods, force=force, show_progress=show_progress)
+    config = bundle.config
+    extras = config.extras.model_copy(update={"adaptation": record})
+    save_bundle(
+        out,
+        bundle.model,
+        config.recipe,
+        config.preprocessing,
+        training=config.training,
+        extras=extras,
+        manifest=config.manifest,
+        guard=bundle.guard,
+    )
+    return AdaptationResult(out, record, evidence, applied, list(record.warnings))
+
+
+def _fit(
+    bundle: Bundle, images: Path, files: list[Path], methods: tuple[str, ...], *, force: bool, show_progress: bool
+) -> tuple[AdaptationRecord, ShiftEvidence, tuple[str, ...]]:
+    """Adapt ``bundle.model`` in place to the decodable, guard-accepted ``files``; the record of what was done."""
+    assert isinstance(bundle.model, BrainTumorNet)
+    source = source_stats(bundle)
+    decoded = _decode(files, bundle, show_progress)
+    transform = eval_transform(bundle.preprocessing)
+    features = backbone_features(bundle.model.backbone, decoded.images, transform)
+    accepted, flagged_share = _guard_filter(bundle, decoded, features)
+    kept = decoded.subset(torch.nonzero(accepted).flatten())
+    rejected = [str(p) for p, ok in zip(decoded.paths, accepted.tolist(), strict=True) if not ok]
+    if len(kept) < min_images(methods):
+        raise AdaptationError(
+            f"only {len(kept)} of {len(files)} images were decodable and accepted by the input guard; "
+            f"{'+'.join(methods)} needs {min_images(methods)}"
+        )
+    z = penultimate(bundle.model, features[accepted])
+    validation_rate = bundle.guard.spec.validation_flag_rate if bundle.guard is not None else None
+    evidence = shift_evidence(z, source, flagged_share=flagged_share, validation_flag_rate=validation_rate)
+    applied, warnings = _gated(methods, evidence, force)
+    if "adabn" in applied:
+        adabn(bundle.model.backbone, kept.images, transform)
+        z = penultimate(bundle.model, backbone_features(bundle.model.backbone, kept.images, transform))
+    temperature = bundle.config.extras.temperature or 1.0
+    adapted, fitted = adapt_head(applied, z, head_state(bundle.model), source, temperature)
+    set_head_state(bundle.model, adapted)
+    details = {
+        "method": "+".join(methods),
+        "applied": "+".join(applied),
+        "fitted": fitted,
+        "methods": method_settings(methods),
+        "warnings": warnings,
+    }
+    return _record(bundle, images, kept, rejected, evidence, details), evidence, applied
