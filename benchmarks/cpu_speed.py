@@ -65,6 +65,9 @@ def _evaluation_root(data: Path, count: int) -> Path:
 def _measure(args: argparse.Namespace) -> dict[str, Any]:
     """Every measurement of one path (run inside the child process)."""
     from braintumor.research import cpu_speed as speed
+    from braintumor.runtime import tune_cpu_runtime
+
+    tune_cpu_runtime()  # what the CLI does before any command (a no-op in the eager child)
 
     precision = "32" if args.path == "eager" else None
     eager = args.path == "eager"

@@ -14,7 +14,7 @@ from torch.utils.data import Dataset
 
 from braintumor.data.dataset import ImageSet
 from braintumor.progress import progress_bar
-from braintumor.runtime import autocast, channels_last_batch, to_channels_last
+from braintumor.runtime import autocast, channels_last_batch, to_channels_last, tune_cpu_runtime
 from braintumor.training.determinism import kill_point
 
 
@@ -41,6 +41,7 @@ def extract_features(
         precision: ``32-true``, ``bf16-mixed`` or ``auto`` (:func:`braintumor.runtime.resolve_precision`).
         channels_last: run a convolutional ``model`` in NHWC order.
     """
+    tune_cpu_runtime()  # for library callers; the CLI has done it already
     model.eval()
     if channels_last:
         # Outside inference mode: parameters converted inside it become inference tensors, which a later
