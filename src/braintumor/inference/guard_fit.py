@@ -76,8 +76,10 @@ def fit_bundle_guard(
         raise BrainTumorError(f"cannot fit the input guard of {bundle.path}: {where}; pass --data ROOT")
     train_set, val_set = training_split(bundle, root, show_progress=show_progress)
     normalise = eval_transform(bundle.preprocessing)
-    train = model_outputs(bundle.model, normalise, train_set.images)
-    val = model_outputs(bundle.model, normalise, val_set.images)
+    # At the precision the bundle runs at (and was fitted at by train), so a refit reproduces the original.
+    precision = bundle.recipe.precision()
+    train = model_outputs(bundle.model, normalise, train_set.images, precision=precision)
+    val = model_outputs(bundle.model, normalise, val_set.images, precision=precision)
     guard = fit_guard(train, train_set.labels, val, detector=detector, quantile=quantile)
     write_bundle_guard(bundle.path, guard)
     bundle.guard = guard
