@@ -66,7 +66,8 @@ def test_tta_changes_nothing_for_a_model_invariant_to_the_views(tmp_path: Path) 
 def test_tta_on_a_trained_model_averages_the_logits_of_the_views(trained_run, synthetic_root: Path) -> None:
     bundle = load_bundle(trained_run.bundle_dir)
     images = load_images(discover_split(synthetic_root, "Testing"), bundle.preprocessing, show_progress=False).images
-    predictor = Predictor(bundle, tta=True, batch_size=7)
+    # fp32, to compare with the plain fp32 forward passes below (the tiny recipe runs in bf16 by default).
+    predictor = Predictor(bundle, tta=True, batch_size=7, precision="32")
     probabilities = predictor.predict_uint8(images)
     assert probabilities.shape == (len(images), len(CLASS_NAMES))
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
@@ -76,7 +77,7 @@ def test_tta_on_a_trained_model_averages_the_logits_of_the_views(trained_run, sy
     with torch.inference_mode():
         expected = torch.stack([bundle.model(transform(view)) for view in tta_views(images)]).mean(dim=0)
     np.testing.assert_allclose(predictor.predict_logits_uint8(images), expected.numpy(), atol=1e-4)
-    assert not np.allclose(probabilities, Predictor(bundle).predict_uint8(images), atol=1e-4)
+    assert not np.allclose(probabilities, Predictor(bundle, precision="32").predict_uint8(images), atol=1e-4)
 
 
 def test_evaluate_and_predict_accept_tta(trained_run, synthetic_root: Path, tmp_path: Path) -> None:
