@@ -20,7 +20,7 @@ def keras_initialise(module: nn.Module) -> nn.Module:
 
     Example:
         >>> layer = keras_initialise(nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3)))
-        >>> float(layer[0].bias.abs().sum()), layer[1].momentum, layer[1].eps
+        >>> float(layer[0].bias.detach().abs().sum()), layer[1].momentum, layer[1].eps
         (0.0, 0.01, 0.001)
     """
     for layer in module.modules():
