@@ -25,9 +25,10 @@ from typer.testing import CliRunner
 import braintumor.audit.cache as cache_module
 import braintumor.audit.near_copies as near_copies
 import braintumor.audit.scan as scan
+from braintumor.audit.candidate_index import search_candidates
 from braintumor.audit.constants import CACHE_DIR_NAME, CACHE_FILE
 from braintumor.audit.run import run_audit
-from braintumor.audit.similarity import check_pairs
+from braintumor.audit.similarity import check_pairs, nearest_candidates
 from braintumor.cli import app
 from tests.test_audit import random_scan
 
@@ -130,6 +131,12 @@ def test_added_deleted_modified_and_touched_files(root: Path, tmp_path: Path, de
     assert sorted(Path(d).name for d in decodes) == ["new.jpg", "new.jpg", "t1.jpg"]
     assert updated["cache"]["files_decoded"] == 3 and updated["cache"]["files_rehashed"] >= 1
     assert updated["cache"]["pairs_reused"] > 0
+    # The search met only what changed: the new Testing query in full, kept queries only the 2 new
+    # Training images (new.jpg and the modified t1.jpg); the deleted one was nobody's candidate or is re-searched.
+    stats, near = updated["cache"], updated["near_duplicates"]
+    assert stats["queries_searched"] + stats["queries_extended"] == near["queries_searched"]
+    assert stats["queries_searched"] < near["queries_searched"]
+    assert stats["search_comparisons"] < near["queries_searched"] * near["reference_images"]
     assert _comparable(updated) == _comparable(_audit(root, tmp_path / "plain", use_cache=False))
     with sqlite3.connect(out / CACHE_DIR_NAME / CACHE_FILE) as db:
         cached = {path for (path,) in db.execute("SELECT path FROM files")}
@@ -275,6 +282,45 @@ def test_pair_checks_do_not_depend_on_the_batch() -> None:
         for name in ("detail_ncc", "overlap", "aligned", "transform"):
             assert np.array_equal(getattr(alone, name)[0], getattr(together, name)[index]), (index, name)
     assert together.aligned.any()
+
+
+def test_an_extended_candidate_search_equals_a_full_one() -> None:
+    """Adding and removing references (with exact ties among them) and queries, step by step."""
+    rng = np.random.default_rng(8)
+    thumbs = rng.integers(0, 256, (60, 2, 16, 16), dtype=np.uint8)
+    thumbs[41] = thumbs[40]  # two references with the same pixels: an exact tie
+    thumbs[5, :, :, :] = thumbs[40, :, :, ::-1]  # a mirrored copy among the queries
+    names = [f"d{i}" for i in range(len(thumbs))]
+    steps = [  # (query rows, reference rows)
+        (range(0, 10), range(20, 45)),
+        (range(0, 12), range(20, 50)),  # more queries and references
+        (range(2, 12), [*range(20, 30), *range(32, 55)]),  # two references and two queries removed
+        (range(2, 12), [*range(20, 30), *range(32, 55)]),  # nothing changed
+    ]
+    stored = None
+    for queries, references in steps:
+        query, reference = list(queries), list(references)
+        args = ([names[i] for i in query], [names[i] for i in reference], thumbs[query], thumbs[reference], 3)
+        extended = search_candidates(*args, stored=stored)
+        full = search_candidates(*args)
+        for a, b in zip(extended.channels, full.channels, strict=True):
+            for name in ("scores", "indices", "mirrored"):
+                assert np.array_equal(getattr(a, name), getattr(b, name)), name
+        assert extended.index == full.index
+        stored = extended.index
+    assert extended.comparisons == 0 and extended.queries_extended == len(query)
+    assert full.comparisons == len(query) * len(reference)
+
+
+def test_candidate_scores_do_not_depend_on_the_block() -> None:
+    rng = np.random.default_rng(9)
+    query = rng.integers(0, 256, (7, 64, 64), dtype=np.uint8)
+    reference = rng.integers(0, 256, (40, 64, 64), dtype=np.uint8)
+    together = nearest_candidates(query, reference, k=40)
+    for row in range(len(query)):
+        alone = nearest_candidates(query[row : row + 1], reference, k=40, reference_block=9)
+        order = np.argsort(together.indices[row])
+        assert np.array_equal(alone.scores[0][np.argsort(alone.indices[0])], together.scores[row][order])
 
 
 def test_cli_cache_options(root: Path, tmp_path: Path) -> None:

@@ -1,6 +1,6 @@
 """The audit's cache: what it computed per file and per candidate pair, reused by the next audit of the folder.
 
-One SQLite file (default ``<audit folder>/cache/audit_cache.sqlite``) with three tables:
+One SQLite file (default ``<audit folder>/cache/audit_cache.sqlite``) with four tables:
 
 - ``files``: relative path -> size, modification time (ns), when it was last verified, content digest;
 - ``contents``: content digest -> the decoded header fields (or the decode error), the ``[2, 64, 64]``
@@ -8,8 +8,9 @@ One SQLite file (default ``<audit folder>/cache/audit_cache.sqlite``) with three
   fixed shape (no pickle: nothing in the file is executed when read, and zlib's checksum catches a
   damaged blob);
 - ``pairs``: (query digest, reference digest, mirrored) -> the aligned detail check's four results;
-- ``searches``: the last candidate search, under a hash of every searched digest in order and its settings
-  (an unchanged data set is not searched again; any change searches it all, seconds for thousands).
+- ``searches``: the candidate index of the last search (every query's ``k`` best references per channel,
+  by digest): new queries are searched in full, kept ones only against new references
+  (:mod:`braintumor.audit.candidate_index`).
 
 A file whose size and modification time match its row is not read at all; one whose stat changed
 (touched, copied, renamed) is read and hashed, and decoded only when its digest is new. SQLite commits
@@ -49,11 +50,12 @@ import numpy as np
 
 CACHE_FORMAT = "braintumor-audit-cache"
 # Bump when the tables change; code changes of the cached steps are caught by fingerprint().
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 # The modules whose code decides a file's cached values (decoding, digest, thumbnails) or a pair's check.
 FINGERPRINT_MODULES = (
     "braintumor.audit.scan",
     "braintumor.audit.similarity",
+    "braintumor.audit.candidate_index",
     "braintumor.data.images",
     "braintumor.data.dicom",
     "braintumor.data.dataset",
@@ -115,6 +117,9 @@ class CacheStats:
     files_decoded: int = 0
     pairs_reused: int = 0
     pairs_checked: int = 0
+    queries_searched: int = 0
+    queries_extended: int = 0
+    search_comparisons: int = 0
     notes: list[str] = field(default_factory=list)
 
 

@@ -8,8 +8,6 @@ and a pair scoring at least the threshold is a near copy. Connected pairs form g
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 from collections import defaultdict
 from collections.abc import Sequence
@@ -21,19 +19,22 @@ from typing import Any
 import numpy as np
 
 from braintumor.audit.cache import AuditCache, PairValue
+from braintumor.audit.candidate_index import search_candidates
 from braintumor.audit.constants import CANDIDATE_FLOOR, CHECK_CHUNK, REFERENCE_SPLIT
 from braintumor.audit.scan import FileRecord, detail_thumbnail, file_entry
 from braintumor.audit.similarity import (
     DETAIL_SIZE,
+    Candidates,
     PairCheck,
     check_pairs,
-    nearest_candidates,
     normalise_thumbnails,
 )
 from braintumor.progress import progress_bar
 
 # Reference thumbnails normalised and searched at a time; the progress bar counts these blocks.
 REFERENCE_BLOCK = 4096
+# The one row of the cache's ``searches`` table: the candidate index of the last audit.
+SEARCH_INDEX_KEY = "candidate-index"
 # Pairs checked between cache commits (one check_pairs batch, a few seconds on 2 cores).
 CACHED_CHECK_CHUNK = 256
 
@@ -85,12 +86,9 @@ def find_near_copies(
         return result
     started = time.perf_counter()
     query_thumbs, reference_thumbs = thumbnails[rows[query_ids]], thumbnails[rows[reference_ids]]
-    key = _search_key(records, query_ids, reference_ids, candidates)
-    found = _stored_search(cache, key, len(query_ids), len(reference_ids))
-    if found is None:
-        found = _search_pairs(query_thumbs, reference_thumbs, candidates, show_progress)
-        if cache is not None:
-            cache.store_search(key, {name: value.tolist() for name, value in found.items()})
+    found = _search_pairs(
+        records, query_ids, reference_ids, query_thumbs, reference_thumbs, candidates, show_progress, cache
+    )
     search_s = time.perf_counter() - started
     pairs = _CandidatePairs(
         query=[query_ids[q] for q in found["query"]],
@@ -115,42 +113,46 @@ def find_near_copies(
 
 
 def _search_pairs(
-    query_thumbs: np.ndarray, reference_thumbs: np.ndarray, candidates: int, show_progress: bool
+    records: Sequence[FileRecord],
+    query_ids: Sequence[int],
+    reference_ids: Sequence[int],
+    query_thumbs: np.ndarray,
+    reference_thumbs: np.ndarray,
+    candidates: int,
+    show_progress: bool,
+    cache: AuditCache | None,
 ) -> dict[str, np.ndarray]:
-    """The candidate pairs as arrays: query and reference positions, mirroring, both channels' NCC."""
-    found = _search(query_thumbs, reference_thumbs, candidates, show_progress)
+    """The candidate pairs as arrays: query and reference positions, mirroring, both channels' NCC.
+
+    The cache keeps the search's index: the next audit searches only new queries in full and meets
+    kept queries with new references only (:mod:`braintumor.audit.candidate_index`).
+    """
+    stored = cache.search_result(SEARCH_INDEX_KEY) if cache is not None else None
+    with progress_bar(show_progress) as progress:
+        blocks = -(-len(reference_thumbs) // REFERENCE_BLOCK)
+        task = progress.add_task("Near-copy search", total=2 * blocks)
+        searched = search_candidates(
+            [records[i].digest or "" for i in query_ids],
+            [records[i].digest or "" for i in reference_ids],
+            query_thumbs,
+            reference_thumbs,
+            candidates,
+            stored=stored,
+            block=REFERENCE_BLOCK,
+            on_block=lambda: progress.advance(task),
+        )
+    if cache is not None:
+        cache.store_search(SEARCH_INDEX_KEY, searched.index)
+        cache.stats.queries_searched += searched.queries_searched
+        cache.stats.queries_extended += searched.queries_extended
+        cache.stats.search_comparisons += searched.comparisons
+    found = _over_floor(searched.channels)
     keys = sorted(found)
     mirrored = np.array([found[key][1] for key in keys], dtype=bool)
     query = np.array([q for q, _ in keys], dtype=np.int64)
     reference = np.array([r for _, r in keys], dtype=np.int64)
     channel_ncc = _channel_ncc(query_thumbs[query], reference_thumbs[reference], mirrored)
     return {"query": query, "reference": reference, "mirrored": mirrored, "channel_ncc": channel_ncc}
-
-
-def _search_key(records: Sequence[FileRecord], query_ids: Sequence[int], reference_ids: Sequence[int], k: int) -> str:
-    """A hash of what decides the search: the searched contents in order (their thumbnails follow from
-    them under the cache's fingerprint), ``k`` and the floor."""
-    parts = [[records[i].digest for i in query_ids], [records[i].digest for i in reference_ids], k, CANDIDATE_FLOOR]
-    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
-
-
-def _stored_search(cache: AuditCache | None, key: str, n_query: int, n_reference: int) -> dict[str, np.ndarray] | None:
-    """The cached candidate pairs under ``key`` as :func:`_search_pairs` returns them; None if absent or unusable."""
-    stored = cache.search_result(key) if cache is not None else None
-    if stored is None:
-        return None
-    try:
-        found = {
-            "query": np.asarray(stored["query"], dtype=np.int64).reshape(-1),
-            "reference": np.asarray(stored["reference"], dtype=np.int64).reshape(-1),
-            "mirrored": np.asarray(stored["mirrored"], dtype=bool).reshape(-1),
-            "channel_ncc": np.asarray(stored["channel_ncc"], dtype=np.float32).reshape(-1, 2),
-        }
-    except (KeyError, TypeError, ValueError):
-        return None
-    sizes = {len(value) for value in found.values()}
-    in_range = all(0 <= v < n for name, n in (("query", n_query), ("reference", n_reference)) for v in found[name])
-    return found if len(sizes) == 1 and in_range else None
 
 
 def _representatives(records: Sequence[FileRecord], rows: np.ndarray) -> tuple[list[int], list[int]]:
@@ -177,29 +179,18 @@ def _representatives(records: Sequence[FileRecord], rows: np.ndarray) -> tuple[l
     return reference_ids, query_ids
 
 
-def _search(
-    query_thumbs: np.ndarray, reference_thumbs: np.ndarray, candidates: int, show_progress: bool
-) -> dict[tuple[int, int], tuple[float, bool]]:
-    """``(query, reference)`` positions -> (best whole-image NCC, mirrored) of every candidate over the floor."""
-    # Two channels: the whole frame (resized, re-encoded, mirrored, intensity-changed copies) and the
-    # head's bounding box (padded or cropped copies, whose frames no longer line up).
-    channels = (0, 1)
+def _over_floor(channels: Sequence[Candidates]) -> dict[tuple[int, int], tuple[float, bool]]:
+    """``(query, reference)`` positions -> (best whole-image NCC, mirrored) of every candidate over the floor.
+
+    Two channels: the whole frame (resized, re-encoded, mirrored, intensity-changed copies) and the
+    head's bounding box (padded or cropped copies, whose frames no longer line up).
+    """
     found: dict[tuple[int, int], tuple[float, bool]] = {}
-    with progress_bar(show_progress) as progress:
-        blocks = -(-len(reference_thumbs) // REFERENCE_BLOCK)
-        task = progress.add_task("Near-copy search", total=len(channels) * blocks)
-        for channel in channels:
-            top = nearest_candidates(
-                query_thumbs[:, channel],
-                reference_thumbs[:, channel],
-                candidates,
-                reference_block=REFERENCE_BLOCK,
-                on_block=lambda: progress.advance(task),
-            )
-            for q, rank in zip(*np.nonzero(top.scores >= CANDIDATE_FLOOR), strict=True):
-                key, score = (int(q), int(top.indices[q, rank])), float(top.scores[q, rank])
-                if key not in found or score > found[key][0]:
-                    found[key] = (score, bool(top.mirrored[q, rank]))
+    for top in channels:
+        for q, rank in zip(*np.nonzero(top.scores >= CANDIDATE_FLOOR), strict=True):
+            key, score = (int(q), int(top.indices[q, rank])), float(top.scores[q, rank])
+            if key not in found or score > found[key][0]:
+                found[key] = (score, bool(top.mirrored[q, rank]))
     return found
 
 

@@ -3,9 +3,11 @@
 It works on grey thumbnails only; which files are compared, and what is recorded, is
 :mod:`braintumor.audit.near_copies`.
 
-Stage 1, candidates: every image is a 64x64 grey thumbnail made zero-mean and unit-norm, so the dot
-product of two thumbnails is their normalised cross-correlation (NCC). NCC ignores brightness and
-contrast changes (``a * x + b``) and barely moves under re-encoding or resizing. Queries meet every
+Stage 1, candidates: every image is a 64x64 grey thumbnail, compared by normalised cross-correlation
+(NCC), which ignores brightness and contrast changes (``a * x + b``) and barely moves under
+re-encoding or resizing. Its covariance term is computed exactly from int8 dot products, so a pair
+scores bitwise the same in any batch and a search can be extended with new references
+(:func:`merge_candidates`). Queries meet every
 reference image, plain and mirrored, in blocked matrix products that keep only the ``k`` best per
 query, so memory stays bounded and 100k images are minutes of BLAS, not a Python loop. The caller
 runs it on two thumbnails per image: the whole frame and the head's bounding box (:func:`content_box`),
@@ -32,7 +34,7 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -71,7 +73,12 @@ SKIP_FIT_ABOVE = 0.95
 
 @dataclass
 class Candidates:
-    """The ``k`` most correlated reference images per query (best first); ``-inf`` pads missing ones."""
+    """The ``k`` most correlated reference images per query (best first); ``-inf`` pads missing ones.
+
+    Scores are exact: the same pair scores bitwise the same in any batch, block or later update, and
+    equal scores rank by reference index (lowest first), so a search can be extended with new
+    references (:func:`merge_candidates`) and give exactly what a search of everything gives.
+    """
 
     scores: np.ndarray
     indices: np.ndarray
@@ -91,6 +98,78 @@ def normalise_thumbnails(thumbnails: np.ndarray | torch.Tensor) -> torch.Tensor:
     return torch.where(norms > 1e-3, rows / norms.clamp_min(1e-3), torch.zeros_like(rows))
 
 
+@dataclass
+class _IntegerRows:
+    """uint8 thumbnails as int8 rows (pixel - 128), their sums and ``sqrt(n * sum(x^2) - sum(x)^2)``.
+
+    NCC does not change when every pixel is shifted by the same amount, and int8 rows let the dot
+    products run on the CPU's integer matrix units (exact, and several times faster than float BLAS).
+    """
+
+    rows: torch.Tensor
+    sums: torch.Tensor
+    spread_sqrt: torch.Tensor
+
+    @classmethod
+    def of(cls, thumbnails: np.ndarray) -> _IntegerRows:
+        flat = torch.from_numpy(np.ascontiguousarray(thumbnails).reshape(len(thumbnails), -1))
+        rows = (flat.to(torch.int16) - 128).to(torch.int8)
+        wide = rows.to(torch.int32)
+        n, sums = rows.shape[1], wide.sum(dim=1, dtype=torch.int64)
+        spread = (wide * wide).sum(dim=1, dtype=torch.int64) * n - sums * sums
+        return cls(rows, sums.double(), spread.double().sqrt())
+
+
+def _integer_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a @ b.T`` of int8 rows, exact, as int32 (128 * 128 * 4096 is far below 2**31)."""
+    try:
+        return torch._int_mm(a, b.T)
+    except (AttributeError, RuntimeError):
+        # Builds without the int8 kernel: float64 holds these integer sums exactly in any order.
+        return (a.double() @ b.double().T).to(torch.int32)
+
+
+def _exact_ncc(query: _IntegerRows, reference: _IntegerRows) -> torch.Tensor:
+    """``[N, M]`` float64 NCC of uint8 rows, bitwise independent of the batch (flat images correlate 0).
+
+    The covariance term is an exact integer (below 2**53, so float64 holds it and its parts exactly);
+    the division is one correctly rounded operation per element.
+    """
+    n = query.rows.shape[1]
+    centred = torch.addr(_integer_dot(query.rows, reference.rows).double() * n, query.sums, reference.sums, alpha=-1)
+    scale = torch.outer(query.spread_sqrt, reference.spread_sqrt)
+    return torch.where(scale > 0, centred / scale.clamp_min(1.0), 0.0)
+
+
+def merge_candidates(parts: Sequence[Candidates], k: int) -> Candidates:
+    """The ``k`` best of several searches of the same queries against disjoint references.
+
+    Ranks by score, then by reference index (lowest first): the order :func:`nearest_candidates`
+    uses, so merging a search of old references with one of new ones equals one search of all.
+
+    Args:
+        parts: candidates whose ``indices`` already point into one common reference list.
+        k: matches kept per query.
+
+    Example:
+        >>> a = Candidates(np.array([[0.9, 0.5]]), np.array([[4, 1]]), np.array([[False, False]]))
+        >>> b = Candidates(np.array([[0.5]]), np.array([[0]]), np.array([[True]]))
+        >>> merged = merge_candidates([a, b], 2)
+        >>> merged.indices.tolist(), merged.mirrored.tolist()
+        ([[4, 0]], [[False, True]])
+    """
+    scores = np.concatenate([part.scores for part in parts], axis=1)
+    indices = np.concatenate([part.indices for part in parts], axis=1)
+    mirrored = np.concatenate([part.mirrored for part in parts], axis=1)
+    # -inf padding sorts last whatever its index.
+    order = np.lexsort((np.where(np.isfinite(scores), indices, np.iinfo(np.int64).max), -scores), axis=-1)[:, :k]
+    return Candidates(
+        np.take_along_axis(scores, order, 1),
+        np.take_along_axis(indices, order, 1),
+        np.take_along_axis(mirrored, order, 1),
+    )
+
+
 def nearest_candidates(
     query: np.ndarray,
     reference: np.ndarray,
@@ -102,48 +181,68 @@ def nearest_candidates(
 ) -> Candidates:
     """Top-``k`` whole-image NCC matches in ``reference`` for each ``query`` thumbnail, mirrored too.
 
-    The reference side is normalised one block at a time, so memory is ``O(query + block)``, never
-    ``O(query x reference)``.
+    The reference side is taken one block at a time, so memory is ``O(query + block)``, never
+    ``O(query x reference)``. Scores are exact and ties go to the lowest reference index
+    (see :class:`Candidates`).
 
     Args:
         query: ``[N, S, S]`` uint8 grey thumbnails to find matches for.
         reference: ``[M, S, S]`` uint8 grey thumbnails to search.
         k: matches kept per query (at most ``M``).
         query_block: queries per matrix product.
-        reference_block: reference images normalised and multiplied at a time.
+        reference_block: reference images taken at a time.
         on_block: called after each reference block (progress bars).
     """
     n_query, n_reference = len(query), len(reference)
     k = max(0, min(k, n_reference))
-    scores = torch.full((n_query, k), -math.inf)
-    indices = torch.zeros((n_query, k), dtype=torch.long)
-    mirrored = torch.zeros((n_query, k), dtype=torch.bool)
+    best = Candidates(np.full((n_query, 0), -math.inf), np.zeros((n_query, 0), np.int64), np.zeros((n_query, 0), bool))
     if n_query == 0 or k == 0:
-        return Candidates(scores.numpy(), indices.numpy(), mirrored.numpy())
-    plain_rows = normalise_thumbnails(query)
+        return best
+    plain = _IntegerRows.of(query)
     # NCC(mirror(q), r) == NCC(q, mirror(r)): mirroring the smaller query side is enough.
-    mirror_rows = normalise_thumbnails(np.ascontiguousarray(query[:, :, ::-1]))
+    mirror = _IntegerRows.of(query[:, :, ::-1])
     with torch.no_grad():
         for start in range(0, n_reference, reference_block):
-            block = normalise_thumbnails(reference[start : start + reference_block]).T
+            block = _IntegerRows.of(reference[start : start + reference_block])
+            parts = [best]
             for q0 in range(0, n_query, query_block):
                 q1 = min(q0 + query_block, n_query)
-                plain = plain_rows[q0:q1] @ block
-                mirror = mirror_rows[q0:q1] @ block
-                use_mirror = mirror > plain
-                combined = torch.where(use_mirror, mirror, plain)
-                top_scores, top_index = combined.topk(min(k, combined.shape[1]), dim=1)
-                top_mirror = use_mirror.gather(1, top_index)
-                merged_scores = torch.cat([scores[q0:q1], top_scores], dim=1)
-                merged_index = torch.cat([indices[q0:q1], top_index + start], dim=1)
-                merged_mirror = torch.cat([mirrored[q0:q1], top_mirror], dim=1)
-                best_scores, order = merged_scores.topk(k, dim=1)
-                scores[q0:q1] = best_scores
-                indices[q0:q1] = merged_index.gather(1, order)
-                mirrored[q0:q1] = merged_mirror.gather(1, order)
+                rows = slice(q0, q1)
+                parts.append(_block_top(_slice(plain, rows), _slice(mirror, rows), block, start, k))
+            found = Candidates(*(np.concatenate([getattr(p, name) for p in parts[1:]]) for name in _FIELDS))
+            best = merge_candidates([best, found], k)
             if on_block is not None:
                 on_block()
-    return Candidates(scores.numpy(), indices.numpy(), mirrored.numpy())
+    return best
+
+
+_FIELDS = ("scores", "indices", "mirrored")
+
+
+def _slice(rows: _IntegerRows, part: slice) -> _IntegerRows:
+    return _IntegerRows(rows.rows[part], rows.sums[part], rows.spread_sqrt[part])
+
+
+def _block_top(plain: _IntegerRows, mirror: _IntegerRows, block: _IntegerRows, start: int, k: int) -> Candidates:
+    """The ``k`` best of one reference block for some queries; equal scores rank by index (lowest first)."""
+    plain_ncc, mirror_ncc = _exact_ncc(plain, block), _exact_ncc(mirror, block)
+    use_mirror = mirror_ncc > plain_ncc
+    combined = torch.where(use_mirror, mirror_ncc, plain_ncc)
+    k = min(k, combined.shape[1])
+    # topk's choice among equal scores is unspecified: take everything tied with the k-th best, then
+    # rank those few by (score, index) with a sort whose order is defined.
+    kth = combined.topk(k, dim=1).values[:, -1:]
+    rows, cols = torch.nonzero(combined >= kth, as_tuple=True)
+    rows_np, cols_np = rows.numpy(), cols.numpy()
+    scores = combined[rows, cols].numpy()
+    order = np.lexsort((cols_np, -scores, rows_np))
+    rows_np, cols_np, scores = rows_np[order], cols_np[order], scores[order]
+    # Each row's first k after the sort (every row has at least k entries).
+    first = np.searchsorted(rows_np, np.arange(len(combined)))
+    take = (first[:, None] + np.arange(k)[None, :]).reshape(-1)
+    shape = (len(combined), k)
+    mirrored = use_mirror[rows[order][take], cols[order][take]].numpy().reshape(shape)
+    return Candidates(scores[take].reshape(shape), (cols_np[take] + start).reshape(shape), mirrored)
 
 
 @dataclass
