@@ -22,6 +22,7 @@ from braintumor.inference import onnx_bundle
 from braintumor.inference.onnx_export import PARITY_TOLERANCE, OnnxPredictor
 from braintumor.inference.predictor import Predictor
 from braintumor.models import create_model, resolve_preprocessing
+from braintumor.models.fusion import fold_batchnorm
 from braintumor.runtime import bf16_supported, resolve_precision
 from braintumor.serving.service import ModelService
 from braintumor.serving.settings import ServeSettings
@@ -30,6 +31,7 @@ from braintumor.training.fitting import RunOptions
 from braintumor.training.module import ClassifierModule
 from braintumor.training.train import train_recipe
 from tests.conftest import tiny_recipe
+from tests.test_cached_stage import TINY_LITE
 
 # Fast fp32 features (NHWC order, batched transform) against the old eager path: the same numbers up to the
 # order of float additions.
@@ -183,3 +185,51 @@ def test_keras_options_reach_the_preprocessing_and_the_split(synthetic_root: Pat
         by_class.setdefault(sample.label, []).append(sample.path.name)
     expected = sorted(name for names in by_class.values() for name in sorted(names)[: int(0.25 * len(names))])
     assert val_names == expected
+
+
+class _NormThenConv(torch.nn.Module):
+    """A convolution registered before the BatchNorm that runs before it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 3, 3, padding=1)
+        self.norm = torch.nn.BatchNorm2d(3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(self.norm(x))
+
+
+def test_batchnorm_folding_keeps_the_outputs_and_leaves_the_bundle_alone() -> None:
+    """The predictor runs a copy with BatchNorm folded into the convolutions; outputs stay within rounding."""
+    model = create_model(tiny_recipe(model={**TINY_LITE, "head": "linear"})).eval()
+    for layer in model.modules():  # non-trivial statistics, so a wrong fold would show
+        if isinstance(layer, torch.nn.BatchNorm2d):
+            layer.running_mean.uniform_(-0.5, 0.5)
+            layer.running_var.uniform_(0.5, 2.0)
+    inputs = torch.randn(3, 3, 64, 64)
+    folded = fold_batchnorm(model, inputs[:2])
+    norms = [m for m in folded.model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert folded.folded_layers > 10 and norms == [] and folded.max_difference < 1e-4
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())  # the original is untouched
+    with torch.inference_mode():
+        np.testing.assert_allclose(folded.model(inputs).numpy(), model(inputs).numpy(), atol=1e-4)
+    # A layout whose registration order is not its order of use fails the parity check and is not folded.
+    mixed = _NormThenConv()
+    mixed.norm.running_mean.fill_(2.0)
+    kept = fold_batchnorm(mixed.eval(), torch.randn(2, 3, 8, 8))
+    assert kept.model is mixed and kept.folded_layers == 0 and kept.max_difference > 0.1
+
+
+def test_the_predictor_runs_the_folded_network(tmp_path: Path) -> None:
+    recipe = tiny_recipe(model={**TINY_LITE, "head": "linear"})
+    model = create_model(recipe)
+    bundle = load_bundle(save_bundle(tmp_path / "b", model, recipe, resolve_preprocessing(recipe, model)))
+    predictor = Predictor(bundle, precision="32")
+    images = torch.randint(
+        0, 256, (4, 3, bundle.preprocessing.image_size, bundle.preprocessing.image_size), dtype=torch.uint8
+    )
+    logits = predictor.predict_logits_uint8(images)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in predictor.model.backbone.modules())
+    with torch.inference_mode():
+        unfolded = bundle.model(predictor._network_input(images)).numpy()
+    np.testing.assert_allclose(logits, unfolded, atol=1e-4)

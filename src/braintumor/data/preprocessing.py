@@ -61,14 +61,17 @@ def head_bounding_box(grey: np.ndarray, *, margin: float = 0.02) -> tuple[int, i
         (20, 80, 120, 180)
     """
     height, width = grey.shape
-    level = float(np.percentile(grey, 99))
+    level = percentile_99(grey)
     if level <= 0:
         return None
     labels, count = ndimage.label(grey > 0.1 * level)
     if count == 0:
         return None
-    sizes = ndimage.sum_labels(np.ones_like(labels), labels, index=np.arange(1, count + 1))
-    rows, cols = ndimage.find_objects(labels)[int(np.argmax(sizes))]
+    # Region sizes by counting labels, and the box of the largest region only: the same result as
+    # ndimage.sum_labels and find_objects over every region, at a fraction of the cost on noisy slices.
+    largest = labels == int(np.argmax(np.bincount(labels.ravel(), minlength=count + 1)[1:])) + 1
+    row_hits, col_hits = np.flatnonzero(largest.any(axis=1)), np.flatnonzero(largest.any(axis=0))
+    rows, cols = slice(int(row_hits[0]), int(row_hits[-1]) + 1), slice(int(col_hits[0]), int(col_hits[-1]) + 1)
     if rows.stop - rows.start < 0.1 * height or cols.stop - cols.start < 0.1 * width:
         return None
     pad_y, pad_x = round(margin * height), round(margin * width)
@@ -78,6 +81,27 @@ def head_bounding_box(grey: np.ndarray, *, margin: float = 0.02) -> tuple[int, i
         max(0, cols.start - pad_x),
         min(width, cols.stop + pad_x),
     )
+
+
+def percentile_99(grey: np.ndarray) -> float:
+    """``np.percentile(grey, 99)`` (linear interpolation), from a histogram when ``grey`` is uint8.
+
+    Example:
+        >>> grey = np.random.default_rng(0).integers(0, 256, (50, 70), dtype=np.uint8)
+        >>> percentile_99(grey) == float(np.percentile(grey, 99))
+        True
+    """
+    if grey.dtype != np.uint8 or grey.size == 0:
+        return float(np.percentile(grey, 99))
+    # The values at sorted positions floor(r) and floor(r) + 1, r = 0.99 (n - 1), read off the cumulative
+    # histogram, then numpy's own linear interpolation between them (numpy.lib._function_base_impl._lerp).
+    cumulative = np.cumsum(np.bincount(grey.ravel(), minlength=256))
+    rank = np.float64(0.99) * (grey.size - 1)
+    low = math.floor(rank)
+    below, above = (float(np.searchsorted(cumulative, min(i, grey.size - 1), side="right")) for i in (low, low + 1))
+    gamma = rank - low
+    difference = above - below
+    return float(above - difference * (1 - gamma) if gamma >= 0.5 else below + difference * gamma)
 
 
 def crop_to_head(image: Image.Image) -> Image.Image:

@@ -22,6 +22,7 @@ Example:
 from __future__ import annotations
 
 import csv
+import functools
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
@@ -38,6 +39,7 @@ from braintumor.errors import BrainTumorError, ImageDecodeError
 from braintumor.guard import GuardInputs
 from braintumor.guard.evidence import image_evidence
 from braintumor.inference.tta import tta_views
+from braintumor.models.fusion import fold_batchnorm
 from braintumor.runtime import autocast, channels_last_batch, resolve_precision, to_channels_last, tune_cpu_runtime
 
 # What a prediction below the bundle's confidence threshold (selective prediction) tells the user.
@@ -103,6 +105,12 @@ def probabilities_from_logits(logits: np.ndarray | torch.Tensor, temperature: fl
     return softmax_with_temperature(tensor, temperature).numpy()
 
 
+def _penultimate_and_logits(network: torch.nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+    """Everything a prediction reads from the network (the guard's features too), as one tensor."""
+    both = getattr(network, "penultimate_and_logits", None)
+    return torch.cat([part.flatten(1) for part in both(inputs)], dim=1) if callable(both) else network(inputs)
+
+
 class Predictor:
     """Runs a bundle's model on images, in batches, with the bundle's own preprocessing.
 
@@ -136,6 +144,17 @@ class Predictor:
     def class_names(self) -> list[str]:
         return self.bundle.class_names
 
+    @functools.cached_property
+    def model(self) -> torch.nn.Module:
+        """The network this predictor runs: the bundle's, with BatchNorm folded into its convolutions
+        (:func:`~braintumor.models.fusion.fold_batchnorm`; checked against the bundle's network on a
+        random batch, float rounding apart). The bundle's own network is left as it is (explanations
+        and export use it)."""
+        size = self.bundle.preprocessing.image_size
+        generator = torch.Generator().manual_seed(0)
+        example = torch.randint(0, 256, (2, 3, size, size), dtype=torch.uint8, generator=generator)
+        return fold_batchnorm(self.bundle.model, self._network_input(example), forward=_penultimate_and_logits).model
+
     def _network_input(self, uint8_batch: torch.Tensor) -> torch.Tensor:
         return channels_last_batch(self.transform(uint8_batch))
 
@@ -143,7 +162,7 @@ class Predictor:
     def _batch_outputs(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Logits (TTA views averaged) and, with a guard, each image's ``ood_score`` (from its clean view)."""
         views = tta_views(batch) if self.tta else [batch]
-        model, network_input = self.bundle.model, self._network_input
+        model, network_input = self.model, self._network_input
         with autocast(self.precision):
             if self.guard is None:
                 return torch.stack([model(network_input(view)).float() for view in views]).mean(dim=0), None
