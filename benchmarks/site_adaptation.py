@@ -8,13 +8,15 @@
    bundle on the same images; the transductive figure (adapt on all of Testing, predict it), labelled so; the
    deduplicated split (needs `braintumor audit DATA`).
 3. Validation check: adapting to the validation split (Training-like) must keep its accuracy within 1 point.
-4. Timing: `adapt` (the library call behind the command) on --timing-images images.
+4. Timing: `adapt` (the library call behind the command) on --timing-images images; `--timing-only` runs only
+   this, into benchmarks/results/adapt_timing.json.
 
 Features are cached in --cache (one backbone pass per split).
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 import tempfile
@@ -198,6 +200,30 @@ def _row_text(name: str, scores: dict[str, Any]) -> str:
     )
 
 
+def _timing_only(args: argparse.Namespace) -> None:
+    """``adapt`` on ``--timing-images`` images with the default method, nothing else."""
+    import torch
+
+    from braintumor.adaptation.defaults import DEFAULT_METHOD
+
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    command = command_line(
+        "site_adaptation.py",
+        str(args.bundle),
+        option("--data", args.data),
+        option("--timing-images", args.timing_images, 1000),
+        option("--timing-only", True),
+    )
+    result = {
+        "bundle": str(args.bundle),
+        "timing": _timing(args.bundle, args.data, args.timing_images or 1000, DEFAULT_METHOD),
+        "produced_by": produced_by(command, f"torch threads {torch.get_num_threads()}, "),
+    }
+    write_json(Path(__file__).resolve().parent / "results" / "adapt_timing.json", result)
+    print(result["timing"])
+    print(result["produced_by"])
+
+
 def main() -> None:
     parser = data_parser(__doc__)
     parser.add_argument("bundle", type=Path)
@@ -205,9 +231,16 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=CANDIDATES)
     parser.add_argument("--timing-images", type=int, default=1000, help="0: skip the timing run.")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/site_adaptation.json"))
+    parser.add_argument(
+        "--timing-only", action="store_true", help="Only the timing run (to benchmarks/results/adapt_timing.json)."
+    )
     args = parser.parse_args()
     use_weights_dir(args)
     import torch
+
+    if args.timing_only:
+        _timing_only(args)
+        return
 
     from braintumor.adaptation.defaults import DEFAULT_METHOD
     from braintumor.bundle import load_bundle

@@ -12,8 +12,9 @@ Three measured causes of slow CPU work (``benchmarks/cpu_speed.py``, ``docs/spee
   :func:`autocast` runs a block under bf16 autocast when the precision says so. This changes numbers
   slightly (features agree to a cosine of 0.9997 on Lite2), so it is a recipe choice, recorded in bundles.
 
-``BRAINTUMOR_CPU_TUNING=0`` turns the allocator tuning and channels_last off (the eager baseline that
-``benchmarks/cpu_speed.py`` compares against); precision is chosen separately.
+``BRAINTUMOR_CPU_TUNING=0`` turns the allocator tuning, channels_last and BatchNorm folding
+(:mod:`braintumor.models.fusion`) off (the eager baseline that ``benchmarks/cpu_speed.py`` compares
+against); precision is chosen separately.
 
 Example:
     >>> resolve_precision("32")
@@ -55,7 +56,7 @@ _M_MMAP_MAX = -4
 
 @cache
 def tuning_enabled() -> bool:
-    """False when ``BRAINTUMOR_CPU_TUNING=0``: no allocator tuning, no channels_last (read once per process)."""
+    """False when ``BRAINTUMOR_CPU_TUNING=0``: no allocator tuning, channels_last or BatchNorm folding (read once)."""
     return os.environ.get(TUNING_ENV, "1") != "0"
 
 

@@ -23,6 +23,7 @@ from torch import nn
 from braintumor.adaptation.defaults import ADABN_BATCH_SIZE, SEED
 from braintumor.adaptation.methods import HeadState
 from braintumor.errors import BrainTumorError
+from braintumor.models.fusion import fold_batchnorm
 from braintumor.models.network import BrainTumorNet
 from braintumor.runtime import channels_last_batch, to_channels_last
 
@@ -112,11 +113,15 @@ def backbone_features(
     *,
     batch_size: int = ADABN_BATCH_SIZE,
 ) -> torch.Tensor:
-    """Pooled backbone features ``[N, D]`` (float32, eval mode, NHWC: the training cache's exact fast path)."""
+    """Pooled backbone features ``[N, D]`` (float32, eval mode, NHWC), through a copy with BatchNorm folded
+    into the convolutions (:func:`~braintumor.models.fusion.fold_batchnorm`, as prediction runs it)."""
     backbone.eval()
     to_channels_last(backbone)
+    if not len(images):
+        return torch.zeros((0, 0))
+    network = fold_batchnorm(backbone, channels_last_batch(transform(images[:2]))).model
     chunks = [
-        backbone(channels_last_batch(transform(images[start : start + batch_size]))).float()
+        network(channels_last_batch(transform(images[start : start + batch_size]))).float()
         for start in range(0, len(images), batch_size)
     ]
-    return torch.cat(chunks) if chunks else torch.zeros((0, 0))
+    return torch.cat(chunks)

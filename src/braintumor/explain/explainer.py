@@ -38,6 +38,7 @@ from braintumor.explain.attributions import Background, fallback_baselines, shap
 from braintumor.explain.gradcam import CAM_METHODS, ExplainError, class_activation_maps, resolve_layer
 from braintumor.explain.overlay import overlay_heatmap
 from braintumor.inference.predictor import softmax_with_temperature
+from braintumor.runtime import channels_last_batch, to_channels_last
 
 METHODS: tuple[str, ...] = (*CAM_METHODS, "shap")
 
@@ -50,6 +51,9 @@ class Explainer:
         # A private, fully frozen copy: hooks and autograd here never disturb bundle.model.
         self.model = copy.deepcopy(bundle.model).eval()
         self.model.requires_grad_(False)
+        # NHWC, as prediction runs (2-3x faster convolutions here); maps stay fp32, since gradients are what
+        # they are made of.
+        to_channels_last(self.model)
         self.layer_name, self.layer = resolve_layer(self.model, layer)
         self.transform = eval_transform(bundle.preprocessing)
         self.temperature = bundle.config.extras.temperature or 1.0
@@ -74,7 +78,7 @@ class Explainer:
     def to_inputs(self, images: Sequence[Image.Image] | torch.Tensor) -> torch.Tensor:
         """Normalised model inputs from PIL images or uint8 ``[N, 3, S, S]`` tensors."""
         batch = images if isinstance(images, torch.Tensor) else self.to_uint8(images)
-        return self.transform(batch)
+        return channels_last_batch(self.transform(batch))
 
     @torch.no_grad()
     def probabilities(self, inputs: torch.Tensor) -> torch.Tensor:

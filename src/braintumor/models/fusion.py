@@ -33,6 +33,8 @@ import torch
 import torch.nn as nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from braintumor.runtime import tuning_enabled
+
 # Folding changes only the order of float operations; anything larger is a layout we misread.
 PARITY_TOLERANCE = 1e-3
 
@@ -56,6 +58,8 @@ def fold_batchnorm(
 ) -> FoldedNetwork:
     """A copy of ``model`` (in eval mode) with each Conv2d + BatchNorm2d pair folded into the convolution.
 
+    ``model`` itself comes back unchanged when it is training or ``BRAINTUMOR_CPU_TUNING=0`` (the eager baseline).
+
     Args:
         model: the network; it is not modified.
         example: an input batch to check the folded copy on (a few images suffice).
@@ -63,7 +67,7 @@ def fold_batchnorm(
         tolerance: largest allowed difference, relative to the largest output magnitude (at least 1).
     """
     run = forward or (lambda net, inputs: net(inputs))
-    if model.training:
+    if model.training or not tuning_enabled():
         return FoldedNetwork(model, 0, 0.0)
     folded = copy.deepcopy(model)
     count = _fold_children(folded)
@@ -109,4 +113,3 @@ def _after_fold(norm: nn.BatchNorm2d) -> nn.Module:
     if not tail:
         return nn.Identity()
     return tail[0] if len(tail) == 1 else nn.Sequential(*tail)
-

@@ -83,7 +83,13 @@ def feature_throughput(
     image_set = load_images(spread_samples(data, images), prep, show_progress=False)
     chosen = resolve_precision(precision) if precision else recipe.precision()
     transform = eval_transform(prep)
-    run = {"show_progress": False, "precision": chosen, "per_image": eager, "channels_last": not eager}
+    run = {
+        "show_progress": False,
+        "precision": chosen,
+        "per_image": eager,
+        "channels_last": not eager,
+        "fold": not eager,
+    }
     warm = ImageSet(image_set.images[:8], image_set.labels[:8], image_set.paths[:8], image_set.hashes[:8], [])
     extract_features(model.backbone, warm, transform, **run)
     started = time.perf_counter()
