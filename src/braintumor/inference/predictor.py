@@ -149,7 +149,10 @@ class Predictor:
         """The network this predictor runs: the bundle's, with BatchNorm folded into its convolutions
         (:func:`~braintumor.models.fusion.fold_batchnorm`; checked against the bundle's network on a
         random batch, float rounding apart). The bundle's own network is left as it is (explanations
-        and export use it)."""
+        and export use it). Only in fp32: under bf16 autocast the folded weights round differently from
+        the weights the network was validated with, so a bf16 bundle runs unfolded."""
+        if self.precision != "32-true":
+            return self.bundle.model
         size = self.bundle.preprocessing.image_size
         generator = torch.Generator().manual_seed(0)
         example = torch.randint(0, 256, (2, 3, size, size), dtype=torch.uint8, generator=generator)

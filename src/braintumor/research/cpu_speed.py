@@ -88,7 +88,6 @@ def feature_throughput(
         "precision": chosen,
         "per_image": eager,
         "channels_last": not eager,
-        "fold": not eager,
     }
     warm = ImageSet(image_set.images[:8], image_set.labels[:8], image_set.paths[:8], image_set.hashes[:8], [])
     extract_features(model.backbone, warm, transform, **run)

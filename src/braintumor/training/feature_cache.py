@@ -29,11 +29,11 @@ def cache_views(recipe: Recipe) -> int:
     return recipe.train.cache_views if recipe.augment.enabled else 1
 
 
-def encode_views(encoder: nn.Module, context: FitContext, *, fold: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def encode_views(encoder: nn.Module, context: FitContext) -> tuple[torch.Tensor, torch.Tensor]:
     """``encoder``'s outputs ``[views, N, ...]`` for the training views and ``[1, N, ...]`` for the clean validation.
 
-    ``fold``: through a copy with BatchNorm folded (a whole frozen backbone, whose features prediction
-    computes the same way; not a frozen bottom whose trained top expects the unfolded layers' outputs).
+    Through the unfolded network (no :func:`~braintumor.models.fusion.fold_batchnorm`): cached features must be
+    bitwise what the image path computes, or a cached run would train another head than an uncached one.
     """
     recipe, prep, show_progress = context.recipe, context.prep, context.options.show_progress
     clean = eval_transform(prep)
@@ -42,7 +42,6 @@ def encode_views(encoder: nn.Module, context: FitContext, *, fold: bool = False)
         "show_progress": show_progress,
         "precision": recipe.precision(),
         "channels_last": recipe.train.channels_last,
-        "fold": fold,
     }
     augmented = train_transform(recipe.augment, prep)
     train = build_view_features(encoder, context.train_set, clean, augmented, views=cache_views(recipe), **run)
@@ -80,7 +79,7 @@ def cached_features(model: BrainTumorNet, context: FitContext) -> tuple[torch.Te
                     return handle.get_tensor("train"), handle.get_tensor("val"), True
         except (SafetensorError, OSError):
             pass  # an unreadable cache is recomputed
-    train_features, val_views = encode_views(model.backbone, context, fold=True)
+    train_features, val_views = encode_views(model.backbone, context)
     val_features = val_views[0]
     if rank_zero_only.rank == 0:
         temporary = cache_file.with_suffix(".tmp")

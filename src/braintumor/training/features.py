@@ -13,7 +13,6 @@ import torch
 from torch.utils.data import Dataset
 
 from braintumor.data.dataset import ImageSet
-from braintumor.models.fusion import fold_batchnorm
 from braintumor.progress import progress_bar
 from braintumor.runtime import autocast, channels_last_batch, to_channels_last, tune_cpu_runtime
 from braintumor.training.determinism import kill_point
@@ -30,7 +29,6 @@ def extract_features(
     per_image: bool = True,
     precision: str = "32-true",
     channels_last: bool = True,
-    fold: bool = False,
 ) -> torch.Tensor:
     """Outputs ``[N, ...]`` (float32) of a frozen encoder, in batches.
 
@@ -42,9 +40,6 @@ def extract_features(
         batch_size, description, show_progress: batching and the progress bar.
         precision: ``32-true``, ``bf16-mixed`` or ``auto`` (:func:`braintumor.runtime.resolve_precision`).
         channels_last: run a convolutional ``model`` in NHWC order.
-        fold: run a copy with BatchNorm folded into the convolutions (:func:`~braintumor.models.fusion.fold_batchnorm`,
-            as prediction runs the network; the same features up to float rounding). For a frozen backbone's
-            features, not for the frozen bottom of a network whose top trains on the unfolded layers.
     """
     tune_cpu_runtime()  # for library callers; the CLI has done it already
     model.eval()
@@ -52,18 +47,13 @@ def extract_features(
         # Outside inference mode: parameters converted inside it become inference tensors, which a later
         # fine-tuning stage cannot set requires_grad on.
         to_channels_last(model)
-    network = model
-    if fold and len(image_set):
-        # A private generator: augmented views draw from the global one, and their draws must not move.
-        example = torch.randn(2, *image_set.images.shape[1:], generator=torch.Generator().manual_seed(0))
-        network = fold_batchnorm(model, channels_last_batch(example) if channels_last else example).model
     chunks: list[torch.Tensor] = []
     with torch.inference_mode(), progress_bar(show_progress) as progress, autocast(precision):
         task = progress.add_task(description, total=len(image_set))
         for start in range(0, len(image_set), batch_size):
             images = image_set.images[start : start + batch_size]
             batch = torch.stack([transform(image) for image in images]) if per_image else transform(images)
-            chunks.append(network(channels_last_batch(batch) if channels_last else batch).float())
+            chunks.append(model(channels_last_batch(batch) if channels_last else batch).float())
             progress.advance(task, len(images))
     return torch.cat(chunks)
 
@@ -79,11 +69,10 @@ def build_view_features(
     show_progress: bool = True,
     precision: str = "32-true",
     channels_last: bool = True,
-    fold: bool = False,
 ) -> torch.Tensor:
     """Features ``[views, N, D]``: view 0 clean (``clean_transform`` is deterministic), the others augmented
     with seeds ``seed + view``."""
-    run = {"show_progress": show_progress, "precision": precision, "channels_last": channels_last, "fold": fold}
+    run = {"show_progress": show_progress, "precision": precision, "channels_last": channels_last}
     stacked = [
         extract_features(model, image_set, clean_transform, description="Features (clean view)", per_image=False, **run)
     ]
