@@ -233,3 +233,39 @@ def test_the_predictor_runs_the_folded_network(tmp_path: Path) -> None:
     with torch.inference_mode():
         unfolded = bundle.model(predictor._network_input(images)).numpy()
     np.testing.assert_allclose(logits, unfolded, atol=1e-4)
+
+
+def test_the_border_pad_writes_what_f_pad_writes_and_keeps_gradients() -> None:
+    """pad_border is bitwise F.pad (values, memory format, gradient); Lite backbones use it for TF "SAME"."""
+    from braintumor.models.padding import FastConv2dSame, pad_border
+
+    for layout in (torch.channels_last, torch.contiguous_format):
+        x = torch.randn(2, 5, 7, 6).contiguous(memory_format=layout).requires_grad_(True)
+        for pads in [(0, 1, 0, 1), (1, 2, 2, 1), (0, 0, 3, 0), (0, 0, 0, 0)]:
+            ours, reference = pad_border(x, pads, value=-1.5), torch.nn.functional.pad(x, pads, value=-1.5)
+            assert torch.equal(ours, reference)
+            assert ours.is_contiguous(memory_format=layout)
+            weights = torch.randn_like(reference)
+            (ours_grad,) = torch.autograd.grad((ours * weights).sum(), x)
+            (reference_grad,) = torch.autograd.grad((reference * weights).sum(), x)
+            assert torch.equal(ours_grad, reference_grad)
+    backbone = create_model(tiny_recipe(model={**TINY_LITE, "head": "linear"})).backbone
+    assert any(isinstance(m, FastConv2dSame) for m in backbone.modules())
+
+
+def test_fused_activations_give_the_folded_outputs() -> None:
+    """Conv + ReLU6 run as one oneDNN call in the predictor's copy: same outputs as conv then activation."""
+    from braintumor.models.fusion import ConvActivation, fused_activation_supported
+
+    if not fused_activation_supported():
+        pytest.skip("this PyTorch build has no oneDNN fused convolution")
+    model = create_model(tiny_recipe(model={**TINY_LITE, "head": "linear"})).eval()
+    inputs = torch.randn(3, 3, 64, 64).contiguous(memory_format=torch.channels_last)
+    folded = fold_batchnorm(model, inputs[:2])
+    assert folded.fused_activations > 5
+    assert sum(isinstance(m, ConvActivation) for m in folded.model.modules()) == folded.fused_activations
+    with torch.inference_mode():
+        np.testing.assert_allclose(folded.model(inputs).numpy(), model(inputs).numpy(), atol=1e-4)
+    # Under autograd (explanations) the fused layer runs its two modules.
+    with torch.enable_grad():
+        assert folded.model(inputs.requires_grad_(True)).requires_grad

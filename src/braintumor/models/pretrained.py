@@ -16,6 +16,7 @@ import timm
 import torch.nn as nn
 
 from braintumor.errors import WeightsUnavailableError
+from braintumor.models.padding import use_fast_same_padding
 
 WEIGHTS_DIR_ENV = "BRAINTUMOR_WEIGHTS_DIR"
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
@@ -75,7 +76,16 @@ def _offline_message(backbone: str, reason: str) -> str:
 
 
 def create_backbone(name: str, *, pretrained: bool, weights: Path | None = None) -> nn.Module:
-    """A timm feature extractor (``num_classes=0``: pooled features out) with the requested weights."""
+    """A timm feature extractor (``num_classes=0``: pooled features out) with the requested weights.
+
+    TF "SAME" convolutions pad with :func:`~braintumor.models.padding.pad_border` (bitwise the same, faster).
+    """
+    backbone = _timm_backbone(name, pretrained=pretrained, weights=weights)
+    use_fast_same_padding(backbone)
+    return backbone
+
+
+def _timm_backbone(name: str, *, pretrained: bool, weights: Path | None) -> nn.Module:
     check_backbone_name(name)
     if not pretrained:
         return timm.create_model(name, pretrained=False, num_classes=0)
