@@ -133,3 +133,27 @@ def test_head_crop_is_part_of_the_stored_preprocessing() -> None:
     plain = resize_to_uint8_tensor(Image.fromarray(canvas), Preprocessing(image_size=20))
     cropped = resize_to_uint8_tensor(Image.fromarray(canvas), Preprocessing(image_size=20, crop="head"))
     assert plain.float().mean() < 100 < cropped.float().mean()
+
+
+@pytest.mark.parametrize("crop", ["none", "head"])
+@pytest.mark.parametrize("interpolation", ["bicubic", "bilinear", "nearest"])
+def test_grey_slices_resized_on_one_band_match_the_rgb_path(crop: str, interpolation: str) -> None:
+    """A grey slice stored as RGB is cropped and resized on its one band: bitwise what the RGB path gives."""
+    from PIL import ImageOps
+
+    from braintumor.data.preprocessing import crop_to_head, grey_band, resize_to_uint8_tensor
+
+    rng = np.random.default_rng(3)
+    grey = np.zeros((300, 420), dtype=np.uint8)
+    grey[40:260, 90:330] = rng.integers(30, 255, (220, 240), dtype=np.uint8)
+    rgb = Image.fromarray(np.stack([grey] * 3, axis=-1))
+    prep = Preprocessing(image_size=97, interpolation=interpolation, crop=crop)
+    assert grey_band(rgb) is not None
+    framed = crop_to_head(rgb) if crop == "head" else rgb  # the RGB path, step by step
+    resample = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST}[interpolation]
+    expected = np.asarray(framed.resize((97, 97), resample=resample, reducing_gap=3.0)).transpose(2, 0, 1)
+    np.testing.assert_array_equal(resize_to_uint8_tensor(rgb, prep).numpy(), expected)
+    # A colour image keeps the RGB path.
+    coloured = ImageOps.colorize(Image.fromarray(grey), "black", "orange")
+    assert grey_band(coloured) is None
+    assert resize_to_uint8_tensor(coloured, prep).shape == (3, 97, 97)
