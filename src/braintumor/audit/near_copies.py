@@ -141,6 +141,8 @@ def _search_pairs(
             block=REFERENCE_BLOCK,
             on_block=lambda: progress.advance(task),
         )
+        # An incremental search runs fewer (or no) full blocks than a cold one: finish the bar when it is done.
+        progress.update(task, completed=2 * blocks)
     if cache is not None:
         cache.store_search(SEARCH_INDEX_KEY, searched.index)
         cache.stats.queries_searched += searched.queries_searched
