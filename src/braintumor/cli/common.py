@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import NoReturn
 
 import typer
+from rich.markup import escape
 
 from braintumor.cli.display import console
 from braintumor.errors import BrainTumorError
@@ -40,7 +41,8 @@ PrecisionOption = typer.Option(
 
 def fail(message: str) -> NoReturn:
     """Print ``error: message`` and exit with code 2."""
-    console.print(f"[bold red]error:[/] {message}", highlight=False)
+    # soft_wrap: one line however wide the terminal (scripts grep it); escape: a "[...]" in a path is not markup.
+    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code=EXIT_USER_ERROR)
 
 
