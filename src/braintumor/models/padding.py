@@ -4,9 +4,9 @@ The TF-ported EfficientNet-Lite backbones (timm's ``tf_efficientnet_lite*``) pad
 stride-2 convolution asymmetrically (one more row and column at the bottom and right), so timm runs
 them as ``Conv2dSame``: ``F.pad`` then the convolution. On a channels_last tensor ``F.pad`` (PyTorch's
 ``constant_pad_nd``) fills the whole output with the pad value before copying the input in, and that
-fill runs far below memory speed: measured here on a 32 x 96 x 130 x 130 batch, 129 ms against 6 ms
-for allocating the output, copying the input and zeroing only the new border. In Lite2 at 260 px the
-pads took more time than all its convolutions together.
+fill is slow, most of all on memory the process has not touched yet: measured here on a 32 x 96 x 130 x 130
+batch, 107-129 ms the first time and 15 ms after, against 6-10 ms for allocating the output, copying the
+input and zeroing only the new border (docs/speed.md).
 
 :func:`pad_border` writes the same tensor (bitwise: padding does no arithmetic), so swapping it in
 changes no feature, gradient or prediction. :func:`use_fast_same_padding` swaps it into a network's
@@ -30,7 +30,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import Conv2dSame
-from timm.layers.padding import get_same_padding
+from timm.layers.padding import pad_same_arg
 
 from braintumor.runtime import tuning_enabled
 
@@ -79,9 +79,7 @@ def pad_border(x: torch.Tensor, pads: Sequence[int], value: float = 0.0) -> torc
 
 def same_pads(x: torch.Tensor, kernel_size: Sequence[int], stride: Sequence[int], dilation: Sequence[int]) -> list[int]:
     """timm's TF "SAME" pads ``(left, right, top, bottom)`` for a convolution over ``x``."""
-    pad_h = get_same_padding(x.shape[-2], kernel_size[0], stride[0], dilation[0])
-    pad_w = get_same_padding(x.shape[-1], kernel_size[1], stride[1], dilation[1])
-    return [pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2]
+    return pad_same_arg(list(x.shape[-2:]), list(kernel_size), list(stride), list(dilation))
 
 
 class FastConv2dSame(Conv2dSame):
