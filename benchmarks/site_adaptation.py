@@ -30,12 +30,14 @@ CANDIDATES = ["none", "em", "standardize", "coral", "t3a", "shot", "standardize+
 
 
 def _features(bundle: Any, data: Path, split: str, cache: Path) -> dict[str, np.ndarray]:
-    """Backbone features, labels, paths, content hashes and source flags of a split, cached as .npz."""
+    """Each member's backbone features (``features``, ``features_1``, ...), labels, paths, content hashes and
+    source flags of a split, cached as .npz."""
     path = cache / f"{split}.npz"
     if path.is_file():
         with np.load(path) as arrays:
             return {key: arrays[key] for key in arrays.files}
     from braintumor.adaptation.network import backbone_features
+    from braintumor.adaptation.run import network_members
     from braintumor.data.dataset import drop_exact_duplicates, load_images, validation_split
     from braintumor.data.layout import discover_split
     from braintumor.data.preprocessing import eval_transform
@@ -44,9 +46,12 @@ def _features(bundle: Any, data: Path, split: str, cache: Path) -> dict[str, np.
     images = load_images(discover_split(data, split), bundle.preprocessing, show_progress=False)
     if split == "Training":
         images = drop_exact_duplicates(images)[0]
-    features = backbone_features(bundle.model.backbone, images.images, eval_transform(bundle.preprocessing))
+    transform = eval_transform(bundle.preprocessing)
     arrays = {
-        "features": features.numpy(),
+        _member_key(index): backbone_features(member.backbone, images.images, transform).numpy()
+        for index, member in enumerate(network_members(bundle.model))
+    }
+    arrays |= {
         "labels": images.labels.numpy(),
         "paths": np.array([str(p) for p in images.paths]),
         "hashes": np.array(images.hashes),
@@ -59,36 +64,59 @@ def _features(bundle: Any, data: Path, split: str, cache: Path) -> dict[str, np.
     return arrays
 
 
+def _member_key(index: int) -> str:
+    return "features" if index == 0 else f"features_{index}"
+
+
+def _member_features(bundle: Any, arrays: dict[str, np.ndarray], rows: Any = slice(None)) -> list[Any]:
+    import torch
+
+    from braintumor.adaptation.run import network_members
+
+    return [torch.as_tensor(arrays[_member_key(i)][rows]) for i in range(len(network_members(bundle.model)))]
+
+
+def _view(bundle: Any, arrays: dict[str, np.ndarray], rows: Any = slice(None)) -> tuple[list[Any], list[float]]:
+    """The bundle's members over ``rows`` of a split (penultimate features, last layer, source) and their weights."""
+    from braintumor.adaptation import source_stats
+    from braintumor.adaptation.network import head_state, penultimate
+    from braintumor.adaptation.run import member_stats, network_members
+    from braintumor.research.site_adaptation import Member
+
+    networks = network_members(bundle.model)
+    zs = [penultimate(net, part) for net, part in zip(networks, _member_features(bundle, arrays, rows), strict=True)]
+    sources = member_stats(source_stats(bundle), [z.shape[1] for z in zs])
+    members = [Member(z, head_state(net), src) for net, z, src in zip(networks, zs, sources, strict=True)]
+    weights = getattr(bundle.model, "weights", None)
+    return members, ([1.0] if weights is None else [float(w) for w in weights])
+
+
+def _temperature(bundle: Any) -> float:
+    # A single network's logits are divided by the bundle's temperature (EM's prior shift scales with it); an
+    # ensemble's temperature applies to the members' average, so each member adapts at 1.
+    from braintumor.adaptation.run import network_members
+
+    return (bundle.config.extras.temperature or 1.0) if len(network_members(bundle.model)) == 1 else 1.0
+
+
 def _testing_rows(bundle: Any, testing: dict[str, np.ndarray], methods: list[str], data: Path) -> dict[str, Any]:
     import torch
 
-    from braintumor.adaptation import source_stats
-    from braintumor.adaptation.network import head_state, penultimate
     from braintumor.evaluation.deduplicated import deduplicated_metrics
     from braintumor.layout_constants import CLASS_NAMES
     from braintumor.research.site_adaptation import cross_adapt, scores, transductive
 
-    z = penultimate(bundle.model, torch.as_tensor(testing["features"]))
-    head, source, labels = head_state(bundle.model), source_stats(bundle), testing["labels"]
-    temperature = bundle.config.extras.temperature or 1.0
-    flagged, rate = _flags(bundle, testing["features"]), bundle.guard.spec.validation_flag_rate
+    members, weights = _view(bundle, testing)
+    labels, temperature = testing["labels"], _temperature(bundle)
+    flagged, rate = _flags(bundle, testing), bundle.guard.spec.validation_flag_rate
     rows: dict[str, Any] = {}
     for method in methods:
-        logits = cross_adapt(method, z, head, source, labels, temperature=temperature)
+        common = {"weights": weights, "temperature": temperature}
+        logits = cross_adapt(method, members, labels, **common)
         row = {"cross_fold": scores(labels, logits)}
-        gated = cross_adapt(
-            method,
-            z,
-            head,
-            source,
-            labels,
-            temperature=temperature,
-            gated=True,
-            flagged=flagged,
-            validation_flag_rate=rate,
-        )
+        gated = cross_adapt(method, members, labels, gated=True, flagged=flagged, validation_flag_rate=rate, **common)
         row["cross_fold_as_adapt_applies"] = scores(labels, gated)
-        row["transductive"] = scores(labels, transductive(method, z, head, source, temperature))
+        row["transductive"] = scores(labels, transductive(method, members, **common))
         probabilities = torch.softmax(torch.as_tensor(logits), dim=1).numpy()
         paths = [Path(p) for p in testing["paths"]]
         dedup, note = deduplicated_metrics(
@@ -108,50 +136,44 @@ def _testing_rows(bundle: Any, testing: dict[str, np.ndarray], methods: list[str
     return rows
 
 
-def _flags(bundle: Any, features: np.ndarray) -> np.ndarray:
+def _flags(bundle: Any, arrays: dict[str, np.ndarray], rows: Any = slice(None)) -> np.ndarray:
     """Which images the guard's feature component flags (the cache keeps no pixels for the image evidence)."""
     import torch
 
-    from braintumor.guard.guard import head_outputs
+    from braintumor.adaptation.run import guard_inputs
 
-    tensor = torch.as_tensor(features)
-    blank = torch.zeros(len(tensor), 3, 8, 8, dtype=torch.uint8)
-    return (bundle.guard.score(head_outputs(bundle.model, tensor, blank)).feature > 1).numpy()
+    features = _member_features(bundle, arrays, rows)
+    blank = torch.zeros(len(features[0]), 3, 8, 8, dtype=torch.uint8)
+    return (bundle.guard.score(guard_inputs(bundle, features, blank)).feature > 1).numpy()
 
 
-def _evidence(bundle: Any, features: np.ndarray) -> dict[str, Any]:
+def _evidence(bundle: Any, arrays: dict[str, np.ndarray], rows: Any = slice(None)) -> dict[str, Any]:
     import torch
 
     from braintumor.adaptation import shift_evidence, source_stats
-    from braintumor.adaptation.network import penultimate
 
-    z = penultimate(bundle.model, torch.as_tensor(features))
-    flagged = _flags(bundle, features)
+    members, _ = _view(bundle, arrays, rows)
     return shift_evidence(
-        z,
+        torch.cat([m.features for m in members], dim=1),
         source_stats(bundle),
-        flagged_share=float(flagged.mean()),
+        flagged_share=float(_flags(bundle, arrays, rows).mean()),
         validation_flag_rate=bundle.guard.spec.validation_flag_rate,
     ).to_dict()
 
 
 def _validation_check(bundle: Any, training: dict[str, np.ndarray], method: str) -> dict[str, Any]:
-    import torch
-
-    from braintumor.adaptation import source_stats
-    from braintumor.adaptation.network import head_state, penultimate
     from braintumor.research.site_adaptation import cross_adapt, transductive
 
     val = training["val_idx"]
-    z = penultimate(bundle.model, torch.as_tensor(training["features"][val]))
-    head, source, labels = head_state(bundle.model), source_stats(bundle), training["labels"][val]
-    base = float(np.mean(head.logits(z).numpy().argmax(1) == labels))
-    crossed = float(np.mean(cross_adapt(method, z, head, source, labels).argmax(1) == labels))
-    rate = bundle.guard.spec.validation_flag_rate
-    flagged = _flags(bundle, training["features"][val])
-    as_applied = cross_adapt(method, z, head, source, labels, gated=True, flagged=flagged, validation_flag_rate=rate)
+    members, weights = _view(bundle, training, val)
+    labels, rate = training["labels"][val], bundle.guard.spec.validation_flag_rate
+    common = {"weights": weights, "temperature": _temperature(bundle)}
+    base = float(np.mean(cross_adapt("none", members, labels, **common).argmax(1) == labels))
+    crossed = float(np.mean(cross_adapt(method, members, labels, **common).argmax(1) == labels))
+    flagged = _flags(bundle, training, val)
+    as_applied = cross_adapt(method, members, labels, gated=True, flagged=flagged, validation_flag_rate=rate, **common)
     crossed_gated = float(np.mean(as_applied.argmax(1) == labels))
-    whole = float(np.mean(transductive(method, z, head, source).argmax(1) == labels))
+    whole = float(np.mean(transductive(method, members, **common).argmax(1) == labels))
     return {
         "method": method,
         "unadapted": base,
@@ -159,7 +181,7 @@ def _validation_check(bundle: Any, training: dict[str, np.ndarray], method: str)
         "adapted_on_all_validation": whole,
         "cross_fold_as_adapt_applies": crossed_gated,
         "within_1_point": bool(max(abs(whole - base), abs(crossed - base), abs(crossed_gated - base)) <= 0.01),
-        "evidence": _evidence(bundle, training["features"][val]),
+        "evidence": _evidence(bundle, training, val),
     }
 
 
@@ -250,8 +272,9 @@ def main() -> None:
     bundle = load_bundle(args.bundle)
     cache = args.cache / bundle.path.resolve().as_posix().strip("/").replace("/", "_")
     training, testing = (_features(bundle, args.data, split, cache) for split in ("Training", "Testing"))
+    # An ensemble's proxy probe reads its members' backbone features side by side.
     proxy = proxy_rows(
-        training["features"].astype(np.float64),
+        np.concatenate([part.numpy() for part in _member_features(bundle, training)], axis=1).astype(np.float64),
         training["labels"],
         training["main_source"],
         training["train_idx"],
@@ -266,7 +289,7 @@ def main() -> None:
         "default_method": DEFAULT_METHOD,
         "default_matches_proxy": choice["chosen"] == DEFAULT_METHOD,
         "testing": _testing_rows(bundle, testing, methods, args.data),
-        "testing_evidence": _evidence(bundle, testing["features"]),
+        "testing_evidence": _evidence(bundle, testing),
         "validation_check": _validation_check(bundle, training, DEFAULT_METHOD),
     }
     if args.timing_images:

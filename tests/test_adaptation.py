@@ -64,6 +64,23 @@ def test_each_method_closes_most_of_a_synthetic_shift(
     assert _accuracy(adapted, target, labels) - shifted >= 0.7 * (in_source - shifted)
 
 
+def test_cross_adaptation_of_an_ensemble_averages_its_adapted_members() -> None:
+    from braintumor.research.site_adaptation import Member, cross_adapt, transductive
+
+    rng = np.random.default_rng(0)
+    head, source = _source_head()
+    target, labels = _blobs(rng, 200, 1.4, 0.5)
+    strata = labels.numpy()
+    single = cross_adapt("standardize", [Member(target, head, source)], strata)
+    # Two copies of one member, weighted 0.5 each, are that member; the pooled folds close the shift.
+    twice = cross_adapt("standardize", [Member(target, head, source)] * 2, strata, weights=[0.5, 0.5])
+    assert np.allclose(single, twice) and np.allclose(np.exp(single).sum(1), 1.0)
+    unadapted = cross_adapt("none", [Member(target, head, source)], strata)
+    assert np.mean(single.argmax(1) == strata) - np.mean(unadapted.argmax(1) == strata) > 0.15
+    expected = torch.log_softmax(head.logits(target), dim=1).numpy()
+    assert np.allclose(transductive("none", [Member(target, head, source)]), expected)
+
+
 def test_t3a_does_not_close_a_pure_offset_but_does_not_hurt() -> None:
     # T3A compares directions (normalised features), so a cluster pushed onto the origin stays ambiguous: this
     # records the limitation measured here rather than hiding it.
@@ -110,7 +127,7 @@ def test_adabn_closes_a_brightness_shift() -> None:
     assert (adapted - source).abs().mean() < 0.1 * (shifted - source).abs().mean()
 
 
-def _tiny_bundle(folder: Path) -> Path:
+def _tiny_bundle(folder: Path, seed: int = 0) -> Path:
     recipe = Recipe.model_validate(
         {
             "name": "tiny-linear",
@@ -118,7 +135,7 @@ def _tiny_bundle(folder: Path) -> Path:
             "model": {"architecture": "custom_cnn", "conv_channels": [4, 8], "head": "linear", "dropout": 0.0},
         }
     )
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     model = create_model(recipe)
     return save_bundle(
         folder,
@@ -159,6 +176,28 @@ def test_an_adapted_bundle_round_trips_without_pickle_and_the_original_is_untouc
     assert {p.suffix for p in result.out.iterdir()} <= {".json", ".safetensors"}
 
 
+def test_an_ensemble_adapts_each_member_as_that_member_alone_would(tmp_path: Path, site: Path) -> None:
+    from braintumor.inference.ensemble import combine_bundles
+    from braintumor.models.ensemble import EnsembleNet
+
+    members = [_tiny_bundle(tmp_path / f"m{seed}", seed) for seed in (0, 1)]
+    ensemble = combine_bundles(members, tmp_path / "ensemble")
+    method = "standardize+em"
+    result = adapt_bundle(ensemble, site, tmp_path / "adapted", method=method, force=True, show_progress=False)
+    adapted = load_bundle(result.out)
+    assert isinstance(adapted.model, EnsembleNet) and adapted.config.ensemble is not None
+    assert len(result.record.settings["fitted"]["members"]) == 2
+    for index, member in enumerate(members):
+        alone = load_bundle(
+            adapt_bundle(member, site, tmp_path / f"a{index}", method=method, force=True, show_progress=False).out
+        )
+        expected, got = head_state(alone.model), head_state(adapted.model.members[index])
+        assert torch.allclose(got.weight, expected.weight, atol=1e-5) and torch.allclose(
+            got.bias, expected.bias, atol=1e-5
+        )
+        assert not torch.equal(got.weight, head_state(load_bundle(member).model).weight)
+
+
 def test_a_near_source_target_is_not_moved_without_force(tmp_path: Path, site: Path) -> None:
     original = _tiny_bundle(tmp_path / "bundle")
     result = adapt_bundle(original, site, tmp_path / "adapted", method="standardize", show_progress=False)
@@ -196,6 +235,7 @@ def test_the_cli_adapts_and_reports_errors_in_one_line(tmp_path: Path, site: Pat
     ok = runner.invoke(app, ["adapt", str(original), "--images", str(site), "-o", str(tmp_path / "a"), "-q"])
     assert ok.exit_code == 0, ok.output
     assert "skipped" in ok.output and "bundle written" in ok.output
+    assert "onnx: wrote" in ok.output and (tmp_path / "a" / "model.onnx").is_file()  # served by onnxruntime as is
     (tmp_path / "empty").mkdir()
     bad = runner.invoke(app, ["adapt", str(original), "--images", str(tmp_path / "empty"), "-o", str(tmp_path / "b")])
     assert bad.exit_code == 2 and "holds no files" in bad.output

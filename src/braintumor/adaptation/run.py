@@ -34,8 +34,9 @@ from braintumor.bundle import AdaptationRecord, Bundle, load_bundle, save_bundle
 from braintumor.data.dataset import ImageSet, load_images
 from braintumor.data.layout import Sample
 from braintumor.data.preprocessing import eval_transform
-from braintumor.guard.guard import head_outputs
+from braintumor.guard.guard import GuardInputs, head_outputs
 from braintumor.inference.predictor import expand_inputs
+from braintumor.models.ensemble import EnsembleNet
 from braintumor.models.network import BrainTumorNet
 
 
@@ -75,9 +76,21 @@ def _check_paths(bundle_path: Path, images: Path, out: Path, needed: int) -> lis
     return files
 
 
+def network_members(model: torch.nn.Module) -> list[BrainTumorNet]:
+    """The networks whose last layers adapt: the model itself, or each member of an ensemble."""
+    members = list(model.members) if isinstance(model, EnsembleNet) else [model]
+    if not all(isinstance(member, BrainTumorNet) for member in members):
+        raise AdaptationError("adaptation needs networks with a backbone and a Dense head (every recipe's network)")
+    return members  # type: ignore[return-value]
+
+
 def source_stats(bundle: Bundle) -> SourceStats:
-    """The source's penultimate statistics: the head's BatchNorm, the guard's class means, the training priors."""
-    mean, std = source_moments(bundle.model)
+    """The source's penultimate statistics: the head's BatchNorm, the guard's class means, the training priors.
+
+    For an ensemble, the members' penultimate features side by side (what its input guard reads).
+    """
+    moments = [source_moments(member) for member in network_members(bundle.model)]
+    mean, std = torch.cat([m for m, _ in moments]), torch.cat([s for _, s in moments])
     counts = bundle.config.training.train_class_counts
     if counts and all(name in counts for name in bundle.class_names):
         priors = torch.tensor([float(counts[name]) for name in bundle.class_names], dtype=torch.float64)
@@ -85,7 +98,26 @@ def source_stats(bundle: Bundle) -> SourceStats:
         priors = torch.ones(len(bundle.class_names), dtype=torch.float64)
     guard = bundle.guard
     class_means = guard.state.get("mu") if guard is not None and guard.spec.detector == "mahalanobis" else None
+    if class_means is not None and class_means.shape[1] != len(mean):
+        class_means = None  # a guard refitted on other features: fall back to the diagonal source covariance
     return SourceStats(mean, std, priors / priors.sum(), None if class_means is None else class_means.double())
+
+
+def member_stats(source: SourceStats, widths: list[int]) -> list[SourceStats]:
+    """``source`` cut into each member's columns (``widths``: the members' penultimate sizes).
+
+    Example:
+        >>> whole = SourceStats(torch.arange(3.0), torch.ones(3), torch.tensor([0.5, 0.5]))
+        >>> [s.mean.tolist() for s in member_stats(whole, [1, 2])]
+        [[0.0], [1.0, 2.0]]
+    """
+    parts, start = [], 0
+    for width in widths:
+        columns = slice(start, start + width)
+        means = None if source.class_means is None else source.class_means[:, columns]
+        parts.append(SourceStats(source.mean[columns], source.std[columns], source.priors, means))
+        start += width
+    return parts
 
 
 def _decode(files: list[Path], bundle: Bundle, show_progress: bool) -> ImageSet:
@@ -93,11 +125,24 @@ def _decode(files: list[Path], bundle: Bundle, show_progress: bool) -> ImageSet:
     return load_images([Sample(path, 0) for path in files], bundle.preprocessing, show_progress=show_progress)
 
 
-def _guard_filter(bundle: Bundle, images: ImageSet, features: torch.Tensor) -> tuple[torch.Tensor, float]:
+def guard_inputs(bundle: Bundle, features: list[torch.Tensor], images: torch.Tensor) -> GuardInputs:
+    """What the guard reads of uint8 ``images``, from each member's backbone ``features`` (a single network is
+    one member): only the heads run."""
+    members = network_members(bundle.model)
+    if len(members) == 1:
+        return head_outputs(members[0], features[0], images)
+    parts = [head_outputs(member, part, images) for member, part in zip(members, features, strict=True)]
+    assert isinstance(bundle.model, EnsembleNet)
+    with torch.no_grad():
+        logits = bundle.model.combine([part.logits for part in parts])
+    return GuardInputs(torch.cat([part.features for part in parts], dim=1), logits, parts[0].evidence)
+
+
+def _guard_filter(bundle: Bundle, images: ImageSet, features: list[torch.Tensor]) -> tuple[torch.Tensor, float]:
     """A mask of the images the guard accepts (all when there is no guard) and the flagged share."""
     if bundle.guard is None:
         return torch.ones(len(images), dtype=torch.bool), 0.0
-    flagged = bundle.guard.score(head_outputs(bundle.model, features, images.images)).flagged
+    flagged = bundle.guard.score(guard_inputs(bundle, features, images.images)).flagged
     return ~flagged, float(flagged.float().mean())
 
 
@@ -151,8 +196,7 @@ def adapt_bundle(
     methods = parse_methods(method)
     files = _check_paths(bundle_path, images, out, min_images(methods))
     bundle = load_bundle(bundle_path)
-    if not isinstance(bundle.model, BrainTumorNet):
-        raise AdaptationError("adapt the member bundles one by one, then combine them with `braintumor ensemble`")
+    network_members(bundle.model)  # a network adaptation cannot reach is refused before any image is decoded
     record, evidence, applied = _fit(bundle, images, files, methods, force=force, show_progress=show_progress)
     config = bundle.config
     extras = config.extras.model_copy(update={"adaptation": record})
@@ -164,6 +208,7 @@ def adapt_bundle(
         training=config.training,
         extras=extras,
         manifest=config.manifest,
+        ensemble=config.ensemble,
         guard=bundle.guard,
     )
     return AdaptationResult(out, record, evidence, applied, list(record.warnings))
@@ -172,12 +217,15 @@ def adapt_bundle(
 def _fit(
     bundle: Bundle, images: Path, files: list[Path], methods: tuple[str, ...], *, force: bool, show_progress: bool
 ) -> tuple[AdaptationRecord, ShiftEvidence, tuple[str, ...]]:
-    """Adapt ``bundle.model`` in place to the decodable, guard-accepted ``files``; the record of what was done."""
-    assert isinstance(bundle.model, BrainTumorNet)
-    source = source_stats(bundle)
+    """Adapt ``bundle.model`` in place to the decodable, guard-accepted ``files``; the record of what was done.
+
+    An ensemble's members adapt one by one on their own features; the guard and the shift evidence read all
+    of them side by side, so one verdict gates every member alike.
+    """
+    members = network_members(bundle.model)
     decoded = _decode(files, bundle, show_progress)
     transform = eval_transform(bundle.preprocessing)
-    features = backbone_features(bundle.model.backbone, decoded.images, transform)
+    features = [backbone_features(member.backbone, decoded.images, transform) for member in members]
     accepted, flagged_share = _guard_filter(bundle, decoded, features)
     kept = decoded.subset(torch.nonzero(accepted).flatten())
     rejected = [str(p) for p, ok in zip(decoded.paths, accepted.tolist(), strict=True) if not ok]
@@ -186,20 +234,28 @@ def _fit(
             f"only {len(kept)} of {len(files)} images were decodable and accepted by the input guard; "
             f"{'+'.join(methods)} needs {min_images(methods)}"
         )
-    z = penultimate(bundle.model, features[accepted])
+    penultimates = [penultimate(member, part[accepted]) for member, part in zip(members, features, strict=True)]
+    source = source_stats(bundle)
     validation_rate = bundle.guard.spec.validation_flag_rate if bundle.guard is not None else None
-    evidence = shift_evidence(z, source, flagged_share=flagged_share, validation_flag_rate=validation_rate)
+    evidence = shift_evidence(
+        torch.cat(penultimates, dim=1), source, flagged_share=flagged_share, validation_flag_rate=validation_rate
+    )
     applied, warnings = _gated(methods, evidence, force)
-    if "adabn" in applied:
-        adabn(bundle.model.backbone, kept.images, transform)
-        z = penultimate(bundle.model, backbone_features(bundle.model.backbone, kept.images, transform))
-    temperature = bundle.config.extras.temperature or 1.0
-    adapted, fitted = adapt_head(applied, z, head_state(bundle.model), source, temperature)
-    set_head_state(bundle.model, adapted)
+    sources = member_stats(source, [z.shape[1] for z in penultimates])
+    # A single network's logits are divided by the bundle's temperature; an ensemble's applies to the average.
+    temperature = (bundle.config.extras.temperature or 1.0) if len(members) == 1 else 1.0
+    fitted_parts = []
+    for member, z, member_source in zip(members, penultimates, sources, strict=True):
+        if "adabn" in applied:
+            adabn(member.backbone, kept.images, transform)
+            z = penultimate(member, backbone_features(member.backbone, kept.images, transform))
+        adapted, fitted = adapt_head(applied, z, head_state(member), member_source, temperature)
+        set_head_state(member, adapted)
+        fitted_parts.append(fitted)
     details = {
         "method": "+".join(methods),
         "applied": "+".join(applied),
-        "fitted": fitted,
+        "fitted": fitted_parts[0] if len(members) == 1 else {"members": fitted_parts},
         "methods": method_settings(methods),
         "warnings": warnings,
     }

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from braintumor.adaptation.defaults import DEFAULT_METHOD, METHODS
-from braintumor.cli.common import QuietOption, stage_errors, warn
+from braintumor.cli.common import QuietOption, ensure_onnx_and_say, stage_errors, warn
 
 
 def adapt_command(
@@ -50,3 +50,4 @@ def adapt_command(
         f"(manifest {record.manifest_sha256[:12]}); bundle written: {result.out}",
         highlight=False,
     )
+    ensure_onnx_and_say(result.out)

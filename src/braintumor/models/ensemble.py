@@ -43,9 +43,10 @@ class EnsembleNet(nn.Module):
         return self.members[0].backbone
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._combine([member(x) for member in self.members])
+        return self.combine([member(x) for member in self.members])
 
-    def _combine(self, member_logits: Sequence[torch.Tensor]) -> torch.Tensor:
+    def combine(self, member_logits: Sequence[torch.Tensor]) -> torch.Tensor:
+        """The weighted average of the members' softmax probabilities, as log-probabilities."""
         probabilities = torch.stack([logits.softmax(dim=1) for logits in member_logits])
         mean = (probabilities * self.weights.view(-1, 1, 1)).sum(dim=0)
         return mean.clamp_min(1e-12).log()
@@ -53,4 +54,4 @@ class EnsembleNet(nn.Module):
     def penultimate_and_logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The members' penultimate features side by side, and the ensemble's log-probabilities."""
         parts = [member.penultimate_and_logits(x) for member in self.members]
-        return torch.cat([p for p, _ in parts], dim=1), self._combine([z for _, z in parts])
+        return torch.cat([p for p, _ in parts], dim=1), self.combine([z for _, z in parts])

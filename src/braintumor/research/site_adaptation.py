@@ -13,6 +13,7 @@ predict fold B, then the reverse, and pool the predictions. Labels only score.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -44,48 +45,87 @@ def two_folds(labels: np.ndarray, seed: int = FOLD_SEED) -> list[tuple[np.ndarra
     return [(a, b) for a, b in splitter.split(np.zeros(len(labels)), labels)]
 
 
+@dataclass(frozen=True)
+class Member:
+    """One network's view of a target: its penultimate features, its last layer and its source statistics.
+
+    A single bundle is one member; an ensemble's members each adapt on their own features.
+    """
+
+    features: torch.Tensor
+    head: HeadState
+    source: SourceStats
+
+
+def _joined_source(members: Sequence[Member]) -> SourceStats:
+    """The members' source statistics side by side (what the shift evidence of an ensemble reads)."""
+    first = members[0].source
+    mean = torch.cat([m.source.mean.double() for m in members])
+    return SourceStats(mean, torch.cat([m.source.std.double() for m in members]), first.priors)
+
+
+def _predict(
+    methods: tuple[str, ...],
+    members: Sequence[Member],
+    weights: Sequence[float],
+    adapt_rows: np.ndarray,
+    eval_rows: np.ndarray,
+    temperature: float,
+) -> np.ndarray:
+    """Log of the weighted mean probabilities on ``eval_rows``, each member adapted on ``adapt_rows``."""
+    mixed = torch.zeros((len(eval_rows), len(members[0].head.bias)), dtype=torch.float64)
+    for member, weight in zip(members, weights, strict=True):
+        head = member.head
+        if methods:
+            head, _ = adapt_head(methods, member.features[adapt_rows], head, member.source, temperature)
+        mixed += weight * torch.softmax(head.logits(member.features[eval_rows]), dim=1)
+    return mixed.clamp_min(1e-12).log().numpy()
+
+
 def cross_adapt(
     method: str,
-    features: torch.Tensor,
-    head: HeadState,
-    source: SourceStats,
+    members: Sequence[Member],
     strata: np.ndarray,
     *,
+    weights: Sequence[float] | None = None,
     temperature: float = 1.0,
     seed: int = FOLD_SEED,
     gated: bool = False,
     flagged: np.ndarray | None = None,
     validation_flag_rate: float | None = None,
 ) -> np.ndarray:
-    """Pooled logits ``[N, C]``: each fold predicted by the head adapted on the other fold (``none``: unadapted).
+    """Pooled log-probabilities ``[N, C]``: each fold predicted by the members adapted on the other fold
+    (``none``: unadapted), averaged with ``weights`` (equal by default) as an ensemble bundle averages them.
 
     ``gated`` applies only what ``braintumor adapt`` would on that fold's evidence (:func:`~braintumor.
-    adaptation.pipeline.gate`; ``flagged`` marks the images the input guard flags, when known).
+    adaptation.pipeline.gate`, on the members' features side by side; ``flagged`` marks the images the input
+    guard flags, when known).
     """
-    logits = np.zeros((len(features), len(head.bias)))
+    weights = list(weights) if weights is not None else [1.0 / len(members)] * len(members)
+    out = np.zeros((len(members[0].features), len(members[0].head.bias)))
     for adapt_rows, eval_rows in two_folds(strata, seed):
-        adapted = head
         methods = () if method == "none" else parse_methods(method)
         if gated and methods:
             share = 0.0 if flagged is None else float(np.mean(flagged[adapt_rows]))
             evidence = shift_evidence(
-                features[adapt_rows], source, flagged_share=share, validation_flag_rate=validation_flag_rate
+                torch.cat([m.features[adapt_rows] for m in members], dim=1),
+                _joined_source(members),
+                flagged_share=share,
+                validation_flag_rate=validation_flag_rate,
             )
             methods = gate(methods, evidence.near_source)[0]
-        if methods:
-            adapted, _ = adapt_head(methods, features[adapt_rows], head, source, temperature)
-        logits[eval_rows] = adapted.logits(features[eval_rows]).numpy()
-    return logits
+        out[eval_rows] = _predict(methods, members, weights, adapt_rows, eval_rows, temperature)
+    return out
 
 
 def transductive(
-    method: str, features: torch.Tensor, head: HeadState, source: SourceStats, temperature: float = 1.0
+    method: str, members: Sequence[Member], *, weights: Sequence[float] | None = None, temperature: float = 1.0
 ) -> np.ndarray:
-    """Logits when adapting on every image and predicting the same images (not an honest estimate)."""
-    if method == "none":
-        return head.logits(features).numpy()
-    adapted, _ = adapt_head(parse_methods(method), features, head, source, temperature)
-    return adapted.logits(features).numpy()
+    """Log-probabilities when adapting on every image and predicting the same images (not an honest estimate)."""
+    weights = list(weights) if weights is not None else [1.0 / len(members)] * len(members)
+    rows = np.arange(len(members[0].features))
+    methods = () if method == "none" else parse_methods(method)
+    return _predict(methods, members, weights, rows, rows, temperature)
 
 
 def scores(labels: np.ndarray, logits: np.ndarray, n_bootstrap: int = 1000) -> dict[str, Any]:
@@ -175,7 +215,7 @@ def _proxy_site_rows(
     rows = []
     for method in methods:
         for gated in (False, True):
-            predicted = cross_adapt(method, z, head, source, labels * 2 + shifted, gated=gated).argmax(1)
+            predicted = cross_adapt(method, [Member(z, head, source)], labels * 2 + shifted, gated=gated).argmax(1)
             correct = predicted == labels
             rows.append(
                 {
