@@ -190,7 +190,7 @@ def adapt_bundle(
 
     Raises:
         AdaptationError: an unknown method, an empty or too small folder (before any image is decoded), too few
-            images left after the guard, an ensemble bundle, or ``out`` inside the bundle.
+            images left after the guard, a network without a Dense head, or ``out`` inside the bundle.
     """
     bundle_path, images, out = Path(bundle_path), Path(images), Path(out)
     methods = parse_methods(method)
