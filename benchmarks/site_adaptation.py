@@ -91,23 +91,16 @@ def _view(bundle: Any, arrays: dict[str, np.ndarray], rows: Any = slice(None)) -
     return members, ([1.0] if weights is None else [float(w) for w in weights])
 
 
-def _temperature(bundle: Any) -> float:
-    # A single network's logits are divided by the bundle's temperature (EM's prior shift scales with it); an
-    # ensemble's temperature applies to the members' average, so each member adapts at 1.
-    from braintumor.adaptation.run import network_members
-
-    return (bundle.config.extras.temperature or 1.0) if len(network_members(bundle.model)) == 1 else 1.0
-
-
 def _testing_rows(bundle: Any, testing: dict[str, np.ndarray], methods: list[str], data: Path) -> dict[str, Any]:
     import torch
 
+    from braintumor.adaptation.run import member_temperature
     from braintumor.evaluation.deduplicated import deduplicated_metrics
     from braintumor.layout_constants import CLASS_NAMES
     from braintumor.research.site_adaptation import cross_adapt, scores, transductive
 
     members, weights = _view(bundle, testing)
-    labels, temperature = testing["labels"], _temperature(bundle)
+    labels, temperature = testing["labels"], member_temperature(bundle)
     flagged, rate = _flags(bundle, testing), bundle.guard.spec.validation_flag_rate
     rows: dict[str, Any] = {}
     for method in methods:
@@ -162,12 +155,13 @@ def _evidence(bundle: Any, arrays: dict[str, np.ndarray], rows: Any = slice(None
 
 
 def _validation_check(bundle: Any, training: dict[str, np.ndarray], method: str) -> dict[str, Any]:
+    from braintumor.adaptation.run import member_temperature
     from braintumor.research.site_adaptation import cross_adapt, transductive
 
     val = training["val_idx"]
     members, weights = _view(bundle, training, val)
     labels, rate = training["labels"][val], bundle.guard.spec.validation_flag_rate
-    common = {"weights": weights, "temperature": _temperature(bundle)}
+    common = {"weights": weights, "temperature": member_temperature(bundle)}
     base = float(np.mean(cross_adapt("none", members, labels, **common).argmax(1) == labels))
     crossed = float(np.mean(cross_adapt(method, members, labels, **common).argmax(1) == labels))
     flagged = _flags(bundle, training, val)

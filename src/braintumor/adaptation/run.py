@@ -103,6 +103,12 @@ def source_stats(bundle: Bundle) -> SourceStats:
     return SourceStats(mean, std, priors / priors.sum(), None if class_means is None else class_means.double())
 
 
+def member_temperature(bundle: Bundle) -> float:
+    """The temperature each member's logits adapt at: a single network's are divided by the bundle's
+    temperature (EM's prior shift scales with it); an ensemble's temperature applies to the members' average."""
+    return (bundle.config.extras.temperature or 1.0) if len(network_members(bundle.model)) == 1 else 1.0
+
+
 def member_stats(source: SourceStats, widths: list[int]) -> list[SourceStats]:
     """``source`` cut into each member's columns (``widths``: the members' penultimate sizes).
 
@@ -242,8 +248,7 @@ def _fit(
     )
     applied, warnings = _gated(methods, evidence, force)
     sources = member_stats(source, [z.shape[1] for z in penultimates])
-    # A single network's logits are divided by the bundle's temperature; an ensemble's applies to the average.
-    temperature = (bundle.config.extras.temperature or 1.0) if len(members) == 1 else 1.0
+    temperature = member_temperature(bundle)
     fitted_parts = []
     for member, z, member_source in zip(members, penultimates, sources, strict=True):
         if "adabn" in applied:
