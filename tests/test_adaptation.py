@@ -127,22 +127,33 @@ def test_adabn_closes_a_brightness_shift() -> None:
     assert (adapted - source).abs().mean() < 0.1 * (shifted - source).abs().mean()
 
 
-def _tiny_bundle(folder: Path, seed: int = 0) -> Path:
+def _tiny_bundle(folder: Path, seed: int = 0, *, standardize: bool = True, guard_images: Path | None = None) -> Path:
+    """A small linear-probe bundle; ``standardize=False`` drops the head's BatchNorm, and a guard is fitted (and
+    thresholded) on the split folder ``guard_images`` when given."""
+    from braintumor.data.dataset import load_images
+    from braintumor.data.layout import discover_split
+    from braintumor.data.preprocessing import eval_transform
+    from braintumor.guard import fit_guard, model_outputs
+
+    model_spec = {"architecture": "custom_cnn", "conv_channels": [4, 8], "head": "linear", "dropout": 0.0}
     recipe = Recipe.model_validate(
-        {
-            "name": "tiny-linear",
-            "data": {"image_size": 32},
-            "model": {"architecture": "custom_cnn", "conv_channels": [4, 8], "head": "linear", "dropout": 0.0},
-        }
+        {"name": "tiny-linear", "data": {"image_size": 32}, "model": {**model_spec, "head_standardize": standardize}}
     )
     torch.manual_seed(seed)
     model = create_model(recipe)
+    preprocessing = resolve_preprocessing(recipe, model)
+    guard = None
+    if guard_images is not None:
+        images = load_images(discover_split(guard_images.parent, guard_images.name), preprocessing, show_progress=False)
+        outputs = model_outputs(model, eval_transform(preprocessing), images.images)
+        guard = fit_guard(outputs, images.labels, outputs)
     return save_bundle(
         folder,
         model,
         recipe,
-        resolve_preprocessing(recipe, model),
+        preprocessing,
         training={"train_class_counts": {"glioma": 4, "meningioma": 4, "no_tumor": 2, "pituitary": 4}},
+        guard=guard,
     )
 
 
@@ -196,6 +207,27 @@ def test_an_ensemble_adapts_each_member_as_that_member_alone_would(tmp_path: Pat
             got.bias, expected.bias, atol=1e-5
         )
         assert not torch.equal(got.weight, head_state(load_bundle(member).model).weight)
+
+
+def test_a_head_without_batchnorm_aligns_to_the_guards_training_moments(tmp_path: Path, site: Path) -> None:
+    from braintumor.adaptation import source_stats
+    from braintumor.guard.guard import SOURCE_MEAN, SOURCE_STD
+    from braintumor.guard.guard import feature_moments as moments_of
+
+    bundle = _tiny_bundle(tmp_path / "probe", standardize=False, guard_images=site)
+    loaded = load_bundle(bundle)
+    assert not any(isinstance(layer, nn.BatchNorm1d) for layer in loaded.model.head)
+    source = source_stats(loaded)
+    assert torch.allclose(source.mean.float(), loaded.guard.state[SOURCE_MEAN])
+    assert torch.allclose(source.std.float(), loaded.guard.state[SOURCE_STD].clamp_min(1e-3))
+    result = adapt_bundle(bundle, site, tmp_path / "adapted", method="standardize", force=True, show_progress=False)
+    assert result.applied == ("standardize",)
+    assert not torch.equal(head_state(load_bundle(result.out).model).weight, head_state(loaded.model).weight)
+    # A guard fitted before the moments were kept: a one-line error saying how to refit, before any image work.
+    state = {k: v for k, v in loaded.guard.state.items() if k not in moments_of(torch.zeros(2, 1))}
+    loaded.guard.state = state
+    with pytest.raises(AdaptationError, match="braintumor guard"):
+        source_stats(loaded)
 
 
 def test_a_near_source_target_is_not_moved_without_force(tmp_path: Path, site: Path) -> None:

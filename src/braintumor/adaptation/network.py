@@ -49,15 +49,13 @@ def set_head_state(model: nn.Module, state: HeadState) -> None:
     layer.bias.copy_(state.bias.to(layer.bias.dtype))
 
 
-def source_moments(model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+def source_moments(model: nn.Module) -> tuple[torch.Tensor, torch.Tensor] | None:
     """Per-dimension mean and standard deviation of the source's penultimate features, read from the
-    BatchNorm before the last layer: its output has mean 0 and deviation 1 on the source (affine: beta, |gamma|)."""
+    BatchNorm before the last layer: its output has mean 0 and deviation 1 on the source (affine: beta, |gamma|).
+    None when the head has no such BatchNorm (a linear probe without standardisation)."""
     norms = [layer for layer in model.head if isinstance(layer, nn.BatchNorm1d)]  # type: ignore[union-attr]
     if not norms:
-        raise BrainTumorError(
-            "this head has no BatchNorm before its last layer, so the source's feature statistics are unknown: "
-            "use --method em, t3a or shot"
-        )
+        return None
     norm = norms[-1]
     if norm.affine:
         return norm.bias.detach().double().clone(), norm.weight.detach().double().abs().clone()

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from braintumor.adaptation.defaults import DEFAULT_METHOD
+from braintumor.adaptation.defaults import DEFAULT_METHOD, MIN_STD
 from braintumor.adaptation.errors import AdaptationError
 from braintumor.adaptation.evidence import ShiftEvidence, shift_evidence
 from braintumor.adaptation.methods import SourceStats
@@ -34,7 +34,7 @@ from braintumor.bundle import AdaptationRecord, Bundle, load_bundle, save_bundle
 from braintumor.data.dataset import ImageSet, load_images
 from braintumor.data.layout import Sample
 from braintumor.data.preprocessing import eval_transform
-from braintumor.guard.guard import GuardInputs, head_outputs
+from braintumor.guard.guard import SOURCE_MEAN, SOURCE_STD, GuardInputs, head_outputs
 from braintumor.inference.predictor import expand_inputs
 from braintumor.models.ensemble import EnsembleNet
 from braintumor.models.network import BrainTumorNet
@@ -84,13 +84,28 @@ def network_members(model: torch.nn.Module) -> list[BrainTumorNet]:
     return members  # type: ignore[return-value]
 
 
+def _source_moments(bundle: Bundle) -> tuple[torch.Tensor, torch.Tensor]:
+    """The source's per-dimension penultimate mean and deviation: each head's BatchNorm, or else the Training
+    features' moments that the input guard keeps (a linear probe's head has no BatchNorm)."""
+    moments = [source_moments(member) for member in network_members(bundle.model)]
+    if all(part is not None for part in moments):
+        return torch.cat([m for m, _ in moments]), torch.cat([s for _, s in moments])  # type: ignore[misc]
+    state = bundle.guard.state if bundle.guard is not None else {}
+    if SOURCE_MEAN in state and SOURCE_STD in state:
+        return state[SOURCE_MEAN].double(), state[SOURCE_STD].double().clamp_min(MIN_STD)
+    raise AdaptationError(
+        f"{bundle.path}: its head has no BatchNorm before the last layer and its input guard keeps no feature "
+        f"statistics (fitted before they were kept), so how the source looked is unknown: refit the guard with "
+        f"`braintumor guard {bundle.path} --data ROOT` (Training only) and adapt again"
+    )
+
+
 def source_stats(bundle: Bundle) -> SourceStats:
     """The source's penultimate statistics: the head's BatchNorm, the guard's class means, the training priors.
 
     For an ensemble, the members' penultimate features side by side (what its input guard reads).
     """
-    moments = [source_moments(member) for member in network_members(bundle.model)]
-    mean, std = torch.cat([m for m, _ in moments]), torch.cat([s for _, s in moments])
+    mean, std = _source_moments(bundle)
     counts = bundle.config.training.train_class_counts
     if counts and all(name in counts for name in bundle.class_names):
         priors = torch.tensor([float(counts[name]) for name in bundle.class_names], dtype=torch.float64)
@@ -196,13 +211,14 @@ def adapt_bundle(
 
     Raises:
         AdaptationError: an unknown method, an empty or too small folder (before any image is decoded), too few
-            images left after the guard, a network without a Dense head, or ``out`` inside the bundle.
+            images left after the guard, a network without a Dense head, a bundle with no record of its source
+            feature statistics, or ``out`` inside the bundle.
     """
     bundle_path, images, out = Path(bundle_path), Path(images), Path(out)
     methods = parse_methods(method)
     files = _check_paths(bundle_path, images, out, min_images(methods))
     bundle = load_bundle(bundle_path)
-    network_members(bundle.model)  # a network adaptation cannot reach is refused before any image is decoded
+    source_stats(bundle)  # a network or a bundle adaptation cannot read is refused before any image is decoded
     record, evidence, applied = _fit(bundle, images, files, methods, force=force, show_progress=show_progress)
     config = bundle.config
     extras = config.extras.model_copy(update={"adaptation": record})

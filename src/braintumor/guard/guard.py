@@ -34,6 +34,9 @@ from braintumor.runtime import autocast, channels_last_batch, to_channels_last
 
 # The Training images' range of each evidence statistic: these quantiles, so a handful of odd slices do not widen it.
 EVIDENCE_RANGE_QUANTILES = (0.001, 0.999)
+# Guard-state keys of the Training features' per-dimension mean and deviation. Site adaptation reads them as the
+# source statistics when the head has no BatchNorm to read them from (a linear probe without standardisation).
+SOURCE_MEAN, SOURCE_STD = "source_mean", "source_std"
 Normalise = Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -126,6 +129,18 @@ class InputGuard:
         return GuardScores(torch.maximum(feature, outside), feature, outside)
 
 
+def feature_moments(features: torch.Tensor) -> State:
+    """The per-dimension mean and standard deviation of ``features`` [N, D], as guard-state tensors.
+
+    Example:
+        >>> moments = feature_moments(torch.tensor([[0.0, 1.0], [2.0, 1.0]]))
+        >>> moments[SOURCE_MEAN].tolist(), moments[SOURCE_STD].tolist()
+        ([1.0, 1.0], [1.4142135381698608, 0.0])
+    """
+    wide = features.double()
+    return {SOURCE_MEAN: wide.mean(dim=0).float(), SOURCE_STD: wide.std(dim=0).float()}
+
+
 def _evidence_threshold(distances: torch.Tensor, quantile: float) -> tuple[float, float]:
     # Most validation images lie inside the Training range (distance 0): the threshold then sits just above 0,
     # and at least half the range outside it, so only inputs clearly unlike Training are flagged on evidence alone.
@@ -151,7 +166,7 @@ def fit_guard(
         quantile: validation quantile of each threshold (0.99: about 1% of validation images flagged per component).
     """
     chosen = create_detector(detector)
-    state = chosen.fit(train.features, train_labels, train.logits)
+    state = {**chosen.fit(train.features, train_labels, train.logits), **feature_moments(train.features)}
     low, high = torch.quantile(train.evidence, torch.tensor(EVIDENCE_RANGE_QUANTILES), dim=0)
     feature_scores = chosen.score(state, val.features, val.logits)
     evidence_median, evidence_threshold = _evidence_threshold(evidence_distance(val.evidence, low, high), quantile)
