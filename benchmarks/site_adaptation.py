@@ -205,6 +205,32 @@ def _timing(bundle_path: Path, data: Path, count: int, method: str) -> dict[str,
     }
 
 
+def _network_proxies(specs: list[str], data: Path, cache_root: Path, methods: list[str]) -> dict[str, list[Any]]:
+    """Proxy rows per held-out class from ``CLASS=BUNDLE`` networks trained without that class's other-source
+    images (``benchmarks/holdout_tree.py`` writes the Training tree to train them on)."""
+    from braintumor.bundle import load_bundle
+    from braintumor.research.site_adaptation import network_proxy_rows
+    from braintumor.research.source_holdout import HELD_OUT_CLASSES
+
+    rows: dict[str, list[Any]] = {}
+    for spec in specs:
+        name, _, path = spec.partition("=")
+        if name not in HELD_OUT_CLASSES or not path:
+            raise SystemExit(f"--proxy-bundle {spec!r}: write CLASS=BUNDLE with CLASS one of {HELD_OUT_CLASSES}")
+        proxy = load_bundle(path)
+        arrays = _features(proxy, data, "Training", _cache_folder(cache_root, proxy))
+        # Its own validation images (split from the tree without the held-out images), found by class and name.
+        key = {(Path(p).parent.name, Path(p).name): row for row, p in enumerate(arrays["paths"])}
+        val = np.array(sorted(key[(Path(p).parent.name, Path(p).name)] for p in proxy.config.training.val_paths))
+        members, _ = _view(proxy, arrays)
+        rows[name] = network_proxy_rows(name, members[0], arrays["labels"], arrays["main_source"], val, methods)
+    return rows
+
+
+def _cache_folder(cache_root: Path, bundle: Any) -> Path:
+    return cache_root / bundle.path.resolve().as_posix().strip("/").replace("/", "_")
+
+
 def _row_text(name: str, scores: dict[str, Any]) -> str:
     ci = scores["confidence_intervals"]
     recall = " / ".join(f"{scores['recall'][k]:.2f}" for k in ("glioma", "meningioma", "no_tumor", "pituitary"))
@@ -250,6 +276,15 @@ def main() -> None:
     parser.add_argument(
         "--timing-only", action="store_true", help="Only the timing run (to benchmarks/results/adapt_timing.json)."
     )
+    parser.add_argument(
+        "--proxy-bundle",
+        action="append",
+        default=[],
+        metavar="CLASS=BUNDLE",
+        help="For a fine-tuned bundle: the proxy of held-out CLASS (meningioma, pituitary) from BUNDLE, the same "
+        "recipe trained on Training without that class's other-source images, instead of a probe over features "
+        "that saw them.",
+    )
     args = parser.parse_args()
     use_weights_dir(args)
     import torch
@@ -264,7 +299,7 @@ def main() -> None:
 
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     bundle = load_bundle(args.bundle)
-    cache = args.cache / bundle.path.resolve().as_posix().strip("/").replace("/", "_")
+    cache = _cache_folder(args.cache, bundle)
     training, testing = (_features(bundle, args.data, split, cache) for split in ("Training", "Testing"))
     # An ensemble's proxy probe reads its members' backbone features side by side.
     proxy = proxy_rows(
@@ -275,11 +310,13 @@ def main() -> None:
         training["val_idx"],
         args.methods,
     )
+    networks = _network_proxies(args.proxy_bundle, args.data, args.cache, args.methods)
+    proxy = [row for row in proxy if row["held_out"] not in networks] + [r for rows in networks.values() for r in rows]
     choice = choose_on_proxy(proxy)
     methods = list(dict.fromkeys(["none", choice["chosen"], DEFAULT_METHOD, *args.methods]))
     result: dict[str, Any] = {
         "bundle": str(args.bundle),
-        "proxy": {"rows": proxy, **choice},
+        "proxy": {"rows": proxy, "networks": dict(spec.partition("=")[::2] for spec in args.proxy_bundle), **choice},
         "default_method": DEFAULT_METHOD,
         "default_matches_proxy": choice["chosen"] == DEFAULT_METHOD,
         "testing": _testing_rows(bundle, testing, methods, args.data),
@@ -293,6 +330,8 @@ def main() -> None:
         str(args.bundle),
         option("--data", args.data),
         option("--timing-images", args.timing_images, 1000),
+        *(option("--proxy-bundle", spec) for spec in args.proxy_bundle),
+        option("--out", args.out, Path("benchmarks/results/site_adaptation.json")),
     )
     result["produced_by"] = produced_by(command, f"torch threads {torch.get_num_threads()}, ")
     write_json(args.out, result)

@@ -184,11 +184,7 @@ def proxy_rows(
         label = CLASS_NAMES.index(name)
         keep, held = holdout_split(labels, main_source, train_idx, label)
         head, source, mean, std = _proxy_head(features[keep], labels[keep])
-        sites = {
-            "mixture": np.union1d(val_idx, np.flatnonzero(held)),
-            "shifted": np.union1d(np.flatnonzero(held), np.intersect1d(val_idx, np.flatnonzero(~main_source))),
-        }
-        for site, target in sites.items():
+        for site, target in proxy_sites(held, val_idx, main_source).items():
             rows += _proxy_site_rows(
                 name,
                 site,
@@ -199,6 +195,45 @@ def proxy_rows(
                 head,
                 source,
             )
+    return rows
+
+
+def proxy_sites(held: np.ndarray, val_idx: np.ndarray, main_source: np.ndarray) -> dict[str, np.ndarray]:
+    """The proxy's two target sites as row indices: ``mixture`` (the held-out images and the validation split)
+    and ``shifted`` (the held-out images and the validation images from the other sources).
+
+    Example:
+        >>> held, main = np.array([False, False, True, True]), np.array([True, False, False, False])
+        >>> {k: v.tolist() for k, v in proxy_sites(held, np.array([0, 1]), main).items()}
+        {'mixture': [0, 1, 2, 3], 'shifted': [1, 2, 3]}
+    """
+    return {
+        "mixture": np.union1d(val_idx, np.flatnonzero(held)),
+        "shifted": np.union1d(np.flatnonzero(held), np.intersect1d(val_idx, np.flatnonzero(~main_source))),
+    }
+
+
+def network_proxy_rows(
+    name: str,
+    member: Member,
+    labels: np.ndarray,
+    main_source: np.ndarray,
+    val_idx: np.ndarray,
+    methods: Sequence[str],
+) -> list[dict[str, Any]]:
+    """:func:`proxy_rows` for one held-out class, from a network trained on Training without that class's
+    other-source images (its own head, source statistics and validation rows ``val_idx``), in place of a probe.
+
+    A bundle whose backbone was fine-tuned on all of Training has seen the held-out images, so the probe proxy
+    over its features is no hold-out; a network of the same recipe trained without them is.
+    ``member.features`` are its penultimate features of every Training row, in the order of ``labels``.
+    """
+    held = (labels == CLASS_NAMES.index(name)) & ~main_source
+    rows = []
+    for site, target in proxy_sites(held, val_idx, main_source).items():
+        rows += _proxy_site_rows(
+            name, site, methods, member.features[target], labels[target], held[target], member.head, member.source
+        )
     return rows
 
 
