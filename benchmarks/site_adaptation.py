@@ -243,10 +243,10 @@ def _row_text(name: str, scores: dict[str, Any]) -> str:
 
 
 def _timing_only(args: argparse.Namespace) -> None:
-    """``adapt`` on ``--timing-images`` images with the default method, nothing else."""
+    """``adapt`` on ``--timing-images`` images with the bundle recipe's default method, nothing else."""
     import torch
 
-    from braintumor.adaptation.defaults import DEFAULT_METHOD
+    from braintumor.adaptation.run import recipe_method
 
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     command = command_line(
@@ -258,7 +258,7 @@ def _timing_only(args: argparse.Namespace) -> None:
     )
     result = {
         "bundle": str(args.bundle),
-        "timing": _timing(args.bundle, args.data, args.timing_images or 1000, DEFAULT_METHOD),
+        "timing": _timing(args.bundle, args.data, args.timing_images or 1000, recipe_method(args.bundle)),
         "produced_by": produced_by(command, f"torch threads {torch.get_num_threads()}, "),
     }
     write_json(Path(__file__).resolve().parent / "results" / "adapt_timing.json", result)
@@ -293,7 +293,6 @@ def main() -> None:
         _timing_only(args)
         return
 
-    from braintumor.adaptation.defaults import DEFAULT_METHOD
     from braintumor.bundle import load_bundle
     from braintumor.research.site_adaptation import choose_on_proxy, proxy_rows
 
@@ -313,18 +312,22 @@ def main() -> None:
     networks = _network_proxies(args.proxy_bundle, args.data, args.cache, args.methods)
     proxy = [row for row in proxy if row["held_out"] not in networks] + [r for rows in networks.values() for r in rows]
     choice = choose_on_proxy(proxy)
-    methods = list(dict.fromkeys(["none", choice["chosen"], DEFAULT_METHOD, *args.methods]))
+    # What `adapt` does to this bundle without --method: its recipe's adapt.method.
+    default = bundle.config.recipe.adapt.method
+    methods = list(dict.fromkeys(["none", choice["chosen"], default, *args.methods]))
     result: dict[str, Any] = {
         "bundle": str(args.bundle),
         "proxy": {"rows": proxy, "networks": dict(spec.partition("=")[::2] for spec in args.proxy_bundle), **choice},
-        "default_method": DEFAULT_METHOD,
-        "default_matches_proxy": choice["chosen"] == DEFAULT_METHOD,
+        "default_method": default,
+        "default_matches_proxy": choice["chosen"] == default,
         "testing": _testing_rows(bundle, testing, methods, args.data),
         "testing_evidence": _evidence(bundle, testing),
-        "validation_check": _validation_check(bundle, training, DEFAULT_METHOD),
+        "validation_check": _validation_check(bundle, training, default),
     }
+    if choice["chosen"] not in ("none", default):
+        result["validation_check_proxy_choice"] = _validation_check(bundle, training, choice["chosen"])
     if args.timing_images:
-        result["timing"] = _timing(args.bundle, args.data, args.timing_images, DEFAULT_METHOD)
+        result["timing"] = _timing(args.bundle, args.data, args.timing_images, default)
     command = command_line(
         "site_adaptation.py",
         str(args.bundle),
@@ -335,12 +338,13 @@ def main() -> None:
     )
     result["produced_by"] = produced_by(command, f"torch threads {torch.get_num_threads()}, ")
     write_json(args.out, result)
-    print(f"proxy (Training only): chosen {choice['chosen']!r}; library default {DEFAULT_METHOD!r}")
+    print(f"proxy (Training only): chosen {choice['chosen']!r}; the bundle recipe's default {default!r}")
     for site in ("mixture", "shifted"):
-        for row in (r for r in proxy if r["site"] == site and r["method"] in ("none", "em", "standardize")):
+        for row in (r for r in proxy if r["site"] == site and r["method"] in ("none", "em", choice["chosen"])):
+            others = row["in_distribution_accuracy"]
             print(
                 f"  proxy {site:8s} held {row['held_out']:10s} {row['method']:12s} gated={row['gated']!s:5s} "
-                f"held recall {row['held_out_recall']:.3f} others {row['in_distribution_accuracy']:.3f}"
+                f"held recall {row['held_out_recall']:.3f} others {'-' if others is None else f'{others:.3f}'}"
             )
     for method, summary in choice["summary"].items():
         accuracy, kept = summary["accuracy"], summary["in_distribution_accuracy"]
@@ -359,6 +363,14 @@ def main() -> None:
     for method, row in result["testing"].items():
         print(_row_text(method + " (transductive)", row["transductive"]))
     print(result["validation_check"])
+    if "validation_check_proxy_choice" in result:
+        print(result["validation_check_proxy_choice"])
+    print("deduplicated Testing split (cross-fold):")
+    for method, row in result["testing"].items():
+        dedup = row["deduplicated_cross_fold"]
+        if "accuracy" in dedup:
+            recall = " / ".join(f"{value:.2f}" for value in dedup["recall"].values())
+            print(f"  {method:16s} {dedup['n']} images, accuracy {dedup['accuracy']:.2%}, recall g/m/n/p {recall}")
     print(result.get("timing"))
     print(result["produced_by"])
 

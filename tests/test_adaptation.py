@@ -127,9 +127,11 @@ def test_adabn_closes_a_brightness_shift() -> None:
     assert (adapted - source).abs().mean() < 0.1 * (shifted - source).abs().mean()
 
 
-def _tiny_bundle(folder: Path, seed: int = 0, *, standardize: bool = True, guard_images: Path | None = None) -> Path:
-    """A small linear-probe bundle; ``standardize=False`` drops the head's BatchNorm, and a guard is fitted (and
-    thresholded) on the split folder ``guard_images`` when given."""
+def _tiny_bundle(
+    folder: Path, seed: int = 0, *, standardize: bool = True, guard_images: Path | None = None, adapt: str = "em"
+) -> Path:
+    """A small linear-probe bundle; ``standardize=False`` drops the head's BatchNorm, a guard is fitted (and
+    thresholded) on the split folder ``guard_images`` when given, and ``adapt`` is the recipe's adapt.method."""
     from braintumor.data.dataset import load_images
     from braintumor.data.layout import discover_split
     from braintumor.data.preprocessing import eval_transform
@@ -137,7 +139,12 @@ def _tiny_bundle(folder: Path, seed: int = 0, *, standardize: bool = True, guard
 
     model_spec = {"architecture": "custom_cnn", "conv_channels": [4, 8], "head": "linear", "dropout": 0.0}
     recipe = Recipe.model_validate(
-        {"name": "tiny-linear", "data": {"image_size": 32}, "model": {**model_spec, "head_standardize": standardize}}
+        {
+            "name": "tiny-linear",
+            "data": {"image_size": 32},
+            "model": {**model_spec, "head_standardize": standardize},
+            "adapt": {"method": adapt},
+        }
     )
     torch.manual_seed(seed)
     model = create_model(recipe)
@@ -237,6 +244,26 @@ def test_a_near_source_target_is_not_moved_without_force(tmp_path: Path, site: P
         assert result.applied == () and result.warnings
     else:
         assert result.applied == ("standardize",)
+
+
+def test_without_a_method_adapt_does_what_the_bundle_recipe_asks(tmp_path: Path, site: Path) -> None:
+    from braintumor.cli import app
+    from braintumor.config import RecipeError, load_recipe
+
+    original = _tiny_bundle(tmp_path / "bundle", adapt="Standardize+EM")
+    assert load_bundle(original).config.recipe.adapt.method == "standardize+em"  # normalised, kept in the bundle
+    result = adapt_bundle(original, site, tmp_path / "adapted", force=True, show_progress=False)
+    assert result.record.method == "standardize+em" and result.applied == ("standardize", "em")
+    # The CLI says where the method came from; an explicit --method wins.
+    runner = CliRunner()
+    said = runner.invoke(app, ["adapt", str(original), "--images", str(site), "-o", str(tmp_path / "a"), "-q"])
+    assert said.exit_code == 0 and "method standardize+em (the bundle recipe's adapt.method)" in said.output
+    asked = adapt_bundle(original, site, tmp_path / "b", method="em", show_progress=False)
+    assert asked.record.method == "em"
+    # A recipe naming an unknown method is refused when it is read, not when adapt runs.
+    with pytest.raises(RecipeError, match="adapt.method: .*unknown adaptation method magic"):
+        load_recipe("lite2-probe", ["adapt.method=magic"])
+    assert load_recipe("lite0-lpft-cached").adapt.method == "standardize"  # chosen on its network proxy
 
 
 def test_bad_inputs_fail_clearly_before_any_work(tmp_path: Path, site: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -254,6 +254,37 @@ class TrainConfig(_Strict):
         return self
 
 
+# The site adaptation methods (``braintumor adapt``), in the order its help lists them; combine with "+".
+ADAPTATION_METHODS = ("adabn", "standardize", "coral", "em", "t3a", "shot")
+
+
+class AdaptConfig(_Strict):
+    """What ``braintumor adapt`` does to this recipe's bundles when no ``--method`` is given.
+
+    Example:
+        >>> AdaptConfig.model_validate({"method": "Standardize + EM"}).method
+        'standardize+em'
+    """
+
+    method: str = Field(
+        "em",
+        description="The adaptation method or combination (a+b), chosen for this recipe on the Training-only "
+        "proxy of benchmarks/site_adaptation.py; the input guard's shift evidence still gates it.",
+    )
+
+    @field_validator("method")
+    @classmethod
+    def _known_methods(cls, value: str) -> str:
+        names = [part.strip().lower() for part in value.split("+") if part.strip()]
+        unknown = sorted(set(names) - set(ADAPTATION_METHODS))
+        if not names or unknown:
+            raise ValueError(
+                f"unknown adaptation method {', '.join(unknown) or repr(value)}; choose from "
+                f"{', '.join(ADAPTATION_METHODS)} (combine with +)"
+            )
+        return "+".join(names)
+
+
 class Recipe(_Strict):
     name: str
     description: str = ""
@@ -261,6 +292,7 @@ class Recipe(_Strict):
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    adapt: AdaptConfig = Field(default_factory=AdaptConfig)
 
     def precision(self) -> Precision:
         """The precision this recipe's image network trains and runs at on this machine.

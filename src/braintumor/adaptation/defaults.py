@@ -7,10 +7,13 @@ was chosen on Testing.
 
 from __future__ import annotations
 
+from braintumor.config import ADAPTATION_METHODS, AdaptConfig
+
 # Methods in the order `braintumor adapt --help` lists them; combinations join names with "+".
-METHODS = ("adabn", "standardize", "coral", "em", "t3a", "shot")
-# The default combination, chosen by the source hold-out proxy (benchmarks/results/site_adaptation.json).
-DEFAULT_METHOD = "em"
+METHODS = ADAPTATION_METHODS
+# The default for recipes without their own `adapt.method`: the source hold-out proxy of the main README
+# bundle chose it (benchmarks/results/site_adaptation.json). A recipe's `adapt.method` overrides it.
+DEFAULT_METHOD = AdaptConfig().method
 # Fewest target images each method needs: class priors need a few per class, covariances many more.
 MIN_IMAGES = {"adabn": 32, "standardize": 32, "coral": 64, "em": 16, "t3a": 16, "shot": 32}
 # CORAL's covariance shrinkage towards the scaled identity (a priori: 1280 dimensions, a few hundred images).

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from braintumor.adaptation.defaults import DEFAULT_METHOD, MIN_STD
+from braintumor.adaptation.defaults import MIN_STD
 from braintumor.adaptation.errors import AdaptationError
 from braintumor.adaptation.evidence import ShiftEvidence, shift_evidence
 from braintumor.adaptation.methods import SourceStats
@@ -30,7 +30,7 @@ from braintumor.adaptation.network import (
     source_moments,
 )
 from braintumor.adaptation.pipeline import adapt_head, gate, method_settings, min_images, parse_methods
-from braintumor.bundle import AdaptationRecord, Bundle, load_bundle, save_bundle
+from braintumor.bundle import AdaptationRecord, Bundle, load_bundle, read_bundle_config, save_bundle
 from braintumor.data.dataset import ImageSet, load_images
 from braintumor.data.layout import Sample
 from braintumor.data.preprocessing import eval_transform
@@ -198,16 +198,24 @@ def _record(
     )
 
 
+def recipe_method(bundle_path: Path | str) -> str:
+    """The adaptation method the bundle's recipe asks for (``adapt.method``); older bundles get the default."""
+    return read_bundle_config(bundle_path).recipe.adapt.method
+
+
 def adapt_bundle(
     bundle_path: Path | str,
     images: Path | str,
     out: Path | str,
     *,
-    method: str = DEFAULT_METHOD,
+    method: str | None = None,
     force: bool = False,
     show_progress: bool = True,
 ) -> AdaptationResult:
     """Adapt the bundle at ``bundle_path`` to the unlabelled images under ``images`` and save it to ``out``.
+
+    ``method`` None takes the bundle recipe's ``adapt.method`` (``defaults.DEFAULT_METHOD`` unless the recipe chose
+    another on the proxy).
 
     Raises:
         AdaptationError: an unknown method, an empty or too small folder (before any image is decoded), too few
@@ -215,7 +223,7 @@ def adapt_bundle(
             feature statistics, or ``out`` inside the bundle.
     """
     bundle_path, images, out = Path(bundle_path), Path(images), Path(out)
-    methods = parse_methods(method)
+    methods = parse_methods(method or recipe_method(bundle_path))
     files = _check_paths(bundle_path, images, out, min_images(methods))
     bundle = load_bundle(bundle_path)
     source_stats(bundle)  # a network or a bundle adaptation cannot read is refused before any image is decoded

@@ -16,8 +16,13 @@ def adapt_command(
         ..., "--images", "-i", help="Folder of the site's unlabelled scans (any layout; folder names are ignored)."
     ),
     out: Path = typer.Option(..., "--out", "-o", help="Folder for the adapted bundle (replaced whole if it exists)."),
-    method: str = typer.Option(
-        DEFAULT_METHOD, "--method", "-m", help=f"One of {', '.join(METHODS)}, or several joined by + (e.g. coral+em)."
+    method: str | None = typer.Option(
+        None,
+        "--method",
+        "-m",
+        help=f"One of {', '.join(METHODS)}, or several joined by + (e.g. coral+em). Default: the bundle recipe's "
+        f"adapt.method ({DEFAULT_METHOD} unless the recipe chose another on the proxy).",
+        show_default=False,
     ),
     force: bool = typer.Option(
         False, "--force", help="Apply feature-moving methods even when the scans look like the training sources."
@@ -31,6 +36,8 @@ def adapt_command(
     with stage_errors():
         result = adapt_bundle(bundle, images, out, method=method, force=force, show_progress=not quiet)
     record = result.record
+    if method is None:
+        console.print(f"method {record.method} (the bundle recipe's adapt.method)", highlight=False)
     for skipped in record.skipped_files:
         console.print(f"skipped {skipped['path']}: {skipped['reason']}", highlight=False)
     for path in record.rejected_by_guard:

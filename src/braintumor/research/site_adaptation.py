@@ -260,12 +260,17 @@ def _proxy_site_rows(
                     "gated": gated,
                     "n_held_out": int(shifted.sum()),
                     "n_in_distribution": int((~shifted).sum()),
-                    "held_out_recall": float(correct[shifted].mean()),
-                    "in_distribution_accuracy": float(correct[~shifted].mean()),
+                    "held_out_recall": _share(correct[shifted]),
+                    "in_distribution_accuracy": _share(correct[~shifted]),
                     "accuracy": float(correct.mean()),
                 }
             )
     return rows
+
+
+def _share(correct: np.ndarray) -> float | None:
+    """The share of true values; None for no images (a site without in-distribution images has no such rate)."""
+    return float(correct.mean()) if correct.size else None
 
 
 def choose_on_proxy(rows: list[dict[str, Any]]) -> dict[str, Any]:
