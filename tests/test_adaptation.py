@@ -261,7 +261,7 @@ def test_without_a_method_adapt_does_what_the_bundle_recipe_asks(tmp_path: Path,
     asked = adapt_bundle(original, site, tmp_path / "b", method="em", show_progress=False)
     assert asked.record.method == "em"
     # A recipe naming an unknown method is refused when it is read, not when adapt runs.
-    with pytest.raises(RecipeError, match="adapt.method: .*unknown adaptation method magic"):
+    with pytest.raises(RecipeError, match=r"adapt\.method: .*unknown adaptation method magic"):
         load_recipe("lite2-probe", ["adapt.method=magic"])
     assert load_recipe("lite0-lpft-cached").adapt.method == "standardize"  # chosen on its network proxy
 
