@@ -120,7 +120,9 @@ def _testing_rows(bundle: Any, testing: dict[str, np.ndarray], methods: list[str
                 "n": dedup["n_images"],
                 "accuracy": dedup["accuracy"],
                 "macro_f1": dedup["macro_f1"],
-                "recall": {k: v["recall"] for k, v in dedup["per_class"].items()},
+                # A class with no image left after deduplication has no recall (None), not 0.
+                "recall": {k: v["recall"] if v["support"] else None for k, v in dedup["per_class"].items()},
+                "support": {k: v["support"] for k, v in dedup["per_class"].items()},
             }
             if dedup
             else {"note": note}
@@ -369,7 +371,7 @@ def main() -> None:
     for method, row in result["testing"].items():
         dedup = row["deduplicated_cross_fold"]
         if "accuracy" in dedup:
-            recall = " / ".join(f"{value:.2f}" for value in dedup["recall"].values())
+            recall = " / ".join("-" if value is None else f"{value:.2f}" for value in dedup["recall"].values())
             print(f"  {method:16s} {dedup['n']} images, accuracy {dedup['accuracy']:.2%}, recall g/m/n/p {recall}")
     print(result.get("timing"))
     print(result["produced_by"])
