@@ -266,6 +266,29 @@ def test_without_a_method_adapt_does_what_the_bundle_recipe_asks(tmp_path: Path,
     assert load_recipe("lite0-lpft-cached").adapt.method == "standardize"  # chosen on its network proxy
 
 
+def test_adapt_says_how_many_images_the_referral_threshold_refers_before_and_after(tmp_path: Path, site: Path) -> None:
+    from braintumor.adaptation.run import _referral_change
+    from braintumor.bundle import read_bundle_config, write_bundle_config
+
+    path = _tiny_bundle(tmp_path / "bundle")
+    assert _referral_change(load_bundle(path), [torch.zeros(4, 4)], [torch.zeros(4, 4)]) is None  # no threshold
+    config = read_bundle_config(path)
+    write_bundle_config(
+        path, config.model_copy(update={"extras": config.extras.model_copy(update={"refer_threshold": 0.9})})
+    )
+    bundle = load_bundle(path)
+    confident, flat = torch.tensor([[6.0, 0.0, 0.0, 0.0]] * 4), torch.zeros(4, 4)
+    flat[0] = confident[0]
+    change = _referral_change(bundle, [confident], [flat])
+    assert (change["before"], change["after"]) == (0.0, 0.75) and "0.0% of these images before" in change["warning"]
+    # Through adapt: the record keeps both shares; a change of more than 5 points is a warning.
+    result = adapt_bundle(path, site, tmp_path / "adapted", method="standardize+em", force=True, show_progress=False)
+    referral = result.record.settings["referral"]
+    assert referral["threshold"] == 0.9 and 0.0 <= referral["before"] <= 1.0 and 0.0 <= referral["after"] <= 1.0
+    warned = any("referral threshold" in line for line in result.warnings)
+    assert warned == (abs(referral["after"] - referral["before"]) > 0.05)
+
+
 def test_bad_inputs_fail_clearly_before_any_work(tmp_path: Path, site: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import braintumor.adaptation.run as run
 

@@ -35,4 +35,6 @@ ADABN_BATCH_SIZE = 64
 # split's rate, and whose mean feature sits within NEAR_MEAN_SHIFT source deviations, is "near the source".
 NEAR_FLAG_RATIO = 2.0
 NEAR_MEAN_SHIFT = 0.15
+# A change in the share of images the referral threshold refers larger than this (a priori) is a warning.
+REFERRAL_CHANGE = 0.05
 SEED = 0

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from braintumor.adaptation.defaults import MIN_STD
+from braintumor.adaptation.defaults import MIN_STD, REFERRAL_CHANGE
 from braintumor.adaptation.errors import AdaptationError
 from braintumor.adaptation.evidence import ShiftEvidence, shift_evidence
 from braintumor.adaptation.methods import SourceStats
@@ -35,7 +35,7 @@ from braintumor.data.dataset import ImageSet, load_images
 from braintumor.data.layout import Sample
 from braintumor.data.preprocessing import eval_transform
 from braintumor.guard.guard import SOURCE_MEAN, SOURCE_STD, GuardInputs, head_outputs
-from braintumor.inference.predictor import expand_inputs
+from braintumor.inference.predictor import expand_inputs, softmax_with_temperature
 from braintumor.models.ensemble import EnsembleNet
 from braintumor.models.network import BrainTumorNet
 
@@ -271,21 +271,66 @@ def _fit(
         torch.cat(penultimates, dim=1), source, flagged_share=flagged_share, validation_flag_rate=validation_rate
     )
     applied, warnings = _gated(methods, evidence, force)
+    fitted_parts, before, after = _adapt_members(bundle, applied, kept, penultimates, source)
+    referral = _referral_change(bundle, before, after)
+    warning = referral.pop("warning") if referral is not None else ""
+    if referral is not None and abs(referral["after"] - referral["before"]) > REFERRAL_CHANGE:
+        warnings.append(warning)
+    details = {
+        "method": "+".join(methods),
+        "applied": "+".join(applied),
+        "fitted": fitted_parts[0] if len(members) == 1 else {"members": fitted_parts},
+        "methods": method_settings(methods),
+        "referral": referral,
+        "warnings": warnings,
+    }
+    return _record(bundle, images, kept, rejected, evidence, details), evidence, applied
+
+
+def _adapt_members(
+    bundle: Bundle, applied: tuple[str, ...], kept: ImageSet, penultimates: list[torch.Tensor], source: SourceStats
+) -> tuple[list[dict[str, Any]], list[torch.Tensor], list[torch.Tensor]]:
+    """Fit each member's last layer (and BatchNorm, for AdaBN) in place; what was fitted per member, and each
+    member's logits of the ``kept`` images before and after."""
+    members = network_members(bundle.model)
     sources = member_stats(source, [z.shape[1] for z in penultimates])
     temperature = member_temperature(bundle)
-    fitted_parts = []
+    transform = eval_transform(bundle.preprocessing)
+    fitted_parts, before, after = [], [], []
     for member, z, member_source in zip(members, penultimates, sources, strict=True):
+        before.append(head_state(member).logits(z))
         if "adabn" in applied:
             adabn(member.backbone, kept.images, transform)
             z = penultimate(member, backbone_features(member.backbone, kept.images, transform))
         adapted, fitted = adapt_head(applied, z, head_state(member), member_source, temperature)
         set_head_state(member, adapted)
         fitted_parts.append(fitted)
-    details = {
-        "method": "+".join(methods),
-        "applied": "+".join(applied),
-        "fitted": fitted_parts[0] if len(members) == 1 else {"members": fitted_parts},
-        "methods": method_settings(methods),
-        "warnings": warnings,
-    }
-    return _record(bundle, images, kept, rejected, evidence, details), evidence, applied
+        after.append(adapted.logits(z))
+    return fitted_parts, before, after
+
+
+def _referral_change(bundle: Bundle, before: list[torch.Tensor], after: list[torch.Tensor]) -> dict[str, Any] | None:
+    """How many of the site's images the bundle's referral threshold refers before and after adaptation.
+
+    The threshold (and the temperature) were fitted on the unadapted bundle's validation split; a method that
+    moves the logits also moves how confident the answers are, and without labels from the site nothing can
+    refit them. None when the bundle has no threshold.
+    """
+    extras = bundle.config.extras
+    if extras.refer_threshold is None:
+        return None
+
+    def referred(member_logits: list[torch.Tensor]) -> float:
+        model = bundle.model
+        logits = model.combine(member_logits) if isinstance(model, EnsembleNet) else member_logits[0]
+        confidence = softmax_with_temperature(logits.float(), extras.temperature or 1.0).max(dim=1).values
+        return round(float((confidence < extras.refer_threshold).float().mean()), 4)
+
+    shares = {"threshold": extras.refer_threshold, "before": referred(before), "after": referred(after)}
+    shares["warning"] = (
+        f"the referral threshold {extras.refer_threshold:.4g}, fitted on the unadapted bundle's validation split, "
+        f"refers {shares['before']:.1%} of these images before adaptation and {shares['after']:.1%} after: the "
+        "adapted answers' confidence has another scale; refit it (braintumor calibrate) on labelled images of "
+        "this site if there are any"
+    )
+    return shares
