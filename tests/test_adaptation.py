@@ -271,7 +271,7 @@ def test_adapt_says_how_many_images_the_referral_threshold_refers_before_and_aft
     from braintumor.bundle import read_bundle_config, write_bundle_config
 
     path = _tiny_bundle(tmp_path / "bundle")
-    assert _referral_change(load_bundle(path), [torch.zeros(4, 4)], [torch.zeros(4, 4)]) is None  # no threshold
+    assert _referral_change(load_bundle(path), [torch.zeros(4, 4)], [torch.zeros(4, 4)]) == (None, None)  # no threshold
     config = read_bundle_config(path)
     write_bundle_config(
         path, config.model_copy(update={"extras": config.extras.model_copy(update={"refer_threshold": 0.9})})
@@ -279,8 +279,9 @@ def test_adapt_says_how_many_images_the_referral_threshold_refers_before_and_aft
     bundle = load_bundle(path)
     confident, flat = torch.tensor([[6.0, 0.0, 0.0, 0.0]] * 4), torch.zeros(4, 4)
     flat[0] = confident[0]
-    change = _referral_change(bundle, [confident], [flat])
-    assert (change["before"], change["after"]) == (0.0, 0.75) and "0.0% of these images before" in change["warning"]
+    change, warning = _referral_change(bundle, [confident], [flat])
+    assert (change["before"], change["after"]) == (0.0, 0.75) and "0.0% of these images before" in warning
+    assert _referral_change(bundle, [confident], [confident])[1] is None  # no change, no warning
     # Through adapt: the record keeps both shares; a change of more than 5 points is a warning.
     result = adapt_bundle(path, site, tmp_path / "adapted", method="standardize+em", force=True, show_progress=False)
     referral = result.record.settings["referral"]

@@ -256,6 +256,28 @@ class TrainConfig(_Strict):
 
 # The site adaptation methods (``braintumor adapt``), in the order its help lists them; combine with "+".
 ADAPTATION_METHODS = ("adabn", "standardize", "coral", "em", "t3a", "shot")
+# Pairs that do the same job (align the features; re-fit the last layer on the target): one of each at most.
+_EXCLUSIVE_METHODS = (("standardize", "coral"), ("t3a", "shot"))
+
+
+def parse_adaptation_methods(text: str) -> tuple[str, ...]:
+    """The methods of ``a+b+...`` in :data:`ADAPTATION_METHODS` order; unknown or conflicting names are a ValueError.
+
+    Example:
+        >>> parse_adaptation_methods("EM + coral")
+        ('coral', 'em')
+    """
+    names = {part.strip().lower() for part in text.split("+") if part.strip()}
+    choices = ", ".join(ADAPTATION_METHODS)
+    if not names:
+        raise ValueError(f"no adaptation method given; choose from {choices} (combine with +, e.g. coral+em)")
+    unknown = sorted(names - set(ADAPTATION_METHODS))
+    if unknown:
+        raise ValueError(f"unknown adaptation method {', '.join(unknown)}; choose from {choices}")
+    for pair in _EXCLUSIVE_METHODS:
+        if set(pair) <= names:
+            raise ValueError(f"{pair[0]} and {pair[1]} do the same job: pick one")
+    return tuple(name for name in ADAPTATION_METHODS if name in names)
 
 
 class AdaptConfig(_Strict):
@@ -275,14 +297,7 @@ class AdaptConfig(_Strict):
     @field_validator("method")
     @classmethod
     def _known_methods(cls, value: str) -> str:
-        names = [part.strip().lower() for part in value.split("+") if part.strip()]
-        unknown = sorted(set(names) - set(ADAPTATION_METHODS))
-        if not names or unknown:
-            raise ValueError(
-                f"unknown adaptation method {', '.join(unknown) or repr(value)}; choose from "
-                f"{', '.join(ADAPTATION_METHODS)} (combine with +)"
-            )
-        return "+".join(names)
+        return "+".join(parse_adaptation_methods(value))
 
 
 class Recipe(_Strict):

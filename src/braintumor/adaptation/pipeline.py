@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 import braintumor.adaptation.defaults as defaults
-from braintumor.adaptation.defaults import CORAL_SHRINKAGE, METHODS, MIN_IMAGES, T3A_FILTER
+from braintumor.adaptation.defaults import CORAL_SHRINKAGE, MIN_IMAGES, T3A_FILTER
 from braintumor.adaptation.errors import AdaptationError
 from braintumor.adaptation.methods import (
     HeadState,
@@ -29,6 +29,7 @@ from braintumor.adaptation.methods import (
     standardize,
     t3a,
 )
+from braintumor.config import parse_adaptation_methods
 
 # Methods that move every target image's features or weights; only EM leaves a near-source target alone.
 MOVING_METHODS = ("adabn", "standardize", "coral", "t3a", "shot")
@@ -38,21 +39,14 @@ SHIFTED_REASON = (
     "assumes only the class priors changed; where the features moved too, it shrank the shifted class further "
     "on the proxy's shifted site"
 )
-_EXCLUSIVE = (("standardize", "coral"), ("t3a", "shot"))
 
 
 def parse_methods(text: str) -> tuple[str, ...]:
-    """The methods of ``a+b+...`` in :data:`METHODS` order; unknown or conflicting names are a clear error."""
-    names = {part.strip().lower() for part in text.split("+") if part.strip()}
-    if not names:
-        raise AdaptationError(f"--method is empty; choose from {', '.join(METHODS)} (combine with +, e.g. coral+em)")
-    unknown = sorted(names - set(METHODS))
-    if unknown:
-        raise AdaptationError(f"unknown adaptation method {', '.join(unknown)}; choose from {', '.join(METHODS)}")
-    for pair in _EXCLUSIVE:
-        if set(pair) <= names:
-            raise AdaptationError(f"--method combines {pair[0]} and {pair[1]}, which do the same job: pick one")
-    return tuple(name for name in METHODS if name in names)
+    """The methods of ``a+b+...`` in ``METHODS`` order; unknown or conflicting names are an :class:`AdaptationError`."""
+    try:
+        return parse_adaptation_methods(text)
+    except ValueError as error:
+        raise AdaptationError(f"--method {text!r}: {error}") from None
 
 
 def min_images(methods: tuple[str, ...]) -> int:

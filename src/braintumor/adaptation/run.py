@@ -35,7 +35,7 @@ from braintumor.data.dataset import ImageSet, load_images
 from braintumor.data.layout import Sample
 from braintumor.data.preprocessing import eval_transform
 from braintumor.guard.guard import SOURCE_MEAN, SOURCE_STD, GuardInputs, head_outputs
-from braintumor.inference.predictor import expand_inputs, softmax_with_temperature
+from braintumor.inference.predictor import expand_inputs, probabilities_from_logits
 from braintumor.models.ensemble import EnsembleNet
 from braintumor.models.network import BrainTumorNet
 
@@ -272,10 +272,8 @@ def _fit(
     )
     applied, warnings = _gated(methods, evidence, force)
     fitted_parts, before, after = _adapt_members(bundle, applied, kept, penultimates, source)
-    referral = _referral_change(bundle, before, after)
-    warning = referral.pop("warning") if referral is not None else ""
-    if referral is not None and abs(referral["after"] - referral["before"]) > REFERRAL_CHANGE:
-        warnings.append(warning)
+    referral, referral_warning = _referral_change(bundle, before, after)
+    warnings += [referral_warning] if referral_warning else []
     details = {
         "method": "+".join(methods),
         "applied": "+".join(applied),
@@ -309,28 +307,32 @@ def _adapt_members(
     return fitted_parts, before, after
 
 
-def _referral_change(bundle: Bundle, before: list[torch.Tensor], after: list[torch.Tensor]) -> dict[str, Any] | None:
-    """How many of the site's images the bundle's referral threshold refers before and after adaptation.
+def _referral_change(
+    bundle: Bundle, before: list[torch.Tensor], after: list[torch.Tensor]
+) -> tuple[dict[str, Any] | None, str | None]:
+    """How many of the site's images the bundle's referral threshold refers before and after adaptation, and a
+    warning when that share moves by more than :data:`REFERRAL_CHANGE` (None, None without a threshold).
 
     The threshold (and the temperature) were fitted on the unadapted bundle's validation split; a method that
     moves the logits also moves how confident the answers are, and without labels from the site nothing can
-    refit them. None when the bundle has no threshold.
+    refit them.
     """
     extras = bundle.config.extras
     if extras.refer_threshold is None:
-        return None
+        return None, None
 
     def referred(member_logits: list[torch.Tensor]) -> float:
         model = bundle.model
         logits = model.combine(member_logits) if isinstance(model, EnsembleNet) else member_logits[0]
-        confidence = softmax_with_temperature(logits.float(), extras.temperature or 1.0).max(dim=1).values
-        return round(float((confidence < extras.refer_threshold).float().mean()), 4)
+        confidence = probabilities_from_logits(logits, extras.temperature or 1.0).max(axis=1)
+        return round(float((confidence < extras.refer_threshold).mean()), 4)
 
     shares = {"threshold": extras.refer_threshold, "before": referred(before), "after": referred(after)}
-    shares["warning"] = (
+    if abs(shares["after"] - shares["before"]) <= REFERRAL_CHANGE:
+        return shares, None
+    return shares, (
         f"the referral threshold {extras.refer_threshold:.4g}, fitted on the unadapted bundle's validation split, "
         f"refers {shares['before']:.1%} of these images before adaptation and {shares['after']:.1%} after: the "
         "adapted answers' confidence has another scale; refit it (braintumor calibrate) on labelled images of "
         "this site if there are any"
     )
-    return shares
