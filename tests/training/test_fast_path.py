@@ -31,7 +31,7 @@ from braintumor.training.fitting import RunOptions
 from braintumor.training.module import ClassifierModule
 from braintumor.training.train import train_recipe
 from tests.conftest import tiny_recipe
-from tests.test_cached_stage import TINY_LITE
+from tests.training.test_cached_stage import TINY_LITE
 
 # Fast fp32 features (NHWC order, batched transform) against the old eager path: the same numbers up to the
 # order of float additions.

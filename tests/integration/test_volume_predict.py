@@ -35,7 +35,7 @@ from braintumor.data.volumes import load_volume, load_volume_bytes  # noqa: E402
 from braintumor.inference import Predictor  # noqa: E402
 from braintumor.inference.dicom_sr import read_report_finding  # noqa: E402
 from braintumor.inference.volume import StudyRule, predict_volume, study_finding  # noqa: E402
-from tests.test_serving_guard import make_client, save_guarded_bundle  # noqa: E402
+from tests.serving.test_serving_guard import make_client, save_guarded_bundle  # noqa: E402
 
 NAMES = ["glioma", "meningioma", "no_tumor", "pituitary"]
 runner = CliRunner()

@@ -30,7 +30,7 @@ from braintumor.audit.constants import CACHE_DIR_NAME, CACHE_FILE
 from braintumor.audit.run import run_audit
 from braintumor.audit.similarity import check_pairs, nearest_candidates
 from braintumor.cli import app
-from tests.test_audit import random_scan
+from tests.audit.test_audit import random_scan
 
 AN_HOUR_AGO = time.time() - 3600
 

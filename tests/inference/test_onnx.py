@@ -38,7 +38,7 @@ from braintumor.inference.onnx_export import (
     parity_samples,
 )
 from braintumor.models import create_model, resolve_preprocessing
-from tests.test_serving_guard import (
+from tests.serving.test_serving_guard import (
     HELD_OUT_SEED,
     blank_white,
     colour_noise,

@@ -15,7 +15,7 @@ from braintumor.models import create_model
 from braintumor.training.finetune import prepare_stage, split_backbone
 from braintumor.training.train import train_recipe
 
-from .conftest import tiny_recipe
+from tests.conftest import tiny_recipe
 
 TINY_LITE = {"architecture": "transfer", "backbone": "tf_efficientnet_lite0", "pretrained": False}
 

@@ -6,7 +6,7 @@ import pytest
 
 from braintumor.config import RecipeError, apply_overrides, builtin_recipes, list_recipes, load_recipe
 
-from .conftest import load_benchmark
+from tests.conftest import load_benchmark
 
 
 @pytest.mark.parametrize("name", list(builtin_recipes()))

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from .conftest import TINY_RECIPE
+from tests.conftest import TINY_RECIPE
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_accuracy_benchmark_writes_the_table(synthetic_root: Path, tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""Bundles written by earlier versions keep loading: ``tests/data/bundle-v1`` holds ``config.json`` files
+"""Bundles written by earlier versions keep loading: ``tests/fixtures/bundle-v1`` holds ``config.json`` files
 written by braintumor at commit b48fcbc (before the typed bundle config), a single calibrated model and an
 ensemble. The weights are rebuilt here from the recorded recipe (the safetensors layout did not change)."""
 
@@ -16,7 +16,7 @@ from braintumor.bundle.store import _build_network
 from braintumor.errors import BundleError
 from braintumor.inference.predictor import Predictor
 
-OLD_BUNDLES = Path(__file__).resolve().parent / "data" / "bundle-v1"
+OLD_BUNDLES = Path(__file__).resolve().parents[1] / "fixtures" / "bundle-v1"
 
 
 def _old_bundle(kind: str, tmp_path: Path) -> Path:

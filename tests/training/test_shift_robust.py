@@ -24,7 +24,7 @@ from braintumor.models.network import LinearHead
 from braintumor.training.finetune import backbone_layer_groups, interpolate_weights, prepare_stage
 from braintumor.training.train import train_recipe
 
-from .conftest import tiny_recipe
+from tests.conftest import tiny_recipe
 
 TINY_TIMM = {"architecture": "transfer", "backbone": "tf_efficientnet_lite0", "pretrained": False}
 

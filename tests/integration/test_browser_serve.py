@@ -35,7 +35,7 @@ from braintumor.data.synthetic import synthetic_image  # noqa: E402
 from braintumor.inference import Predictor  # noqa: E402
 from braintumor.models import create_model, resolve_preprocessing  # noqa: E402
 from braintumor.serving.app import create_app  # noqa: E402
-from tests.test_serving_guard import HELD_OUT_SEED, save_guarded_bundle, synthetic_slices  # noqa: E402
+from tests.serving.test_serving_guard import HELD_OUT_SEED, save_guarded_bundle, synthetic_slices  # noqa: E402
 
 pytestmark = pytest.mark.slow
 

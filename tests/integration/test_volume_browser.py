@@ -10,9 +10,9 @@ import pytest
 
 pytest.importorskip("nibabel")
 
-from tests.test_browser_serve import _screenshot_path, _serving, playwright_api
-from tests.test_browser_serve import browser as browser
-from tests.test_serving_guard import save_guarded_bundle
+from tests.integration.test_browser_serve import _screenshot_path, _serving, playwright_api
+from tests.integration.test_browser_serve import browser as browser
+from tests.serving.test_serving_guard import save_guarded_bundle
 
 pytestmark = pytest.mark.slow
 
