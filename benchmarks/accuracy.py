@@ -35,10 +35,10 @@ from braintumor.audit.run import run_audit
 from braintumor.bundle import read_bundle_config
 from braintumor.config import load_recipe
 from braintumor.errors import BrainTumorError
-from braintumor.evaluation.calibrate import calibrate_bundle
 from braintumor.evaluation.evaluate import evaluate_bundle
-from braintumor.inference.ensemble import combine_bundles
-from braintumor.training.train import RunOptions, train_recipe
+from braintumor.workflows.calibrate import calibrate_bundle
+from braintumor.workflows.ensemble import combine_bundles
+from braintumor.workflows.train import RunOptions, train_recipe
 
 DEFAULT_RECIPES = [
     "lite0-probe",

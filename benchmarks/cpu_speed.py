@@ -52,7 +52,7 @@ def _arguments() -> argparse.Namespace:
 
 def _evaluation_root(data: Path, count: int) -> Path:
     """A data root whose ``Bench`` split links ``count`` Training images (class folders kept)."""
-    from braintumor.research.cpu_speed import spread_samples
+    from lib.cpu_speed import spread_samples
 
     root = Path(tempfile.mkdtemp(prefix="cpu-speed-"))
     for sample in spread_samples(data, count):
@@ -64,7 +64,8 @@ def _evaluation_root(data: Path, count: int) -> Path:
 
 def _measure(args: argparse.Namespace) -> dict[str, Any]:
     """Every measurement of one path (run inside the child process)."""
-    from braintumor.research import cpu_speed as speed
+    from lib import cpu_speed as speed
+
     from braintumor.runtime import tune_cpu_runtime
 
     tune_cpu_runtime()  # what the CLI does before any command (a no-op in the eager child)

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import torch
 from common import cache_timing_parser, timed, use_weights_dir
+from lib.cache_speed import Batch, batch_images, encode_batches, epoch_seconds, head_on, timing_batches
 
 from braintumor.models.network import BrainTumorNet
-from braintumor.research.cache_speed import Batch, batch_images, encode_batches, epoch_seconds, head_on, timing_batches
 
 
 def _head_epoch(model: BrainTumorNet, batches: list[Batch], *, cached: bool) -> float:

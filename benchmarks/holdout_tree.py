@@ -4,7 +4,7 @@ fine-tuned recipe's site-adaptation proxy on (``benchmarks/site_adaptation.py --
     python benchmarks/holdout_tree.py --data ../shared/data/brain-tumor-mri --held-out meningioma --out /tmp/holdout-m
     braintumor train lite0-lpft-cached --data /tmp/holdout-m --out /tmp/proxy-m --tracker none --no-onnx
 
-The held-out images are the ones ``braintumor.research.source_holdout.holdout_split`` holds out: the class's
+The held-out images are the ones ``lib.source_holdout.holdout_split`` holds out: the class's
 images that are not from the main 512x512 source.
 """
 
@@ -13,10 +13,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from common import data_parser
+from lib.source_holdout import HELD_OUT_CLASSES, is_main_source
 
 from braintumor.data.layout import discover_split
 from braintumor.layout_constants import CLASS_NAMES
-from braintumor.research.source_holdout import HELD_OUT_CLASSES, is_main_source
 
 
 def write_holdout_tree(data: Path, held_out: str, out: Path) -> tuple[int, int]:

@@ -9,9 +9,9 @@ from collections import Counter
 from pathlib import Path
 
 from common import markdown_header, markdown_row, script_parser
+from lib.source_holdout import MAIN_SOURCE_SIDE, is_main_source
 
 from braintumor.data.layout import discover_split
-from braintumor.research.source_holdout import MAIN_SOURCE_SIDE, is_main_source
 
 
 def main() -> None:

@@ -297,7 +297,7 @@ def build_sets(bundle: Any, data_root: Path, per_kind: int, seed: int, audit: Pa
     from braintumor.data.layout import discover_split
     from braintumor.data.preprocessing import eval_transform
     from braintumor.guard import model_outputs
-    from braintumor.inference.guard_fit import training_split
+    from braintumor.workflows.guard import training_split
 
     prep, seconds = bundle.preprocessing, {}
     (train_set, val_set), seconds["decode_training_s"], _ = timed(

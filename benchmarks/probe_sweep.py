@@ -16,8 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from common import data_parser, markdown_header, markdown_row, use_weights_dir, write_json
-
-from braintumor.research.probes import probe_sweep_row
+from lib.probes import probe_sweep_row
 
 C_GRID = (0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
 HEADER = ["variant", "C (by val loss)", "val loss", "val acc", "test acc", "test glioma recall"]

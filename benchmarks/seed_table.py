@@ -30,7 +30,7 @@ from braintumor.bundle import read_bundle_config
 from braintumor.config import load_recipe
 from braintumor.errors import BrainTumorError
 from braintumor.evaluation.evaluate import evaluate_bundle
-from braintumor.training.train import RunOptions, train_recipe
+from braintumor.workflows.train import RunOptions, train_recipe
 
 SEED_PUBLISHED = {
     "seed-cnn": ("64.72%", "1.2796"),

@@ -1,7 +1,7 @@
 """Site adaptation, measured honestly: methods chosen on a Training-only proxy, scored by 2-fold cross-adaptation.
 
 1. Proxy (Training only): each of a class's other-source images held out of a probe's training, then mixed with
-   the validation split as the target (research/site_adaptation.py); every method adapts on one fold of it and is
+   the validation split as the target (lib/site_adaptation.py); every method adapts on one fold of it and is
    scored on the other. The default method is the rule's choice there (choose_on_proxy).
 2. Testing: the bundle adapts on the unlabelled images of one stratified fold (seed 0) and predicts the other,
    then the reverse; pooled accuracy, macro-F1 and per-class recall with bootstrap CIs, beside the unadapted
@@ -36,12 +36,13 @@ def _features(bundle: Any, data: Path, split: str, cache: Path) -> dict[str, np.
     if path.is_file():
         with np.load(path) as arrays:
             return {key: arrays[key] for key in arrays.files}
+    from lib.source_holdout import is_main_source
+
     from braintumor.adaptation.network import backbone_features
-    from braintumor.adaptation.run import network_members
     from braintumor.data.dataset import drop_exact_duplicates, load_images, validation_split
     from braintumor.data.layout import discover_split
     from braintumor.data.preprocessing import eval_transform
-    from braintumor.research.source_holdout import is_main_source
+    from braintumor.workflows.adapt import network_members
 
     images = load_images(discover_split(data, split), bundle.preprocessing, show_progress=False)
     if split == "Training":
@@ -71,17 +72,17 @@ def _member_key(index: int) -> str:
 def _member_features(bundle: Any, arrays: dict[str, np.ndarray], rows: Any = slice(None)) -> list[Any]:
     import torch
 
-    from braintumor.adaptation.run import network_members
+    from braintumor.workflows.adapt import network_members
 
     return [torch.as_tensor(arrays[_member_key(i)][rows]) for i in range(len(network_members(bundle.model)))]
 
 
 def _view(bundle: Any, arrays: dict[str, np.ndarray], rows: Any = slice(None)) -> tuple[list[Any], list[float]]:
     """The bundle's members over ``rows`` of a split (penultimate features, last layer, source) and their weights."""
-    from braintumor.adaptation import source_stats
+    from lib.site_adaptation import Member
+
     from braintumor.adaptation.network import head_state, penultimate
-    from braintumor.adaptation.run import member_stats, network_members
-    from braintumor.research.site_adaptation import Member
+    from braintumor.workflows.adapt import member_stats, network_members, source_stats
 
     networks = network_members(bundle.model)
     zs = [penultimate(net, part) for net, part in zip(networks, _member_features(bundle, arrays, rows), strict=True)]
@@ -93,11 +94,11 @@ def _view(bundle: Any, arrays: dict[str, np.ndarray], rows: Any = slice(None)) -
 
 def _testing_rows(bundle: Any, testing: dict[str, np.ndarray], methods: list[str], data: Path) -> dict[str, Any]:
     import torch
+    from lib.site_adaptation import cross_adapt, scores, transductive
 
-    from braintumor.adaptation.run import member_temperature
     from braintumor.evaluation.deduplicated import deduplicated_metrics
     from braintumor.layout_constants import CLASS_NAMES
-    from braintumor.research.site_adaptation import cross_adapt, scores, transductive
+    from braintumor.workflows.adapt import member_temperature
 
     members, weights = _view(bundle, testing)
     labels, temperature = testing["labels"], member_temperature(bundle)
@@ -135,7 +136,7 @@ def _flags(bundle: Any, arrays: dict[str, np.ndarray], rows: Any = slice(None)) 
     """Which images the guard's feature component flags (the cache keeps no pixels for the image evidence)."""
     import torch
 
-    from braintumor.adaptation.run import guard_inputs
+    from braintumor.workflows.adapt import guard_inputs
 
     features = _member_features(bundle, arrays, rows)
     blank = torch.zeros(len(features[0]), 3, 8, 8, dtype=torch.uint8)
@@ -145,7 +146,8 @@ def _flags(bundle: Any, arrays: dict[str, np.ndarray], rows: Any = slice(None)) 
 def _evidence(bundle: Any, arrays: dict[str, np.ndarray], rows: Any = slice(None)) -> dict[str, Any]:
     import torch
 
-    from braintumor.adaptation import shift_evidence, source_stats
+    from braintumor.adaptation import shift_evidence
+    from braintumor.workflows.adapt import source_stats
 
     members, _ = _view(bundle, arrays, rows)
     return shift_evidence(
@@ -157,8 +159,9 @@ def _evidence(bundle: Any, arrays: dict[str, np.ndarray], rows: Any = slice(None
 
 
 def _validation_check(bundle: Any, training: dict[str, np.ndarray], method: str) -> dict[str, Any]:
-    from braintumor.adaptation.run import member_temperature
-    from braintumor.research.site_adaptation import cross_adapt, transductive
+    from lib.site_adaptation import cross_adapt, transductive
+
+    from braintumor.workflows.adapt import member_temperature
 
     val = training["val_idx"]
     members, weights = _view(bundle, training, val)
@@ -182,8 +185,8 @@ def _validation_check(bundle: Any, training: dict[str, np.ndarray], method: str)
 
 
 def _timing(bundle_path: Path, data: Path, count: int, method: str) -> dict[str, Any]:
-    from braintumor.adaptation import adapt_bundle
     from braintumor.data.layout import discover_split
+    from braintumor.workflows.adapt import adapt_bundle
 
     files = [s.path for split in ("Testing", "Training") for s in discover_split(data, split)][:count]
     with tempfile.TemporaryDirectory() as folder:
@@ -210,9 +213,10 @@ def _timing(bundle_path: Path, data: Path, count: int, method: str) -> dict[str,
 def _network_proxies(specs: list[str], data: Path, cache_root: Path, methods: list[str]) -> dict[str, list[Any]]:
     """Proxy rows per held-out class from ``CLASS=BUNDLE`` networks trained without that class's other-source
     images (``benchmarks/holdout_tree.py`` writes the Training tree to train them on)."""
+    from lib.site_adaptation import network_proxy_rows
+    from lib.source_holdout import HELD_OUT_CLASSES
+
     from braintumor.bundle import load_bundle
-    from braintumor.research.site_adaptation import network_proxy_rows
-    from braintumor.research.source_holdout import HELD_OUT_CLASSES
 
     rows: dict[str, list[Any]] = {}
     for spec in specs:
@@ -248,7 +252,7 @@ def _timing_only(args: argparse.Namespace) -> None:
     """``adapt`` on ``--timing-images`` images with the bundle recipe's default method, nothing else."""
     import torch
 
-    from braintumor.adaptation.run import recipe_method
+    from braintumor.workflows.adapt import recipe_method
 
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     command = command_line(
@@ -295,8 +299,9 @@ def main() -> None:
         _timing_only(args)
         return
 
+    from lib.site_adaptation import choose_on_proxy, proxy_rows
+
     from braintumor.bundle import load_bundle
-    from braintumor.research.site_adaptation import choose_on_proxy, proxy_rows
 
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     bundle = load_bundle(args.bundle)

@@ -3,14 +3,14 @@
 For a class that Training has from both kinds of source (meningioma, pituitary), its images from the other
 sources than the main 512x512 one are held out, the probe is trained on the rest, and the held-out images' recall
 says whether the model recognises a class in a source it only saw for other classes (the method:
-``braintumor.research.source_holdout``). The table shows, per variant: validation (in-distribution), the source
+``lib.source_holdout``). The table shows, per variant: validation (in-distribution), the source
 hold-out recalls, and Testing (reported only, after the fact; never used to choose).
 
     python benchmarks/source_holdout.py --data ../shared/data/brain-tumor-mri --weights-dir ../shared/weights \\
         --variant tf_efficientnet_lite0:224:none --variant tf_efficientnet_lite0:224:window
 
 A variant is ``BACKBONE:SIZE:INTENSITY[:styleB|POOLpool|multilevel][:swapV][:augV][:debiasK]`` (head-cropped
-slices; ``braintumor.research.source_holdout.SourceVariant`` says what each part does).
+slices; ``lib.source_holdout.SourceVariant`` says what each part does).
 """
 
 from __future__ import annotations
@@ -28,9 +28,8 @@ from common import (
     use_weights_dir,
     write_table,
 )
+from lib.source_holdout import SourceVariant, evaluate_variant
 from scipy.stats import spearmanr
-
-from braintumor.research.source_holdout import SourceVariant, evaluate_variant
 
 DEFAULT_OUT = Path("benchmarks/results/source_holdout.md")
 HEADER = [

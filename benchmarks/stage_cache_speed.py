@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import torch
 from common import cache_timing_parser, timed, use_weights_dir
+from lib.cache_speed import Batch, batch_images, encode_batches, epoch_seconds, timing_batches
 
-from braintumor.research.cache_speed import Batch, batch_images, encode_batches, epoch_seconds, timing_batches
 from braintumor.training.finetune import FineTuneNet, prepare_stage, split_backbone
 
 

@@ -54,7 +54,7 @@ def tiny_bundle(folder: Path) -> Path:
     """A tiny CNN trained for 2 epochs on synthetic images (no tracking): only to exercise the code path."""
     from braintumor.config import Recipe
     from braintumor.data.synthetic import make_synthetic_dataset
-    from braintumor.training.train import RunOptions, train_recipe
+    from braintumor.workflows.train import RunOptions, train_recipe
 
     root = make_synthetic_dataset(folder / "data", per_class=12, size=64)
     recipe = Recipe.model_validate(

@@ -44,7 +44,7 @@ def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def trained_run(synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory):
     """A tiny custom-CNN run trained once for the whole session (a few seconds)."""
-    from braintumor.training.train import train_recipe
+    from braintumor.workflows.train import train_recipe
 
     return train_recipe(tiny_recipe(), synthetic_root, tmp_path_factory.mktemp("run") / "tiny", show_progress=False)
 

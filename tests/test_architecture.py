@@ -33,10 +33,16 @@ STAGE_RANKS: dict[str, int] = {
     "audit": 7,
     "evaluation": 8,
     "training": 9,
-    "research": 9,
-    "serving": 10,
-    "cli": 11,
+    "workflows": 10,
+    "results": 10,
+    "serving": 11,
+    "api": 12,
+    "cli": 13,
 }
+
+# The functions that write into a bundle folder; only the workflow layer (and bundle/ itself) may call them.
+BUNDLE_WRITERS = {"save_bundle", "write_bundle_guard", "write_bundle_config", "ensure_onnx", "write_onnx_into_bundle"}
+WRITER_STAGES = {"bundle", "workflows"}
 
 
 def _module_name(path: Path) -> str:
@@ -130,6 +136,25 @@ def test_no_stage_imports_a_higher_one() -> None:
             if target_stage != "braintumor" and STAGE_RANKS[target_stage] > rank:
                 upward.append(f"{module} imports {target} ({target_stage} is above {stage_of(module)})")
     assert not upward, "\n".join(upward)
+
+
+def _imported_names(path: Path) -> set[str]:
+    """Every name imported from a ``braintumor`` module, anywhere in the file (docstring examples excluded)."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("braintumor"):
+            names.update(alias.name for alias in node.names)
+    return names
+
+
+def test_only_the_workflow_layer_writes_bundles() -> None:
+    offenders = []
+    for path in PACKAGE_ROOT.rglob("*.py"):
+        module = _module_name(path)
+        if stage_of(module) in WRITER_STAGES:
+            continue
+        offenders += [f"{module} imports {name}" for name in sorted(_imported_names(path) & BUNDLE_WRITERS)]
+    assert not offenders, "only braintumor.workflows writes bundles:\n" + "\n".join(offenders)
 
 
 def test_only_the_cli_knows_typer_and_rich_tables() -> None:

@@ -12,13 +12,14 @@ import torch
 from torch import nn
 from typer.testing import CliRunner
 
-from braintumor.adaptation import AdaptationError, HeadState, SourceStats, adapt_bundle, adapt_head
+from braintumor.adaptation import AdaptationError, HeadState, SourceStats, adapt_head
 from braintumor.adaptation.methods import em_priors
 from braintumor.adaptation.network import adabn, backbone_features, head_state
 from braintumor.bundle import load_bundle, save_bundle
 from braintumor.config import Recipe
 from braintumor.data.synthetic import make_synthetic_dataset
 from braintumor.models import create_model, resolve_preprocessing
+from braintumor.workflows.adapt import adapt_bundle
 
 DIMS = 6
 
@@ -195,8 +196,8 @@ def test_an_adapted_bundle_round_trips_without_pickle_and_the_original_is_untouc
 
 
 def test_an_ensemble_adapts_each_member_as_that_member_alone_would(tmp_path: Path, site: Path) -> None:
-    from braintumor.inference.ensemble import combine_bundles
     from braintumor.models.ensemble import EnsembleNet
+    from braintumor.workflows.ensemble import combine_bundles
 
     members = [_tiny_bundle(tmp_path / f"m{seed}", seed) for seed in (0, 1)]
     ensemble = combine_bundles(members, tmp_path / "ensemble")
@@ -217,9 +218,9 @@ def test_an_ensemble_adapts_each_member_as_that_member_alone_would(tmp_path: Pat
 
 
 def test_a_head_without_batchnorm_aligns_to_the_guards_training_moments(tmp_path: Path, site: Path) -> None:
-    from braintumor.adaptation import source_stats
     from braintumor.guard.guard import SOURCE_MEAN, SOURCE_STD
     from braintumor.guard.guard import feature_moments as moments_of
+    from braintumor.workflows.adapt import source_stats
 
     bundle = _tiny_bundle(tmp_path / "probe", standardize=False, guard_images=site)
     loaded = load_bundle(bundle)
@@ -267,8 +268,8 @@ def test_without_a_method_adapt_does_what_the_bundle_recipe_asks(tmp_path: Path,
 
 
 def test_adapt_says_how_many_images_the_referral_threshold_refers_before_and_after(tmp_path: Path, site: Path) -> None:
-    from braintumor.adaptation.run import _referral_change
     from braintumor.bundle import read_bundle_config, write_bundle_config
+    from braintumor.workflows.adapt import _referral_change
 
     path = _tiny_bundle(tmp_path / "bundle")
     assert _referral_change(load_bundle(path), [torch.zeros(4, 4)], [torch.zeros(4, 4)]) == (None, None)  # no threshold
@@ -291,7 +292,7 @@ def test_adapt_says_how_many_images_the_referral_threshold_refers_before_and_aft
 
 
 def test_bad_inputs_fail_clearly_before_any_work(tmp_path: Path, site: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import braintumor.adaptation.run as run
+    import braintumor.workflows.adapt as run
 
     original = _tiny_bundle(tmp_path / "bundle")
     monkeypatch.setattr(run, "load_bundle", lambda *a: pytest.fail("no work before the inputs are checked"))

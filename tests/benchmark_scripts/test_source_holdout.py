@@ -1,14 +1,13 @@
-"""The source hold-out's research functions: source-direction removal, and features read through timm's API."""
+"""The source hold-out's functions (``benchmarks/lib``): source-direction removal, features read through timm."""
 
 from __future__ import annotations
 
 import numpy as np
 import timm
 import torch
+from lib.features import multilevel_maps
+from lib.probes import source_directions
 from sklearn.linear_model import LogisticRegression
-
-from braintumor.research.features import multilevel_maps
-from braintumor.research.probes import source_directions
 
 
 def test_source_directions_remove_the_source_and_keep_the_class() -> None:

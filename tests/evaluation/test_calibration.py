@@ -14,9 +14,9 @@ from sklearn.metrics import f1_score, log_loss, roc_auc_score
 from typer.testing import CliRunner
 
 from braintumor.bundle import load_bundle, read_bundle_config, save_bundle, write_bundle_config
+from braintumor.bundle.validation import validation_samples
 from braintumor.cli import app
 from braintumor.errors import BrainTumorError
-from braintumor.evaluation.calibrate import calibrate_bundle, validation_samples
 from braintumor.evaluation.calibration import (
     calibration_scores,
     fit_temperature,
@@ -27,6 +27,7 @@ from braintumor.evaluation.evaluate import evaluate_bundle
 from braintumor.evaluation.metrics import bootstrap_confidence_intervals, one_vs_rest_metrics
 from braintumor.inference.predictor import Predictor, probabilities_from_logits
 from braintumor.layout_constants import CLASS_NAMES
+from braintumor.workflows.calibrate import calibrate_bundle
 
 
 def _overconfident_logits(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -22,7 +22,7 @@ from braintumor.data.images import decode_image_bytes  # noqa: E402
 from braintumor.data.synthetic import synthetic_image  # noqa: E402
 from braintumor.inference.onnx_export import make_predictor  # noqa: E402
 from braintumor.training.tracking import list_runs, register_model  # noqa: E402
-from braintumor.training.train import RunOptions, train_recipe  # noqa: E402
+from braintumor.workflows.train import RunOptions, train_recipe  # noqa: E402
 from tests.conftest import tiny_recipe  # noqa: E402
 
 

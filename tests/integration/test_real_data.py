@@ -13,7 +13,7 @@ from braintumor.data.layout import discover_split
 from braintumor.data.preprocessing import Preprocessing
 from braintumor.inference import Predictor
 from braintumor.layout_constants import CLASS_NAMES
-from braintumor.training.train import train_recipe
+from braintumor.workflows.train import train_recipe
 from tests.conftest import tiny_recipe
 
 pytestmark = pytest.mark.real_data

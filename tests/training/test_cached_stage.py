@@ -13,8 +13,7 @@ from braintumor.bundle import load_bundle
 from braintumor.config import FineTuneStage, RecipeError, apply_overrides
 from braintumor.models import create_model
 from braintumor.training.finetune import prepare_stage, split_backbone
-from braintumor.training.train import train_recipe
-
+from braintumor.workflows.train import train_recipe
 from tests.conftest import tiny_recipe
 
 TINY_LITE = {"architecture": "transfer", "backbone": "tf_efficientnet_lite0", "pretrained": False}

@@ -29,7 +29,7 @@ from braintumor.serving.settings import ServeSettings
 from braintumor.training.features import extract_features
 from braintumor.training.fitting import RunOptions
 from braintumor.training.module import ClassifierModule
-from braintumor.training.train import train_recipe
+from braintumor.workflows.train import train_recipe
 from tests.conftest import tiny_recipe
 from tests.training.test_cached_stage import TINY_LITE
 

@@ -26,7 +26,7 @@ from braintumor.config import Recipe
 from braintumor.data.synthetic import make_synthetic_dataset
 from braintumor.training.determinism import KILL_ENV
 from braintumor.training.resume import ResumeMismatchError
-from braintumor.training.train import RunOptions, TrainResult, resume_run, train_recipe
+from braintumor.workflows.train import RunOptions, TrainResult, resume_run, train_recipe
 from tests.conftest import tiny_recipe
 
 OPTIONS = {"show_progress": False, "tracker": "none", "export_onnx": False}

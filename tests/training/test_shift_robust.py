@@ -16,14 +16,13 @@ from braintumor.data.augment import RandomGamma, RandomGaussianNoise
 from braintumor.data.preprocessing import Preprocessing, resize_to_uint8_tensor, train_transform
 from braintumor.errors import BundleError
 from braintumor.evaluation.report import _framing
-from braintumor.inference.ensemble import combine_bundles
 from braintumor.inference.predictor import Predictor
 from braintumor.models import create_model
 from braintumor.models.ensemble import EnsembleNet
 from braintumor.models.network import LinearHead
 from braintumor.training.finetune import backbone_layer_groups, interpolate_weights, prepare_stage
-from braintumor.training.train import train_recipe
-
+from braintumor.workflows.ensemble import combine_bundles
+from braintumor.workflows.train import train_recipe
 from tests.conftest import tiny_recipe
 
 TINY_TIMM = {"architecture": "transfer", "backbone": "tf_efficientnet_lite0", "pretrained": False}

@@ -15,7 +15,7 @@ import yaml
 
 from braintumor.bundle import load_bundle, save_bundle
 from braintumor.errors import BundleError
-from braintumor.training.train import RunOptions, train_recipe
+from braintumor.workflows.train import RunOptions, train_recipe
 from tests.conftest import TINY_RECIPE, tiny_recipe
 
 CLI = [sys.executable, "-m", "braintumor.cli"]

@@ -13,8 +13,8 @@ from braintumor.bundle import load_bundle
 from braintumor.data.dataset import load_images
 from braintumor.data.layout import discover_split
 from braintumor.inference import Predictor
-from braintumor.training.train import train_recipe
 from braintumor.training.validation import predict_probabilities
+from braintumor.workflows.train import train_recipe
 from tests.conftest import tiny_recipe
 
 

@@ -30,8 +30,8 @@ def adapt_command(
     quiet: bool = QuietOption,
 ) -> None:
     """Adapt a bundle to a new site from its unlabelled scans (no label is read)."""
-    from braintumor.adaptation import adapt_bundle
     from braintumor.cli.display import console
+    from braintumor.workflows.adapt import adapt_bundle
 
     with stage_errors():
         result = adapt_bundle(bundle, images, out, method=method, force=force, show_progress=not quiet)

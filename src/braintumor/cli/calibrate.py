@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
 def _refit_guard(bundle: Path, root: Path | None, quiet: bool) -> GuardSpec:
     """Fit the bundle's input guard again (``--guard``) and return its new definition."""
-    from braintumor.inference.guard_fit import fit_bundle_guard
+    from braintumor.workflows.guard import fit_bundle_guard
 
     return fit_bundle_guard(bundle, root, show_progress=not quiet).spec
 
@@ -51,7 +51,7 @@ def calibrate_command(
 
     from braintumor.bundle import read_bundle_config
     from braintumor.cli.display import console
-    from braintumor.evaluation.calibrate import calibrate_bundle, summary_rows
+    from braintumor.workflows.calibrate import calibrate_bundle, summary_rows
 
     root = data_root_or_none(data)
     with stage_errors():

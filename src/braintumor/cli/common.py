@@ -78,7 +78,7 @@ def warn(subject: str, message: str) -> None:
 
 def ensure_onnx_and_say(bundle: Path) -> None:
     """Write ``model.onnx`` into ``bundle`` when it is missing and say what happened (never fails the command)."""
-    from braintumor.inference.onnx_bundle import ensure_onnx
+    from braintumor.workflows.export import ensure_onnx
 
     status = ensure_onnx(bundle)
     if status.available:

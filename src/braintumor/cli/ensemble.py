@@ -1,4 +1,4 @@
-"""``braintumor ensemble``: option parsing only; the work is in :mod:`braintumor.inference.ensemble`."""
+"""``braintumor ensemble``: option parsing only; the work is in :mod:`braintumor.workflows.ensemble`."""
 
 from __future__ import annotations
 
@@ -35,8 +35,8 @@ def ensemble_command(
     """
     from braintumor.cli.display import console
     from braintumor.errors import BrainTumorError
-    from braintumor.inference.ensemble import combine_bundles
-    from braintumor.inference.guard_fit import fit_bundle_guard
+    from braintumor.workflows.ensemble import combine_bundles
+    from braintumor.workflows.guard import fit_bundle_guard
 
     try:
         parsed = [float(part) for part in weights.split(",")] if weights else None

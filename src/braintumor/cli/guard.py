@@ -23,7 +23,7 @@ def guard_command(
 ) -> None:
     """Fit the input guard that flags inputs unlike the Training images (never reads Testing)."""
     from braintumor.cli.display import console
-    from braintumor.inference.guard_fit import fit_bundle_guard
+    from braintumor.workflows.guard import fit_bundle_guard
 
     with stage_errors():
         guard = fit_bundle_guard(

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import typer
 
-from braintumor.cli.common import ensure_onnx_and_say, fail, stage_errors
+from braintumor.cli.common import fail, stage_errors
 from braintumor.inference.defaults import DEFAULT_OPSET
 from braintumor.serving.settings import ServeSettings
 
@@ -25,12 +24,12 @@ def export_command(
     """Export a bundle's network to ONNX and check its probabilities against PyTorch."""
     if not onnx:
         fail("nothing to export: pass --onnx")
-    from braintumor.bundle import load_bundle
+    from braintumor.api import export
     from braintumor.cli.display import console
-    from braintumor.inference.onnx_export import PARITY_TOLERANCE, export_onnx
+    from braintumor.inference.onnx_export import PARITY_TOLERANCE
 
     with stage_errors(), console.status(f"exporting {bundle} to ONNX"):
-        result = export_onnx(load_bundle(bundle), out=out, opset=opset)
+        result = export(bundle, out=out, opset=opset)
     console.print(
         f"parity: max |p_onnx - p_torch| = {result.max_abs_diff:.2e} over {result.samples} images "
         f"(limit {PARITY_TOLERANCE:.0e}): [green]ok[/]",
@@ -61,44 +60,23 @@ def serve_command(
     ),
     log_level: str = typer.Option("info", "--log-level", help="uvicorn log level."),
 ) -> None:
-    """Serve a bundle over HTTP: JSON API under /v1, a web page at /, API docs at /docs.
+    """Serve a bundle over HTTP: JSON API under /v1, a web page at /, API docs at /docs (offline).
 
-    Set BRAINTUMOR_API_KEY to require that key in the X-API-Key header.
+    The bundle is only read: one without model.onnx is served with PyTorch (add the graph with
+    `braintumor export BUNDLE --onnx`). Set BRAINTUMOR_API_KEY to require that key in the X-API-Key header.
     """
-    import uvicorn
+    import braintumor
 
-    from braintumor.serving.settings import BUNDLE_ENV, SETTINGS_ENV
-
-    if workers > 1:
-        concurrency = concurrency or max(1, (os.cpu_count() or 1) // workers)
-    if backend == "auto":
-        ensure_onnx_and_say(bundle)  # once, before any worker loads the bundle
     with stage_errors():
-        settings = ServeSettings.from_env(
+        model = braintumor.load(bundle)
+        model.serve(
+            host=host,
+            port=port,
+            workers=workers,
+            log_level=log_level,
             max_upload_bytes=int(max_upload_mb * MIB),
             max_pixels=max_pixels,
             backend=backend,
             threads=threads,
             concurrency=concurrency,
         )
-        if workers == 1:
-            from braintumor.serving.app import create_app
-
-            app = create_app(bundle, settings)
-        else:
-            from braintumor.bundle import read_bundle_config
-
-            read_bundle_config(bundle)  # fail here, once, rather than in every worker
-    if workers == 1:
-        uvicorn.run(app, host=host, port=port, log_level=log_level)
-        return
-    os.environ[BUNDLE_ENV] = str(bundle.resolve())
-    os.environ[SETTINGS_ENV] = settings.to_env()
-    uvicorn.run(
-        "braintumor.serving.app:create_app_from_env",
-        factory=True,
-        host=host,
-        port=port,
-        workers=workers,
-        log_level=log_level,
-    )

@@ -11,7 +11,7 @@ from braintumor.cli.common import DataOption, QuietOption, data_root, fail, stag
 
 if TYPE_CHECKING:
     from braintumor.config import Recipe
-    from braintumor.training.train import TrainResult
+    from braintumor.workflows.train import TrainResult
 
 TRACKERS = ("mlflow", "clearml", "none")
 DEFAULT_RECIPE = "lite2-probe"
@@ -52,7 +52,7 @@ def train_command(
     `braintumor runs`); --register-model NAME registers it.
     """
     from braintumor.cli.display import console, metrics_table
-    from braintumor.training.train import RunOptions, read_run_file, resume_run, train_recipe
+    from braintumor.workflows.train import RunOptions, read_run_file, resume_run, train_recipe
 
     if tracker not in TRACKERS:
         fail(f"--tracker must be one of {', '.join(TRACKERS)} (got {tracker!r})")

@@ -26,9 +26,9 @@ import numpy as np
 import torch
 
 from braintumor.bundle import Bundle
+from braintumor.bundle.validation import validation_samples
 from braintumor.data.dataset import load_images
 from braintumor.errors import BrainTumorError
-from braintumor.evaluation.calibrate import validation_samples
 from braintumor.evaluation.evaluate import EvaluationResult
 from braintumor.evaluation.metrics import PER_CLASS_STATISTICS, bootstrap_confidence_intervals, classification_metrics
 from braintumor.evaluation.report_figures import load_model_sized
@@ -257,7 +257,7 @@ def report_data(
 def validation_ood_scores(bundle: Bundle, data_root: Path | str | None = None) -> tuple[np.ndarray | None, str | None]:
     """The input guard's ``ood_score`` of every validation image the bundle recorded, or ``(None, why not)``.
 
-    The files are found as ``braintumor calibrate`` finds them (:func:`~braintumor.evaluation.calibrate.
+    The files are found as ``braintumor calibrate`` finds them (:func:`~braintumor.workflows.calibrate.
     validation_samples`): at their recorded paths, else re-rooted under ``data_root`` (the evaluated data root).
     """
     if bundle.guard is None:

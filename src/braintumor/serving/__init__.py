@@ -12,8 +12,9 @@ from braintumor.serving.settings import ServeSettings
 
 if TYPE_CHECKING:
     from braintumor.serving.app import create_app
+    from braintumor.serving.server import run_server
 
-__all__ = ["ServeSettings", "create_app"]
+__all__ = ["ServeSettings", "create_app", "run_server"]
 
 
 def __getattr__(name: str) -> Any:
@@ -21,4 +22,8 @@ def __getattr__(name: str) -> Any:
         from braintumor.serving.app import create_app
 
         return create_app
+    if name == "run_server":
+        from braintumor.serving.server import run_server
+
+        return run_server
     raise AttributeError(name)

@@ -6,7 +6,8 @@ file). Inference uses onnxruntime when the bundle has ``model.onnx`` (see ``brai
 PyTorch otherwise; Grad-CAM always uses the PyTorch model. Both backends run the bundle's input guard:
 an upload unlike the training slices is answered with ``out_of_distribution: true`` and a ``warning``
 (the class probabilities are still there, but they are not a diagnosis); a bundle without a guard
-answers null there. The pieces: response models in
+answers null there. The bundle is only read, never written. ``/docs`` and ``/redoc`` serve their Swagger UI and
+ReDoc assets themselves, so they work without internet. The pieces: response models in
 :mod:`~braintumor.serving.schemas`, the model in :mod:`~braintumor.serving.service`, the endpoints in
 :mod:`~braintumor.serving.routes`.
 
@@ -31,6 +32,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
@@ -43,6 +45,8 @@ from braintumor.serving.settings import BUNDLE_ENV, ServeSettings
 from braintumor.serving.uploads import UploadError
 
 logger = logging.getLogger("braintumor.serving")
+# Where the Swagger UI and ReDoc scripts, stylesheet and favicon of /docs and /redoc are served from.
+DOCS_ASSETS_URL = "/static-offline-docs"
 
 
 async def _refused(request: Request, error: UploadError) -> JSONResponse:
@@ -56,11 +60,29 @@ async def _failed(request: Request, error: Exception) -> JSONResponse:
     return JSONResponse(body.model_dump(), status_code=500)
 
 
+def _offline_docs_app(**options: Any) -> FastAPI:
+    """A FastAPI app whose ``/docs`` and ``/redoc`` pages load Swagger UI and ReDoc from the app itself.
+
+    FastAPI's own pages load them from a CDN and stay blank without internet; ``fastapi-offline`` (the
+    ``serve`` extra) ships the assets and serves them under :data:`DOCS_ASSETS_URL`. Without it the CDN
+    pages are used and a warning says so.
+    """
+    try:
+        from fastapi_offline import FastAPIOffline
+    except ImportError:
+        logger.warning(
+            "fastapi-offline is not installed: /docs and /redoc load their scripts from a CDN "
+            "(pip install 'braintumor[serve]' serves them locally)"
+        )
+        return FastAPI(**options)
+    return FastAPIOffline(static_url=DOCS_ASSETS_URL, **options)
+
+
 def create_app(bundle_path: Path | str, settings: ServeSettings | None = None) -> FastAPI:
     """Build the service for one bundle. Raises :class:`BrainTumorError` when the bundle is unusable."""
     settings = settings or ServeSettings()
     service = ModelService(bundle_path, settings)
-    app = FastAPI(
+    app = _offline_docs_app(
         title="braintumor",
         version=service.ref.version,
         summary="Brain-tumour MRI classification (glioma, meningioma, no tumour, pituitary). " + DISCLAIMER,

@@ -2,12 +2,16 @@
 
 A bundle without an input guard (made before it existed), or an ONNX graph exported before it, is served
 with ``out_of_distribution`` null; ``/v1/model`` then says why in ``guard_note``.
+
+The service only reads the bundle: one with ``model.onnx`` is served with onnxruntime, one without it
+(made before ONNX-at-training) with PyTorch, and a one-line warning says how to add the graph.
 """
 
 from __future__ import annotations
 
 import hashlib
 import importlib
+import importlib.util
 import io
 import logging
 import os
@@ -23,7 +27,6 @@ from PIL import Image
 from braintumor.bundle import ONNX_FILE, WEIGHTS_FILE, Bundle, load_bundle
 from braintumor.config import Recipe
 from braintumor.errors import BrainTumorError
-from braintumor.inference.onnx_bundle import ensure_onnx
 from braintumor.inference.onnx_export import OnnxPredictor, make_predictor
 from braintumor.serving.schemas import DISCLAIMER, GuardInfo, InputCheck, ModelRef
 from braintumor.serving.settings import ServeSettings
@@ -31,6 +34,8 @@ from braintumor.serving.uploads import UploadError
 
 GradcamFunction = Callable[..., tuple[Image.Image, str]]
 _log = logging.getLogger(__name__)
+# What `braintumor export` needs beyond the core install (the ``serve`` extra).
+_EXPORT_MODULES = ("onnx", "onnxruntime", "onnxscript")
 
 
 class Outcome(NamedTuple):
@@ -70,20 +75,34 @@ def _public_recipe(recipe: Recipe) -> dict[str, Any]:
     return public
 
 
+def missing_onnx_note(bundle_path: Path) -> str | None:
+    """One line saying that ``bundle_path`` has no ONNX graph and how to add one; None when it has one."""
+    if (bundle_path / ONNX_FILE).is_file():
+        return None
+    how = f"add it with `braintumor export {bundle_path} --onnx`"
+    missing = [name for name in _EXPORT_MODULES if importlib.util.find_spec(name) is None]
+    if missing:
+        how += f" after `pip install 'braintumor[serve]'` (missing: {', '.join(missing)})"
+    return (
+        f"{bundle_path} has no {ONNX_FILE}, so it is served with PyTorch (slower than onnxruntime); "
+        f"the service never writes into the bundle: {how}"
+    )
+
+
 class ModelService:
     """The loaded bundle, its predictor and what the endpoints report about it."""
 
     def __init__(self, bundle_path: Path | str, settings: ServeSettings) -> None:
         self.settings = settings
         self.bundle: Bundle = load_bundle(bundle_path)
-        # A bundle from before ONNX-at-training gets its graph now (atomically, parity-checked), else PyTorch.
-        self.onnx_note = ensure_onnx(self.bundle).note if settings.backend == "auto" else None
-        if self.onnx_note and not (self.bundle.path / ONNX_FILE).is_file():
-            _log.warning("serving with PyTorch: %s", self.onnx_note)
         # One thread per model run and as many runs as cores: requests proceed side by side on their own
         # core, which gave more requests/s than two threads per run (docs/serving.md).
         self.predictor = make_predictor(self.bundle, settings.backend, threads=settings.threads or 1)
         backend = "onnxruntime" if isinstance(self.predictor, OnnxPredictor) else "pytorch"
+        # The bundle is only read: one from before ONNX-at-training is served with PyTorch, and the note says so.
+        self.onnx_note = missing_onnx_note(self.bundle.path) if settings.backend == "auto" else None
+        if self.onnx_note is not None:
+            _log.warning("%s", self.onnx_note)
         self.ref = ModelRef(name=self.bundle.name, version=weights_version(self.bundle.path), backend=backend)
         # The predictor reads and checks the bundle's calibration (temperature, refer threshold).
         self.temperature = self.predictor.temperature if self.bundle.config.extras.temperature is not None else None

@@ -1,4 +1,4 @@
-"""The steps of one training run, in the order :func:`~braintumor.training.train.train_recipe` takes them.
+"""The steps of one training run, in the order :func:`~braintumor.workflows.train.train_recipe` takes them.
 
 open the run folder -> build the model -> prepare the data (decode, deduplicate, split) -> start tracking
 -> fit -> select the weights -> record -> save. The official Testing split is never read here.
@@ -19,18 +19,16 @@ import torch
 from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities import rank_zero_only
 
-from braintumor.bundle import TrainingRecord, save_bundle
+from braintumor.bundle import TrainingRecord
 from braintumor.config import Recipe
 from braintumor.data.dataset import ImageSet, drop_exact_duplicates, load_images, validation_split
 from braintumor.data.layout import Sample
 from braintumor.data.preprocessing import Preprocessing, eval_transform
 from braintumor.errors import BrainTumorError
-from braintumor.evaluation.plots import plot_training_curves
 from braintumor.guard import InputGuard, fit_guard, head_outputs, model_outputs
 from braintumor.io import write_json_atomic
 from braintumor.models import create_model, resolve_preprocessing
 from braintumor.models.network import BrainTumorNet
-from braintumor.training.determinism import kill_point
 from braintumor.training.feature_cache import FEATURE_CACHE_FILE, cached_features
 from braintumor.training.fitting import (
     HEAD_PRECISION,
@@ -44,15 +42,12 @@ from braintumor.training.fitting import (
     save_weights,
     view_loaders,
 )
-from braintumor.training.manifest import build_manifest
 from braintumor.training.resume import check_resumable, resume_key
 from braintumor.training.stages import finetune
 from braintumor.training.tracking import (
     create_logger,
     describe_logger,
     flatten_params,
-    log_artifacts,
-    log_final_metrics,
 )
 from braintumor.training.validation import validation_metrics
 
@@ -325,40 +320,3 @@ def training_record(
         },
         tracking=tracking,
     )
-
-
-def save_run(
-    model: BrainTumorNet,
-    context: FitContext,
-    data: PreparedData,
-    selection: Selection,
-    record: TrainingRecord,
-    data_root: Path,
-    guard: InputGuard | None = None,
-) -> Path:
-    """The bundle, ``training_curves.png``, ``val_metrics.json`` and ``run_manifest.json``, also sent to the tracker."""
-    recipe, run_dir, history = context.recipe, context.run_dir, context.history.rows
-    extra = {"resume_warnings": context.resume_warnings} if context.resume_warnings else None
-    manifest = build_manifest(recipe, data_root, data.images.paths, data.images.hashes, extra)
-    bundle_dir = save_bundle(
-        run_dir / "bundle", model, recipe, context.prep, training=record, manifest=manifest, guard=guard
-    )
-    kill_point("bundle")
-    if history:
-        plot_training_curves(history, run_dir / "training_curves.png", title=recipe.name)
-    write_json_atomic(run_dir / "val_metrics.json", selection.val_metrics)
-    write_json_atomic(run_dir / "run_manifest.json", manifest)
-    log_final_metrics(
-        context.logger,
-        {
-            "best_val_loss": selection.val_metrics["loss"],
-            "best_val_accuracy": selection.val_metrics["accuracy"],
-            "best_val_macro_f1": selection.val_metrics["macro_f1"],
-            "best_epoch": selection.best_epoch,
-        },
-    )
-    log_artifacts(
-        context.logger,
-        [bundle_dir, run_dir / "training_curves.png", run_dir / "history.csv", run_dir / "run_manifest.json"],
-    )
-    return bundle_dir

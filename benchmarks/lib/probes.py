@@ -20,7 +20,8 @@ from sklearn.preprocessing import StandardScaler
 from braintumor.data.dataset import stratified_split
 from braintumor.layout_constants import CLASS_NAMES
 from braintumor.models.pretrained import create_backbone
-from braintumor.research.features import batched_outputs, load_split, probe_preprocessing
+
+from .features import batched_outputs, load_split, probe_preprocessing
 
 # The recipes' validation split: the same images are validation here as in training.
 VAL_FRACTION = 0.15

@@ -1,4 +1,4 @@
-"""Train one recipe end to end and write a model bundle: the pipeline of :mod:`braintumor.training.steps`.
+"""Train one recipe end to end and write a model bundle: the steps of :mod:`braintumor.training.steps`, in order.
 
 Open the run folder and seed, build the model, decode Training once (exact duplicates dropped, optional)
 and take a stratified validation split, start tracking, fit with Lightning (EarlyStopping +
@@ -18,16 +18,24 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_only
 
+from braintumor.bundle import TrainingRecord, save_bundle
 from braintumor.config import Recipe
 from braintumor.data.images import SkippedFile
 from braintumor.data.layout import discover_split
-from braintumor.inference.onnx_bundle import ensure_onnx
+from braintumor.evaluation.plots import plot_training_curves
+from braintumor.guard.guard import InputGuard
+from braintumor.io import write_json_atomic
 from braintumor.layout_constants import CLASS_NAMES
+from braintumor.models.network import BrainTumorNet
 from braintumor.runtime import precision_note, tune_cpu_runtime
 from braintumor.training.callbacks import EpochHistory
+from braintumor.training.determinism import kill_point
 from braintumor.training.fitting import FitContext, RunOptions, Say, quiet_lightning
 from braintumor.training.losses import resolve_class_weights
+from braintumor.training.manifest import build_manifest
 from braintumor.training.steps import (
+    PreparedData,
+    Selection,
     build_model,
     check_run_folder,
     fit,
@@ -35,12 +43,12 @@ from braintumor.training.steps import (
     open_run_folder,
     prepare_data,
     read_run_file,
-    save_run,
     select_best,
     start_tracking,
     training_record,
 )
-from braintumor.training.tracking import log_bundle_model
+from braintumor.training.tracking import log_artifacts, log_bundle_model, log_final_metrics
+from braintumor.workflows.export import ensure_onnx
 
 log = logging.getLogger(__name__)
 
@@ -181,3 +189,40 @@ def resume_run(
         resume=True,
         force=force,
     )
+
+
+def save_run(
+    model: BrainTumorNet,
+    context: FitContext,
+    data: PreparedData,
+    selection: Selection,
+    record: TrainingRecord,
+    data_root: Path,
+    guard: InputGuard | None = None,
+) -> Path:
+    """The bundle, ``training_curves.png``, ``val_metrics.json`` and ``run_manifest.json``, also sent to the tracker."""
+    recipe, run_dir, history = context.recipe, context.run_dir, context.history.rows
+    extra = {"resume_warnings": context.resume_warnings} if context.resume_warnings else None
+    manifest = build_manifest(recipe, data_root, data.images.paths, data.images.hashes, extra)
+    bundle_dir = save_bundle(
+        run_dir / "bundle", model, recipe, context.prep, training=record, manifest=manifest, guard=guard
+    )
+    kill_point("bundle")
+    if history:
+        plot_training_curves(history, run_dir / "training_curves.png", title=recipe.name)
+    write_json_atomic(run_dir / "val_metrics.json", selection.val_metrics)
+    write_json_atomic(run_dir / "run_manifest.json", manifest)
+    log_final_metrics(
+        context.logger,
+        {
+            "best_val_loss": selection.val_metrics["loss"],
+            "best_val_accuracy": selection.val_metrics["accuracy"],
+            "best_val_macro_f1": selection.val_metrics["macro_f1"],
+            "best_epoch": selection.best_epoch,
+        },
+    )
+    log_artifacts(
+        context.logger,
+        [bundle_dir, run_dir / "training_curves.png", run_dir / "history.csv", run_dir / "run_manifest.json"],
+    )
+    return bundle_dir

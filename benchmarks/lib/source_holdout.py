@@ -33,7 +33,8 @@ from braintumor.data.dataset import ImageSet, stratified_split
 from braintumor.data.preprocessing import Preprocessing
 from braintumor.layout_constants import CLASS_NAMES
 from braintumor.models.pretrained import create_backbone
-from braintumor.research.features import (
+
+from .features import (
     augmented_views,
     load_split,
     multilevel_features,
@@ -42,7 +43,7 @@ from braintumor.research.features import (
     style_free_features,
     style_swapped_views,
 )
-from braintumor.research.probes import (
+from .probes import (
     SPLIT_SEED,
     VAL_FRACTION,
     Probe,
@@ -81,7 +82,7 @@ SOURCE_AUGMENT = AugmentConfig(
 class SourceVariant:
     """One row of the source hold-out: which features, which extra training views, how many source directions.
 
-    ``styleB`` removes each image's style after ``blocks[B]`` (:func:`~braintumor.research.features.
+    ``styleB`` removes each image's style after ``blocks[B]`` (:func:`~lib.features.
     style_free_features`); ``POOLpool`` pools the last feature map by ``avg``, ``max`` or ``avgmax``;
     ``multilevel`` adds the last three blocks' pooled outputs; ``swapV`` adds V style-swapped views and ``augV``
     V views under :data:`SOURCE_AUGMENT` to the probe's training set; ``debiasK`` removes K source directions.

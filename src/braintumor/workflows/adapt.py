@@ -38,6 +38,7 @@ from braintumor.guard.guard import SOURCE_MEAN, SOURCE_STD, GuardInputs, head_ou
 from braintumor.inference.predictor import expand_inputs, probabilities_from_logits
 from braintumor.models.ensemble import EnsembleNet
 from braintumor.models.network import BrainTumorNet
+from braintumor.workflows.export import ensure_onnx
 
 
 @dataclass
@@ -49,6 +50,8 @@ class AdaptationResult:
     evidence: ShiftEvidence
     applied: tuple[str, ...]
     warnings: list[str] = field(default_factory=list)
+    # What happened to model.onnx (written, or why not): one line for the person running it.
+    onnx_note: str = ""
 
 
 def manifest_sha256(digests: list[str]) -> str:
@@ -241,7 +244,8 @@ def adapt_bundle(
         ensemble=config.ensemble,
         guard=bundle.guard,
     )
-    return AdaptationResult(out, record, evidence, applied, list(record.warnings))
+    onnx = ensure_onnx(out)
+    return AdaptationResult(out, record, evidence, applied, list(record.warnings), onnx.note)
 
 
 def _fit(

@@ -22,13 +22,13 @@ from braintumor.config import Recipe, load_recipe
 from braintumor.data.dataset import ImageSet, ImageTensorDataset, load_images
 from braintumor.data.layout import Sample, discover_split
 from braintumor.data.preprocessing import eval_transform, train_transform
-from braintumor.evaluation.calibrate import validation_samples
 from braintumor.evaluation.evaluate import evaluate_bundle
 from braintumor.evaluation.metrics import bootstrap_confidence_intervals
 from braintumor.inference.predictor import Predictor
 from braintumor.models import create_model, resolve_preprocessing
 from braintumor.runtime import autocast, channels_last_batch, resolve_precision, to_channels_last
 from braintumor.training.features import extract_features
+from braintumor.bundle.validation import validation_samples
 
 
 def spread_samples(data: Path, count: int, split: str = "Training") -> list[Sample]:

@@ -1,6 +1,6 @@
 """The site-adaptation protocol: a Training-only proxy to choose methods, and 2-fold cross-adaptation.
 
-The proxy re-creates a new site inside Training (as :mod:`~braintumor.research.source_holdout` does for
+The proxy re-creates a new site inside Training (as :mod:`~lib.source_holdout` does for
 training): a class's other-source images are held out, a probe (standardisation + logistic regression, the
 lite probes' head) is trained on the rest, and the target is the held-out images mixed with the validation
 split, which is in distribution, as Testing mixes copies of Training images with new sources. The target is
@@ -26,7 +26,8 @@ from braintumor.adaptation.methods import HeadState, SourceStats
 from braintumor.adaptation.pipeline import adapt_head, gate, parse_methods
 from braintumor.evaluation.metrics import bootstrap_confidence_intervals, classification_metrics
 from braintumor.layout_constants import CLASS_NAMES
-from braintumor.research.source_holdout import HELD_OUT_CLASSES, holdout_split
+
+from .source_holdout import HELD_OUT_CLASSES, holdout_split
 
 FOLD_SEED = 0
 PROXY_C = 0.1  # the probe's regularisation, fixed a priori (the middle of source_holdout's grid)

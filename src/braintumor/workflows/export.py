@@ -1,4 +1,4 @@
-"""Every bundle carries its ONNX graph: written after training, ensembling and calibration, or on first serve.
+"""Every bundle carries its ONNX graph: written after training, ensembling, calibration and adaptation.
 
 onnxruntime answers single-image requests 3-4x faster than eager PyTorch on a small CPU
 (``docs/serving.md``), so a bundle should not need a manual ``braintumor export`` before it is served.
@@ -29,9 +29,13 @@ from __future__ import annotations
 import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from braintumor.bundle import ONNX_FILE, Bundle, load_bundle
 from braintumor.errors import BrainTumorError
+
+if TYPE_CHECKING:
+    from braintumor.inference.onnx_export import OnnxExportResult
 
 # What ONNX export needs beyond the core install (the ``serve`` extra).
 _EXPORT_MODULES = ("onnx", "onnxruntime", "onnxscript")
@@ -86,3 +90,20 @@ def ensure_onnx(bundle: Bundle | Path | str) -> OnnxStatus:
         f"wrote {result.path} (parity with PyTorch: max |p_onnx - p_torch| = {result.max_abs_diff:.1e})",
         result.max_abs_diff,
     )
+
+
+def export_bundle_onnx(
+    bundle: Bundle | Path | str, out: Path | str | None = None, **settings: object
+) -> OnnxExportResult:
+    """Export the bundle's network to ONNX (default ``<bundle>/model.onnx``) after the parity check passed.
+
+    ``settings`` are those of :func:`~braintumor.inference.onnx_export.export_onnx` (``opset``, ``samples``).
+    Raises :class:`~braintumor.errors.BrainTumorError` when onnx is missing or parity fails.
+    """
+    from braintumor.inference.onnx_export import export_onnx
+
+    missing = _missing_modules()
+    if missing:
+        raise BrainTumorError(f"ONNX export needs {', '.join(missing)}: pip install 'braintumor[serve]'")
+    loaded = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
+    return export_onnx(loaded, out=out, **settings)  # type: ignore[arg-type]

@@ -25,6 +25,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from braintumor.bundle import Bundle, EnsembleMember, EnsembleSpec, load_bundle, save_bundle
@@ -98,3 +99,42 @@ def combine_bundles(
         manifest=first.config.manifest,
         ensemble=EnsembleSpec(members=members, weights=network.weights.tolist()),
     )
+
+
+@dataclass(frozen=True)
+class EnsembleResult:
+    """The ensemble bundle written, its input guard (or why it has none) and what happened to its ONNX graph."""
+
+    folder: Path
+    guard_flag_rate: float | None
+    guard_note: str | None
+    onnx_note: str
+
+
+def build_ensemble(
+    bundle_paths: Sequence[Path | str],
+    out: Path | str,
+    *,
+    weights: Sequence[float] | None = None,
+    name: str | None = None,
+    data_root: Path | str | None = None,
+    guard: bool = True,
+    show_progress: bool = True,
+) -> EnsembleResult:
+    """Combine the bundles, fit the ensemble's input guard on the members' split, and export ONNX.
+
+    The ensemble is written and usable even when the guard cannot be fitted (no data): ``guard_note`` says why
+    and how to add it later.
+    """
+    from braintumor.errors import BrainTumorError
+    from braintumor.workflows.export import ensure_onnx
+    from braintumor.workflows.guard import fit_bundle_guard
+
+    folder = combine_bundles(bundle_paths, out, weights=weights, name=name)
+    flag_rate, note = None, None
+    if guard:
+        try:
+            flag_rate = fit_bundle_guard(folder, data_root, show_progress=show_progress).spec.validation_flag_rate
+        except BrainTumorError as error:
+            note = f"{error} (add it later with `braintumor guard {folder} --data ROOT`)"
+    return EnsembleResult(folder, flag_rate, note, ensure_onnx(folder).note)

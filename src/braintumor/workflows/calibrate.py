@@ -16,7 +16,7 @@ Example:
     >>> from pathlib import Path
     >>> from braintumor.config import Recipe
     >>> from braintumor.data.synthetic import make_synthetic_dataset
-    >>> from braintumor.training.train import train_recipe
+    >>> from braintumor.workflows.train import train_recipe
     >>> work = Path(tempfile.mkdtemp())
     >>> root = make_synthetic_dataset(work / "data", per_class=6, test_per_class=2, size=32)
     >>> recipe = Recipe.model_validate({"name": "tiny", "data": {"image_size": 32, "val_fraction": 0.5},
@@ -36,9 +36,9 @@ from typing import Any
 
 import numpy as np
 
-from braintumor.bundle import Bundle, load_bundle, read_bundle_config, write_bundle_config
+from braintumor.bundle import load_bundle, read_bundle_config, write_bundle_config
+from braintumor.bundle.validation import validation_samples
 from braintumor.data.dataset import load_images
-from braintumor.data.layout import Sample, normalise_class_name
 from braintumor.errors import BrainTumorError
 from braintumor.evaluation.calibration import (
     calibration_scores,
@@ -51,6 +51,7 @@ from braintumor.evaluation.calibration import (
 from braintumor.evaluation.defaults import DEFAULT_TARGET_COVERAGE
 from braintumor.inference.predictor import Predictor, probabilities_from_logits
 from braintumor.io import write_json_atomic
+from braintumor.workflows.export import ensure_onnx
 
 
 @dataclass
@@ -63,43 +64,8 @@ class CalibrationResult:
     refer_threshold: float
     record: dict[str, Any]
     files: list[Path] = field(default_factory=list)
-
-
-def validation_samples(bundle: Bundle, data_root: Path | str | None = None) -> list[Sample]:
-    """The bundle's validation files with labels from their class folders.
-
-    The paths were recorded under the training data root; when ``data_root`` is given, paths under the
-    recorded root are looked up under ``data_root`` instead (the data moved or is mounted elsewhere).
-    """
-    training = bundle.config.training
-    recorded = training.val_paths
-    if not recorded:
-        raise BrainTumorError(
-            f"{bundle.path} records no validation files (training.val_paths): calibration needs the validation "
-            "split the bundle was trained with; train it again with this version of braintumor"
-        )
-    recorded_root = Path(training.data_root) if training.data_root else None
-    samples: list[Sample] = []
-    for value in recorded:
-        path = Path(str(value))
-        if data_root is not None and recorded_root is not None and path.is_relative_to(recorded_root):
-            path = Path(data_root) / path.relative_to(recorded_root)
-        elif data_root is not None and not path.is_absolute() and "Training" in path.parts:
-            # Bundles before 0.1 recorded paths as given on the command line, relative to where train ran.
-            path = Path(data_root).joinpath(*path.parts[path.parts.index("Training") :])
-        if not path.is_file():
-            raise BrainTumorError(
-                f"validation file {path} of bundle {bundle.path} does not exist; pass --data with the data root "
-                f"the bundle was trained on (recorded: {recorded_root or 'unknown'})"
-            )
-        class_name = normalise_class_name(path.parent.name)
-        if class_name not in bundle.class_names:
-            raise BrainTumorError(
-                f"validation file {path}: its folder {path.parent.name!r} is not a class of this bundle "
-                f"({', '.join(bundle.class_names)})"
-            )
-        samples.append(Sample(path, bundle.class_names.index(class_name)))
-    return samples
+    # What happened to model.onnx (kept, written, or why not): one line for the person running it.
+    onnx_note: str = ""
 
 
 def _write_calibration_files(
@@ -184,7 +150,8 @@ def calibrate_bundle(
     config = read_bundle_config(bundle_dir)
     config.extras.temperature, config.extras.refer_threshold, config.extras.calibration = temperature, threshold, record
     write_bundle_config(bundle_dir, config)
-    return CalibrationResult(bundle_dir, out_dir, temperature, threshold, record, files)
+    onnx = ensure_onnx(bundle_dir)
+    return CalibrationResult(bundle_dir, out_dir, temperature, threshold, record, files, onnx.note)
 
 
 def summary_rows(record: dict[str, Any]) -> list[tuple[str, str, str]]:
