@@ -44,7 +44,11 @@ if TYPE_CHECKING:
     from braintumor.config import Recipe
     from braintumor.inference.predictor import Predictor
 
-ImageInput = "str | Path | Image.Image | np.ndarray"
+
+class NotRankZero(BrainTumorError):
+    """Raised in the non-zero ranks of a multi-process (DDP) run: rank zero writes and reports."""
+
+
 # What a flagged image says instead of a diagnosis.
 FLAG_REASON = "not a brain MRI like the training images"
 DATA_ENV = "BRAINTUMOR_DATA"
@@ -152,7 +156,12 @@ def train(
     report: bool = False,
     tracker: str = "none",
     tracking_uri: str | None = None,
+    register_model: str | None = None,
     export_onnx: bool = True,
+    accelerator: str = "auto",
+    devices: int | str = 1,
+    num_nodes: int = 1,
+    strategy: str = "auto",
     show_progress: bool = True,
     say: Any = None,
 ) -> TrainRun:
@@ -169,7 +178,12 @@ def train(
         report: With ``evaluate``: also write the HTML report.
         tracker: ``none``, ``mlflow`` or ``clearml``.
         tracking_uri: The MLflow store (default ``$MLFLOW_TRACKING_URI``, else ``./mlflow.db``).
+        register_model: With MLflow: register the logged model under this name (``run.tracking["registered"]``).
         export_onnx: Write ``model.onnx`` into the bundle for fast serving.
+        accelerator: ``cpu``, ``gpu`` or ``auto`` (Lightning).
+        devices: Devices (processes) per node, or ``auto``.
+        num_nodes: Machines taking part (multi-node DDP).
+        strategy: Lightning strategy, e.g. ``ddp``.
         show_progress: Progress bars.
         say: A callable for one-line messages (default: logging).
 
@@ -185,16 +199,39 @@ def train(
     root = _require_data(data)
     run_dir = Path(out) if out is not None else Path("runs") / chosen.name
     options = RunOptions(
-        show_progress=show_progress, tracker=tracker, tracking_uri=tracking_uri, export_onnx=export_onnx
-    )  # type: ignore[arg-type]
+        show_progress=show_progress,
+        tracker=tracker,  # type: ignore[arg-type]
+        tracking_uri=tracking_uri,
+        accelerator=accelerator,
+        devices=devices,
+        num_nodes=num_nodes,
+        strategy=strategy,
+        export_onnx=export_onnx,
+    )
     result = train_recipe(chosen, root, run_dir, options=options, console_log=say)
     if result is None:  # a non-zero rank of a multi-process run
-        raise BrainTumorError("this process is not rank zero of a multi-process run: rank zero reports")
+        raise NotRankZero("this process is not rank zero of a multi-process run: rank zero reports")
+    if register_model:
+        from braintumor.training.tracking import register_model as register
+
+        model_uri, version = register(result.tracking, register_model)
+        result.tracking["registered"] = {"model_uri": model_uri, "name": register_model, "version": version}
     return finish_run(result, chosen.name, root, evaluate=evaluate, report=report, show_progress=show_progress)
 
 
-def resume(run_dir: Path | str, *, force: bool = False, show_progress: bool = True, say: Any = None) -> TrainRun:
+def resume(
+    run_dir: Path | str,
+    *,
+    force: bool = False,
+    evaluate: bool = False,
+    report: bool = False,
+    show_progress: bool = True,
+    say: Any = None,
+    **run_options: Any,
+) -> TrainRun:
     """Continue an interrupted training run to the model the uninterrupted run gives.
+
+    ``run_options`` are those of :func:`train` that say how to run (``tracker``, ``accelerator``, ``devices``...).
 
     Raises:
         BrainTumorError: no run there, or its recipe, data or code changed (pass ``force=True`` to go on anyway).
@@ -202,11 +239,14 @@ def resume(run_dir: Path | str, *, force: bool = False, show_progress: bool = Tr
     from braintumor.workflows.train import RunOptions, read_run_file, resume_run
 
     record = read_run_file(run_dir)
-    options = RunOptions(show_progress=show_progress, tracker=record.get("options", {}).get("tracker", "none"))
+    options = RunOptions(show_progress=show_progress, **run_options)
     result = resume_run(run_dir, options=options, console_log=say, force=force)
     if result is None:
-        raise BrainTumorError("this process is not rank zero of a multi-process run: rank zero reports")
-    return finish_run(result, record["recipe"]["name"], Path(record["data_root"]), show_progress=show_progress)
+        raise NotRankZero("this process is not rank zero of a multi-process run: rank zero reports")
+    root = Path(record["data_root"])
+    return finish_run(
+        result, record["recipe"]["name"], root, evaluate=evaluate, report=report, show_progress=show_progress
+    )
 
 
 def finish_run(
@@ -229,7 +269,7 @@ def finish_run(
 
         run.evaluation = run.bundle.evaluate(
             root, "Testing", run.run_dir / "eval-Testing", report=report, show_progress=show_progress
-        )
+        )  # the official split: reported with the run, never used to choose anything
         metrics = run.evaluation.metrics
         log_final_metrics(
             result.logger,
@@ -311,14 +351,9 @@ def adapt(
         onnx_note=result.onnx_note,
         applied=list(result.applied),
         warnings=list(result.warnings),
-        raw={"record": result.record.model_dump(mode="json"), "evidence": _jsonable_evidence(result.evidence)},
+        record=result.record,
+        evidence=result.evidence,
     )
-
-
-def _jsonable_evidence(evidence: Any) -> dict[str, Any]:
-    from dataclasses import asdict, is_dataclass
-
-    return asdict(evidence) if is_dataclass(evidence) else dict(getattr(evidence, "__dict__", {}))
 
 
 def ensemble(

@@ -21,7 +21,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, overload
 
@@ -40,6 +40,10 @@ def _jsonable(value: Any) -> Any:
         return [_jsonable(item) for item in value]
     if hasattr(value, "to_dict"):
         return value.to_dict()
+    if hasattr(value, "model_dump"):  # pydantic records (bundle configs, adaptation records)
+        return value.model_dump(mode="json")
+    if is_dataclass(value) and not isinstance(value, type):
+        return _jsonable(asdict(value))
     return value
 
 
@@ -297,8 +301,9 @@ class Adaptation(_Result):
     bundle: Any  # braintumor.api.Bundle: the adapted bundle
     applied: list[str]
     warnings: list[str]
+    record: Any  # braintumor.bundle.AdaptationRecord: method, images, settings, what the guard rejected
+    evidence: Any  # braintumor.adaptation.ShiftEvidence: whether the site looks shifted, and why
     onnx_note: str = ""
-    raw: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
     def bundle_path(self) -> Path:

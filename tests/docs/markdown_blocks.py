@@ -12,7 +12,7 @@ REPO = Path(__file__).resolve().parents[2]
 FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>```+|~~~+)[ \t]*(?P<info>[^`\s]*)[^`]*$")
 NOT_RUN = re.compile(r"^\s*<!--\s*not run:(?P<reason>.*?)-->\s*$")
 NOT_RUN_LOOSE = re.compile(r"<!--\s*not run\b", re.IGNORECASE)
-REQUIRES = re.compile(r"<!--\s*requires:\s*(?P<what>[\w, -]+?)\s*-->")
+REQUIRES = re.compile(r"^\s*<!--\s*requires:\s*(?P<what>[\w, -]+?)\s*-->\s*$", re.MULTILINE)
 
 
 @dataclass(frozen=True)

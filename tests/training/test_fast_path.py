@@ -18,7 +18,6 @@ from braintumor.config import RecipeError, load_recipe
 from braintumor.data.dataset import ImageSet, load_images
 from braintumor.data.layout import discover_split
 from braintumor.data.preprocessing import Preprocessing, eval_transform
-from braintumor.inference import onnx_bundle
 from braintumor.inference.onnx_export import PARITY_TOLERANCE, OnnxPredictor
 from braintumor.inference.predictor import Predictor
 from braintumor.models import create_model, resolve_preprocessing
@@ -29,6 +28,7 @@ from braintumor.serving.settings import ServeSettings
 from braintumor.training.features import extract_features
 from braintumor.training.fitting import RunOptions
 from braintumor.training.module import ClassifierModule
+from braintumor.workflows import export as onnx_bundle
 from braintumor.workflows.train import train_recipe
 from tests.conftest import tiny_recipe
 from tests.training.test_cached_stage import TINY_LITE
@@ -129,24 +129,20 @@ def _old_bundle(folder: Path) -> Path:
     return save_bundle(folder, model, recipe, resolve_preprocessing(recipe, model))
 
 
-def test_serving_an_old_bundle_exports_its_onnx_graph_first(tmp_path: Path) -> None:
+def test_serving_an_old_bundle_reads_it_only_and_says_how_to_add_onnx(tmp_path: Path) -> None:
     folder = _old_bundle(tmp_path / "old")
-    service = ModelService(folder, ServeSettings())
-    assert (folder / ONNX_FILE).is_file()
-    assert service.ref.backend == "onnxruntime"
-    assert not list(folder.parent.glob(".*.tmp"))  # the graph was renamed into place, nothing left behind
-
-
-def test_an_old_bundle_that_cannot_be_exported_is_served_with_pytorch_and_says_why(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    folder = _old_bundle(tmp_path / "old")
-    monkeypatch.setattr(onnx_bundle, "_missing_modules", lambda: ["onnxscript"])
+    before = sorted(path.name for path in folder.iterdir())
     service = ModelService(folder, ServeSettings())
     assert service.ref.backend == "pytorch" and not (folder / ONNX_FILE).exists()
-    assert (
-        service.onnx_note is not None and "onnxscript" in service.onnx_note and "braintumor export" in service.onnx_note
-    )
+    assert sorted(path.name for path in folder.iterdir()) == before
+    assert service.onnx_note is not None and "braintumor export" in service.onnx_note
+
+
+def test_ensure_onnx_says_why_it_cannot_export(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = _old_bundle(tmp_path / "old")
+    monkeypatch.setattr(onnx_bundle, "_missing_modules", lambda: ["onnxscript"])
+    status = onnx_bundle.ensure_onnx(folder)
+    assert not status.available and "onnxscript" in status.note and "braintumor export" in status.note
 
     def read_only(*args: object, **kwargs: object) -> None:
         raise PermissionError("read-only file system")
@@ -155,6 +151,7 @@ def test_an_old_bundle_that_cannot_be_exported_is_served_with_pytorch_and_says_w
     monkeypatch.setattr("braintumor.inference.onnx_export.tempfile.mkstemp", read_only)
     status = onnx_bundle.ensure_onnx(folder)
     assert not status.available and "read-only" in status.note
+    assert not (folder / ONNX_FILE).exists()
 
 
 def test_the_allocator_tuning_can_be_turned_off() -> None:

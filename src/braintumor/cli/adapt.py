@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from braintumor.adaptation.defaults import DEFAULT_METHOD, METHODS
-from braintumor.cli.common import QuietOption, ensure_onnx_and_say, stage_errors, warn
+from braintumor.cli.common import QuietOption, stage_errors, warn
 
 
 def adapt_command(
@@ -30,11 +30,11 @@ def adapt_command(
     quiet: bool = QuietOption,
 ) -> None:
     """Adapt a bundle to a new site from its unlabelled scans (no label is read)."""
+    import braintumor
     from braintumor.cli.display import console
-    from braintumor.workflows.adapt import adapt_bundle
 
     with stage_errors():
-        result = adapt_bundle(bundle, images, out, method=method, force=force, show_progress=not quiet)
+        result = braintumor.adapt(bundle, images, out, method=method, force=force, show_progress=not quiet)
     record = result.record
     if method is None:
         console.print(f"method {record.method} (the bundle recipe's adapt.method)", highlight=False)
@@ -54,7 +54,7 @@ def adapt_command(
         console.print(f"class priors estimated by EM: {fitted['em_priors']}", highlight=False)
     console.print(
         f"adapted with {record.settings.get('applied') or 'nothing'} on {record.n_images} images "
-        f"(manifest {record.manifest_sha256[:12]}); bundle written: {result.out}",
+        f"(manifest {record.manifest_sha256[:12]}); bundle written: {result.bundle_path}",
         highlight=False,
     )
-    ensure_onnx_and_say(result.out)
+    console.print(f"onnx: {result.onnx_note}", highlight=False)

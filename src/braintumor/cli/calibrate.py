@@ -3,22 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import typer
 
-from braintumor.cli.common import QuietOption, TtaOption, data_root_or_none, ensure_onnx_and_say, stage_errors, warn
+from braintumor.cli.common import QuietOption, TtaOption, data_root_or_none, stage_errors, warn
 from braintumor.evaluation.defaults import DEFAULT_TARGET_COVERAGE
-
-if TYPE_CHECKING:
-    from braintumor.guard import GuardSpec
-
-
-def _refit_guard(bundle: Path, root: Path | None, quiet: bool) -> GuardSpec:
-    """Fit the bundle's input guard again (``--guard``) and return its new definition."""
-    from braintumor.workflows.guard import fit_bundle_guard
-
-    return fit_bundle_guard(bundle, root, show_progress=not quiet).spec
 
 
 def calibrate_command(
@@ -49,15 +38,16 @@ def calibrate_command(
     """Fit temperature scaling and a referral threshold on the bundle's validation split (never Testing)."""
     from rich.table import Table
 
-    from braintumor.bundle import read_bundle_config
+    import braintumor
     from braintumor.cli.display import console
-    from braintumor.workflows.calibrate import calibrate_bundle, summary_rows
+    from braintumor.evaluation.calibration import summary_rows
 
     root = data_root_or_none(data)
     with stage_errors():
-        result = calibrate_bundle(bundle, root, out, target_coverage=target_coverage, tta=tta, show_progress=not quiet)
-        spec = _refit_guard(bundle, root, quiet) if guard else None
-    record = result.record
+        model = braintumor.load(bundle)
+        result = model.calibrate(root, out, target_coverage=target_coverage, tta=tta, show_progress=not quiet)
+        spec = model.fit_guard(root, show_progress=not quiet) if guard else None
+    record = result.raw
     table = Table(title=f"Calibration on the validation split ({record['n_images']} images)")
     for column in ("score", "before", "after"):
         table.add_column(column, justify="right" if column != "score" else "left")
@@ -77,8 +67,8 @@ def calibrate_command(
             f"{spec.n_val} validation images flagged (thresholds at their {spec.quantile:g} quantile)",
             highlight=False,
         )
-    elif read_bundle_config(result.bundle_dir).extras.guard is None:
+    elif model.config.extras.guard is None:
         warn("note", f"{bundle} has no input guard: add one with --guard (or `braintumor guard {bundle}`)")
-    console.print(f"bundle updated: {result.bundle_dir / 'config.json'}")
+    console.print(f"bundle updated: {model.path / 'config.json'}")
     console.print(f"calibration files: {result.out_dir}")
-    ensure_onnx_and_say(result.bundle_dir)
+    console.print(f"onnx: {result.onnx_note}", highlight=False)

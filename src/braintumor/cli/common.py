@@ -1,13 +1,18 @@
-"""What every command shares: the one way to fail, the data-root rule and the common options.
+"""What every command shares: the one way to fail, the data-root rule, the common options and the output rules.
 
 A stage function raises a :class:`~braintumor.errors.BrainTumorError` with a message a person can act
-on; only the CLI turns it into one red line and exit code 2 (:func:`stage_errors`), never a traceback.
+on; only the CLI turns it into one red line on standard error and exit code 2 (:func:`stage_errors`), never a
+traceback. Third-party log lines, warnings and progress bars stay hidden unless ``--verbose``
+(:func:`third_party_output`); ``-`` as an output file is standard output (:func:`write_output`).
 """
 
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import Iterator
+import tempfile
+import warnings
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import NoReturn
@@ -15,7 +20,7 @@ from typing import NoReturn
 import typer
 from rich.markup import escape
 
-from braintumor.cli.display import console
+from braintumor.cli.display import err_console
 from braintumor.errors import BrainTumorError
 
 DATA_ENV = "BRAINTUMOR_DATA"
@@ -42,7 +47,7 @@ PrecisionOption = typer.Option(
 def fail(message: str) -> NoReturn:
     """Print ``error: message`` and exit with code 2."""
     # soft_wrap: one line however wide the terminal (scripts grep it); escape: a "[...]" in a path is not markup.
-    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code=EXIT_USER_ERROR)
 
 
@@ -72,16 +77,66 @@ def data_root(data: Path | None) -> Path:
 
 
 def warn(subject: str, message: str) -> None:
-    """One yellow line: ``subject message`` (skipped files, notes, warnings)."""
-    console.print(f"[yellow]{subject}[/] {message}", highlight=False)
+    """One yellow line on standard error: ``subject message`` (skipped files, notes, warnings)."""
+    err_console.print(f"[yellow]{subject}[/] {message}", highlight=False)
 
 
-def ensure_onnx_and_say(bundle: Path) -> None:
-    """Write ``model.onnx`` into ``bundle`` when it is missing and say what happened (never fails the command)."""
-    from braintumor.workflows.export import ensure_onnx
+STDOUT = "-"
+# What the CLI hides unless --verbose: MLflow's log lines (its database set-up among them) and tqdm bars while it
+# logs or downloads artifacts, Lightning's note that it creates the MLflow experiment, ClearML's log lines.
+_QUIET_ENV = {"MLFLOW_LOGGING_LEVEL": "ERROR", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
+_QUIET_LOGGERS = ("mlflow", "alembic", "sqlalchemy", "lightning.pytorch.loggers.mlflow", "clearml")
 
-    status = ensure_onnx(bundle)
-    if status.available:
-        console.print(f"onnx: {status.note}", highlight=False)
-    else:
-        warn("onnx:", f"{status.note}; `braintumor serve` uses PyTorch until then")
+
+def is_stdout(path: Path | None) -> bool:
+    """Whether an output option was given as ``-``: standard output."""
+    return path is not None and str(path) == STDOUT
+
+
+def write_output(path: Path, write: Callable[[Path], object]) -> None:
+    """``write(path)``; for ``-``, the same writer into a temporary file whose text goes to standard output."""
+    if not is_stdout(path):
+        write(path)
+        return
+    with tempfile.TemporaryDirectory(prefix="braintumor-") as folder:
+        temporary = Path(folder) / "output"
+        write(temporary)
+        text = temporary.read_text(encoding="utf-8")
+    typer.echo(text, nl=not text.endswith("\n"))
+
+
+@contextmanager
+def third_party_output(verbose: bool) -> Iterator[None]:
+    """While a command runs: third-party log lines, warnings and progress bars hidden, or shown with ``verbose``.
+
+    Hidden: those libraries' loggers pass only errors, Python warnings are ignored and MLflow draws no progress
+    bars (an MLflow variable set in the environment wins). Shown: every logger's INFO lines on standard error.
+    Everything is restored afterwards.
+    """
+    saved_env = {name: os.environ.get(name) for name in _QUIET_ENV}
+    saved_levels = {name: logging.getLogger(name).level for name in _QUIET_LOGGERS}
+    root, root_level = logging.getLogger(), logging.getLogger().level
+    handler = logging.StreamHandler()  # standard error
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    with warnings.catch_warnings():
+        if verbose:
+            root.addHandler(handler)
+            root.setLevel(logging.INFO)
+        else:
+            warnings.simplefilter("ignore")
+            for name, value in _QUIET_ENV.items():
+                os.environ.setdefault(name, value)
+            for name in _QUIET_LOGGERS:
+                logging.getLogger(name).setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            root.removeHandler(handler)
+            root.setLevel(root_level)
+            for name, level in saved_levels.items():
+                logging.getLogger(name).setLevel(level)
+            for name, value in saved_env.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value

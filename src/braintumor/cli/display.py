@@ -1,17 +1,58 @@
-"""Rich tables for the terminal: what the CLI prints after each command."""
+"""Rich tables for the terminal: what the CLI prints after each command.
+
+Every table reads at 80 columns: the wide ones drop their least useful columns when the terminal is too
+narrow for them (:class:`Fitted`) and say in the caption what is hidden, instead of cutting cells with "…".
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import datetime as dt
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import PurePath
 from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
+from rich.console import Console, ConsoleOptions, RenderResult
+from rich.measure import Measurement
 from rich.table import Table
 
 if TYPE_CHECKING:
     from braintumor.inference.predictor import Prediction
 
 console = Console()
+# Errors, warnings and notes; also the tables of a command whose standard output carries JSON or CSV.
+err_console = Console(stderr=True)
+
+# Short forms of the advice, for tables too narrow for the sentences (the summary lines below them say them in full).
+REFER_SHORT = "refer"
+OOD_SHORT = "no diagnosis"
+# A file name longer than this folds onto a second line rather than pushing other columns out.
+_NAME_WIDTH = 28
+
+
+class Fitted:
+    """The fullest of a table's layouts that fits the console's width; the narrowest when none does.
+
+    ``build(level)`` returns the table at ``level`` (0 = every column), for ``level`` below ``levels``.
+    """
+
+    def __init__(self, build: Callable[[int], Table], levels: int) -> None:
+        self.build = build
+        self.levels = levels
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        yield self.table_for(console, options)
+
+    def __rich_measure__(self, console: Console, options: ConsoleOptions) -> Measurement:
+        return Measurement.get(console, options, self.table_for(console, options))
+
+    def table_for(self, console: Console, options: ConsoleOptions) -> Table:
+        """The table at the lowest level whose natural width fits ``options.max_width``."""
+        unlimited = options.update_width(10_000)
+        for level in range(self.levels):
+            table = self.build(level)
+            if Measurement.get(console, unlimited, table).maximum <= options.max_width:
+                return table
+        return table
 
 
 def metrics_table(metrics: dict[str, Any], title: str) -> Table:
@@ -36,35 +77,66 @@ def metrics_table(metrics: dict[str, Any], title: str) -> Table:
     return table
 
 
-def predictions_table(predictions: Sequence[Prediction], class_names: Sequence[str]) -> Table:
+def display_names(sources: Sequence[str]) -> list[str]:
+    """File names for a table: the bare name, or ``folder/name`` when two inputs share a name.
+
+    Example:
+        >>> display_names(["a/glioma/1.jpg", "a/no_tumor/1.jpg", "b/x.png"])
+        ['glioma/1.jpg', 'no_tumor/1.jpg', 'x.png']
+    """
+    paths = [PurePath(source) for source in sources]
+    names = [path.name for path in paths]
+    repeated = {name for name in names if names.count(name) > 1}
+    return [f"{path.parent.name}/{path.name}" if path.name in repeated else path.name for path in paths]
+
+
+def predictions_table(predictions: Sequence[Prediction], class_names: Sequence[str]) -> Fitted:
+    """One line per image: its file name, the class and probabilities, and the guard's and referral's advice.
+
+    On a narrow terminal the advice is shortened first, then the input guard's scores go, then the other classes'
+    probabilities (``--json``/``--csv`` have them all, with the full paths).
+    """
     from braintumor.inference.predictor import OOD_MESSAGE, REFER_MESSAGE
 
     # Bundles with a referral threshold (braintumor calibrate) say which answers a person must check;
     # bundles with an input guard say which inputs are not brain MRIs like the training images.
-    with_referral = any(prediction.referred is not None for prediction in predictions)
     with_guard = any(prediction.out_of_distribution is not None for prediction in predictions)
-    table = Table(title="Predictions")
-    table.add_column("image", overflow="fold")
-    table.add_column("class", style="bold")
-    for name in class_names:
-        table.add_column(name, justify="right")
-    if with_guard:
-        table.add_column("ood score", justify="right")
-    if with_referral or with_guard:
-        table.add_column("advice")
-    for prediction in predictions:
-        flagged = bool(prediction.out_of_distribution)
-        advice = (
-            f"[bold red]{OOD_MESSAGE}" if flagged else (f"[bold yellow]{REFER_MESSAGE}" if prediction.referred else "")
-        )
-        table.add_row(
-            prediction.source,
-            "[red]none (flagged)" if flagged else prediction.class_name,
-            *[f"{prediction.probabilities[name]:.3f}" for name in class_names],
-            *([f"{prediction.ood_score:.2f}"] if with_guard else []),
-            *([advice] if with_referral or with_guard else []),
-        )
-    return table
+    with_advice = any(prediction.out_of_distribution or prediction.referred for prediction in predictions)
+    names = display_names([prediction.source for prediction in predictions])
+
+    def advice(prediction: Prediction, short: bool) -> str:
+        if prediction.out_of_distribution:
+            return f"[bold red]{OOD_SHORT if short else OOD_MESSAGE}"
+        return f"[bold yellow]{REFER_SHORT if short else REFER_MESSAGE}" if prediction.referred else ""
+
+    def build(level: int) -> Table:
+        short, scores, every_class = level > 0, with_guard and level != 2, level < 3
+        table = Table(title="Predictions")
+        table.add_column("image", overflow="fold", max_width=_NAME_WIDTH)
+        table.add_column("class", style="bold", no_wrap=True)
+        for name in class_names if every_class else ["p"]:
+            table.add_column(name, justify="right", no_wrap=True)
+        if scores:
+            table.add_column("ood score", justify="right")
+        if with_advice:
+            table.add_column("advice", overflow="fold")
+        for name, prediction in zip(names, predictions, strict=True):
+            flagged = bool(prediction.out_of_distribution)
+            shown = class_names if every_class else [prediction.class_name]
+            table.add_row(
+                name,
+                "[red]none (flagged)" if flagged else prediction.class_name,
+                *[f"{prediction.probabilities[column]:.3f}" for column in shown],
+                *([f"{prediction.ood_score:.2f}"] if scores else []),
+                *([advice(prediction, short)] if with_advice else []),
+            )
+        if not every_class:
+            table.caption = "p: probability of the class (every class's: --json or --csv)"
+        elif with_guard and not scores:
+            table.caption = "ood scores: --json or --csv"
+        return table
+
+    return Fitted(build, levels=4)
 
 
 def uncertainty_lines(metrics: dict[str, Any]) -> list[str]:
@@ -93,79 +165,96 @@ def uncertainty_lines(metrics: dict[str, Any]) -> list[str]:
     return lines
 
 
-def runs_table(rows: Sequence[dict[str, Any]]) -> Table:
-    """``braintumor runs``: one line per tracked training run."""
-    import datetime as dt
+# braintumor runs: these columns always show; the optional ones go, last first, when the terminal is too narrow.
+_RUN_COLUMNS = ("started (UTC)", "recipe", "status", "val acc", "test acc")
+_OPTIONAL_RUN_COLUMNS = ("test macro-F1", "run", "val loss", "model URI")
+
+
+def _run_cells(row: dict[str, Any]) -> dict[str, str]:
+    """Every column of ``braintumor runs`` for one run, as text."""
 
     def number(value: float | None, percent: bool = False) -> str:
         if value is None:
             return "-"
         return f"{value:.2%}" if percent else f"{value:.4f}"
 
-    table = Table(title="Training runs (MLflow)")
-    for column in ("started (UTC)", "run", "recipe", "status", "val acc", "val loss", "test acc", "test macro-F1"):
-        table.add_column(column)
-    table.add_column("model URI", overflow="fold")
-    for row in rows:
-        started = dt.datetime.fromtimestamp(row["started"] / 1000, tz=dt.UTC).strftime("%Y-%m-%d %H:%M")
-        table.add_row(
-            started,
-            row["name"],
-            row["recipe"],
-            row["status"],
-            number(row["best_val_accuracy"], True),
-            number(row["best_val_loss"]),
-            number(row["test_accuracy"], True),
-            number(row["test_macro_f1"]),
-            row.get("model_uri") or "-",
-        )
-    return table
+    return {
+        "started (UTC)": dt.datetime.fromtimestamp(row["started"] / 1000, tz=dt.UTC).strftime("%Y-%m-%d %H:%M"),
+        "recipe": row["recipe"] or "-",
+        "status": row["status"],
+        "val acc": number(row["best_val_accuracy"], True),
+        "test acc": number(row["test_accuracy"], True),
+        "test macro-F1": number(row["test_macro_f1"]),
+        "run": row["name"] or "-",
+        "val loss": number(row["best_val_loss"]),
+        "model URI": row.get("model_uri") or "-",
+    }
+
+
+def runs_table(rows: Sequence[dict[str, Any]]) -> Fitted:
+    """``braintumor runs``: one line per tracked training run; date, recipe, status and accuracies always show."""
+    cells = [_run_cells(row) for row in rows]
+    numeric = {"val acc", "test acc", "test macro-F1", "val loss"}
+
+    def build(level: int) -> Table:
+        hidden = _OPTIONAL_RUN_COLUMNS[len(_OPTIONAL_RUN_COLUMNS) - level :] if level else ()
+        columns = [*_RUN_COLUMNS, *(c for c in _OPTIONAL_RUN_COLUMNS if c not in hidden)]
+        table = Table(title="Training runs (MLflow)")
+        for column in columns:
+            table.add_column(column, overflow="fold", justify="right" if column in numeric else "left")
+        for values in cells:
+            table.add_row(*(values[column] for column in columns))
+        if hidden:
+            table.caption = f"not shown at this width: {', '.join(hidden)}"
+        return table
+
+    return Fitted(build, levels=len(_OPTIONAL_RUN_COLUMNS) + 1)
+
+
+def _audit_rows(audit: dict[str, Any]) -> Iterable[list[str]]:
+    """Each split's row, followed by its classes' rows when the split was checked against Training."""
+    for name, split in audit["splits"].items():
+        leak = audit["leakage"].get(name)
+        searched = bool(leak and leak["near_search"])
+        yield [
+            name,
+            str(split["files"]),
+            str(split["undecodable"]),
+            str(split["redundant_exact_copies"]),
+            str(leak["exact_copy"]) if leak else "",
+            (str(leak["near_copy"]) if searched else "-") if leak else "",
+            (str(leak["clean"]) if searched else "-") if leak else "",
+        ]
+        for class_name, counts in (leak["by_class"] if leak else {}).items():
+            yield [
+                f"  {class_name}",
+                str(sum(counts.values())),
+                str(counts["undecodable"]),
+                "",
+                str(counts["exact_copy"]),
+                str(counts["near_copy"]) if searched else "-",
+                str(counts["clean"]) if searched else "-",
+            ]
 
 
 def audit_table(audit: dict[str, Any]) -> Table:
     """A rich table of the audit's headline numbers, for the terminal."""
     table = Table(title=f"Data audit of {audit['data_root']}")
     table.add_column("")
-    table.add_column("files", justify="right")
-    table.add_column("undecodable", justify="right")
-    table.add_column("redundant exact copies inside", justify="right")
-    table.add_column("exact copy in Training", justify="right")
-    table.add_column("near copy in Training", justify="right")
+    for header in ("files", "un-\nreadable", "copies\ninside", "exact\ncopy in\nTraining", "near\ncopy in\nTraining"):
+        table.add_column(header, justify="right")
     table.add_column("clean", justify="right")
-    for name, split in audit["splits"].items():
-        leak = audit["leakage"].get(name)
-        searched = bool(leak and leak["near_search"])
-        near = (str(leak["near_copy"]) if searched else "not searched") if leak else ""
-        clean = (str(leak["clean"]) if searched else "not searched") if leak else ""
-        table.add_row(
-            name,
-            str(split["files"]),
-            str(split["undecodable"]),
-            str(split["redundant_exact_copies"]),
-            str(leak["exact_copy"]) if leak else "",
-            near,
-            clean,
-        )
-    for name, leak in audit["leakage"].items():
-        for class_name, counts in leak["by_class"].items():
-            table.add_row(
-                f"  {name} {class_name}",
-                str(sum(counts.values())),
-                str(counts["undecodable"]),
-                "",
-                str(counts["exact_copy"]),
-                str(counts["near_copy"]) if leak["near_search"] else "",
-                str(counts["clean"]) if leak["near_search"] else "",
-            )
+    for row in _audit_rows(audit):
+        table.add_row(*row)
     exact = audit["exact_duplicates"]
-    table.caption = (
-        f"{exact['cross_split_groups']} byte-identical groups span splits; "
-        f"{len(audit['near_duplicates']['pairs'])} near-copy pairs; "
-        f"{len(audit['label_conflicts'])} label conflicts"
-        + (
-            f"; training drops {audit['training_drop']['removed_copies']} exact copies inside Training"
-            if audit.get("training_drop")
-            else ""
-        )
-    )
+    notes = [
+        f"{exact['cross_split_groups']} byte-identical groups span splits",
+        f"{len(audit['near_duplicates']['pairs'])} near-copy pairs",
+        f"{len(audit['label_conflicts'])} label conflicts",
+    ]
+    if audit.get("training_drop"):
+        notes.append(f"training drops {audit['training_drop']['removed_copies']} exact copies inside Training")
+    if any(leak and not leak["near_search"] for leak in audit["leakage"].values()):
+        notes.append("-: near copies not searched")
+    table.caption = "; ".join(notes)
     return table

@@ -10,7 +10,6 @@ from braintumor.cli.common import (
     DataOption,
     QuietOption,
     data_root_or_none,
-    ensure_onnx_and_say,
     fail,
     stage_errors,
     warn,
@@ -33,22 +32,25 @@ def ensemble_command(
     The ensemble's input guard is fitted on the members' shared training split (from --data, else the
     members' recorded data root).
     """
+    import braintumor
     from braintumor.cli.display import console
-    from braintumor.errors import BrainTumorError
-    from braintumor.workflows.ensemble import combine_bundles
-    from braintumor.workflows.guard import fit_bundle_guard
 
     try:
         parsed = [float(part) for part in weights.split(",")] if weights else None
     except ValueError:
         fail(f"--weights must be comma-separated numbers, got {weights!r}")
     with stage_errors():
-        folder = combine_bundles(bundles, out, weights=parsed, name=name)
-    console.print(f"wrote ensemble of {len(bundles)} bundles to {folder}")
-    if guard:
-        try:
-            spec = fit_bundle_guard(folder, data_root_or_none(data), show_progress=not quiet).spec
-            console.print(f"input guard fitted: {spec.validation_flag_rate:.1%} of validation images flagged")
-        except BrainTumorError as error:  # the ensemble itself is written and usable: say how to add the guard
-            warn("guard: none", f"{error} (add it later with `braintumor guard {folder} --data ROOT`)")
-    ensure_onnx_and_say(folder)
+        combined = braintumor.ensemble(
+            bundles,
+            out,
+            weights=parsed,
+            name=name,
+            data=data_root_or_none(data),
+            guard=guard,
+            show_progress=not quiet,
+            say=lambda note: warn("note:", note),
+        )
+    console.print(f"wrote ensemble of {len(bundles)} bundles to {combined.path}")
+    if combined.config.extras.guard is not None:
+        rate = combined.config.extras.guard.validation_flag_rate
+        console.print(f"input guard fitted: {rate:.1%} of validation images flagged")

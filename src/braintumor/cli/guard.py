@@ -22,14 +22,13 @@ def guard_command(
     quiet: bool = QuietOption,
 ) -> None:
     """Fit the input guard that flags inputs unlike the Training images (never reads Testing)."""
+    import braintumor
     from braintumor.cli.display import console
-    from braintumor.workflows.guard import fit_bundle_guard
 
     with stage_errors():
-        guard = fit_bundle_guard(
-            bundle, data_root_or_none(data), detector=detector, quantile=quantile, show_progress=not quiet
+        spec = braintumor.load(bundle).fit_guard(
+            data_root_or_none(data), detector=detector, quantile=quantile, show_progress=not quiet
         )
-    spec = guard.spec
     console.print(
         f"input guard: {spec.detector} on the penultimate features + image evidence, thresholds at the "
         f"{spec.quantile:g} quantile of {spec.n_val} validation images; {spec.validation_flag_rate:.1%} of them "

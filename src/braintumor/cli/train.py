@@ -10,8 +10,7 @@ import typer
 from braintumor.cli.common import DataOption, QuietOption, data_root, fail, stage_errors
 
 if TYPE_CHECKING:
-    from braintumor.config import Recipe
-    from braintumor.workflows.train import TrainResult
+    from braintumor.results import TrainRun
 
 TRACKERS = ("mlflow", "clearml", "none")
 DEFAULT_RECIPE = "lite2-probe"
@@ -51,85 +50,77 @@ def train_command(
     With MLflow tracking the bundle is also logged as an MLflow pyfunc model (its URI is printed and shown by
     `braintumor runs`); --register-model NAME registers it.
     """
-    from braintumor.cli.display import console, metrics_table
-    from braintumor.workflows.train import RunOptions, read_run_file, resume_run, train_recipe
+    import braintumor
+    from braintumor.api import NotRankZero
+    from braintumor.cli.display import console
 
     if tracker not in TRACKERS:
         fail(f"--tracker must be one of {', '.join(TRACKERS)} (got {tracker!r})")
-    options = RunOptions(
-        show_progress=not quiet,
-        tracker=tracker,  # type: ignore[arg-type]
-        tracking_uri=tracking_uri,
-        accelerator=accelerator,
-        devices=int(devices) if devices.isdigit() else devices,
-        num_nodes=num_nodes,
-        strategy=strategy,
-        export_onnx=onnx,
-    )
+    how = {
+        "tracker": tracker,
+        "tracking_uri": tracking_uri,
+        "accelerator": accelerator,
+        "devices": int(devices) if devices.isdigit() else devices,
+        "num_nodes": num_nodes,
+        "strategy": strategy,
+        "export_onnx": onnx,
+    }
+    shared = {"evaluate": evaluate, "report": report, "show_progress": not quiet, "say": console.print}
     with stage_errors():
-        if resume is not None:
-            record = read_run_file(resume)
-            root, name, run_dir = Path(record["data_root"]), record["recipe"]["name"], resume
-            console.print(f"[bold]resuming[/] {name} in {run_dir}")
-            result = resume_run(resume, options=options, console_log=console.print, force=force)
-        else:
-            root = data_root(data)
-            chosen = _chosen_recipe(recipe, overrides, weights, epochs)
-            name, run_dir = chosen.name, out or Path("runs") / chosen.name
-            console.print(f"[bold]training[/] {name} on {root} -> {run_dir}")
-            result = train_recipe(chosen, root, run_dir, options=options, console_log=console.print)
-        if result is None:  # a non-zero rank of a multi-process run: rank zero reports
+        try:
+            if resume is not None:
+                console.print(f"[bold]resuming[/] {resume}")
+                run = braintumor.resume(resume, force=force, **how, **shared)
+            else:
+                root = data_root(data)
+                out_dir = out or Path("runs") / _recipe_name(recipe)
+                console.print(f"[bold]training[/] {recipe} on {root} -> {out_dir}")
+                run = braintumor.train(
+                    recipe,
+                    root,
+                    out_dir,
+                    overrides=overrides,
+                    epochs=epochs,
+                    weights=weights,
+                    register_model=register_model,
+                    **how,
+                    **shared,
+                )
+        except NotRankZero:  # a non-zero rank of a multi-process run: rank zero reports
             return
-        title = f"{name}: validation split (best epoch {result.best_epoch}, {result.duration_s:.0f} s)"
-        console.print(metrics_table(result.val_metrics, title))
-        console.print(f"bundle: {result.bundle_dir}")
-        if register_model:
-            _register(result, register_model)
-        if result.tracking.get("offline_folder"):
-            console.print(f"ClearML offline session: {result.tracking['offline_folder']}")
-        if evaluate:
-            _evaluate_trained(result, name, root, run_dir, report=report, quiet=quiet)
+    print_run(run)
 
 
-def _register(result: TrainResult, name: str) -> None:
-    """``--register-model``: the run's pyfunc model in the MLflow registry."""
-    from braintumor.cli.display import console
-    from braintumor.training.tracking import register_model
-
-    model_uri, version = register_model(result.tracking, name)
-    console.print(f"registered {model_uri} as models:/{name}/{version}", highlight=False)
+def _recipe_name(recipe: str) -> str:
+    """The run folder's default name: the recipe's name (a YAML path's stem)."""
+    return Path(recipe).stem if recipe.endswith((".yaml", ".yml")) else recipe
 
 
-def _chosen_recipe(recipe: str, overrides: list[str], weights: Path | None, epochs: int | None) -> Recipe:
-    """The named recipe with the ``--set`` overrides, then ``--weights`` and ``--epochs`` on top."""
-    from braintumor.config import load_recipe
-
-    extra = list(overrides)
-    if weights is not None:
-        extra.append(f"model.weights={weights}")
-    if epochs is not None:
-        extra.append(f"train.max_epochs={epochs}")
-    return load_recipe(recipe, extra)
-
-
-def _evaluate_trained(result: TrainResult, name: str, root: Path, run_dir: Path, *, report: bool, quiet: bool) -> None:
-    """``train --evaluate``: the official Testing split, its metrics tracked with the run."""
+def print_run(run: TrainRun) -> None:
+    """The validation table, where the bundle is, and the Testing evaluation when there is one."""
     from braintumor.cli.display import console, metrics_table
     from braintumor.cli.evaluate import guard_line
-    from braintumor.evaluation.evaluate import evaluate_bundle
-    from braintumor.training.tracking import log_artifacts, log_final_metrics
 
-    evaluation = evaluate_bundle(result.bundle_dir, root, "Testing", run_dir / "eval-Testing", show_progress=not quiet)
-    console.print(metrics_table(evaluation.metrics, f"{name}: official Testing split"))
-    console.print(guard_line(evaluation.metrics, result.bundle_dir, root), highlight=False)
-    console.print(f"evaluation files: {evaluation.out_dir}")
-    final = {f"test_{key}": evaluation.metrics[key] for key in ("accuracy", "loss", "macro_f1")}
-    log_final_metrics(result.logger, final)
-    if report:
-        from braintumor.evaluation.report import build_report
-
-        console.print(f"report: {build_report(evaluation, result.bundle_dir, show_progress=not quiet)}")
-    log_artifacts(result.logger, [evaluation.out_dir])
+    title = f"{run.recipe}: validation split (best epoch {run.best_epoch}, {run.duration_s:.0f} s)"
+    console.print(metrics_table(run.val_metrics.raw, title))
+    console.print(f"bundle: {run.bundle_path}")
+    registered = run.tracking.get("registered")
+    if registered:
+        console.print(
+            f"registered {registered['model_uri']} as models:/{registered['name']}/{registered['version']}",
+            highlight=False,
+        )
+    if run.tracking.get("offline_folder"):
+        console.print(f"ClearML offline session: {run.tracking['offline_folder']}")
+    evaluation = run.evaluation
+    if evaluation is not None:
+        console.print(metrics_table(evaluation.metrics.raw, f"{run.recipe}: official Testing split"))
+        line = guard_line(evaluation.metrics.raw, run.bundle_path, evaluation.metrics.raw.get("data_root", "ROOT"))
+        if line:
+            console.print(line, highlight=False)
+        console.print(f"evaluation files: {evaluation.out_dir}")
+        if evaluation.report_path is not None:
+            console.print(f"report: {evaluation.report_path}")
 
 
 def runs_command(

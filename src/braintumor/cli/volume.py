@@ -66,19 +66,19 @@ class VolumeOptions:
 
 
 def predict_volume_input(bundle: Path, source: Path, options: VolumeOptions) -> tuple[Any, VolumeResult]:
-    """Load the bundle and the volume and predict every slice; the predictor is returned for the guard notes."""
-    from braintumor.bundle import load_bundle
-    from braintumor.data.volumes import VolumeRequest, load_volume
-    from braintumor.inference.predictor import Predictor
-    from braintumor.inference.volume import StudyRule, predict_volume
+    """Predict every slice of the volume; the loaded model is returned for the guard note and the montage."""
+    import braintumor
 
-    rule = StudyRule(threshold=options.threshold, min_consecutive=options.min_slices)
-    loaded = load_bundle(bundle)
-    # PyTorch in NHWC order: on batches (a volume is ~150 slices) it ran Lite2 twice as fast as onnxruntime
-    # (docs/speed.md); onnxruntime serves single images.
-    predictor = Predictor(loaded, tta=options.tta)
-    volume = load_volume(source, VolumeRequest(series_uid=options.series, volume_index=options.volume_index))
-    return predictor, predict_volume(predictor, volume, rule)
+    model = braintumor.load(bundle)
+    result = model.predict_volume(
+        source,
+        tta=options.tta,
+        series_uid=options.series,
+        volume_index=options.volume_index,
+        threshold=options.threshold,
+        min_consecutive=options.min_slices,
+    )
+    return model.stored, result
 
 
 def print_volume_result(result: VolumeResult) -> None:
@@ -180,12 +180,12 @@ def run_volume_command(
     from braintumor.inference.predictor import NO_GUARD_MESSAGE
 
     with stage_errors():
-        predictor, result = predict_volume_input(bundle, source, options)
+        loaded, result = predict_volume_input(bundle, source, options)
     print_volume_result(result)
-    if predictor.guard is None:
+    if loaded.guard is None:
         warn("note", NO_GUARD_MESSAGE)
     with stage_errors():
-        tiles = None if montage_out is None else montage(predictor.bundle, result, montage_out, montage_slices)
+        tiles = None if montage_out is None else montage(loaded, result, montage_out, montage_slices)
         extra = None if tiles is None else {"montage": {"path": str(montage_out), "slices": tiles}}
         written = write_volume_outputs(
             result, csv_out=csv_out, json_out=json_out, dicom_sr=dicom_sr, sr_in_source=sr_in_source, extra=extra

@@ -254,3 +254,16 @@ def plot_risk_coverage(
     figure.savefig(path, dpi=110)
     plt.close(figure)
     return path
+
+
+def summary_rows(record: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """``(score, before, after)`` rows for the terminal table."""
+    before, after = record["before"], record["after"]
+    return [
+        ("temperature", "1", f"{record['temperature']:.4g}"),
+        ("accuracy", f"{before['accuracy']:.2%}", f"{after['accuracy']:.2%}"),
+        ("mean confidence", f"{before['mean_confidence']:.3f}", f"{after['mean_confidence']:.3f}"),
+        ("ECE (10 bins)", f"{before['ece']:.4f}", f"{after['ece']:.4f}"),
+        ("Brier score", f"{before['brier']:.4f}", f"{after['brier']:.4f}"),
+        ("log loss", f"{before['log_loss']:.4f}", f"{after['log_loss']:.4f}"),
+    ]

@@ -152,16 +152,3 @@ def calibrate_bundle(
     write_bundle_config(bundle_dir, config)
     onnx = ensure_onnx(bundle_dir)
     return CalibrationResult(bundle_dir, out_dir, temperature, threshold, record, files, onnx.note)
-
-
-def summary_rows(record: dict[str, Any]) -> list[tuple[str, str, str]]:
-    """``(score, before, after)`` rows for the terminal table."""
-    before, after = record["before"], record["after"]
-    return [
-        ("temperature", "1", f"{record['temperature']:.4g}"),
-        ("accuracy", f"{before['accuracy']:.2%}", f"{after['accuracy']:.2%}"),
-        ("mean confidence", f"{before['mean_confidence']:.3f}", f"{after['mean_confidence']:.3f}"),
-        ("ECE (10 bins)", f"{before['ece']:.4f}", f"{after['ece']:.4f}"),
-        ("Brier score", f"{before['brier']:.4f}", f"{after['brier']:.4f}"),
-        ("log loss", f"{before['log_loss']:.4f}", f"{after['log_loss']:.4f}"),
-    ]
