@@ -30,8 +30,8 @@ from common import (
     write_table,
 )
 
-from braintumor.audit.audit_file import find_audit_file
-from braintumor.audit.run import run_audit
+from braintumor.auditing.audit_file import find_audit_file
+from braintumor.auditing.run import run_audit
 from braintumor.bundle import read_bundle_config
 from braintumor.config import load_recipe
 from braintumor.errors import BrainTumorError

@@ -43,8 +43,8 @@ from common import command_line, markdown_header, markdown_row, option, produced
 from PIL import Image
 from torchvision.transforms.v2.functional import gaussian_blur
 
-from braintumor.audit.run import run_audit
-from braintumor.audit.similarity import check_pairs, nearest_candidates
+from braintumor.auditing.run import run_audit
+from braintumor.auditing.similarity import check_pairs, nearest_candidates
 
 RESULTS = Path(__file__).resolve().parent / "results" / "audit_speed"
 LATEST = RESULTS.parent / "audit_speed.json"

@@ -280,7 +280,7 @@ class Sets(NamedTuple):
 def _clean_testing_index(
     test_paths: list[Path], data_root: Path, audit: Path | None
 ) -> tuple[torch.Tensor | None, str]:
-    from braintumor.audit.audit_file import default_audit_dir, load_clean_test_paths
+    from braintumor.auditing.audit_file import default_audit_dir, load_clean_test_paths
 
     clean = load_clean_test_paths(data_root, audit)
     if clean is None:

@@ -30,7 +30,7 @@ STAGE_RANKS: dict[str, int] = {
     "inference": 6,
     "explain": 7,
     "adaptation": 7,
-    "audit": 7,
+    "auditing": 7,
     "evaluation": 8,
     "training": 9,
     "workflows": 10,

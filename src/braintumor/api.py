@@ -300,12 +300,12 @@ def audit(
         cache_dir: Where to keep the per-file cache that makes a second audit fast.
         show_progress: Progress bars.
         say: A callable for one-line messages.
-        **settings: Further options of :func:`braintumor.audit.run.run_audit` (``near_threshold``, ``workers``...).
+        **settings: Further options of :func:`braintumor.auditing.run.run_audit` (``near_threshold``, ``workers``...).
 
     Returns:
         An :class:`~braintumor.results.Audit` (``raw`` is ``audit.json``).
     """
-    from braintumor.audit.run import run_audit
+    from braintumor.auditing.run import run_audit
 
     result = run_audit(
         _require_data(data),

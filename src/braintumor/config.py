@@ -15,6 +15,7 @@ Example:
 
 from __future__ import annotations
 
+from difflib import get_close_matches
 from importlib import resources
 from importlib.resources.abc import Traversable
 from pathlib import Path
@@ -356,6 +357,25 @@ def builtin_recipes() -> dict[str, Traversable]:
     return dict(sorted(found.items()))
 
 
+def did_you_mean(word: str, choices: list[str] | tuple[str, ...]) -> str:
+    """``" (did you mean x?)"`` with the closest of ``choices`` to a mistyped ``word``, or ``""`` when none is close.
+
+    Example:
+        >>> did_you_mean("seed-cn", ["seed-cnn", "lite0-probe"])
+        ' (did you mean seed-cnn?)'
+    """
+    close = get_close_matches(word, list(choices), n=3, cutoff=0.6)
+    return f" (did you mean {' or '.join(close)}?)" if close else ""
+
+
+def _recipe_files(folder: Path) -> list[str]:
+    """Names of the YAML files in ``folder`` (none when it cannot be read): suggestions for a mistyped path."""
+    try:
+        return sorted(path.name for path in folder.iterdir() if path.suffix in RECIPE_SUFFIXES)
+    except OSError:
+        return []
+
+
 def _read_recipe_text(name_or_path: str | Path) -> tuple[str, str]:
     """The YAML text of a recipe file path, or of a built-in recipe by name, and where it came from."""
     candidate = Path(name_or_path)
@@ -365,8 +385,12 @@ def _read_recipe_text(name_or_path: str | Path) -> tuple[str, str]:
     shipped = builtin_recipes()
     if candidate.suffix not in RECIPE_SUFFIXES and stem in shipped:
         return shipped[stem].read_text(encoding="utf-8"), f"{stem} (built in)"
+    files = _recipe_files(candidate.parent)
     if candidate.suffix in RECIPE_SUFFIXES or len(candidate.parts) > 1:
-        raise RecipeError(f"recipe file {name_or_path!s} does not exist")
+        raise RecipeError(f"recipe file {name_or_path!s} does not exist{did_you_mean(candidate.name, files)}")
+    suggestion = did_you_mean(stem, [*shipped, *files])
+    if suggestion:
+        raise RecipeError(f"recipe {name_or_path!s} not found{suggestion}; braintumor recipes lists the built-in ones")
     raise RecipeError(f"recipe {name_or_path!s} not found (known recipes: {', '.join(shipped) or 'none'})")
 
 
@@ -403,6 +427,38 @@ def list_recipes() -> list[tuple[str, str]]:
     return rows
 
 
+def _field_names(tree: dict[str, Any], prefix: str = "") -> list[str]:
+    """Every settable ``section.field`` of a dumped recipe (list values such as finetune_stages are one field)."""
+    names = []
+    for key, value in tree.items():
+        names += _field_names(value, f"{prefix}{key}.") if isinstance(value, dict) else [f"{prefix}{key}"]
+    return names
+
+
+def _unknown_key_error(override: str, key: str, data: dict[str, Any]) -> RecipeError:
+    """The error of an override naming no recipe field, with the closest fields or sections as suggestions.
+
+    Example:
+        >>> print(_unknown_key_error("train.learning_rat=0.1", "train.learning_rat", {"train": {"learning_rate": 1}}))
+        override 'train.learning_rat=0.1': unknown field 'train.learning_rat' (did you mean train.learning_rate?)
+    """
+    parts = key.split(".")
+    node: Any = data
+    for depth, part in enumerate(parts[:-1]):
+        if not isinstance(node.get(part), dict):
+            sections = [name for name, value in node.items() if isinstance(value, dict)]
+            fields = [name for name in _field_names(data) if name.endswith(f".{parts[-1]}")]
+            hint = did_you_mean(part, sections) or did_you_mean(key, fields)
+            where = ".".join(parts[: depth + 1])
+            return RecipeError(f"override {override!r}: {where!r} is not a recipe section{hint}")
+        node = node[part]
+    fields = _field_names(data)
+    # A field given without its section ("max_epochs") is as close as a typo.
+    same_name = [name for name in fields if name.rsplit(".", 1)[-1] == parts[-1]]
+    hint = f" (did you mean {' or '.join(same_name[:3])}?)" if same_name else did_you_mean(key, fields)
+    return RecipeError(f"override {override!r}: unknown field {key!r}{hint}")
+
+
 def apply_overrides(recipe: Recipe, overrides: list[str]) -> Recipe:
     """Apply ``section.field=value`` overrides (values parsed as YAML) and re-validate."""
     data: dict[str, Any] = recipe.model_dump(mode="json")
@@ -414,10 +470,10 @@ def apply_overrides(recipe: Recipe, overrides: list[str]) -> Recipe:
         node = data
         for part in parts[:-1]:
             if not isinstance(node.get(part), dict):
-                raise RecipeError(f"override {override!r}: {part!r} is not a recipe section")
+                raise _unknown_key_error(override, key.strip(), data)
             node = node[part]
         if parts[-1] not in node:
-            raise RecipeError(f"override {override!r}: unknown field {key.strip()!r}")
+            raise _unknown_key_error(override, key.strip(), data)
         try:
             node[parts[-1]] = yaml.safe_load(value_text)
         except yaml.YAMLError as error:

@@ -14,10 +14,10 @@ from PIL import Image, ImageOps
 from torchvision.transforms.v2.functional import gaussian_blur
 from typer.testing import CliRunner
 
-from braintumor.audit.audit_file import AuditError, default_audit_dir, load_clean_test_paths
-from braintumor.audit.constants import AUDIT_FILE
-from braintumor.audit.run import run_audit
-from braintumor.audit.similarity import nearest_candidates, normalise_thumbnails
+from braintumor.auditing.audit_file import AuditError, default_audit_dir, load_clean_test_paths
+from braintumor.auditing.constants import AUDIT_FILE
+from braintumor.auditing.run import run_audit
+from braintumor.auditing.similarity import nearest_candidates, normalise_thumbnails
 from braintumor.cli import app
 from braintumor.data.dataset import drop_exact_duplicates, load_images
 from braintumor.data.layout import discover_split

@@ -22,13 +22,13 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-import braintumor.audit.cache as cache_module
-import braintumor.audit.near_copies as near_copies
-import braintumor.audit.scan as scan
-from braintumor.audit.candidate_index import search_candidates
-from braintumor.audit.constants import CACHE_DIR_NAME, CACHE_FILE
-from braintumor.audit.run import run_audit
-from braintumor.audit.similarity import check_pairs, nearest_candidates
+import braintumor.auditing.cache as cache_module
+import braintumor.auditing.near_copies as near_copies
+import braintumor.auditing.scan as scan
+from braintumor.auditing.candidate_index import search_candidates
+from braintumor.auditing.constants import CACHE_DIR_NAME, CACHE_FILE
+from braintumor.auditing.run import run_audit
+from braintumor.auditing.similarity import check_pairs, nearest_candidates
 from braintumor.cli import app
 from tests.audit.test_audit import random_scan
 
@@ -187,8 +187,8 @@ def test_an_audit_stopped_mid_scan_or_mid_check_resumes(
 # committed the first chunks (2 files each) by then.
 KILLED_AUDIT = """
 import os, signal, sys, time
-import braintumor.audit.scan as scan
-from braintumor.audit.run import run_audit
+import braintumor.auditing.scan as scan
+from braintumor.auditing.run import run_audit
 scan.CACHE_COMMIT_EVERY = 2
 decode, seen = scan.decode_image_bytes, []
 def killing(data, source, **options):

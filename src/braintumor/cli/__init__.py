@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import typer
 
+from braintumor import __version__
 from braintumor.cli.adapt import adapt_command
 from braintumor.cli.audit import audit_command
 from braintumor.cli.calibrate import calibrate_command
+from braintumor.cli.common import third_party_output
+from braintumor.cli.demo import demo_data_command
 from braintumor.cli.ensemble import ensemble_command
 from braintumor.cli.evaluate import evaluate_command
 from braintumor.cli.explain import explain_command
@@ -33,6 +36,7 @@ app = typer.Typer(
 _COMMANDS = {
     "recipes": recipes_command,
     "audit": audit_command,
+    "demo-data": demo_data_command,
     "train": train_command,
     "runs": runs_command,
     "evaluate": evaluate_command,
@@ -49,11 +53,26 @@ for _name, _command in _COMMANDS.items():
     app.command(_name)(_command)
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"braintumor {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _runtime() -> None:
+def _runtime(
+    ctx: typer.Context,
+    verbose: bool = typer.Option(
+        False, "--verbose", "-v", help="Also show other libraries' log lines, warnings and progress bars (MLflow's)."
+    ),
+    version: bool = typer.Option(
+        False, "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
     """Train, evaluate, explain and serve brain-tumour MRI classifiers."""
     # Before any command allocates: freed memory stays in the process (braintumor.runtime explains why).
     tune_cpu_runtime()
+    ctx.with_resource(third_party_output(verbose))
 
 
 def main() -> None:

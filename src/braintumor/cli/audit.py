@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from braintumor.audit.constants import CACHE_DIR_NAME, CACHE_FILE, DEFAULT_CANDIDATES, DEFAULT_NEAR_THRESHOLD
+from braintumor.auditing.constants import CACHE_DIR_NAME, CACHE_FILE, DEFAULT_CANDIDATES, DEFAULT_NEAR_THRESHOLD
 from braintumor.cli.common import QuietOption, data_root, stage_errors, warn
 
 
@@ -41,7 +41,7 @@ def audit_command(
 ) -> None:
     """Duplicates, train/test leakage, label conflicts and unreadable files; writes audit.json, a clean
     test manifest and audit.html."""
-    from braintumor.audit.run import run_audit
+    from braintumor.auditing.run import run_audit
     from braintumor.cli.display import audit_table, console
 
     with stage_errors():

@@ -10,14 +10,19 @@ import typer
 from braintumor.cli.common import DataOption, PrecisionOption, QuietOption, TtaOption, data_root, stage_errors, warn
 
 
-def guard_line(metrics: dict[str, Any], bundle: Path | str, data: Path | str) -> str:
-    """One line on the input guard: what it flagged and the accuracy on the rest, or how to add one."""
+def guard_line(metrics: dict[str, Any], bundle: Path | str, data: Path | str) -> str | None:
+    """One line on the input guard: what it flagged and the accuracy on the rest, or how to add one.
+
+    None when the guard flagged nothing: the accuracy on the accepted images is then the accuracy above.
+    """
     guard = metrics.get("guard")
     if not isinstance(guard, dict):
         return (
             f"guard: none (bundle trained before the input guard; add one with `braintumor guard {bundle} "
             f"--data {data}`)"
         )
+    if not guard["n_flagged"]:
+        return None
     accepted = guard["accepted"]
     accuracy = f"{accepted['accuracy']:.2%}" if accepted is not None else "- (every image flagged)"
     share = guard["flagged_share"] or 0.0
@@ -55,7 +60,7 @@ def evaluate_command(
             bundle, root, split, out_dir, show_progress=not quiet, tta=tta, audit=audit, precision=precision
         )
     for skipped in result.skipped:
-        console.print(f"skipped {skipped.path}: {skipped.reason}")
+        warn("skipped", f"{skipped.path}: {skipped.reason}")
     recipe = result.metrics["recipe"]
     sections = [(result.metrics, f"{recipe} on {split}")]
     if result.deduplicated is not None:
@@ -71,7 +76,9 @@ def evaluate_command(
         console.print(metrics_table(metrics, title))
         for line in uncertainty_lines(metrics):
             console.print(line, highlight=False)
-    console.print(guard_line(result.metrics, bundle, root), highlight=False)
+    line = guard_line(result.metrics, bundle, root)
+    if line:
+        console.print(line, highlight=False)
     adaptation = result.metrics.get("adaptation")
     if adaptation is not None:
         console.print(adaptation_text(adaptation), highlight=False)

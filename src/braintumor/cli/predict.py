@@ -1,12 +1,17 @@
-"""``braintumor predict``: class and probabilities for each image, as a table and optionally JSON or CSV."""
+"""``braintumor predict``: class and probabilities for each image, as a table and optionally JSON or CSV.
+
+``--json -`` or ``--csv -`` writes to standard output; the table and its notes then go to standard error, so the
+output can be piped (``braintumor predict BUNDLE scans/ --json - | jq``).
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
-from braintumor.cli.common import TtaOption, fail, stage_errors, warn
+from braintumor.cli.common import TtaOption, fail, is_stdout, stage_errors, warn, write_output
 from braintumor.cli.volume import (
     AsVolumeOption,
     MinSlicesOption,
@@ -19,12 +24,21 @@ from braintumor.cli.volume import (
     run_volume_command,
 )
 
+if TYPE_CHECKING:
+    from braintumor.inference.predictor import Prediction, Predictor
+
 
 def predict_command(
     bundle: Path = typer.Argument(..., help="Model bundle folder."),
     inputs: list[Path] = typer.Argument(..., help="Image files or folders."),
-    json_out: Path | None = typer.Option(None, "--json", help="Write predictions as JSON."),
-    csv_out: Path | None = typer.Option(None, "--csv", help="Write predictions as CSV."),
+    json_out: Path | None = typer.Option(
+        None,
+        "--json",
+        help="Write predictions as JSON; - writes them to standard output (the table to standard error).",
+    ),
+    csv_out: Path | None = typer.Option(
+        None, "--csv", help="Write predictions as CSV; - writes them to standard output (the table to standard error)."
+    ),
     tta: bool = TtaOption,
     series: str | None = SeriesOption,
     volume_index: int | None = VolumeIndexOption,
@@ -47,8 +61,12 @@ def predict_command(
     file, or a folder of one series with --as-volume) gets per-slice results (--csv, --json), a study-level
     finding, and optionally a Grad-CAM montage (--montage) and a DICOM SR (--dicom-sr).
     """
+    if is_stdout(json_out) and is_stdout(csv_out):
+        fail("--json - and --csv - would both write to standard output: give one of them a file")
     options = VolumeOptions(series, volume_index, as_volume, threshold, min_slices, tta)
     if options.wanted(inputs):
+        if is_stdout(json_out) or is_stdout(csv_out):
+            fail("a volume's per-slice results need a file for --json or --csv (- is for images)")
         run_volume_command(
             bundle,
             inputs[0],
@@ -64,39 +82,50 @@ def predict_command(
     refused = refuse_volume_only(montage=montage_out, dicom_sr=dicom_sr, sr_in_source=sr_in_source)
     if refused:
         fail(refused)
+    _predict_images(bundle, inputs, tta=tta, json_out=json_out, csv_out=csv_out)
+
+
+def _predict_images(
+    bundle: Path, inputs: list[Path], *, tta: bool, json_out: Path | None, csv_out: Path | None
+) -> None:
+    """Predict image files and folders, print the table and the notes, write --json and --csv."""
     from braintumor.bundle import load_bundle
-    from braintumor.cli.display import console, predictions_table
-    from braintumor.inference.predictor import (
-        NO_GUARD_MESSAGE,
-        OOD_MESSAGE,
-        REFER_MESSAGE,
-        Predictor,
-        expand_inputs,
-        write_predictions_csv,
-        write_predictions_json,
-    )
+    from braintumor.inference.predictor import Predictor, expand_inputs, write_predictions_csv, write_predictions_json
 
     with stage_errors():
         predictor = Predictor(load_bundle(bundle), tta=tta)
-        predictions, skipped = predictor.predict_paths(expand_inputs(inputs))
-    console.print(predictions_table(predictions, predictor.class_names))
-    if predictor.refer_threshold is not None:
-        referred = sum(bool(p.referred) for p in predictions)
-        console.print(
+        paths = expand_inputs(inputs)
+        if not paths:
+            fail(f"no files to predict in {', '.join(map(str, inputs))}")
+        predictions, skipped = predictor.predict_paths(paths)
+    for item in skipped:
+        warn("skipped", f"{item.path}: {item.reason}")
+    if predictions:
+        _print_predictions(predictor, predictions, to_stderr=is_stdout(json_out) or is_stdout(csv_out))
+    if json_out:
+        write_output(json_out, lambda path: write_predictions_json(path, bundle, predictor, predictions, skipped))
+    if csv_out:
+        write_output(csv_out, lambda path: write_predictions_csv(path, predictor, predictions))
+    if not predictions:
+        fail("no image could be read")
+
+
+def _print_predictions(predictor: Predictor, predictions: list[Prediction], *, to_stderr: bool) -> None:
+    """The table, then a line on what was referred or flagged (only when something was), or the missing guard."""
+    from braintumor.cli.display import console, err_console, predictions_table
+    from braintumor.inference.predictor import NO_GUARD_MESSAGE, OOD_MESSAGE, REFER_MESSAGE
+
+    out = err_console if to_stderr else console
+    out.print(predictions_table(predictions, predictor.class_names))
+    referred = sum(bool(p.referred) for p in predictions)
+    if predictor.refer_threshold is not None and referred:
+        out.print(
             f"{referred} of {len(predictions)} images below the confidence threshold {predictor.refer_threshold:.3f}: "
             f"{REFER_MESSAGE}",
             highlight=False,
         )
+    flagged = sum(bool(p.out_of_distribution) for p in predictions)
     if predictor.guard is None:
         warn("note", NO_GUARD_MESSAGE)
-    else:
-        flagged = sum(bool(p.out_of_distribution) for p in predictions)
-        console.print(f"input guard: {flagged} of {len(predictions)} images flagged: {OOD_MESSAGE}", highlight=False)
-    for item in skipped:
-        warn("skipped", f"{item.path}: {item.reason}")
-    if json_out:
-        write_predictions_json(json_out, bundle, predictor, predictions, skipped)
-    if csv_out:
-        write_predictions_csv(csv_out, predictor, predictions)
-    if not predictions:
-        fail("no image could be read")
+    elif flagged:
+        out.print(f"input guard: {flagged} of {len(predictions)} images flagged: {OOD_MESSAGE}", highlight=False)

@@ -66,7 +66,7 @@ class ImageSet:
 def file_digest(data: bytes) -> str:
     """Content hash of a file's bytes (blake2b, 128 bits): equal digests mean byte-identical files.
 
-    Training's duplicate dropping and the data audit (:mod:`braintumor.audit.scan`) both use it, so
+    Training's duplicate dropping and the data audit (:mod:`braintumor.auditing.scan`) both use it, so
     their exact-copy groups are the same.
     """
     return hashlib.blake2b(data, digest_size=16).hexdigest()

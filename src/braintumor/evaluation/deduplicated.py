@@ -8,8 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from braintumor.audit.audit_file import AuditError, canonical_split, clean_subset, default_audit_dir, find_audit_file
-from braintumor.audit.constants import AUDIT_FILE, REFERENCE_SPLIT
+from braintumor.auditing.audit_file import AuditError, canonical_split, clean_subset, default_audit_dir, find_audit_file
+from braintumor.auditing.constants import AUDIT_FILE, REFERENCE_SPLIT
 from braintumor.evaluation.metrics import bootstrap_confidence_intervals, classification_metrics
 
 

@@ -35,15 +35,15 @@ from __future__ import annotations
 
 import copy
 import itertools
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
-from timm.layers import Conv2dSame
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from braintumor.models.padding import exporting, pad_border, same_pads
+from braintumor.models.padding import FastConv2dSame, exporting, pad_border, same_pads
 from braintumor.runtime import tuning_enabled
 
 # Folding changes only the order of float operations; anything larger is a layout we misread.
@@ -100,6 +100,21 @@ def fold_batchnorm(
         if not fuse:
             break
     return FoldedNetwork(model, 0, difference)
+
+
+def fold_known_layout(model: nn.Module) -> FoldedNetwork:
+    """``model`` itself, folded and fused in place like :func:`fold_batchnorm`'s first choice, without its check.
+
+    Only for networks whose layout is known to fold (the timm-free EfficientNet-Lite of
+    :mod:`braintumor.models.efficientnet_lite`, whose tests compare it with the checked fold): the check runs
+    the network twice, which is most of a one-image prediction. ``max_difference`` is then 0 (not measured).
+    Unchanged when training or with ``BRAINTUMOR_CPU_TUNING=0``, as :func:`fold_batchnorm`.
+    """
+    if model.training or not tuning_enabled():
+        return FoldedNetwork(model, 0, 0.0)
+    count = _fold_children(model)
+    fused = _fuse_activations(model) if count and fused_activation_supported() else 0
+    return FoldedNetwork(model, count, 0.0, fused)
 
 
 def _fold_children(module: nn.Module) -> int:
@@ -168,7 +183,7 @@ class ConvActivation(nn.Module):
         super().__init__()
         self.conv, self.activation = conv, activation
         self.attribute, self.scalars = attribute
-        self.same_padding = isinstance(conv, Conv2dSame)
+        self.same_padding = same_padded(conv)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dtype != torch.float32 or x.device.type != "cpu" or torch.is_grad_enabled() or exporting():
@@ -188,6 +203,15 @@ class ConvActivation(nn.Module):
             self.scalars,
             "",
         )
+
+
+def same_padded(conv: nn.Module) -> bool:
+    """Whether ``conv`` pads TF-"SAME" per input: :class:`FastConv2dSame` or timm's ``Conv2dSame``."""
+    if isinstance(conv, FastConv2dSame):
+        return True
+    # A timm layer exists only where timm was imported: no need to import it to ask.
+    timm_layers = sys.modules.get("timm.layers")
+    return timm_layers is not None and isinstance(conv, timm_layers.Conv2dSame)
 
 
 def _fusable(conv: nn.Module, activation: nn.Module) -> tuple[str, list[float]] | None:

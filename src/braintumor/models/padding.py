@@ -9,9 +9,10 @@ batch, 107-129 ms the first time and 15 ms after, against 6-10 ms for allocating
 input and zeroing only the new border (docs/speed.md).
 
 :func:`pad_border` writes the same tensor (bitwise: padding does no arithmetic), so swapping it in
-changes no feature, gradient or prediction. :func:`use_fast_same_padding` swaps it into a network's
-``Conv2dSame`` layers. Under ``torch.export``/ONNX export and tracing it uses ``F.pad``, which the
-exporters know.
+changes no feature, gradient or prediction. :class:`FastConv2dSame` is such a convolution, and
+:func:`use_fast_same_padding` swaps it into a network's ``Conv2dSame`` layers. Under ``torch.export``/ONNX
+export and tracing it uses ``F.pad``, which the exporters know. This module does not import timm (the
+timm-free networks of :mod:`braintumor.models.efficientnet_lite` use it at prediction time).
 
 Example:
     >>> import torch
@@ -24,23 +25,25 @@ Example:
 
 from __future__ import annotations
 
+import math
+import sys
 from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import Conv2dSame
-from timm.layers.padding import pad_same_arg
 
 from braintumor.runtime import tuning_enabled
 
 
 def exporting() -> bool:
     """True while a network is traced, scripted, compiled or exported (where ``F.pad`` must be used)."""
+    # torch.onnx is imported on first use (tens of milliseconds): when nothing imported it, no ONNX export runs.
+    onnx = sys.modules.get("torch.onnx")
     return bool(
         torch.jit.is_tracing()
         or torch.jit.is_scripting()
-        or torch.onnx.is_in_onnx_export()
+        or (onnx is not None and onnx.is_in_onnx_export())
         or torch.compiler.is_compiling()
         or torch.compiler.is_exporting()
     )
@@ -77,27 +80,47 @@ def pad_border(x: torch.Tensor, pads: Sequence[int], value: float = 0.0) -> torc
     return out
 
 
+def _same_padding(size: int, kernel: int, stride: int, dilation: int) -> int:
+    # timm.layers.padding.get_same_padding for an int size.
+    return max((math.ceil(size / stride) - 1) * stride + (kernel - 1) * dilation + 1 - size, 0)
+
+
 def same_pads(x: torch.Tensor, kernel_size: Sequence[int], stride: Sequence[int], dilation: Sequence[int]) -> list[int]:
-    """timm's TF "SAME" pads ``(left, right, top, bottom)`` for a convolution over ``x``."""
-    return pad_same_arg(list(x.shape[-2:]), list(kernel_size), list(stride), list(dilation))
+    """timm's TF "SAME" pads ``(left, right, top, bottom)`` for a convolution over ``x`` (``pad_same_arg``).
+
+    Example:
+        >>> same_pads(torch.zeros(1, 3, 7, 8), (3, 3), (2, 2), (1, 1))
+        [0, 1, 1, 1]
+    """
+    height, width = x.shape[-2:]
+    pad_h = _same_padding(height, kernel_size[0], stride[0], dilation[0])
+    pad_w = _same_padding(width, kernel_size[1], stride[1], dilation[1])
+    return [pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2]
 
 
-class FastConv2dSame(Conv2dSame):
-    """timm's ``Conv2dSame`` with :func:`pad_border` in place of ``F.pad`` (same parameters and state dict)."""
+class FastConv2dSame(nn.Conv2d):
+    """timm's ``Conv2dSame`` (TF "SAME" padding, computed per input) with :func:`pad_border` in place of ``F.pad``.
+
+    Same parameters and state dict as ``Conv2dSame``; built with ``padding=0``. With ``BRAINTUMOR_CPU_TUNING=0``
+    it pads with ``F.pad``, as ``Conv2dSame`` does.
+    """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        padded = pad_border(x, same_pads(x, self.weight.shape[-2:], self.stride, self.dilation))
+        pads = same_pads(x, self.weight.shape[-2:], self.stride, self.dilation)
+        padded = pad_border(x, pads) if tuning_enabled() else F.pad(x, pads)
         return F.conv2d(padded, self.weight, self.bias, self.stride, (0, 0), self.dilation, self.groups)
 
 
 def use_fast_same_padding(model: nn.Module) -> int:
-    """Make every ``Conv2dSame`` of ``model`` a :class:`FastConv2dSame`, in place; returns how many.
+    """Make every timm ``Conv2dSame`` of ``model`` a :class:`FastConv2dSame`, in place; returns how many.
 
     The layers keep their parameters, buffers and hooks (only their class changes), so checkpoints and
     bundles load as before. Nothing changes with ``BRAINTUMOR_CPU_TUNING=0`` (the eager baseline).
     """
     if not tuning_enabled():
         return 0
+    from timm.layers import Conv2dSame
+
     count = 0
     for module in model.modules():
         if type(module) is Conv2dSame:

@@ -3,6 +3,8 @@
 Weights are found, in order: an explicit ``weights`` file; ``$BRAINTUMOR_WEIGHTS_DIR/<backbone>.safetensors``
 (or ``.pth``); timm's normal hub download. Local files go through timm's own loader
 (``pretrained_cfg_overlay=dict(file=...)``), which reads ``.pth`` files with ``weights_only=True``.
+timm is imported by the functions that build a backbone, not by this module: with timm come torchvision and
+torch's compiler, seconds of start-up that loading a bundle for prediction does without.
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ import os
 import socket
 from pathlib import Path
 
-import timm
 import torch.nn as nn
 
 from braintumor.errors import WeightsUnavailableError
@@ -25,6 +26,8 @@ HUB_HOST = "huggingface.co"
 
 def check_backbone_name(name: str) -> None:
     """Refuse an unknown timm model name, suggesting close matches."""
+    import timm
+
     if timm.is_model(name):
         return
     close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
@@ -47,6 +50,8 @@ def find_local_weights(backbone: str) -> Path | None:
 def _check_weight_keys(model: nn.Module, weights: Path) -> None:
     # timm only warns about missing keys when a file does not match; a backbone left half random
     # must be an error. Reading the file again is cheap next to what training costs.
+    import timm
+
     file_keys = set(timm.models.load_state_dict(str(weights)).keys())
     missing = [key for key in model.state_dict() if key not in file_keys and not key.endswith("num_batches_tracked")]
     if missing:
@@ -86,6 +91,8 @@ def create_backbone(name: str, *, pretrained: bool, weights: Path | None = None)
 
 
 def _timm_backbone(name: str, *, pretrained: bool, weights: Path | None) -> nn.Module:
+    import timm
+
     check_backbone_name(name)
     if not pretrained:
         return timm.create_model(name, pretrained=False, num_classes=0)

@@ -10,8 +10,12 @@ Example:
 
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import Mapping
+import re
+import warnings
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
@@ -23,6 +27,10 @@ from braintumor.errors import BrainTumorError
 TrackerName = Literal["mlflow", "clearml", "none"]
 EXPERIMENT_NAME = "braintumor"
 DEFAULT_MLFLOW_URI_ENV = "MLFLOW_TRACKING_URI"
+# MLflow's own warnings, re-issued as log records under its logger: shown like its other log lines, silenced with
+# them (MLFLOW_LOGGING_LEVEL, or the CLI without --verbose).
+_MLFLOW_WARNINGS = logging.getLogger("mlflow.warnings")
+_ANSI_CODES = re.compile(r"\x1b\[[0-9;]*m")
 
 
 class TrackingError(BrainTumorError):
@@ -39,6 +47,27 @@ def flatten_params(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             flat[name] = value
     return flat
+
+
+@contextmanager
+def mlflow_warnings_to_log() -> Iterator[None]:
+    """Turn the Python warnings raised inside the block into ``mlflow.warnings`` log records without colour codes.
+
+    MLflow warns about things that do not apply here (an input example, type hints on a models-from-code entry
+    whose signature is given), in ANSI colours that show up raw in logs and pipes.
+
+    Example:
+        >>> with mlflow_warnings_to_log():
+        ...     warnings.warn("\x1b[33mcheck this\x1b[0m", UserWarning, stacklevel=1)
+    """
+    # The filters in force still apply: what they ignore is not recorded.
+    with warnings.catch_warnings(record=True) as caught:
+        try:
+            yield
+        finally:
+            for item in caught:
+                text = _ANSI_CODES.sub("", str(item.message)).strip()
+                _MLFLOW_WARNINGS.warning("%s: %s", item.category.__name__, text)
 
 
 def default_mlflow_uri() -> str:
@@ -249,7 +278,7 @@ def log_bundle_model(logger: Logger | None, bundle_dir: Path) -> str | None:
     class_names = list(read_bundle_config(bundle_dir).class_names)
     mlflow.set_tracking_uri(logger._tracking_uri)
     # The fluent API logs models into the active run: make Lightning's run the active one for this call.
-    with mlflow.start_run(run_id=logger.run_id):
+    with mlflow.start_run(run_id=logger.run_id), mlflow_warnings_to_log():
         info = mlflow.pyfunc.log_model(
             name=MODEL_NAME,
             python_model=str(ENTRY_FILE),

@@ -11,8 +11,8 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
-from braintumor.audit.constants import REFERENCE_SPLIT
-from braintumor.audit.scan import FileRecord
+from braintumor.auditing.constants import REFERENCE_SPLIT
+from braintumor.auditing.scan import FileRecord
 
 SIZE_CONFOUND_GAP = 0.5
 

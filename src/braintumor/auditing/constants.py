@@ -10,7 +10,7 @@ AUDIT_FILE = "audit.json"
 REPORT_FILE = "audit.html"
 SCORES_PLOT_FILE = "near_duplicate_scores.png"
 DEFAULT_AUDIT_ROOT = Path("audits")
-# The audit cache (braintumor.audit.cache): <audit folder>/cache/audit_cache.sqlite unless --cache names a folder.
+# The audit cache (braintumor.auditing.cache): <audit folder>/cache/audit_cache.sqlite unless --cache names a folder.
 CACHE_DIR_NAME = "cache"
 CACHE_FILE = "audit_cache.sqlite"
 REFERENCE_SPLIT = "Training"

@@ -27,9 +27,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from braintumor.audit.cache import AuditCache, FileRow, decode_pixels, encode_pixels
-from braintumor.audit.constants import QUERY_SPLITS, REFERENCE_SPLIT
-from braintumor.audit.similarity import DETAIL_SIZE, THUMBNAIL_SIZE, content_box
+from braintumor.auditing.cache import AuditCache, FileRow, decode_pixels, encode_pixels
+from braintumor.auditing.constants import QUERY_SPLITS, REFERENCE_SPLIT
+from braintumor.auditing.similarity import DETAIL_SIZE, THUMBNAIL_SIZE, content_box
 from braintumor.data.dataset import file_digest
 from braintumor.data.images import (
     DEFAULT_MAX_FILE_BYTES,
@@ -60,7 +60,7 @@ class FileRecord:
     status: str | None = None
 
 
-# What decides a file's cached values besides the code (braintumor.audit.cache.fingerprint hashes that).
+# What decides a file's cached values besides the code (braintumor.auditing.cache.fingerprint hashes that).
 CACHE_SETTINGS = {
     "thumbnail_size": THUMBNAIL_SIZE,
     "detail_size": DETAIL_SIZE,

@@ -1,8 +1,8 @@
 """Near copies across splits: which files are compared, the candidate search and check, and what is recorded.
 
 Every distinct image of a query split (Validation, Testing) without a byte-identical Training copy is
-searched against every distinct Training image on two thumbnails (:mod:`braintumor.audit.similarity`);
-candidates over :data:`~braintumor.audit.constants.CANDIDATE_FLOOR` are checked on aligned 128 px detail,
+searched against every distinct Training image on two thumbnails (:mod:`braintumor.auditing.similarity`);
+candidates over :data:`~braintumor.auditing.constants.CANDIDATE_FLOOR` are checked on aligned 128 px detail,
 and a pair scoring at least the threshold is a near copy. Connected pairs form groups.
 """
 
@@ -18,11 +18,11 @@ from typing import Any
 
 import numpy as np
 
-from braintumor.audit.cache import AuditCache, PairValue
-from braintumor.audit.candidate_index import search_candidates
-from braintumor.audit.constants import CANDIDATE_FLOOR, CHECK_CHUNK, REFERENCE_SPLIT
-from braintumor.audit.scan import FileRecord, detail_thumbnail, file_entry
-from braintumor.audit.similarity import (
+from braintumor.auditing.cache import AuditCache, PairValue
+from braintumor.auditing.candidate_index import search_candidates
+from braintumor.auditing.constants import CANDIDATE_FLOOR, CHECK_CHUNK, REFERENCE_SPLIT
+from braintumor.auditing.scan import FileRecord, detail_thumbnail, file_entry
+from braintumor.auditing.similarity import (
     DETAIL_SIZE,
     Candidates,
     PairCheck,
@@ -65,7 +65,7 @@ def find_near_copies(
 
     Args:
         root: the data root (without a cache, the check decodes candidate files again at 128 px).
-        records: every file of the data set, as :func:`~braintumor.audit.scan.read_all` returns them.
+        records: every file of the data set, as :func:`~braintumor.auditing.scan.read_all` returns them.
         thumbnails: the decodable files' ``[N, 2, 64, 64]`` thumbnails.
         rows: each record's row in ``thumbnails`` (-1 when undecodable).
         threshold: aligned detail NCC from which a pair is a near copy.
@@ -125,7 +125,7 @@ def _search_pairs(
     """The candidate pairs as arrays: query and reference positions, mirroring, both channels' NCC.
 
     The cache keeps the search's index: the next audit searches only new queries in full and meets
-    kept queries with new references only (:mod:`braintumor.audit.candidate_index`).
+    kept queries with new references only (:mod:`braintumor.auditing.candidate_index`).
     """
     stored = cache.search_result(SEARCH_INDEX_KEY) if cache is not None else None
     with progress_bar(show_progress) as progress:

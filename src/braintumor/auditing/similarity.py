@@ -1,7 +1,7 @@
 """Image similarity for near copies: vectorised whole-image correlation, then an aligned check of fine detail.
 
 It works on grey thumbnails only; which files are compared, and what is recorded, is
-:mod:`braintumor.audit.near_copies`.
+:mod:`braintumor.auditing.near_copies`.
 
 Stage 1, candidates: every image is a 64x64 grey thumbnail, compared by normalised cross-correlation
 (NCC), which ignores brightness and contrast changes (``a * x + b``) and barely moves under

@@ -6,7 +6,7 @@ when it could not be read. Without the near search a file with no exact copy is 
 ``no_exact_copy``: nothing says it is clean.
 
 Example:
-    >>> from braintumor.audit.scan import FileRecord
+    >>> from braintumor.auditing.scan import FileRecord
     >>> records = [FileRecord("Training/a/1.jpg", "Training", "a", digest="d1"),
     ...            FileRecord("Testing/a/1.jpg", "Testing", "a", digest="d1"),
     ...            FileRecord("Testing/a/2.jpg", "Testing", "a", digest="d2")]
@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from braintumor.audit.constants import (
+from braintumor.auditing.constants import (
     REFERENCE_SPLIT,
     STATUS_CLEAN,
     STATUS_EXACT,
@@ -30,7 +30,7 @@ from braintumor.audit.constants import (
     STATUS_NO_EXACT,
     STATUS_UNDECODABLE,
 )
-from braintumor.audit.scan import FileRecord
+from braintumor.auditing.scan import FileRecord
 
 
 def manifest_name(split: str) -> str:

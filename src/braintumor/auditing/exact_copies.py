@@ -14,8 +14,8 @@ from collections import Counter, defaultdict
 from collections.abc import Sequence
 from typing import Any
 
-from braintumor.audit.constants import REFERENCE_SPLIT
-from braintumor.audit.scan import FileRecord, file_entry
+from braintumor.auditing.constants import REFERENCE_SPLIT
+from braintumor.auditing.scan import FileRecord, file_entry
 
 
 def exact_groups(records: Sequence[FileRecord]) -> list[dict[str, Any]]:
@@ -70,7 +70,7 @@ def label_conflicts(groups: Sequence[dict[str, Any]], near_pairs: Sequence[dict[
 
     Args:
         groups: the exact groups, as :func:`exact_groups` returns them.
-        near_pairs: the near-copy pairs, as :func:`braintumor.audit.near_copies.find_near_copies` records them.
+        near_pairs: the near-copy pairs, as :func:`braintumor.auditing.near_copies.find_near_copies` records them.
     """
     return [{"kind": "exact", **g} for g in groups if g["label_conflict"]] + [
         {

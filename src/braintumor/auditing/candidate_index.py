@@ -1,7 +1,7 @@
 """The candidate search kept between audits: a grown or shrunk data set searches only what changed.
 
 The search keeps, per query image and thumbnail channel, its ``k`` best reference images. Scores are
-exact and ties rank by reference position (:class:`~braintumor.audit.similarity.Candidates`), so when
+exact and ties rank by reference position (:class:`~braintumor.auditing.similarity.Candidates`), so when
 references are added a kept query only meets the new ones and the two lists are merged; the result
 is exactly what searching everything again gives. A query is searched again in full only when it is
 new, or when one of its kept matches was removed (its next best is not known). The index is plain
@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from braintumor.audit.similarity import Candidates, merge_candidates, nearest_candidates
+from braintumor.auditing.similarity import Candidates, merge_candidates, nearest_candidates
 
 
 @dataclass

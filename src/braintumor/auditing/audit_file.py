@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from braintumor.audit.constants import (
+from braintumor.auditing.constants import (
     AUDIT_FILE,
     AUDIT_FORMAT,
     AUDIT_VERSION,

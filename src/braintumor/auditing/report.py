@@ -7,7 +7,7 @@ closest pairs the audit did *not* call copies, so a reader can judge the thresho
 Example:
     >>> import tempfile
     >>> from pathlib import Path
-    >>> from braintumor.audit.run import run_audit
+    >>> from braintumor.auditing.run import run_audit
     >>> from braintumor.data.synthetic import make_synthetic_dataset
     >>> root = make_synthetic_dataset(tempfile.mkdtemp(), per_class=2, size=32)
     >>> result = run_audit(root, tempfile.mkdtemp(), show_progress=False)
@@ -30,7 +30,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from PIL import Image, ImageOps
 
-from braintumor.audit.constants import REPORT_FILE, SCORES_PLOT_FILE
+from braintumor.auditing.constants import REPORT_FILE, SCORES_PLOT_FILE
 from braintumor.data.images import load_image_rgb
 from braintumor.errors import ImageDecodeError
 
@@ -332,7 +332,7 @@ def write_audit_report(audit: dict[str, Any], root: Path, out_dir: Path) -> dict
     """Write ``audit.html`` and ``near_duplicate_scores.png`` into ``out_dir``; returns name -> path.
 
     Args:
-        audit: the audit, as :func:`braintumor.audit.run.run_audit` builds it.
+        audit: the audit, as :func:`braintumor.auditing.run.run_audit` builds it.
         root: the data root the example images are read from.
         out_dir: the audit folder.
     """

@@ -7,20 +7,20 @@ the working directory):
 
 - ``audit.json``: counts per split and class, image sizes, modes and formats, the share of each class at
   Training's most common image size (a source that comes with one class is a shortcut: see
-  :func:`~braintumor.audit.source_shortcut.size_by_class`), undecodable files with
+  :func:`~braintumor.auditing.source_shortcut.size_by_class`), undecodable files with
   the reason, every exact-duplicate group (same bytes, the same :func:`~braintumor.data.dataset.file_digest`
   that training uses to drop copies), every near-copy pair and group across splits with its scores,
   label conflicts, and every file's status (``clean``, ``exact_copy``, ``near_copy``, ``undecodable``);
 - ``clean_test_manifest.txt``: the Testing files with no exact or near copy in Training, one path
-  (relative to the data root) per line; :func:`~braintumor.audit.audit_file.load_clean_test_paths` reads it back;
+  (relative to the data root) per line; :func:`~braintumor.auditing.audit_file.load_clean_test_paths` reads it back;
 - ``audit.html``: a self-contained report with a summary table and example pairs side by side, and
   ``near_duplicate_scores.png``, the two scores of every checked pair with the threshold;
 - ``cache/audit_cache.sqlite`` (or in ``cache_dir``): each file's digest, header and thumbnails and each
   checked pair's scores, so the next audit of the folder reads only new or changed files and checks
-  only new pairs (:mod:`braintumor.audit.cache`; the results are the same with or without it).
+  only new pairs (:mod:`braintumor.auditing.cache`; the results are the same with or without it).
 
 ``braintumor evaluate`` looks for ``audit.json`` there (or takes ``--audit``) and reports the
-deduplicated Testing split next to the official one (:func:`~braintumor.audit.audit_file.clean_subset`).
+deduplicated Testing split next to the official one (:func:`~braintumor.auditing.audit_file.clean_subset`).
 
 Example:
     >>> import tempfile
@@ -40,9 +40,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from braintumor.audit.audit_file import AuditError, default_audit_dir
-from braintumor.audit.cache import AuditCache, fingerprint
-from braintumor.audit.constants import (
+from braintumor.auditing.audit_file import AuditError, default_audit_dir
+from braintumor.auditing.cache import AuditCache, fingerprint
+from braintumor.auditing.constants import (
     AUDIT_FILE,
     AUDIT_FORMAT,
     AUDIT_VERSION,
@@ -55,12 +55,12 @@ from braintumor.audit.constants import (
     REFERENCE_SPLIT,
     STATUS_CLEAN,
 )
-from braintumor.audit.exact_copies import exact_groups, label_conflicts, training_drop
-from braintumor.audit.leakage import assign_statuses, leakage_summary
-from braintumor.audit.near_copies import find_near_copies, near_groups
-from braintumor.audit.scan import CACHE_SETTINGS, FileRecord, discover_splits, file_entry, read_all, split_summary
-from braintumor.audit.similarity import DETAIL_SIZE, THUMBNAIL_SIZE
-from braintumor.audit.source_shortcut import size_by_class
+from braintumor.auditing.exact_copies import exact_groups, label_conflicts, training_drop
+from braintumor.auditing.leakage import assign_statuses, leakage_summary
+from braintumor.auditing.near_copies import find_near_copies, near_groups
+from braintumor.auditing.scan import CACHE_SETTINGS, FileRecord, discover_splits, file_entry, read_all, split_summary
+from braintumor.auditing.similarity import DETAIL_SIZE, THUMBNAIL_SIZE
+from braintumor.auditing.source_shortcut import size_by_class
 from braintumor.io import write_json_atomic
 from braintumor.layout_constants import CLASS_NAMES
 
@@ -92,7 +92,7 @@ def run_audit(
 
     Args:
         data_root: the data root, holding ``<split>/<class>/<image>``.
-        out_dir: the audit folder; None is :func:`~braintumor.audit.audit_file.default_audit_dir`.
+        out_dir: the audit folder; None is :func:`~braintumor.auditing.audit_file.default_audit_dir`.
         near_threshold: aligned detail NCC from which a pair is a near copy, in (0, 1].
         candidates: most similar Training images checked per image (at least 1).
         near: search near copies; False reports exact duplicates only (seconds even for large sets).
@@ -100,7 +100,7 @@ def run_audit(
         workers: threads reading and decoding files.
         show_progress: draw progress bars.
         console_log: where notes for the user go (the CLI's console); None drops them.
-        cache_dir: the folder of the audit cache (:mod:`braintumor.audit.cache`); None is ``<out_dir>/cache``.
+        cache_dir: the folder of the audit cache (:mod:`braintumor.auditing.cache`); None is ``<out_dir>/cache``.
         use_cache: reuse (and update) the cache; False reads and checks everything, writing no cache.
     """
     say = console_log or (lambda message: None)
@@ -231,7 +231,7 @@ def write_audit(audit: dict[str, Any], out_dir: Path, report_root: Path | None =
         outputs[summary["manifest"]] = path
     if report_root is not None:
         # Imported here: the report needs matplotlib, which a run without one should not load.
-        from braintumor.audit.report import write_audit_report
+        from braintumor.auditing.report import write_audit_report
 
         outputs.update(write_audit_report(audit, report_root, out_dir))
     write_json_atomic(out_dir / AUDIT_FILE, audit)

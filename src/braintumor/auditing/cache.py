@@ -10,7 +10,7 @@ One SQLite file (default ``<audit folder>/cache/audit_cache.sqlite``) with four 
 - ``pairs``: (query digest, reference digest, mirrored) -> the aligned detail check's four results;
 - ``searches``: the candidate index of the last search (every query's ``k`` best references per channel,
   by digest): new queries are searched in full, kept ones only against new references
-  (:mod:`braintumor.audit.candidate_index`).
+  (:mod:`braintumor.auditing.candidate_index`).
 
 A file whose size and modification time match its row is not read at all; one whose stat changed
 (touched, copied, renamed) is read and hashed, and decoded only when its digest is new. SQLite commits
@@ -53,9 +53,9 @@ CACHE_FORMAT = "braintumor-audit-cache"
 SCHEMA_VERSION = 2
 # The modules whose code decides a file's cached values (decoding, digest, thumbnails) or a pair's check.
 FINGERPRINT_MODULES = (
-    "braintumor.audit.scan",
-    "braintumor.audit.similarity",
-    "braintumor.audit.candidate_index",
+    "braintumor.auditing.scan",
+    "braintumor.auditing.similarity",
+    "braintumor.auditing.candidate_index",
     "braintumor.data.images",
     "braintumor.data.dicom",
     "braintumor.data.dataset",
