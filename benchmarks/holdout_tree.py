@@ -15,8 +15,8 @@ from pathlib import Path
 from common import data_parser
 from lib.source_holdout import HELD_OUT_CLASSES, is_main_source
 
+from braintumor.classes import CLASS_NAMES
 from braintumor.data.layout import discover_split
-from braintumor.layout_constants import CLASS_NAMES
 
 
 def write_holdout_tree(data: Path, held_out: str, out: Path) -> tuple[int, int]:

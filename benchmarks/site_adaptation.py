@@ -96,8 +96,8 @@ def _testing_rows(bundle: Any, testing: dict[str, np.ndarray], methods: list[str
     import torch
     from lib.site_adaptation import cross_adapt, scores, transductive
 
+    from braintumor.classes import CLASS_NAMES
     from braintumor.evaluation.deduplicated import deduplicated_metrics
-    from braintumor.layout_constants import CLASS_NAMES
     from braintumor.workflows.adapt import member_temperature
 
     members, weights = _view(bundle, testing)

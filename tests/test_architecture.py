@@ -16,7 +16,7 @@ PACKAGE_ROOT = Path(__file__).resolve().parents[1] / "src" / "braintumor"
 # Low to high; a module may import its own rank or lower ones. Same-rank imports must still be acyclic.
 STAGE_RANKS: dict[str, int] = {
     "errors": 0,
-    "layout_constants": 0,
+    "classes": 0,
     "progress": 0,
     "io": 0,
     "lazy": 0,

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from braintumor.bundle import load_bundle
+from braintumor.bundle.validation import validation_samples
 from braintumor.config import Recipe, load_recipe
 from braintumor.data.dataset import ImageSet, ImageTensorDataset, load_images
 from braintumor.data.layout import Sample, discover_split
@@ -28,7 +29,6 @@ from braintumor.inference.predictor import Predictor
 from braintumor.models import create_model, resolve_preprocessing
 from braintumor.runtime import autocast, channels_last_batch, resolve_precision, to_channels_last
 from braintumor.training.features import extract_features
-from braintumor.bundle.validation import validation_samples
 
 
 def spread_samples(data: Path, count: int, split: str = "Training") -> list[Sample]:

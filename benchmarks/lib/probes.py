@@ -17,8 +17,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import confusion_matrix, log_loss
 from sklearn.preprocessing import StandardScaler
 
+from braintumor.classes import CLASS_NAMES
 from braintumor.data.dataset import stratified_split
-from braintumor.layout_constants import CLASS_NAMES
 from braintumor.models.pretrained import create_backbone
 
 from .features import batched_outputs, load_split, probe_preprocessing

@@ -24,8 +24,8 @@ from sklearn.model_selection import StratifiedKFold
 from braintumor.adaptation.evidence import shift_evidence
 from braintumor.adaptation.methods import HeadState, SourceStats
 from braintumor.adaptation.pipeline import adapt_head, gate, parse_methods
+from braintumor.classes import CLASS_NAMES
 from braintumor.evaluation.metrics import bootstrap_confidence_intervals, classification_metrics
-from braintumor.layout_constants import CLASS_NAMES
 
 from .source_holdout import HELD_OUT_CLASSES, holdout_split
 

@@ -28,10 +28,10 @@ import numpy as np
 import torch
 from PIL import Image
 
+from braintumor.classes import CLASS_NAMES
 from braintumor.config import AugmentConfig
 from braintumor.data.dataset import ImageSet, stratified_split
 from braintumor.data.preprocessing import Preprocessing
-from braintumor.layout_constants import CLASS_NAMES
 from braintumor.models.pretrained import create_backbone
 
 from .features import (

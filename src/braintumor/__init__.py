@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from braintumor.classes import CLASS_NAMES
 from braintumor.errors import BrainTumorError
-from braintumor.layout_constants import CLASS_NAMES
 from braintumor.lazy import lazy_exports
 
 if TYPE_CHECKING:

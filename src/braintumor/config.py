@@ -361,11 +361,11 @@ def did_you_mean(word: str, choices: list[str] | tuple[str, ...]) -> str:
     """``" (did you mean x?)"`` with the closest of ``choices`` to a mistyped ``word``, or ``""`` when none is close.
 
     Example:
-        >>> did_you_mean("seed-cn", ["seed-cnn", "lite0-probe"])
+        >>> did_you_mean("seed-cn", ["seed-cnn", "seed-cnn-keras", "lite0-probe"])
         ' (did you mean seed-cnn?)'
     """
-    close = get_close_matches(word, list(choices), n=3, cutoff=0.6)
-    return f" (did you mean {' or '.join(close)}?)" if close else ""
+    close = get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]}?)" if close else ""
 
 
 def _recipe_files(folder: Path) -> list[str]:

@@ -5,7 +5,6 @@ from pathlib import Path
 import pytest
 
 from braintumor.config import RecipeError, apply_overrides, builtin_recipes, list_recipes, load_recipe
-
 from tests.conftest import load_benchmark
 
 

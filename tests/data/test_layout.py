@@ -4,10 +4,10 @@ from pathlib import Path
 
 import pytest
 
+from braintumor.classes import CLASS_NAMES
 from braintumor.data.layout import discover_split, find_split_dir, normalise_class_name
 from braintumor.data.synthetic import make_synthetic_dataset
 from braintumor.errors import DatasetLayoutError
-from braintumor.layout_constants import CLASS_NAMES
 
 MASOUD_FOLDERS = {"glioma": "glioma", "meningioma": "meningioma", "no_tumor": "notumor", "pituitary": "pituitary"}
 

@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 
 from braintumor.bundle import load_bundle, read_bundle_config, save_bundle, write_bundle_config
 from braintumor.bundle.validation import validation_samples
+from braintumor.classes import CLASS_NAMES
 from braintumor.cli import app
 from braintumor.errors import BrainTumorError
 from braintumor.evaluation.calibration import (
@@ -26,7 +27,6 @@ from braintumor.evaluation.calibration import (
 from braintumor.evaluation.evaluate import evaluate_bundle
 from braintumor.evaluation.metrics import bootstrap_confidence_intervals, one_vs_rest_metrics
 from braintumor.inference.predictor import Predictor, probabilities_from_logits
-from braintumor.layout_constants import CLASS_NAMES
 from braintumor.workflows.calibrate import calibrate_bundle
 
 

@@ -15,6 +15,7 @@ from sklearn.metrics import roc_auc_score
 from typer.testing import CliRunner
 
 from braintumor.bundle import load_bundle, read_bundle_config, write_bundle_config
+from braintumor.classes import CLASS_NAMES
 from braintumor.cli import app
 from braintumor.data.synthetic import synthetic_image
 from braintumor.guard import GUARD_FILE, GuardInputs, fit_guard
@@ -22,7 +23,6 @@ from braintumor.guard.defaults import DETECTOR_NAMES
 from braintumor.guard.detectors import create_detector, detector_names
 from braintumor.guard.evidence import EVIDENCE_NAMES, evidence_distance, image_evidence
 from braintumor.inference.predictor import Predictor
-from braintumor.layout_constants import CLASS_NAMES
 
 runner = CliRunner()
 

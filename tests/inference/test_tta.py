@@ -11,6 +11,7 @@ import torch.nn as nn
 from typer.testing import CliRunner
 
 from braintumor.bundle import Bundle, BundleConfig, load_bundle
+from braintumor.classes import CLASS_NAMES
 from braintumor.cli import app
 from braintumor.data.dataset import load_images
 from braintumor.data.layout import discover_split
@@ -18,7 +19,6 @@ from braintumor.data.preprocessing import Preprocessing, eval_transform
 from braintumor.evaluation.evaluate import evaluate_bundle
 from braintumor.inference.predictor import Predictor
 from braintumor.inference.tta import tta_views
-from braintumor.layout_constants import CLASS_NAMES
 from tests.conftest import tiny_recipe
 
 

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 
 from braintumor.bundle import load_bundle
+from braintumor.classes import CLASS_NAMES
 from braintumor.data.dataset import load_images
 from braintumor.data.layout import discover_split
 from braintumor.data.preprocessing import Preprocessing
 from braintumor.inference import Predictor
-from braintumor.layout_constants import CLASS_NAMES
 from braintumor.workflows.train import train_recipe
 from tests.conftest import tiny_recipe
 

@@ -18,12 +18,12 @@ import torch
 from PIL import Image
 
 from braintumor.bundle import load_bundle, save_bundle
+from braintumor.classes import CLASS_NAMES
 from braintumor.config import Recipe
 from braintumor.data.preprocessing import Preprocessing, eval_transform, resize_to_uint8_tensor
 from braintumor.data.synthetic import synthetic_image
 from braintumor.guard import fit_guard, model_outputs
 from braintumor.inference import Predictor
-from braintumor.layout_constants import CLASS_NAMES
 from braintumor.models import create_model, resolve_preprocessing
 from braintumor.serving.schemas import OOD_WARNING
 

@@ -61,8 +61,8 @@ from braintumor.auditing.near_copies import find_near_copies, near_groups
 from braintumor.auditing.scan import CACHE_SETTINGS, FileRecord, discover_splits, file_entry, read_all, split_summary
 from braintumor.auditing.similarity import DETAIL_SIZE, THUMBNAIL_SIZE
 from braintumor.auditing.source_shortcut import size_by_class
+from braintumor.classes import CLASS_NAMES
 from braintumor.io import write_json_atomic
-from braintumor.layout_constants import CLASS_NAMES
 
 
 @dataclass

@@ -42,12 +42,12 @@ from braintumor.bundle.schema import (
     EnsembleSpec,
     TrainingRecord,
 )
+from braintumor.classes import CLASS_NAMES
 from braintumor.config import Recipe
 from braintumor.data.preprocessing import Preprocessing
 from braintumor.errors import BundleError
 from braintumor.guard import GUARD_FILE, InputGuard
 from braintumor.io import read_json_object, write_json_atomic
-from braintumor.layout_constants import CLASS_NAMES
 from braintumor.models import create_model
 from braintumor.models.ensemble import EnsembleNet
 from braintumor.models.network import BrainTumorNet

@@ -26,12 +26,12 @@ import torch
 from sklearn.model_selection import train_test_split
 from torch.utils.data import Dataset
 
+from braintumor.classes import CLASS_NAMES
 from braintumor.config import Recipe
 from braintumor.data.images import SkippedFile, decode_image_bytes, read_file_bytes
 from braintumor.data.layout import Sample
 from braintumor.data.preprocessing import Preprocessing, resize_to_uint8_tensor
 from braintumor.errors import DatasetLayoutError, ImageDecodeError
-from braintumor.layout_constants import CLASS_NAMES
 from braintumor.progress import progress_bar
 
 

@@ -15,8 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from braintumor.classes import CLASS_NAMES
 from braintumor.errors import DatasetLayoutError
-from braintumor.layout_constants import CLASS_NAMES
 
 _CLASS_ALIASES: dict[str, str] = {
     "glioma": "glioma",

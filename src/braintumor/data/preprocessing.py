@@ -1,7 +1,10 @@
-"""Preprocessing stored with each model, and the torchvision v2 transforms built from it.
+"""Preprocessing stored with each model, and the transforms built from it.
 
 Images are resized once to the model's square size (as the seed did: no aspect-ratio padding) and
-kept as uint8 tensors; the transforms below then augment and normalise them.
+kept as uint8 tensors; the transforms below then augment (torchvision v2) and normalise them. The
+evaluation transform is plain torch (:class:`Normalise`, the same numbers as torchvision's), and
+torchvision, scipy and kornia are imported only by the functions that use them: importing torchvision
+imports torch's compiler, seconds that a one-image prediction does not need.
 
 Example:
     >>> import torch
@@ -14,17 +17,17 @@ Example:
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps
 from pydantic import BaseModel, ConfigDict
-from scipy import ndimage
-from torchvision.transforms import InterpolationMode, v2
 
-from braintumor.config import AugmentConfig
-from braintumor.data.augment import RandomCLAHE, RandomGamma, RandomGaussianNoise, clahe_uint8
+if TYPE_CHECKING:
+    from torchvision.transforms import v2
+
+    from braintumor.config import AugmentConfig
 
 Interpolation = Literal["nearest", "bilinear", "bicubic"]
 _PIL_RESAMPLE = {
@@ -60,6 +63,8 @@ def head_bounding_box(grey: np.ndarray, *, margin: float = 0.02) -> tuple[int, i
         >>> head_bounding_box(slice_, margin=0.0)
         (20, 80, 120, 180)
     """
+    from scipy import ndimage
+
     height, width = grey.shape
     level = percentile_99(grey)
     if level <= 0:
@@ -197,7 +202,11 @@ def resize_to_uint8_tensor(image: Image.Image, prep: Preprocessing) -> torch.Ten
     else:
         channels_first = np.ascontiguousarray(pixels.transpose(2, 0, 1))
     tensor = torch.from_numpy(channels_first)
-    return clahe_uint8(tensor) if prep.intensity == "clahe" else tensor
+    if prep.intensity != "clahe":
+        return tensor
+    from braintumor.data.augment import clahe_uint8
+
+    return clahe_uint8(tensor)
 
 
 def grey_band(image: Image.Image) -> Image.Image | None:
@@ -215,12 +224,43 @@ def grey_band(image: Image.Image) -> Image.Image | None:
     return Image.fromarray(np.ascontiguousarray(pixels[..., 0]))
 
 
-def normalise_transform(prep: Preprocessing) -> v2.Compose:
+class Normalise:
+    """uint8 ``[..., 3, S, S]`` images to normalised float32: torchvision's ``v2.Compose([v2.ToDtype(torch.float32,
+    scale=True), v2.Normalize(mean, std)])`` on tensors, the same operations in the same order (the same numbers,
+    bit for bit), without importing torchvision.
+
+    Example:
+        >>> normalise = Normalise(Preprocessing(image_size=2, mean=(0.5,) * 3, std=(0.25,) * 3))
+        >>> normalise(torch.full((1, 3, 2, 2), 255, dtype=torch.uint8))[0, :, 0, 0].tolist()
+        [2.0, 2.0, 2.0]
+    """
+
+    def __init__(self, prep: Preprocessing) -> None:
+        self.mean, self.std = list(prep.mean), list(prep.std)
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        # torchvision's to_dtype_image: integers are scaled by 1 / (their largest value), floats only converted.
+        if images.is_floating_point():
+            floats = images.to(torch.float32)
+        else:
+            floats = images.to(torch.float32).mul_(1.0 / torch.iinfo(images.dtype).max)
+        # torchvision's normalize_image (not in place: the input may be the caller's tensor).
+        if floats.ndim < 3:
+            raise ValueError(f"expected images of shape (..., C, H, W), got {tuple(floats.shape)}")
+        mean = torch.as_tensor(self.mean, dtype=floats.dtype).view(-1, 1, 1)
+        std = torch.as_tensor(self.std, dtype=floats.dtype).view(-1, 1, 1)
+        return floats.sub(mean).div_(std)
+
+    def __repr__(self) -> str:
+        return f"Normalise(mean={self.mean}, std={self.std})"
+
+
+def normalise_transform(prep: Preprocessing) -> Normalise:
     """uint8 ``[.., 3, S, S]`` to normalised float32, the last step of every pipeline."""
-    return v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean=prep.mean, std=prep.std)])
+    return Normalise(prep)
 
 
-def eval_transform(prep: Preprocessing) -> v2.Compose:
+def eval_transform(prep: Preprocessing) -> Normalise:
     """Deterministic transform for validation, testing and prediction."""
     return normalise_transform(prep)
 
@@ -230,6 +270,10 @@ def augmentation_transform(augment: AugmentConfig, prep: Preprocessing) -> v2.Co
 
     Gaussian noise is not here: it needs float pixels and is added in :func:`train_transform`.
     """
+    from torchvision.transforms import InterpolationMode, v2
+
+    from braintumor.data.augment import RandomCLAHE, RandomGamma
+
     steps: list[v2.Transform] = []
     if not augment.enabled:
         return v2.Compose([v2.Identity()])
@@ -280,6 +324,10 @@ def train_transform(augment: AugmentConfig, prep: Preprocessing) -> v2.Compose:
         >>> out.shape, out.dtype, bool(out.abs().max() <= 1.0)
         (torch.Size([3, 32, 32]), torch.float32, True)
     """
+    from torchvision.transforms import v2
+
+    from braintumor.data.augment import RandomGaussianNoise
+
     steps: list[v2.Transform] = [augmentation_transform(augment, prep), v2.ToDtype(torch.float32, scale=True)]
     if augment.enabled and augment.noise_std:
         steps.append(RandomGaussianNoise(augment.noise_std))

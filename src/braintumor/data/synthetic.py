@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from braintumor.layout_constants import CLASS_NAMES
+from braintumor.classes import CLASS_NAMES
 
 SARTAJ_FOLDERS = {
     "glioma": "glioma_tumor",

@@ -1,8 +1,11 @@
 """Feature-space out-of-distribution detectors, each a small registered builder (timm-style registry).
 
 A detector is fitted on the Training images' penultimate features (and logits) and scores new inputs:
-higher means further from what the model learned. The scoring itself is pytorch-ood's; what is kept
-for a bundle is plain tensors (safetensors), never a pickled object.
+higher means further from what the model learned. Fitting and the kNN score are pytorch-ood's; the
+Mahalanobis, energy and max-logit scores are pytorch-ood's formulas written out in torch (the same operations
+in the same order, so the same numbers; the tests compare them), because importing pytorch-ood imports
+scipy.stats, which costs a one-image prediction more than the prediction. What is kept for a bundle is
+plain tensors (safetensors), never a pickled object.
 
 Example:
     >>> import torch
@@ -22,7 +25,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from pytorch_ood.detector import KNN, EnergyBased, Mahalanobis, MaxLogit
 
 from braintumor.errors import BrainTumorError
 
@@ -60,14 +62,31 @@ def create_detector(name: str) -> Detector:
 
 def _mahalanobis_fit(features: torch.Tensor, labels: torch.Tensor, logits: torch.Tensor) -> State:
     # Lee et al. 2018: class means and one shared covariance, in float64 (a 1280-wide covariance is ill-conditioned).
+    from pytorch_ood.detector import Mahalanobis
+
     detector = Mahalanobis(None).fit_features(features.double(), labels)
     return {"mu": detector.mu.float(), "precision": detector.precision.float()}
 
 
+@torch.no_grad()
+def mahalanobis_score(mu: torch.Tensor, precision: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+    """pytorch-ood's ``Mahalanobis.predict_features``: minus the largest ``-0.5 (z - mu_c)^T P (z - mu_c)`` over
+    the classes ``c`` (rows of ``mu``), with the same operations in the same order.
+
+    Example:
+        >>> mahalanobis_score(torch.zeros(2, 2), torch.eye(2), torch.tensor([[3.0, 4.0]])).tolist()
+        [12.5]
+    """
+    flat = torch.mean(features.view(features.size(0), features.size(1), -1), 2)
+    per_class = []
+    for centre in mu:
+        centred = flat - centre
+        per_class.append((-0.5 * ((centred @ precision) * centred).sum(dim=1)).view(-1, 1))
+    return -torch.max(torch.cat(per_class, 1), dim=1).values
+
+
 def _mahalanobis_score(state: State, features: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-    detector = Mahalanobis(None)
-    detector.mu, detector.precision = state["mu"].double(), state["precision"].double()
-    return detector.predict_features(features.double()).float()
+    return mahalanobis_score(state["mu"].double(), state["precision"].double(), features.double()).float()
 
 
 KNN_NEIGHBOURS = 50
@@ -79,9 +98,27 @@ def _knn_fit(features: torch.Tensor, labels: torch.Tensor, logits: torch.Tensor)
 
 def _knn_score(state: State, features: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
     # Sun et al. 2022: distance to the k-th nearest normalised Training feature (the index is rebuilt, not stored).
+    from pytorch_ood.detector import KNN
+
     train = state["train_features"]
     detector = KNN(None, k=min(KNN_NEIGHBOURS, len(train))).fit_features(train, torch.zeros(len(train)))
     return detector.predict_features(features.float()).float()
+
+
+def energy_score(logits: torch.Tensor) -> torch.Tensor:
+    """pytorch-ood's ``EnergyBased.score`` at temperature 1: ``-logsumexp(logits)`` per row.
+
+    Example:
+        >>> round(energy_score(torch.zeros(1, 4)).item(), 4)
+        -1.3863
+    """
+    temperature = 1.0
+    return -temperature * torch.logsumexp(logits / temperature, dim=1)
+
+
+def max_logit_score(logits: torch.Tensor) -> torch.Tensor:
+    """pytorch-ood's ``MaxLogit.score``: minus the largest logit per row."""
+    return -logits.max(dim=1).values
 
 
 def _no_state(features: torch.Tensor, labels: torch.Tensor, logits: torch.Tensor) -> State:
@@ -106,11 +143,11 @@ register_detector(
         "energy",
         "negative free energy of the logits (Liu et al. 2020)",
         _no_state,
-        lambda s, f, z: EnergyBased.score(z),
+        lambda s, f, z: energy_score(z),
     )
 )
 register_detector(
     Detector(
-        "max_logit", "negative maximum logit (Hendrycks et al. 2022)", _no_state, lambda s, f, z: MaxLogit.score(z)
+        "max_logit", "negative maximum logit (Hendrycks et al. 2022)", _no_state, lambda s, f, z: max_logit_score(z)
     )
 )

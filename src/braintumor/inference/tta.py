@@ -17,13 +17,15 @@ Example:
 from __future__ import annotations
 
 import torch
-from torchvision.transforms.v2 import functional as TF
 
 TTA_SHIFT_FRACTION = 0.05
 
 
 def shift_pixels(images: torch.Tensor, dx: int, dy: int) -> torch.Tensor:
     """Move the content of ``[..., H, W]`` images by whole pixels (right and down are positive), black fill."""
+    # torchvision (and with it torch's compiler) is imported only when test-time augmentation is asked for.
+    from torchvision.transforms.v2 import functional as TF
+
     return TF.affine(images, angle=0.0, translate=[dx, dy], scale=1.0, shear=[0.0, 0.0], fill=0)
 
 
@@ -32,7 +34,7 @@ def tta_views(images: torch.Tensor, shift_fraction: float = TTA_SHIFT_FRACTION) 
     shift = max(1, round(shift_fraction * images.shape[-1]))
     return [
         images,
-        TF.horizontal_flip(images),
+        images.flip(-1),
         shift_pixels(images, shift, 0),
         shift_pixels(images, -shift, 0),
         shift_pixels(images, 0, shift),

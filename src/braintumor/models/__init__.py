@@ -13,30 +13,52 @@ Example:
 
 from __future__ import annotations
 
-import timm
+import torch
 import torch.nn as nn
 
+from braintumor.classes import CLASS_NAMES
 from braintumor.config import Recipe
 from braintumor.data.preprocessing import Preprocessing
-from braintumor.layout_constants import CLASS_NAMES
+from braintumor.models.efficientnet_lite import lite_backbone
 from braintumor.models.network import BrainTumorNet, LinearHead, SeedCNN, SeedHead, keras_initialise
 from braintumor.models.pretrained import create_backbone
 
-__all__ = ["BrainTumorNet", "create_model", "resolve_preprocessing"]
+__all__ = ["BrainTumorNet", "create_inference_model", "create_model", "resolve_preprocessing"]
 
 
 def create_model(recipe: Recipe, *, load_pretrained: bool = True, num_classes: int = len(CLASS_NAMES)) -> BrainTumorNet:
     """Build the recipe's network. ``load_pretrained=False`` skips weight loading (bundles bring their own)."""
     spec = recipe.model
     if spec.architecture == "custom_cnn":
-        backbone = SeedCNN(spec.conv_channels, recipe.data.image_size)
-        num_features = backbone.num_features
+        backbone: nn.Module = SeedCNN(spec.conv_channels, recipe.data.image_size)
         frozen = False
     else:
         backbone = create_backbone(spec.backbone, pretrained=spec.pretrained and load_pretrained, weights=spec.weights)
-        # Some families (MobileNetV3, ...) add a conv head after num_features: use its width then.
-        num_features = getattr(backbone, "head_hidden_size", None) or backbone.num_features
         frozen = spec.freeze_backbone
+    return _with_head(recipe, backbone, frozen, num_classes)
+
+
+def create_inference_model(recipe: Recipe, *, num_classes: int = len(CLASS_NAMES)) -> BrainTumorNet | None:
+    """The recipe's network with a timm-free backbone (:mod:`braintumor.models.efficientnet_lite`), to load a
+    bundle's weights into for prediction; None when the backbone has no timm-free build.
+
+    The backbone's tensors are left unallocated (PyTorch's meta device): load the weights with
+    ``load_state_dict(state, strict=True, assign=True)``, which also checks that they fit.
+    """
+    if recipe.model.architecture == "custom_cnn":
+        return None
+    with torch.device("meta"):
+        backbone = lite_backbone(recipe.model.backbone)
+    if backbone is None:
+        return None
+    # The same head and flags as create_model (keras_initialise touches only the head, which the weights replace).
+    return _with_head(recipe, backbone, recipe.model.freeze_backbone, num_classes)
+
+
+def _with_head(recipe: Recipe, backbone: nn.Module, frozen: bool, num_classes: int) -> BrainTumorNet:
+    spec = recipe.model
+    # Some families (MobileNetV3, ...) add a conv head after num_features: use its width then.
+    num_features = getattr(backbone, "head_hidden_size", None) or backbone.num_features
     head: nn.Module
     if spec.head == "linear":
         head = LinearHead(num_features, spec.dropout, num_classes, standardize=spec.head_standardize)
@@ -58,6 +80,8 @@ def resolve_preprocessing(recipe: Recipe, model: BrainTumorNet) -> Preprocessing
     if recipe.model.architecture == "custom_cnn":
         interpolation = "bilinear" if chosen == "auto" else chosen
         return Preprocessing(image_size=size, interpolation=interpolation, crop=crop, intensity=recipe.data.intensity)
+    import timm.data
+
     data_config = timm.data.resolve_data_config(model=model.backbone)
     interpolation = data_config.get("interpolation", "bilinear") if chosen == "auto" else chosen
     if interpolation not in {"nearest", "bilinear", "bicubic"}:

@@ -26,10 +26,10 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch.utils.data import DataLoader
 
+from braintumor.classes import CLASS_NAMES
 from braintumor.config import Recipe
 from braintumor.data.dataset import ImageSet, ImageTensorDataset
 from braintumor.data.preprocessing import Preprocessing, eval_transform, train_transform
-from braintumor.layout_constants import CLASS_NAMES
 from braintumor.runtime import resolve_precision
 from braintumor.training.callbacks import EpochHistory
 from braintumor.training.checkpoints import AtomicCheckpointIO, RunEarlyStopping, epoch_checkpoints, usable_checkpoint

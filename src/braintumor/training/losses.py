@@ -2,7 +2,7 @@
 
 The recipe picks one (``train.loss``), an exponent ``train.focal_gamma`` and per-class weights
 (``train.class_weights``: ``none``, ``balanced`` from the training class counts as in scikit-learn's
-``compute_class_weight``, or an explicit list in :data:`~braintumor.layout_constants.CLASS_NAMES` order).
+``compute_class_weight``, or an explicit list in :data:`~braintumor.classes.CLASS_NAMES` order).
 With the focal loss the class weights are its per-class ``alpha``.
 
 Example:

@@ -83,7 +83,7 @@ def data_record(data_root: Path, paths: list[Path], hashes: list[str]) -> dict[s
 
 # The sources that decide a trained model (the recipe, data, network, training loop and CPU runtime); bundles,
 # guard, evaluation and serving code can change without changing the weights a resumed run would produce.
-TRAINING_CODE = ("config.py", "runtime.py", "layout_constants.py", "data", "models", "training")
+TRAINING_CODE = ("config.py", "runtime.py", "classes.py", "data", "models", "training", "workflows/train.py")
 
 
 def code_digest() -> str:

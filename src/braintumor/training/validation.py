@@ -7,11 +7,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from braintumor.classes import CLASS_NAMES
 from braintumor.data.dataset import ImageSet
 from braintumor.data.preprocessing import Preprocessing, eval_transform
 from braintumor.evaluation.metrics import classification_metrics
 from braintumor.inference.predictor import probabilities_from_logits
-from braintumor.layout_constants import CLASS_NAMES
 from braintumor.models.network import BrainTumorNet
 from braintumor.runtime import autocast, channels_last_batch, to_channels_last
 

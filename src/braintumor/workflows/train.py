@@ -19,13 +19,13 @@ import lightning as L
 from lightning.pytorch.utilities import rank_zero_only
 
 from braintumor.bundle import TrainingRecord, save_bundle
+from braintumor.classes import CLASS_NAMES
 from braintumor.config import Recipe
 from braintumor.data.images import SkippedFile
 from braintumor.data.layout import discover_split
 from braintumor.evaluation.plots import plot_training_curves
 from braintumor.guard.guard import InputGuard
 from braintumor.io import write_json_atomic
-from braintumor.layout_constants import CLASS_NAMES
 from braintumor.models.network import BrainTumorNet
 from braintumor.runtime import precision_note, tune_cpu_runtime
 from braintumor.training.callbacks import EpochHistory
