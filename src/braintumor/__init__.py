@@ -18,7 +18,7 @@ from braintumor.errors import BrainTumorError
 from braintumor.lazy import lazy_exports
 
 if TYPE_CHECKING:
-    from braintumor.api import Bundle, adapt, audit, demo_data, ensemble, export, load, recipes, resume, train
+    from braintumor.api import Bundle, adapt, audit, demo_data, ensemble, export, load, recipes, resume, runs, train
 
 __version__ = "0.1.0"
 
@@ -35,6 +35,7 @@ __all__ = [
     "load",
     "recipes",
     "resume",
+    "runs",
     "train",
 ]
 __getattr__ = lazy_exports(__name__, {name: "braintumor.api" for name in __all__[2:] if name != "__version__"})

@@ -279,6 +279,18 @@ def finish_run(
     return run
 
 
+def runs(tracking_uri: str | None = None, *, limit: int = 20) -> list[dict[str, Any]]:
+    """Recent training runs in the MLflow store with their headline metrics, newest first.
+
+    Each row has ``run_id``, ``name``, ``status``, ``started`` (ms since the epoch), ``recipe``,
+    ``best_val_accuracy``, ``best_val_loss``, ``test_accuracy``, ``test_macro_f1``, ``epochs`` and ``model_uri``.
+    An empty list when nothing was recorded yet.
+    """
+    from braintumor.training.tracking import list_runs
+
+    return list_runs(tracking_uri, limit=limit)
+
+
 def audit(
     data: Path | str | None = None,
     out: Path | str | None = None,

@@ -22,11 +22,11 @@ from __future__ import annotations
 import platform
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 from safetensors import SafetensorError
@@ -48,9 +48,12 @@ from braintumor.data.preprocessing import Preprocessing
 from braintumor.errors import BundleError
 from braintumor.guard import GUARD_FILE, InputGuard
 from braintumor.io import read_json_object, write_json_atomic
-from braintumor.models import create_model
+from braintumor.models import create_inference_model, create_model
 from braintumor.models.ensemble import EnsembleNet
 from braintumor.models.network import BrainTumorNet
+
+if TYPE_CHECKING:
+    import torch
 
 _VERSIONED_LIBRARIES = ("braintumor", "torch", "torchvision", "timm", "lightning", "numpy", "pillow")
 
@@ -66,14 +69,67 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
+@dataclass(frozen=True)
+class _Deferred:
+    """A network that :func:`load_bundle` checked against the weights but has not built yet."""
+
+    weights: Path
+    config: BundleConfig
+    state: dict[str, torch.Tensor]
+
+    def build(self) -> BrainTumorNet | EnsembleNet:
+        return _with_weights(_build_network(self.config), self.state, self.weights)
+
+
+class _Network:
+    """:attr:`Bundle.model`: a network, or a :class:`_Deferred` one that is built on first read.
+
+    A required dataclass field (``__get__`` on the class raises AttributeError, so there is no default).
+    """
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.slot = f"_{name}"
+
+    def __get__(self, bundle: Bundle | None, owner: type | None = None) -> BrainTumorNet | EnsembleNet:
+        if bundle is None:
+            raise AttributeError(self.slot)
+        value = bundle.__dict__[self.slot]
+        if isinstance(value, _Deferred):
+            value = bundle.__dict__[self.slot] = value.build()
+        return value
+
+    def __set__(self, bundle: Bundle, value: BrainTumorNet | EnsembleNet | _Deferred) -> None:
+        bundle.__dict__[self.slot] = value
+
+
 @dataclass
 class Bundle:
-    """A loaded model bundle, ready for inference (the model is in eval mode)."""
+    """A loaded model bundle, ready for inference (the model is in eval mode).
+
+    ``model`` is the recipe's network as training built it (timm's modules). For an EfficientNet-Lite
+    backbone :func:`load_bundle` builds it on first read and loads a timm-free copy instead
+    (:mod:`braintumor.models.efficientnet_lite`), which :meth:`take_inference_network` hands to the first
+    predictor: predicting never imports timm, torchvision or torch's compiler (seconds of start-up).
+    """
 
     path: Path
-    model: BrainTumorNet | EnsembleNet
+    model: BrainTumorNet | EnsembleNet = _Network()  # type: ignore[assignment]
     config: BundleConfig
     guard: InputGuard | None = None
+    _inference_network: BrainTumorNet | EnsembleNet | None = field(default=None, init=False, repr=False, compare=False)
+
+    def take_inference_network(self) -> tuple[BrainTumorNet | EnsembleNet, bool]:
+        """The network to predict with, and whether it is the caller's own to change (to fold in place).
+
+        The first call after :func:`load_bundle` gets the timm-free copy, the same numbers as ``model`` bit for
+        bit and a layout known to fold, as long as ``model`` was not built (else a change made to ``model``,
+        such as an adaptation, would be missed). Every other call gets ``model`` itself, shared with the
+        bundle's other users: not the caller's to change.
+        """
+        network, self._inference_network = self._inference_network, None
+        if network is not None and isinstance(self.__dict__["_model"], _Deferred):
+            return network, True
+        return self.model, False
 
     @property
     def name(self) -> str:
@@ -217,15 +273,48 @@ def _build_network(config: BundleConfig) -> BrainTumorNet | EnsembleNet:
     return EnsembleNet(members, config.ensemble.member_weights())
 
 
+def _build_inference_network(config: BundleConfig) -> BrainTumorNet | EnsembleNet | None:
+    """The timm-free network (tensors unallocated) when every member has one, else None."""
+    num_classes = len(config.class_names)
+    recipes = [config.recipe] if config.ensemble is None else [m.recipe for m in config.ensemble.members]
+    members = [create_inference_model(recipe, num_classes=num_classes) for recipe in recipes]
+    if any(member is None for member in members):
+        return None
+    if config.ensemble is None:
+        return members[0]
+    return EnsembleNet(members, config.ensemble.member_weights())
+
+
+def _with_weights(
+    network: BrainTumorNet | EnsembleNet, state: dict[str, torch.Tensor], weights: Path, *, assign: bool = False
+) -> BrainTumorNet | EnsembleNet:
+    """``network`` with the bundle's weights (strict: every tensor, each of the right shape), in eval mode."""
+    try:
+        network.load_state_dict(state, strict=True, assign=assign)
+    except RuntimeError as error:
+        raise BundleError(f"{weights} does not match the bundle's recipe: {error}") from None
+    return network.eval()
+
+
 def load_bundle(folder: Path | str) -> Bundle:
-    """Rebuild the network from the recipe and load its safetensors weights (strict)."""
+    """Read the config and the safetensors weights and check that they fit the recipe's network (strict).
+
+    For EfficientNet-Lite backbones the check is made on the timm-free copy, which keeps the weights;
+    ``Bundle.model`` is built on first read (see :class:`Bundle`).
+    """
     folder = Path(folder)
     config = read_bundle_config(folder)
-    model = _build_network(config)
+    weights = folder / WEIGHTS_FILE
     try:
-        state = load_file(str(folder / WEIGHTS_FILE))
-        model.load_state_dict(state, strict=True)
-    except (SafetensorError, RuntimeError, OSError) as error:
-        raise BundleError(f"{folder / WEIGHTS_FILE} does not match the bundle's recipe: {error}") from None
-    model.eval()
-    return Bundle(folder, model, config, _load_guard(folder, config))
+        state = load_file(str(weights))
+    except (SafetensorError, OSError) as error:
+        raise BundleError(f"{weights} does not match the bundle's recipe: {error}") from None
+    inference_network = _build_inference_network(config)
+    if inference_network is None:
+        model = _with_weights(_build_network(config), state, weights)
+        return Bundle(folder, model, config, _load_guard(folder, config))
+    # assign: the unallocated tensors become the loaded ones, no copy.
+    inference_network = _with_weights(inference_network, state, weights, assign=True)
+    bundle = Bundle(folder, _Deferred(weights, config, state), config, _load_guard(folder, config))
+    bundle._inference_network = inference_network
+    return bundle

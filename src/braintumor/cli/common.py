@@ -85,7 +85,7 @@ STDOUT = "-"
 # What the CLI hides unless --verbose: MLflow's log lines (its database set-up among them) and tqdm bars while it
 # logs or downloads artifacts, Lightning's note that it creates the MLflow experiment, ClearML's log lines.
 _QUIET_ENV = {"MLFLOW_LOGGING_LEVEL": "ERROR", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
-_QUIET_LOGGERS = ("mlflow", "alembic", "sqlalchemy", "lightning.pytorch.loggers.mlflow", "clearml")
+_QUIET_LOGGERS = ("mlflow", "alembic", "sqlalchemy", "lightning.pytorch.loggers.mlflow", "clearml", "py.warnings")
 
 
 def is_stdout(path: Path | None) -> bool:
@@ -109,9 +109,10 @@ def write_output(path: Path, write: Callable[[Path], object]) -> None:
 def third_party_output(verbose: bool) -> Iterator[None]:
     """While a command runs: third-party log lines, warnings and progress bars hidden, or shown with ``verbose``.
 
-    Hidden: those libraries' loggers pass only errors, Python warnings are ignored and MLflow draws no progress
-    bars (an MLflow variable set in the environment wins). Shown: every logger's INFO lines on standard error.
-    Everything is restored afterwards.
+    Python warnings go to the ``py.warnings`` logger (libraries that reset the warning filters cannot bypass that).
+    Hidden: that logger and those libraries' loggers pass only errors, and MLflow draws no progress bars (an MLflow
+    variable set in the environment wins). Shown: every logger's INFO lines on standard error. Everything is
+    restored afterwards.
     """
     saved_env = {name: os.environ.get(name) for name in _QUIET_ENV}
     saved_levels = {name: logging.getLogger(name).level for name in _QUIET_LOGGERS}
@@ -119,11 +120,11 @@ def third_party_output(verbose: bool) -> Iterator[None]:
     handler = logging.StreamHandler()  # standard error
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     with warnings.catch_warnings():
+        logging.captureWarnings(True)
         if verbose:
             root.addHandler(handler)
             root.setLevel(logging.INFO)
         else:
-            warnings.simplefilter("ignore")
             for name, value in _QUIET_ENV.items():
                 os.environ.setdefault(name, value)
             for name in _QUIET_LOGGERS:
@@ -131,6 +132,7 @@ def third_party_output(verbose: bool) -> Iterator[None]:
         try:
             yield
         finally:
+            logging.captureWarnings(False)
             root.removeHandler(handler)
             root.setLevel(root_level)
             for name, level in saved_levels.items():

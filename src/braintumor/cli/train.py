@@ -128,11 +128,11 @@ def runs_command(
     limit: int = typer.Option(20, "--limit", help="How many recent runs to list."),
 ) -> None:
     """List past training runs and their headline metrics from the MLflow store."""
+    import braintumor.api
     from braintumor.cli.display import console, runs_table
-    from braintumor.training.tracking import list_runs
 
     with stage_errors():
-        rows = list_runs(tracking_uri, limit=limit)
+        rows = braintumor.api.runs(tracking_uri, limit=limit)
     if not rows:
         console.print("no runs recorded yet (train with the default --tracker mlflow to record one)")
         return

@@ -15,17 +15,12 @@ the template's context (:data:`~braintumor.evaluation.report_template.REPORT_TEM
 Example:
     >>> import tempfile
     >>> from pathlib import Path
-    >>> from braintumor.config import Recipe
     >>> from braintumor.data.synthetic import make_synthetic_dataset
     >>> from braintumor.evaluation.evaluate import evaluate_bundle
-    >>> from braintumor.bundle import load_bundle, save_bundle
-    >>> from braintumor.models import create_model, resolve_preprocessing
-    >>> recipe = Recipe.model_validate(
-    ...     {"name": "tiny", "data": {"image_size": 32},
-    ...      "model": {"architecture": "custom_cnn", "conv_channels": [4, 8]}})
-    >>> model = create_model(recipe)
+    >>> from braintumor.bundle import load_bundle
+    >>> from braintumor.bundle.examples import tiny_bundle
     >>> work = Path(tempfile.mkdtemp())
-    >>> bundle = load_bundle(save_bundle(work / "b", model, recipe, resolve_preprocessing(recipe, model)))
+    >>> bundle = load_bundle(tiny_bundle(work / "b"))
     >>> root = make_synthetic_dataset(work / "data", per_class=2, test_per_class=3, size=32)
     >>> result = evaluate_bundle(bundle, root, "Testing", work / "eval", show_progress=False)
     >>> build_report(result, bundle, n_bootstrap=50, sanity_images=2).name

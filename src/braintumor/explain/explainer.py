@@ -5,17 +5,10 @@ inputs carry the gradient, so a frozen backbone explains as well as a fine-tuned
 temporary hooks never touch the model another thread (a server's predictor) is running.
 
 Example:
-    >>> import tempfile
     >>> from PIL import Image
-    >>> from braintumor.config import Recipe
-    >>> from braintumor.models import create_model, resolve_preprocessing
-    >>> from braintumor.bundle import load_bundle, save_bundle
-    >>> recipe = Recipe.model_validate(
-    ...     {"name": "tiny", "data": {"image_size": 32},
-    ...      "model": {"architecture": "custom_cnn", "conv_channels": [4, 8]}})
-    >>> model = create_model(recipe)
-    >>> folder = save_bundle(tempfile.mkdtemp() + "/b", model, recipe, resolve_preprocessing(recipe, model))
-    >>> bundle = load_bundle(folder)
+    >>> from braintumor.bundle import load_bundle
+    >>> from braintumor.bundle.examples import tiny_bundle
+    >>> bundle = load_bundle(tiny_bundle())
     >>> overlay, target = gradcam_overlay(bundle, Image.new("RGB", (60, 50), (80, 80, 80)), target="glioma")
     >>> overlay.size, target
     ((60, 50), 'glioma')

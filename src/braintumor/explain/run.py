@@ -3,16 +3,10 @@
 Example:
     >>> import tempfile
     >>> from pathlib import Path
-    >>> from braintumor.config import Recipe
+    >>> from braintumor.bundle.examples import tiny_bundle
     >>> from braintumor.data.synthetic import make_synthetic_dataset
-    >>> from braintumor.models import create_model, resolve_preprocessing
-    >>> from braintumor.bundle import save_bundle
-    >>> recipe = Recipe.model_validate(
-    ...     {"name": "tiny", "data": {"image_size": 32},
-    ...      "model": {"architecture": "custom_cnn", "conv_channels": [4, 8]}})
-    >>> model = create_model(recipe)
     >>> work = Path(tempfile.mkdtemp())
-    >>> bundle = save_bundle(work / "b", model, recipe, resolve_preprocessing(recipe, model))
+    >>> bundle = tiny_bundle(work / "b")
     >>> root = make_synthetic_dataset(work / "data", per_class=1, test_per_class=2, size=32)
     >>> run = explain_paths(bundle, [root / "Testing" / "glioma_tumor"], work / "out", show_progress=False)
     >>> [Path(item["figure"]).suffix for item in run.images]

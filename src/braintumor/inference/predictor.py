@@ -39,7 +39,7 @@ from braintumor.errors import BrainTumorError, ImageDecodeError
 from braintumor.guard import GuardInputs
 from braintumor.guard.evidence import image_evidence
 from braintumor.inference.tta import tta_views
-from braintumor.models.fusion import fold_batchnorm
+from braintumor.models.fusion import fold_batchnorm, fold_known_layout
 from braintumor.runtime import autocast, channels_last_batch, resolve_precision, to_channels_last, tune_cpu_runtime
 
 # What a prediction below the bundle's confidence threshold (selective prediction) tells the user.
@@ -134,7 +134,6 @@ class Predictor:
         self.batch_size = batch_size
         self.tta = tta
         self.precision = resolve_precision(precision) if precision else bundle.recipe.precision()
-        to_channels_last(bundle.model)
         self.transform = eval_transform(bundle.preprocessing)
         self.temperature = bundle.config.extras.temperature or 1.0
         self.refer_threshold = bundle.config.extras.refer_threshold
@@ -146,17 +145,24 @@ class Predictor:
 
     @functools.cached_property
     def model(self) -> torch.nn.Module:
-        """The network this predictor runs: the bundle's, with BatchNorm folded into its convolutions
-        (:func:`~braintumor.models.fusion.fold_batchnorm`; checked against the bundle's network on a
-        random batch, float rounding apart). The bundle's own network is left as it is (explanations
-        and export use it). Only in fp32: under bf16 autocast the folded weights round differently from
-        the weights the network was validated with, so a bf16 bundle runs unfolded."""
+        """The network this predictor runs, in NHWC order, built on first use: the bundle's, with BatchNorm
+        folded into its convolutions (:func:`~braintumor.models.fusion.fold_batchnorm`; checked against the
+        bundle's network on a random batch, float rounding apart). The bundle's own network is left as it is
+        (explanations and export use it). The timm-free copy that a freshly loaded bundle hands out
+        (:meth:`~braintumor.bundle.Bundle.take_inference_network`) is this predictor's own and of a known
+        layout: it is folded in place, without the check's two forward passes. Only in fp32: under bf16
+        autocast the folded weights round differently from the weights the network was validated with, so
+        a bf16 bundle runs unfolded."""
+        network, own = self.bundle.take_inference_network()
+        to_channels_last(network)
         if self.precision != "32-true":
-            return self.bundle.model
+            return network
+        if own:
+            return fold_known_layout(network).model
         size = self.bundle.preprocessing.image_size
         generator = torch.Generator().manual_seed(0)
         example = torch.randint(0, 256, (2, 3, size, size), dtype=torch.uint8, generator=generator)
-        return fold_batchnorm(self.bundle.model, self._network_input(example), forward=_penultimate_and_logits).model
+        return fold_batchnorm(network, self._network_input(example), forward=_penultimate_and_logits).model
 
     def _network_input(self, uint8_batch: torch.Tensor) -> torch.Tensor:
         return channels_last_batch(self.transform(uint8_batch))

@@ -67,7 +67,8 @@ def make_divisible(value: float, divisor: int = 8, round_limit: float = 0.9) -> 
 def _conv(in_channels: int, out_channels: int, kernel: int, stride: int = 1, groups: int = 1) -> nn.Conv2d:
     """timm's ``create_conv2d`` with TF "SAME" padding: static and symmetric at stride 1, per input at stride 2."""
     if stride == 1:
-        return nn.Conv2d(in_channels, out_channels, kernel, stride, padding=(kernel - 1) // 2, groups=groups, bias=False)
+        padding = (kernel - 1) // 2
+        return nn.Conv2d(in_channels, out_channels, kernel, stride, padding=padding, groups=groups, bias=False)
     return FastConv2dSame(in_channels, out_channels, kernel, stride, padding=0, groups=groups, bias=False)
 
 

@@ -12,16 +12,9 @@ ReDoc assets themselves, so they work without internet. The pieces: response mod
 :mod:`~braintumor.serving.routes`.
 
 Example:
-    >>> import tempfile
     >>> from fastapi.testclient import TestClient
-    >>> from braintumor.config import Recipe
-    >>> from braintumor.models import create_model, resolve_preprocessing
-    >>> from braintumor.bundle import save_bundle
-    >>> recipe = Recipe.model_validate(
-    ...     {"name": "tiny", "data": {"image_size": 32},
-    ...      "model": {"architecture": "custom_cnn", "conv_channels": [4, 8]}})
-    >>> model = create_model(recipe)
-    >>> folder = save_bundle(tempfile.mkdtemp() + "/b", model, recipe, resolve_preprocessing(recipe, model))
+    >>> from braintumor.bundle.examples import tiny_bundle
+    >>> folder = tiny_bundle()
     >>> client = TestClient(create_app(folder))
     >>> client.get("/v1/health").json()["status"]
     'ok'

@@ -273,19 +273,22 @@ def log_bundle_model(logger: Logger | None, bundle_dir: Path) -> str | None:
     import mlflow
 
     from braintumor.bundle.store import read_bundle_config
-    from braintumor.inference.mlflow_model import BUNDLE_ARTIFACT, ENTRY_FILE, signature
 
     class_names = list(read_bundle_config(bundle_dir).class_names)
     mlflow.set_tracking_uri(logger._tracking_uri)
-    # The fluent API logs models into the active run: make Lightning's run the active one for this call.
-    with mlflow.start_run(run_id=logger.run_id), mlflow_warnings_to_log():
-        info = mlflow.pyfunc.log_model(
-            name=MODEL_NAME,
-            python_model=str(ENTRY_FILE),
-            artifacts={BUNDLE_ARTIFACT: str(bundle_dir)},
-            signature=signature(class_names),
-            pip_requirements=_model_requirements(),
-        )
+    # MLflow warns when the entry module defines its PythonModel class, and again while logging it.
+    with mlflow_warnings_to_log():
+        from braintumor.inference.mlflow_model import BUNDLE_ARTIFACT, ENTRY_FILE, signature
+
+        # The fluent API logs models into the active run: make Lightning's run the active one for this call.
+        with mlflow.start_run(run_id=logger.run_id):
+            info = mlflow.pyfunc.log_model(
+                name=MODEL_NAME,
+                python_model=str(ENTRY_FILE),
+                artifacts={BUNDLE_ARTIFACT: str(bundle_dir)},
+                signature=signature(class_names),
+                pip_requirements=_model_requirements(),
+            )
     logger.experiment.set_tag(logger.run_id, MODEL_URI_TAG, info.model_uri)
     return str(info.model_uri)
 

@@ -6,17 +6,10 @@ ensemble are then fitted on a validation split that no member trained on.
 
 Example:
     >>> import tempfile
-    >>> from braintumor.config import Recipe
-    >>> from braintumor.bundle import load_bundle, save_bundle
-    >>> from braintumor.models import create_model, resolve_preprocessing
-    >>> recipe = Recipe.model_validate(
-    ...     {"name": "tiny", "data": {"image_size": 32},
-    ...      "model": {"architecture": "custom_cnn", "conv_channels": [4, 8]}})
+    >>> from braintumor.bundle import load_bundle
+    >>> from braintumor.bundle.examples import tiny_bundle
     >>> folder = tempfile.mkdtemp()
-    >>> paths = []
-    >>> for seed in (0, 1):
-    ...     model = create_model(recipe)
-    ...     paths.append(save_bundle(f"{folder}/m{seed}", model, recipe, resolve_preprocessing(recipe, model)))
+    >>> paths = [tiny_bundle(f"{folder}/m{seed}", seed=seed) for seed in (0, 1)]
     >>> ensemble = load_bundle(combine_bundles(paths, f"{folder}/ensemble"))
     >>> len(ensemble.model.members), ensemble.config.ensemble.weights
     (2, [0.5, 0.5])

@@ -8,15 +8,8 @@ possible (onnx not installed, a read-only bundle, an exporter failure), says in 
 to do it by hand, so the caller can go on with PyTorch.
 
 Example:
-    >>> import tempfile
-    >>> from braintumor.config import Recipe
-    >>> from braintumor.models import create_model, resolve_preprocessing
-    >>> from braintumor.bundle import save_bundle
-    >>> recipe = Recipe.model_validate(
-    ...     {"name": "tiny", "data": {"image_size": 32},
-    ...      "model": {"architecture": "custom_cnn", "conv_channels": [4, 8]}})
-    >>> model = create_model(recipe)
-    >>> folder = save_bundle(tempfile.mkdtemp() + "/b", model, recipe, resolve_preprocessing(recipe, model))
+    >>> from braintumor.bundle.examples import tiny_bundle
+    >>> folder = tiny_bundle()
     >>> status = ensure_onnx(folder)
     >>> status.available, status.exported, (folder / "model.onnx").is_file()
     (True, True, True)
