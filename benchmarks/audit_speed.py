@@ -7,7 +7,7 @@ Usage:
 1. ``--data``: ``run_audit`` on that data set without the cache (reading, exact and near copies,
    report), wall and CPU seconds per phase. Target: well under a minute on 2 cores for the
    3264-image Sartaj set.
-1b. The cache (docs/audit_cache.md), on a copy of ``--data`` in a temporary folder: a cold audit, a
+1b. The cache (docs/audit.md), on a copy of ``--data`` in a temporary folder: a cold audit, a
    second audit of the unchanged copy (target: at most 20% of the cold one), then twice an audit after
    adding ``--added`` images drawn at random from the copy and written as JPEG quality 90 next to
    their originals: first re-encoded as they are (near copies, each bringing its pair checks), then

@@ -1,7 +1,7 @@
 """The package's layering: no import cycles, and no stage importing a higher one.
 
 Imports are read with ``ast`` (module-level and inside functions, ``TYPE_CHECKING`` blocks included),
-so a cycle hidden behind a lazy import fails here too. The ranks are the README's "Development" map.
+so a cycle hidden behind a lazy import fails here too. The ranks are the package map in docs/development.md.
 """
 
 from __future__ import annotations

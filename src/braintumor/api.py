@@ -2,7 +2,7 @@
 
 Every ``braintumor`` command is a thin call of a function here; results are typed (:mod:`braintumor.results`).
 
-Example:
+Examples:
     >>> import tempfile, braintumor
     >>> work = tempfile.mkdtemp()
     >>> root = braintumor.demo_data(work + "/demo", per_class=12, size=48)
@@ -77,7 +77,7 @@ def demo_data(
     Returns:
         ``folder`` as a Path.
 
-    Example:
+    Examples:
         >>> import tempfile
         >>> root = demo_data(tempfile.mkdtemp() + "/demo", per_class=2, size=32)
         >>> sorted(path.name for path in (root / "Testing").iterdir())
@@ -91,7 +91,7 @@ def demo_data(
 def recipes() -> list[RecipeInfo]:
     """The built-in recipes (``braintumor train NAME``), sorted by name.
 
-    Example:
+    Examples:
         >>> "demo-cnn" in [recipe.name for recipe in recipes()]
         True
     """
@@ -216,7 +216,7 @@ def train(
 
         model_uri, version = register(result.tracking, register_model)
         result.tracking["registered"] = {"model_uri": model_uri, "name": register_model, "version": version}
-    return finish_run(result, chosen.name, root, evaluate=evaluate, report=report, show_progress=show_progress)
+    return _finish_run(result, chosen.name, root, evaluate=evaluate, report=report, show_progress=show_progress)
 
 
 def resume(
@@ -244,12 +244,12 @@ def resume(
     if result is None:
         raise NotRankZero("this process is not rank zero of a multi-process run: rank zero reports")
     root = Path(record["data_root"])
-    return finish_run(
+    return _finish_run(
         result, record["recipe"]["name"], root, evaluate=evaluate, report=report, show_progress=show_progress
     )
 
 
-def finish_run(
+def _finish_run(
     result: Any, name: str, root: Path, *, evaluate: bool = False, report: bool = False, show_progress: bool = True
 ) -> TrainRun:
     """A training stage's result as a :class:`TrainRun`, evaluated on Testing (and tracked) when asked."""

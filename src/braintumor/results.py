@@ -5,7 +5,7 @@ Each result is a dataclass with ``to_dict()`` (JSON-ready); the tabular ones als
 (``metrics.json``, ``audit.json``) keep their full content in ``raw``; :data:`METRICS_SCHEMA` and
 :data:`AUDIT_SCHEMA` describe them as JSON Schema (published in the documentation).
 
-Example:
+Examples:
     >>> prediction = Prediction(
     ...     source="a.jpg", class_name="glioma", confidence=0.9,
     ...     probabilities={"glioma": 0.9, "meningioma": 0.05, "no_tumor": 0.03, "pituitary": 0.02},

@@ -7,6 +7,10 @@ stages) happen inside the commands, so ``braintumor --help`` stays fast.
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Callable
+from typing import Any
+
 import typer
 
 from braintumor import __version__
@@ -49,8 +53,21 @@ _COMMANDS = {
     "export": export_command,
     "serve": serve_command,
 }
+
+
+def _reflowed_help(command: Callable[..., Any]) -> str:
+    """A command's docstring with each paragraph on one line, so that its help wraps to the terminal's width.
+
+    Example:
+        >>> _reflowed_help(lambda: None) == ""
+        True
+    """
+    paragraphs = inspect.cleandoc(command.__doc__ or "").split("\n\n")
+    return "\n\n".join(" ".join(paragraph.split()) for paragraph in paragraphs)
+
+
 for _name, _command in _COMMANDS.items():
-    app.command(_name)(_command)
+    app.command(_name, help=_reflowed_help(_command))(_command)
 
 
 def _print_version(value: bool) -> None:

@@ -34,7 +34,7 @@ def audit_command(
         None,
         "--cache",
         help=f"Folder of the audit cache ({CACHE_FILE}: what was computed per file and pair, so a re-run reads "
-        f"only new or changed files; default <audit folder>/{CACHE_DIR_NAME}, docs/audit_cache.md).",
+        f"only new or changed files; default <audit folder>/{CACHE_DIR_NAME}, docs/audit.md).",
     ),
     no_cache: bool = typer.Option(False, "--no-cache", help="Read and check everything; write no cache."),
     quiet: bool = QuietOption,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable, Iterable, Sequence
-from pathlib import PurePath
+from pathlib import Path, PurePath
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console, ConsoleOptions, RenderResult
@@ -137,6 +137,32 @@ def predictions_table(predictions: Sequence[Prediction], class_names: Sequence[s
         return table
 
     return Fitted(build, levels=4)
+
+
+def explanations_table(images: Sequence[dict[str, Any]], out_dir: Path) -> Table:
+    """``braintumor explain``: one line per image with its predicted class and its figure's name in ``out_dir``."""
+    table = Table(title=f"Explanations in {out_dir}")
+    for column in ("image", "predicted", "confidence", "figure"):
+        table.add_column(column, overflow="fold", justify="right" if column == "confidence" else "left")
+    names = display_names([item["path"] for item in images])
+    for name, item in zip(names, images, strict=True):
+        figure = Path(item["figure"])
+        shown = figure.relative_to(out_dir) if figure.is_relative_to(out_dir) else figure
+        predicted = item["predicted_class"]
+        table.add_row(name, predicted, f"{item['probabilities'][predicted]:.1%}", str(shown))
+    return table
+
+
+def sanity_table(sanity: dict[str, Any]) -> Table:
+    """``braintumor explain --sanity``: the randomisation test and the deletion curve per method."""
+    from braintumor.explain.run import summarise_sanity
+
+    table = Table(title=f"Sanity checks on {sanity['n_images']} images (layer {sanity['layer']})")
+    for column in ("method", "model randomisation", "deletion curve"):
+        table.add_column(column)
+    for row in summarise_sanity(sanity):
+        table.add_row(*row)
+    return table
 
 
 def uncertainty_lines(metrics: dict[str, Any]) -> list[str]:

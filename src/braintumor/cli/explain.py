@@ -96,30 +96,14 @@ def explain_command(
 
 def _print_run(run: ExplainRun) -> None:
     """Notes, skipped files, the figures table and the sanity checks of an image run."""
-    from rich.table import Table
-
-    from braintumor.cli.display import console
-    from braintumor.explain.run import summarise_sanity
+    from braintumor.cli.display import console, explanations_table, sanity_table
 
     for note in run.notes:
         warn("note", note)
     for item in run.skipped:
         warn("skipped", f"{item.path}: {item.reason}")
-    table = Table(title=f"Explanations in {run.out_dir}")
-    for column in ("image", "predicted", "confidence", "figure"):
-        table.add_column(column, overflow="fold")
-    for item in run.images:
-        predicted = item["predicted_class"]
-        source = Path(item["path"])
-        confidence = f"{item['probabilities'][predicted]:.1%}"
-        table.add_row(f"{source.parent.name}/{source.name}", predicted, confidence, item["figure"])
-    console.print(table)
-    if run.sanity:
-        sanity_table = Table(title=f"Sanity checks on {run.sanity['n_images']} images (layer {run.sanity['layer']})")
-        for column in ("method", "model randomisation", "deletion curve"):
-            sanity_table.add_column(column)
-        for row in summarise_sanity(run.sanity):
-            sanity_table.add_row(*row)
-        console.print(sanity_table)
     if not run.images:
         fail("no image could be read")
+    console.print(explanations_table(run.images, run.out_dir))
+    if run.sanity:
+        console.print(sanity_table(run.sanity))

@@ -252,7 +252,7 @@ def session_options(threads: int | None = None, *, spin: bool = False) -> object
 
     ``spin=False`` lets idle pool threads sleep instead of busy-waiting for the next operator: on a
     2-core machine shared with other work, spinning threads steal the cores the model needs
-    (``benchmarks/inference_speed.py --spin`` compares; numbers in ``docs/serving.md``).
+    (``benchmarks/inference_speed.py --spin`` compares; numbers in ``docs/serve.md``).
     """
     import onnxruntime as ort
 

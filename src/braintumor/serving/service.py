@@ -96,7 +96,7 @@ class ModelService:
         self.settings = settings
         self.bundle: Bundle = load_bundle(bundle_path)
         # One thread per model run and as many runs as cores: requests proceed side by side on their own
-        # core, which gave more requests/s than two threads per run (docs/serving.md).
+        # core, which gave more requests/s than two threads per run (docs/serve.md).
         self.predictor = make_predictor(self.bundle, settings.backend, threads=settings.threads or 1)
         backend = "onnxruntime" if isinstance(self.predictor, OnnxPredictor) else "pytorch"
         # The bundle is only read: one from before ONNX-at-training is served with PyTorch, and the note says so.

@@ -1,7 +1,7 @@
 """Every bundle carries its ONNX graph: written after training, ensembling, calibration and adaptation.
 
 onnxruntime answers single-image requests 3-4x faster than eager PyTorch on a small CPU
-(``docs/serving.md``), so a bundle should not need a manual ``braintumor export`` before it is served.
+(``docs/serve.md``), so a bundle should not need a manual ``braintumor export`` before it is served.
 :func:`ensure_onnx` exports ``model.onnx`` into the bundle when it is missing (atomically, only after
 the parity check passed: :func:`~braintumor.inference.onnx_export.export_onnx`) and, when that is not
 possible (onnx not installed, a read-only bundle, an exporter failure), says in one line why and how

@@ -83,7 +83,7 @@ def train_recipe(
 
     ``console_log`` is any callable taking a string (``rich.console.Console.print``); messages about
     skipped files and duplicates go there so the person running it sees them. With ``resume=True`` the run
-    continues from ``<run_dir>/checkpoints/last.ckpt`` to the model the uninterrupted run gives (docs/resume.md);
+    continues from ``<run_dir>/checkpoints/last.ckpt`` to the model the uninterrupted run gives (docs/train.md);
     another recipe, data set or code version is refused unless ``force`` (recorded in the manifest).
     Returns ``None`` in the non-zero ranks of a multi-process run; rank zero writes every file.
     """
