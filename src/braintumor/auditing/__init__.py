@@ -12,5 +12,5 @@ Modules, from the bottom up:
 - :mod:`~braintumor.auditing.leakage`: each evaluation file's status and the counts per split;
 - :mod:`~braintumor.auditing.audit_file`: ``audit.json`` read back and the clean subset evaluation uses;
 - :mod:`~braintumor.auditing.report`: ``audit.html`` and the scores plot;
-- :mod:`~braintumor.auditing.run`: :func:`~braintumor.auditing.run.run_audit`, which runs the rest and writes the outputs.
+- :mod:`~braintumor.auditing.run`: :func:`~braintumor.auditing.run.run_audit` runs the rest and writes the outputs.
 """
