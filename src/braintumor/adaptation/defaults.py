@@ -1,6 +1,6 @@
 """The adaptation methods' names and their settings, fixed a priori or chosen on the Training-only proxy.
 
-``benchmarks/site_adaptation.py`` says which: the proxy (:mod:`braintumor.research.site_adaptation`) holds a
+``benchmarks/site_adaptation.py`` says which: the proxy (``benchmarks/lib/site_adaptation.py``) holds a
 class's other-source images out of training and adapts to them mixed with validation images; no setting here
 was chosen on Testing.
 """
