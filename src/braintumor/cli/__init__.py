@@ -59,8 +59,10 @@ def _reflowed_help(command: Callable[..., Any]) -> str:
     """A command's docstring with each paragraph on one line, so that its help wraps to the terminal's width.
 
     Example:
-        >>> _reflowed_help(lambda: None) == ""
-        True
+        >>> def command() -> None: ...
+        >>> command.__doc__ = "Say hello\\n    to everyone.\\n\\n    Then leave."
+        >>> _reflowed_help(command)
+        'Say hello to everyone.\\n\\nThen leave.'
     """
     paragraphs = inspect.cleandoc(command.__doc__ or "").split("\n\n")
     return "\n\n".join(" ".join(paragraph.split()) for paragraph in paragraphs)
@@ -80,7 +82,12 @@ def _print_version(value: bool) -> None:
 def _runtime(
     ctx: typer.Context,
     verbose: bool = typer.Option(
-        False, "--verbose", "-v", help="Also show other libraries' log lines, warnings and progress bars (MLflow's)."
+        False,
+        "--verbose",
+        "-v",
+        envvar="BRAINTUMOR_VERBOSE",
+        help="Also show other libraries' log lines, warnings and progress bars, such as MLflow's "
+        "(before the command: braintumor -v train ...).",
     ),
     version: bool = typer.Option(
         False, "--version", callback=_print_version, is_eager=True, help="Print the version and exit."

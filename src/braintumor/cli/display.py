@@ -11,9 +11,10 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path, PurePath
 from typing import TYPE_CHECKING, Any
 
-from rich.console import Console, ConsoleOptions, RenderResult
+from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderResult
 from rich.measure import Measurement
 from rich.table import Table
+from rich.text import Text
 
 if TYPE_CHECKING:
     from braintumor.inference.predictor import Prediction
@@ -26,16 +27,17 @@ err_console = Console(stderr=True)
 REFER_SHORT = "refer"
 OOD_SHORT = "no diagnosis"
 # A file name longer than this folds onto a second line rather than pushing other columns out.
-_NAME_WIDTH = 28
+_NAME_WIDTH = 32
 
 
 class Fitted:
     """The fullest of a table's layouts that fits the console's width; the narrowest when none does.
 
-    ``build(level)`` returns the table at ``level`` (0 = every column), for ``level`` below ``levels``.
+    ``build(level)`` returns the table (or a group with one) at ``level`` (0 = every column), for ``level`` below
+    ``levels``.
     """
 
-    def __init__(self, build: Callable[[int], Table], levels: int) -> None:
+    def __init__(self, build: Callable[[int], RenderableType], levels: int) -> None:
         self.build = build
         self.levels = levels
 
@@ -45,7 +47,7 @@ class Fitted:
     def __rich_measure__(self, console: Console, options: ConsoleOptions) -> Measurement:
         return Measurement.get(console, options, self.table_for(console, options))
 
-    def table_for(self, console: Console, options: ConsoleOptions) -> Table:
+    def table_for(self, console: Console, options: ConsoleOptions) -> RenderableType:
         """The table at the lowest level whose natural width fits ``options.max_width``."""
         unlimited = options.update_width(10_000)
         for level in range(self.levels):
@@ -93,8 +95,8 @@ def display_names(sources: Sequence[str]) -> list[str]:
 def predictions_table(predictions: Sequence[Prediction], class_names: Sequence[str]) -> Fitted:
     """One line per image: its file name, the class and probabilities, and the guard's and referral's advice.
 
-    On a narrow terminal the advice is shortened first, then the input guard's scores go, then the other classes'
-    probabilities (``--json``/``--csv`` have them all, with the full paths).
+    On a narrow terminal the advice and headers are shortened first, then the input guard's scores go, then the
+    other classes' probabilities (``--json``/``--csv`` have them all, with the full paths).
     """
     from braintumor.inference.predictor import OOD_MESSAGE, REFER_MESSAGE
 
@@ -117,7 +119,7 @@ def predictions_table(predictions: Sequence[Prediction], class_names: Sequence[s
         for name in class_names if every_class else ["p"]:
             table.add_column(name, justify="right", no_wrap=True)
         if scores:
-            table.add_column("ood score", justify="right")
+            table.add_column("ood" if short else "ood score", justify="right")
         if with_advice:
             table.add_column("advice", overflow="fold")
         for name, prediction in zip(names, predictions, strict=True):
@@ -125,7 +127,7 @@ def predictions_table(predictions: Sequence[Prediction], class_names: Sequence[s
             shown = class_names if every_class else [prediction.class_name]
             table.add_row(
                 name,
-                "[red]none (flagged)" if flagged else prediction.class_name,
+                ("[red]none" if short else "[red]none (flagged)") if flagged else prediction.class_name,
                 *[f"{prediction.probabilities[column]:.3f}" for column in shown],
                 *([f"{prediction.ood_score:.2f}"] if scores else []),
                 *([advice(prediction, short)] if with_advice else []),
@@ -218,11 +220,14 @@ def _run_cells(row: dict[str, Any]) -> dict[str, str]:
 
 
 def runs_table(rows: Sequence[dict[str, Any]]) -> Fitted:
-    """``braintumor runs``: one line per tracked training run; date, recipe, status and accuracies always show."""
+    """``braintumor runs``: one line per tracked training run; date, recipe, status and accuracies always show.
+
+    Too narrow for the model URIs' column, the URIs follow the table, one line per run with one.
+    """
     cells = [_run_cells(row) for row in rows]
     numeric = {"val acc", "test acc", "test macro-F1", "val loss"}
 
-    def build(level: int) -> Table:
+    def build(level: int) -> RenderableType:
         hidden = _OPTIONAL_RUN_COLUMNS[len(_OPTIONAL_RUN_COLUMNS) - level :] if level else ()
         columns = [*_RUN_COLUMNS, *(c for c in _OPTIONAL_RUN_COLUMNS if c not in hidden)]
         table = Table(title="Training runs (MLflow)")
@@ -230,9 +235,12 @@ def runs_table(rows: Sequence[dict[str, Any]]) -> Fitted:
             table.add_column(column, overflow="fold", justify="right" if column in numeric else "left")
         for values in cells:
             table.add_row(*(values[column] for column in columns))
+        uris = [f"  {values['started (UTC)']}  {values['model URI']}" for values in cells if values["model URI"] != "-"]
+        stacked = "model URI" in hidden and uris
+        hidden = tuple(column for column in hidden if not (stacked and column == "model URI"))
         if hidden:
             table.caption = f"not shown at this width: {', '.join(hidden)}"
-        return table
+        return Group(table, Text("model URIs:"), *map(Text, uris)) if stacked else table
 
     return Fitted(build, levels=len(_OPTIONAL_RUN_COLUMNS) + 1)
 

@@ -72,13 +72,10 @@ def train_command(
                 console.print(f"[bold]resuming[/] {resume}")
                 run = braintumor.resume(resume, force=force, **how, **shared)
             else:
-                root = data_root(data)
-                out_dir = out or Path("runs") / _recipe_name(recipe)
-                console.print(f"[bold]training[/] {recipe} on {root} -> {out_dir}")
                 run = braintumor.train(
                     recipe,
-                    root,
-                    out_dir,
+                    data_root(data),
+                    out,
                     overrides=overrides,
                     epochs=epochs,
                     weights=weights,
@@ -89,11 +86,6 @@ def train_command(
         except NotRankZero:  # a non-zero rank of a multi-process run: rank zero reports
             return
     print_run(run)
-
-
-def _recipe_name(recipe: str) -> str:
-    """The run folder's default name: the recipe's name (a YAML path's stem)."""
-    return Path(recipe).stem if recipe.endswith((".yaml", ".yml")) else recipe
 
 
 def print_run(run: TrainRun) -> None:

@@ -40,7 +40,14 @@ from braintumor.guard import GuardInputs
 from braintumor.guard.evidence import image_evidence
 from braintumor.inference.tta import tta_views
 from braintumor.models.fusion import fold_batchnorm, fold_known_layout
-from braintumor.runtime import autocast, channels_last_batch, resolve_precision, to_channels_last, tune_cpu_runtime
+from braintumor.runtime import (
+    autocast,
+    channels_last_batch,
+    one_thread,
+    resolve_precision,
+    to_channels_last,
+    tune_cpu_runtime,
+)
 
 # What a prediction below the bundle's confidence threshold (selective prediction) tells the user.
 REFER_MESSAGE = "refer to a radiologist"
@@ -152,24 +159,32 @@ class Predictor:
         (:meth:`~braintumor.bundle.Bundle.take_inference_network`) is this predictor's own and of a known
         layout: it is folded in place, without the check's two forward passes. Only in fp32: under bf16
         autocast the folded weights round differently from the weights the network was validated with, so
-        a bf16 bundle runs unfolded."""
+        a bf16 bundle runs unfolded. Prepared on one thread (:func:`~braintumor.runtime.one_thread`)."""
         network, own = self.bundle.take_inference_network()
-        to_channels_last(network)
-        if self.precision != "32-true":
-            return network
-        if own:
-            return fold_known_layout(network).model
-        size = self.bundle.preprocessing.image_size
-        generator = torch.Generator().manual_seed(0)
-        example = torch.randint(0, 256, (2, 3, size, size), dtype=torch.uint8, generator=generator)
-        return fold_batchnorm(network, self._network_input(example), forward=_penultimate_and_logits).model
+        with one_thread():
+            to_channels_last(network)
+            if self.precision != "32-true":
+                return network
+            if own:
+                return fold_known_layout(network).model
+            size = self.bundle.preprocessing.image_size
+            generator = torch.Generator().manual_seed(0)
+            example = torch.randint(0, 256, (2, 3, size, size), dtype=torch.uint8, generator=generator)
+            return fold_batchnorm(network, self._network_input(example), forward=_penultimate_and_logits).model
 
     def _network_input(self, uint8_batch: torch.Tensor) -> torch.Tensor:
         return channels_last_batch(self.transform(uint8_batch))
 
     @torch.inference_mode()
     def _batch_outputs(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Logits (TTA views averaged) and, with a guard, each image's ``ood_score`` (from its clean view)."""
+        """Logits (TTA views averaged) and, with a guard, each image's ``ood_score`` (from its clean view).
+
+        A single image runs on one thread (:func:`~braintumor.runtime.one_thread`).
+        """
+        with one_thread(len(batch) == 1):
+            return self._run_views(batch)
+
+    def _run_views(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         views = tta_views(batch) if self.tta else [batch]
         model, network_input = self.model, self._network_input
         with autocast(self.precision):
