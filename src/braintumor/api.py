@@ -493,12 +493,23 @@ class Bundle:
         if paths:
             from braintumor.inference.predictor import expand_inputs
 
-            found, unread = predictor.predict_paths(expand_inputs(paths))
+            files = expand_inputs(paths)
+            if not files and not images:
+                raise BrainTumorError(f"no files to predict in {', '.join(map(str, paths))}")
+            found, unread = predictor.predict_paths(files)
             predictions += [_typed(item) for item in found]
             skipped += _skipped(unread)
         if images:
             predictions += _predict_images(predictor, images)
-        return Predictions(predictions, skipped)
+        guard = predictor.guard
+        return Predictions(
+            predictions,
+            skipped,
+            class_names=predictor.class_names,
+            bundle_path=self.path,
+            refer_threshold=predictor.refer_threshold,
+            guard=None if guard is None else guard.spec.model_dump(mode="json"),
+        )
 
     def predict_volume(self, source: Path | str, *, tta: bool = False, **options: Any) -> Any:
         """Per-slice predictions and a study-level finding for a volume (NIfTI, DICOM series, zip, multi-frame).

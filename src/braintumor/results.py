@@ -92,16 +92,33 @@ class Prediction(_Result):
 class SkippedInput(_Result):
     """An input that could not be read, and why."""
 
-    source: str
+    path: str
     reason: str
 
 
 class Predictions(Sequence[Prediction]):
-    """The predictions of one call, in input order, and the inputs that could not be read (``skipped``)."""
+    """The predictions of one call, in input order, and the inputs that could not be read (``skipped``).
 
-    def __init__(self, items: Sequence[Prediction], skipped: Sequence[SkippedInput] = ()) -> None:
+    ``class_names``, ``bundle_path``, ``refer_threshold`` and ``guard`` (the input guard's settings, None without
+    one) describe the bundle that answered; :meth:`write_json` and :meth:`write_csv` write them all.
+    """
+
+    def __init__(
+        self,
+        items: Sequence[Prediction],
+        skipped: Sequence[SkippedInput] = (),
+        *,
+        class_names: Sequence[str] = (),
+        bundle_path: Path | None = None,
+        refer_threshold: float | None = None,
+        guard: dict[str, Any] | None = None,
+    ) -> None:
         self._items = list(items)
         self.skipped = list(skipped)
+        self.class_names = list(class_names or (items[0].probabilities if items else ()))
+        self.bundle_path = bundle_path
+        self.refer_threshold = refer_threshold
+        self.guard = guard
 
     @overload
     def __getitem__(self, index: int) -> Prediction: ...
@@ -121,6 +138,45 @@ class Predictions(Sequence[Prediction]):
 
     def to_dict(self) -> list[dict[str, Any]]:
         return [item.to_dict() for item in self._items]
+
+    def write_json(self, path: Path | str) -> Path:
+        """The bundle, its referral threshold and guard, every prediction and every skipped file, as JSON.
+
+        A flagged image's ``class_name`` is null (``out_of_distribution`` repeats ``flagged`` for older readers).
+        """
+        import json
+
+        predictions = [item.to_dict() | {"out_of_distribution": item.flagged} for item in self._items]
+        payload = {
+            "bundle": None if self.bundle_path is None else str(self.bundle_path),
+            "refer_threshold": self.refer_threshold,
+            "guard": "none" if self.guard is None else self.guard,
+            "predictions": predictions,
+            "skipped": [item.to_dict() for item in self.skipped],
+        }
+        Path(path).write_text(json.dumps(payload, indent=2), encoding="utf-8")
+        return Path(path)
+
+    def write_csv(self, path: Path | str) -> Path:
+        """One row per image: path, class (empty when flagged), confidence, a probability column per class, and
+        ``referred`` (with a referral threshold) and ``out_of_distribution``/``ood_score``/``flag_reason`` (with a
+        guard)."""
+        import csv
+
+        with_referral, with_guard = self.refer_threshold is not None, self.guard is not None
+        header = ["path", "class", "confidence", *[f"p_{name}" for name in self.class_names]]
+        header += ["referred"] * with_referral + ["out_of_distribution", "ood_score", "flag_reason"] * with_guard
+        with Path(path).open("w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(header)
+            for item in self._items:
+                row = [item.source, item.class_name or "", f"{item.confidence:.6f}"]
+                row += [f"{item.probabilities[name]:.6f}" for name in self.class_names]
+                row += [int(bool(item.referred))] if with_referral else []
+                score = "" if item.ood_score is None else f"{item.ood_score:.4f}"
+                row += [int(bool(item.flagged)), score, item.flag_reason or ""] if with_guard else []
+                writer.writerow(row)
+        return Path(path)
 
     def to_pandas(self) -> Any:
         """One row per image: source, class_name, confidence, flagged, flag_reason, referred, p_<class>..."""

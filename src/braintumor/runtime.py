@@ -12,11 +12,10 @@ Three measured causes of slow CPU work (``benchmarks/cpu_speed.py``, ``docs/spee
   :func:`autocast` runs a block under bf16 autocast when the precision says so. This changes numbers
   slightly (features agree to a cosine of 0.9997 on Lite2), so it is a recipe choice, recorded in bundles.
 
-A fourth, on a small machine: threads slow down work that has little to split, such as preparing a network
-for inference or running it on one image, most of all when other work holds a core (:func:`one_thread`).
+A fourth, on a small machine: threads slow down preparing a network for inference (:func:`one_thread`).
 
 ``BRAINTUMOR_CPU_TUNING=0`` turns the allocator tuning, channels_last, BatchNorm folding
-(:mod:`braintumor.models.fusion`) and the single-thread settings off (the eager baseline that
+(:mod:`braintumor.models.fusion`) and the single-thread preparation off (the eager baseline that
 ``benchmarks/cpu_speed.py`` compares against); precision is chosen separately.
 
 Example:
@@ -141,24 +140,20 @@ def autocast(precision: str, device_type: str = "cpu") -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def one_thread(enabled: bool = True) -> Iterator[None]:
-    """Run the block on one intra-op thread (when ``enabled`` and tuning is on); torch's setting otherwise.
+def one_thread() -> Iterator[None]:
+    """Run the block on one intra-op thread (torch's setting again afterwards); unchanged when tuning is off.
 
-    For work that threads slow down on a small, shared machine. Measured on 2 cores with EfficientNet-Lite2:
-
-    - preparing a network for inference (NHWC copies, BatchNorm folding: fresh memory written once) took
-      0.03 s on one thread and 0.4-0.6 s on two, the two threads' page faults queueing on each other;
-    - one 260 px image through the network, while other processes used the cores (load average 8), took
-      0.05-0.15 s on one thread and 1-2 s on two, each operator's barrier waiting for the thread the scheduler
-      had parked; when a run found the cores free, two threads were no faster than one.
-
-    The probabilities were identical on one thread and two. No change with ``BRAINTUMOR_CPU_TUNING=0``. The
-    setting is the process's: callers that run models from several threads at once serialise them (the
-    service holds a lock around PyTorch runs).
+    For work that threads slow down on a small machine: preparing a network for inference (NHWC copies of
+    the weights, BatchNorm folding, loading weights: fresh memory written once) took 0.03 s on one thread
+    and 0.4-0.6 s on two on 2 cores (EfficientNet-Lite2), the threads' page faults queueing on each other.
+    Element-wise work and copies give the same numbers on any number of threads. Not for a network's forward
+    pass: on a single image oneDNN splits some convolutions' sums between the threads, so one thread and two
+    differ by float rounding. The setting is the process's: callers that run models from several threads at
+    once serialise them (the service holds a lock around PyTorch runs).
     """
     import torch
 
-    if not enabled or not tuning_enabled():
+    if not tuning_enabled():
         yield
         return
     previous = torch.get_num_threads()

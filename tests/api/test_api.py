@@ -78,7 +78,7 @@ def test_unreadable_files_are_skipped_with_the_reason(demo_run: TrainRun, tmp_pa
     bad = tmp_path / "broken.jpg"
     bad.write_bytes(b"not an image")
     predictions = braintumor.load(demo_run.bundle_path).predict([bad])
-    assert len(predictions) == 0 and predictions.skipped[0].source == str(bad)
+    assert len(predictions) == 0 and predictions.skipped[0].path == str(bad)
 
 
 def test_evaluate_writes_schema_valid_metrics_and_a_report(demo_run: TrainRun, demo_root: Path, tmp_path: Path) -> None:

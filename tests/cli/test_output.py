@@ -77,13 +77,15 @@ def test_flagged_images_get_the_guard_summary_and_short_advice(trained_run, tmp_
 
 
 def test_predictions_table_drops_columns_before_cutting_class_names() -> None:
-    from braintumor.inference.predictor import Prediction
+    from braintumor.results import Prediction
 
     names = ["glioma", "meningioma", "no_tumor", "pituitary"]
     probabilities = dict(zip(names, [0.1, 0.7, 0.1, 0.1], strict=True))
     rows = [
-        Prediction("/data/Testing/meningioma_tumor/Te-me_0010.jpg", "meningioma", 0.7, probabilities, True, False, 0.3),
-        Prediction("/data/other/Te-gl_0001.jpg", "glioma", 0.7, probabilities, False, True, 4.2),
+        Prediction(
+            "/data/Testing/meningioma_tumor/Te-me_0010.jpg", "meningioma", 0.7, probabilities, False, None, 0.3, True
+        ),
+        Prediction("/data/other/Te-gl_0001.jpg", None, 0.7, probabilities, True, "not a brain MRI", 4.2, False),
     ]
     narrow = _render(display.predictions_table(rows, names))
     assert "meningioma" in narrow and "no diagnosis" in narrow and "…" not in narrow

@@ -267,5 +267,3 @@ def test_one_thread_restores_the_thread_count() -> None:
     with one_thread():
         assert torch.get_num_threads() == (1 if tuning_enabled() else before)
     assert torch.get_num_threads() == before
-    with one_thread(False):
-        assert torch.get_num_threads() == before

@@ -17,7 +17,7 @@ from rich.table import Table
 from rich.text import Text
 
 if TYPE_CHECKING:
-    from braintumor.inference.predictor import Prediction
+    from braintumor.results import Prediction
 
 console = Console()
 # Errors, warnings and notes; also the tables of a command whose standard output carries JSON or CSV.
@@ -102,12 +102,12 @@ def predictions_table(predictions: Sequence[Prediction], class_names: Sequence[s
 
     # Bundles with a referral threshold (braintumor calibrate) say which answers a person must check;
     # bundles with an input guard say which inputs are not brain MRIs like the training images.
-    with_guard = any(prediction.out_of_distribution is not None for prediction in predictions)
-    with_advice = any(prediction.out_of_distribution or prediction.referred for prediction in predictions)
+    with_guard = any(prediction.flagged is not None for prediction in predictions)
+    with_advice = any(prediction.flagged or prediction.referred for prediction in predictions)
     names = display_names([prediction.source for prediction in predictions])
 
     def advice(prediction: Prediction, short: bool) -> str:
-        if prediction.out_of_distribution:
+        if prediction.flagged:
             return f"[bold red]{OOD_SHORT if short else OOD_MESSAGE}"
         return f"[bold yellow]{REFER_SHORT if short else REFER_MESSAGE}" if prediction.referred else ""
 
@@ -123,8 +123,10 @@ def predictions_table(predictions: Sequence[Prediction], class_names: Sequence[s
         if with_advice:
             table.add_column("advice", overflow="fold")
         for name, prediction in zip(names, predictions, strict=True):
-            flagged = bool(prediction.out_of_distribution)
-            shown = class_names if every_class else [prediction.class_name]
+            flagged = bool(prediction.flagged)
+            # A flagged image has no class: its most probable one is shown only as a probability.
+            top = max(prediction.probabilities, key=prediction.probabilities.__getitem__)
+            shown = class_names if every_class else [prediction.class_name or top]
             table.add_row(
                 name,
                 ("[red]none" if short else "[red]none (flagged)") if flagged else prediction.class_name,

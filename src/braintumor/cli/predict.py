@@ -25,7 +25,7 @@ from braintumor.cli.volume import (
 )
 
 if TYPE_CHECKING:
-    from braintumor.inference.predictor import Prediction, Predictor
+    from braintumor.results import Predictions
 
 
 def predict_command(
@@ -89,43 +89,38 @@ def _predict_images(
     bundle: Path, inputs: list[Path], *, tta: bool, json_out: Path | None, csv_out: Path | None
 ) -> None:
     """Predict image files and folders, print the table and the notes, write --json and --csv."""
-    from braintumor.bundle import load_bundle
-    from braintumor.inference.predictor import Predictor, expand_inputs, write_predictions_csv, write_predictions_json
+    import braintumor
 
     with stage_errors():
-        predictor = Predictor(load_bundle(bundle), tta=tta)
-        paths = expand_inputs(inputs)
-        if not paths:
-            fail(f"no files to predict in {', '.join(map(str, inputs))}")
-        predictions, skipped = predictor.predict_paths(paths)
-    for item in skipped:
+        predictions = braintumor.load(bundle).predict(inputs, tta=tta)
+    for item in predictions.skipped:
         warn("skipped", f"{item.path}: {item.reason}")
     if predictions:
-        _print_predictions(predictor, predictions, to_stderr=is_stdout(json_out) or is_stdout(csv_out))
+        _print_predictions(predictions, to_stderr=is_stdout(json_out) or is_stdout(csv_out))
     if json_out:
-        write_output(json_out, lambda path: write_predictions_json(path, bundle, predictor, predictions, skipped))
+        write_output(json_out, predictions.write_json)
     if csv_out:
-        write_output(csv_out, lambda path: write_predictions_csv(path, predictor, predictions))
+        write_output(csv_out, predictions.write_csv)
     if not predictions:
         fail("no image could be read")
 
 
-def _print_predictions(predictor: Predictor, predictions: list[Prediction], *, to_stderr: bool) -> None:
+def _print_predictions(predictions: Predictions, *, to_stderr: bool) -> None:
     """The table, then a line on what was referred or flagged (only when something was), or the missing guard."""
     from braintumor.cli.display import console, err_console, predictions_table
     from braintumor.inference.predictor import NO_GUARD_MESSAGE, OOD_MESSAGE, REFER_MESSAGE
 
     out = err_console if to_stderr else console
-    out.print(predictions_table(predictions, predictor.class_names))
+    out.print(predictions_table(predictions, predictions.class_names))
     referred = sum(bool(p.referred) for p in predictions)
-    if predictor.refer_threshold is not None and referred:
+    if predictions.refer_threshold is not None and referred:
         out.print(
-            f"{referred} of {len(predictions)} images below the confidence threshold {predictor.refer_threshold:.3f}: "
-            f"{REFER_MESSAGE}",
+            f"{referred} of {len(predictions)} images below the confidence threshold "
+            f"{predictions.refer_threshold:.3f}: {REFER_MESSAGE}",
             highlight=False,
         )
-    flagged = sum(bool(p.out_of_distribution) for p in predictions)
-    if predictor.guard is None:
+    flagged = sum(bool(p.flagged) for p in predictions)
+    if predictions.guard is None:
         warn("note", NO_GUARD_MESSAGE)
     elif flagged:
         out.print(f"input guard: {flagged} of {len(predictions)} images flagged: {OOD_MESSAGE}", highlight=False)

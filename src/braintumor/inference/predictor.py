@@ -177,14 +177,7 @@ class Predictor:
 
     @torch.inference_mode()
     def _batch_outputs(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Logits (TTA views averaged) and, with a guard, each image's ``ood_score`` (from its clean view).
-
-        A single image runs on one thread (:func:`~braintumor.runtime.one_thread`).
-        """
-        with one_thread(len(batch) == 1):
-            return self._run_views(batch)
-
-    def _run_views(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits (TTA views averaged) and, with a guard, each image's ``ood_score`` (from its clean view)."""
         views = tta_views(batch) if self.tta else [batch]
         model, network_input = self.model, self._network_input
         with autocast(self.precision):
