@@ -195,3 +195,39 @@ def test_no_function_is_longer_than_about_80_lines() -> None:
                 if length > limit:
                     long.append(f"{_module_name(path)}.{node.name}: {length} lines")
     assert not long, long
+
+
+# What the CLI may not call itself: the stages' work goes through the public API (braintumor.api).
+CLI_FORBIDDEN_STAGES = {"workflows", "training", "bundle"}
+CLI_FORBIDDEN_NAMES = {
+    "Predictor",
+    "load_bundle",
+    "evaluate_bundle",
+    "build_report",
+    "run_audit",
+    "explain_paths",
+    "predict_volume",
+    "load_volume",
+    "save_volume_montage",
+    "save_report",
+    "write_volume_csv",
+    "write_volume_json",
+    "export_onnx",
+    "list_runs",
+}
+
+
+def test_the_cli_is_a_thin_map_of_the_public_api() -> None:
+    offenders = []
+    for path in (PACKAGE_ROOT / "cli").rglob("*.py"):
+        module = _module_name(path)
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("braintumor."):
+                if stage_of(node.module) in CLI_FORBIDDEN_STAGES:
+                    offenders.append(f"{module} imports {node.module}")
+                offenders += [
+                    f"{module} imports {node.module}.{alias.name}"
+                    for alias in node.names
+                    if alias.name in CLI_FORBIDDEN_NAMES
+                ]
+    assert not offenders, "the CLI calls braintumor.api for this:\n" + "\n".join(offenders)

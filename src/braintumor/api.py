@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from braintumor.bundle import Bundle as StoredBundle
     from braintumor.config import Recipe
     from braintumor.inference.predictor import Predictor
+    from braintumor.inference.volume import VolumeResult
 
 
 class NotRankZero(BrainTumorError):
@@ -416,6 +417,39 @@ def export(bundle: Path | str | Bundle, out: Path | str | None = None, **setting
     return export_bundle_onnx(bundle.path if isinstance(bundle, Bundle) else Path(bundle), out, **settings)
 
 
+def save_volume_outputs(
+    result: VolumeResult,
+    *,
+    csv_out: Path | None,
+    json_out: Path | None,
+    dicom_sr: Path | None,
+    sr_in_source: bool,
+    extra: dict[str, Any] | None = None,
+) -> list[str]:
+    """Write a volume prediction's per-slice CSV, JSON and DICOM SR where asked; returns a line per file written.
+
+    The SR's place is checked (and the report built) before any file is written, so a report that cannot be made
+    leaves nothing half-done; ``extra`` is added to the JSON (e.g. the montage's slices).
+    """
+    from braintumor.inference.dicom_sr import build_report, check_report_path, save_report
+    from braintumor.inference.volume_outputs import write_volume_csv, write_volume_json
+
+    written = []
+    report_path, report = None, None
+    if dicom_sr is not None:  # a report that cannot be made stops the command before any file is written
+        report = build_report(result)
+        report_path = check_report_path(dicom_sr, result.volume.source, allow_in_source=sr_in_source)
+    if csv_out is not None:
+        write_volume_csv(csv_out, result)
+        written.append(f"per-slice CSV: {csv_out}")
+    if json_out is not None:
+        write_volume_json(json_out, result, extra)
+        written.append(f"JSON: {json_out}")
+    if report_path is not None:
+        written.append(f"DICOM SR: {save_report(report, report_path)}")
+    return written
+
+
 class Bundle:
     """A trained model bundle: its methods are the CLI's verbs.
 
@@ -527,6 +561,12 @@ class Bundle:
         predictor = Predictor(self.stored, tta=tta)
         return predict_volume(predictor, volume, StudyRule(**rule_options))
 
+    def volume_montage(self, result: Any, path: Path | str, count: int) -> list[dict[str, Any]]:
+        """A PNG of the ``count`` most tumour-like slices of a volume prediction with Grad-CAM and the slice curve."""
+        from braintumor.explain.volume_montage import save_volume_montage
+
+        return save_volume_montage(self.stored, result, Path(path), count)
+
     def explain(
         self,
         inputs: Path | str | Sequence[Path | str],
@@ -553,12 +593,11 @@ class Bundle:
             An :class:`~braintumor.results.Explanation`.
         """
         from braintumor.explain.run import explain_paths, parse_methods
-        from braintumor.inference.predictor import expand_inputs
 
         items = [inputs] if isinstance(inputs, str | Path) else list(inputs)
         run = explain_paths(
             self.stored,
-            expand_inputs(items),
+            items,
             out,
             methods=parse_methods(method),
             target=target,
@@ -618,7 +657,16 @@ class Bundle:
             audit=audit,
             **settings,
         )
-        evaluation = Evaluation(split, Metrics.from_record(stage.metrics), Path(stage.out_dir), self.path, _stage=stage)
+        evaluation = Evaluation(
+            split,
+            Metrics.from_record(stage.metrics),
+            Path(stage.out_dir),
+            self.path,
+            skipped=_skipped(stage.skipped),
+            deduplicated=stage.deduplicated,
+            audit_note=stage.audit_note,
+            _stage=stage,
+        )
         if report:
             evaluation.report(show_progress=show_progress)
         return evaluation

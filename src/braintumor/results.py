@@ -245,6 +245,10 @@ class Evaluation(_Result):
     out_dir: Path
     bundle_path: Path
     report_path: Path | None = None
+    skipped: list[SkippedInput] = field(default_factory=list)
+    # Metrics on the images with no copy in Training (from the data audit), or why there are none.
+    deduplicated: dict[str, Any] | None = None
+    audit_note: str | None = None
     _stage: Any = field(default=None, repr=False)
 
     @property

@@ -45,6 +45,7 @@ HEAVY_MODULES = (
     "kornia",
     "onnxruntime",
     "matplotlib",
+    "sympy",
 )
 SIZE = 64
 
@@ -147,6 +148,20 @@ def test_predicting_a_lite_bundle_imports_nothing_heavy_and_matches_the_timm_net
     assert type(bundle.model.backbone).__module__.startswith("timm.")
     predictions, _ = Predictor(bundle).predict_paths([scan])
     assert json.loads(fast_line) == [[p.probabilities, p.ood_score] for p in predictions]
+
+
+def test_cli_predict_imports_nothing_heavy(lite_bundle: Path, scan: Path) -> None:
+    # The bundle has no model.onnx, so the command predicts with PyTorch (and must not import onnxruntime).
+    argv = ["braintumor", "predict", str(lite_bundle), str(scan)]
+    code = (
+        "import runpy, sys\n"
+        f"sys.argv = {argv!r}\n"
+        "try:\n"
+        "    runpy.run_module('braintumor.cli', run_name='__main__')\n"
+        "except SystemExit as stop:\n"
+        "    assert not stop.code, stop.code"
+    )
+    assert _imported_heavy_modules(code) == []
 
 
 @pytest.mark.parametrize("name", sorted(LITE_VARIANTS))

@@ -275,7 +275,7 @@ def _build_network(config: BundleConfig) -> BrainTumorNet | EnsembleNet:
 
 
 def _build_inference_network(config: BundleConfig) -> BrainTumorNet | EnsembleNet | None:
-    """The timm-free network (weights not initialised) when every member has one, else None."""
+    """The timm-free network (its backbone on the meta device) when every member has one, else None."""
     num_classes = len(config.class_names)
     recipes = [config.recipe] if config.ensemble is None else [m.recipe for m in config.ensemble.members]
     members = [create_inference_model(recipe, num_classes=num_classes) for recipe in recipes]
@@ -287,15 +287,17 @@ def _build_inference_network(config: BundleConfig) -> BrainTumorNet | EnsembleNe
 
 
 def _with_weights(
-    network: BrainTumorNet | EnsembleNet, state: dict[str, torch.Tensor], weights: Path
+    network: BrainTumorNet | EnsembleNet, state: dict[str, torch.Tensor], weights: Path, *, assign: bool = False
 ) -> BrainTumorNet | EnsembleNet:
     """``network`` with the bundle's weights (strict: every tensor, each of the right shape), in eval mode.
 
+    ``assign``: the network's tensors become clones of the loaded ones (for a network built on the meta device).
     Copied on one thread: two threads writing fresh memory were several times slower (:func:`one_thread`).
     """
     try:
         with one_thread():
-            network.load_state_dict(state, strict=True)
+            values = {key: tensor.clone() for key, tensor in state.items()} if assign else state
+            network.load_state_dict(values, strict=True, assign=assign)
     except RuntimeError as error:
         raise BundleError(f"{weights} does not match the bundle's recipe: {error}") from None
     return network.eval()
@@ -318,7 +320,7 @@ def load_bundle(folder: Path | str) -> Bundle:
     if inference_network is None:
         model = _with_weights(_build_network(config), state, weights)
         return Bundle(folder, model, config, _load_guard(folder, config))
-    inference_network = _with_weights(inference_network, state, weights)
+    inference_network = _with_weights(inference_network, state, weights, assign=True)
     bundle = Bundle(folder, _Deferred(weights, config, state), config, _load_guard(folder, config))
     bundle._inference_network = inference_network
     return bundle

@@ -41,36 +41,36 @@ def audit_command(
 ) -> None:
     """Duplicates, train/test leakage, label conflicts and unreadable files; writes audit.json, a clean
     test manifest and audit.html."""
-    from braintumor.auditing.run import run_audit
+    import braintumor
     from braintumor.cli.display import audit_table, console
 
     with stage_errors():
-        result = run_audit(
+        result = braintumor.audit(
             data_root(root),
             out,
-            near_threshold=DEFAULT_NEAR_THRESHOLD if threshold is None else threshold,
-            candidates=DEFAULT_CANDIDATES if candidates is None else candidates,
             near=near,
-            write_report=report,
-            show_progress=not quiet,
-            console_log=console.print,
+            report=report,
             cache_dir=cache,
             use_cache=not no_cache,
+            near_threshold=DEFAULT_NEAR_THRESHOLD if threshold is None else threshold,
+            candidates=DEFAULT_CANDIDATES if candidates is None else candidates,
+            show_progress=not quiet,
+            say=console.print,
         )
-    console.print(audit_table(result.audit))
-    for warning in result.audit["size_by_class"]["warnings"]:
+    console.print(audit_table(result.raw))
+    for warning in result.raw["size_by_class"]["warnings"]:
         warn("warning", warning)
-    for item in result.audit["undecodable"]:
+    for item in result.raw["undecodable"]:
         warn("undecodable", f"{item['path']}: {item['reason']}")
     for name, path in sorted(result.outputs.items()):
         console.print(f"{name}: {path}", highlight=False)
-    stats = result.audit.get("cache")
+    stats = result.raw.get("cache")
     if stats is not None:
-        files = sum(s["files"] for s in result.audit["splits"].values())
+        files = sum(s["files"] for s in result.raw["splits"].values())
         console.print(
             f"cache: reused {stats['files_reused'] + stats['files_rehashed']} of {files} files "
             f"({stats['files_rehashed']} after checking their bytes), {stats['pairs_reused']} of "
             f"{stats['pairs_reused'] + stats['pairs_checked']} pair checks ({stats['path']})",
             highlight=False,
         )
-    console.print(f"audit took {result.audit['timing']['total_s']:.1f} s")
+    console.print(f"audit took {result.raw['timing']['total_s']:.1f} s")

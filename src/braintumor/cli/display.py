@@ -17,7 +17,7 @@ from rich.table import Table
 from rich.text import Text
 
 if TYPE_CHECKING:
-    from braintumor.results import Prediction
+    from braintumor.results import ExplainedImage, Prediction
 
 console = Console()
 # Errors, warnings and notes; also the tables of a command whose standard output carries JSON or CSV.
@@ -143,17 +143,15 @@ def predictions_table(predictions: Sequence[Prediction], class_names: Sequence[s
     return Fitted(build, levels=4)
 
 
-def explanations_table(images: Sequence[dict[str, Any]], out_dir: Path) -> Table:
+def explanations_table(images: Sequence[ExplainedImage], out_dir: Path) -> Table:
     """``braintumor explain``: one line per image with its predicted class and its figure's name in ``out_dir``."""
     table = Table(title=f"Explanations in {out_dir}")
     for column in ("image", "predicted", "confidence", "figure"):
         table.add_column(column, overflow="fold", justify="right" if column == "confidence" else "left")
-    names = display_names([item["path"] for item in images])
+    names = display_names([item.source for item in images])
     for name, item in zip(names, images, strict=True):
-        figure = Path(item["figure"])
-        shown = figure.relative_to(out_dir) if figure.is_relative_to(out_dir) else figure
-        predicted = item["predicted_class"]
-        table.add_row(name, predicted, f"{item['probabilities'][predicted]:.1%}", str(shown))
+        shown = item.figure.relative_to(out_dir) if item.figure.is_relative_to(out_dir) else item.figure
+        table.add_row(name, item.class_name, f"{item.probabilities[item.class_name]:.1%}", str(shown))
     return table
 
 

@@ -49,22 +49,22 @@ def evaluate_command(
     quiet: bool = QuietOption,
 ) -> None:
     """Accuracy, loss, per-class metrics, confusion matrix and per-image predictions on a split."""
+    import braintumor
     from braintumor.cli.display import console, metrics_table, uncertainty_lines
     from braintumor.evaluation.adaptation_info import adaptation_text
-    from braintumor.evaluation.evaluate import evaluate_bundle
 
     root = data_root(data)
-    out_dir = out or bundle.resolve().parent / f"eval-{split}"
     with stage_errors():
-        result = evaluate_bundle(
-            bundle, root, split, out_dir, show_progress=not quiet, tta=tta, audit=audit, precision=precision
+        evaluation = braintumor.load(bundle).evaluate(
+            root, split, out, report=report, tta=tta, audit=audit, precision=precision, show_progress=not quiet
         )
-    for skipped in result.skipped:
+    for skipped in evaluation.skipped:
         warn("skipped", f"{skipped.path}: {skipped.reason}")
-    recipe = result.metrics["recipe"]
-    sections = [(result.metrics, f"{recipe} on {split}")]
-    if result.deduplicated is not None:
-        dedup = result.deduplicated
+    result = evaluation.metrics.raw
+    recipe = result["recipe"]
+    sections = [(result, f"{recipe} on {split}")]
+    if evaluation.deduplicated is not None:
+        dedup = evaluation.deduplicated
         sections.append(
             (
                 dedup,
@@ -76,19 +76,16 @@ def evaluate_command(
         console.print(metrics_table(metrics, title))
         for line in uncertainty_lines(metrics):
             console.print(line, highlight=False)
-    line = guard_line(result.metrics, bundle, root)
+    line = guard_line(result, bundle, root)
     if line:
         console.print(line, highlight=False)
-    adaptation = result.metrics.get("adaptation")
+    adaptation = result.get("adaptation")
     if adaptation is not None:
         console.print(adaptation_text(adaptation), highlight=False)
         if adaptation["warning"]:
             warn("warning", adaptation["warning"])
-    if result.deduplicated is None and result.audit_note:
-        warn("note", result.audit_note)
-    console.print(f"evaluation files: {out_dir}")
-    if report:
-        from braintumor.evaluation.report import build_report
-
-        with stage_errors():
-            console.print(f"report: {build_report(result, bundle, show_progress=not quiet)}")
+    if evaluation.deduplicated is None and evaluation.audit_note:
+        warn("note", evaluation.audit_note)
+    console.print(f"evaluation files: {evaluation.out_dir}")
+    if evaluation.report_path is not None:
+        console.print(f"report: {evaluation.report_path}")

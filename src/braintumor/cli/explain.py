@@ -21,7 +21,7 @@ from braintumor.cli.volume import (
 from braintumor.explain.defaults import DEFAULT_SANITY_IMAGES, DEFAULT_SHAP_SAMPLES
 
 if TYPE_CHECKING:
-    from braintumor.explain.run import ExplainRun
+    from braintumor.results import Explanation
 
 
 def explain_command(
@@ -75,14 +75,13 @@ def explain_command(
             montage_slices=montage_slices,
         )
         return
-    from braintumor.explain.run import explain_paths, parse_methods
+    import braintumor
 
     with stage_errors():
-        run = explain_paths(
-            bundle,
+        run = braintumor.load(bundle).explain(
             inputs,
             out,
-            methods=parse_methods(method),
+            method=method,
             target=target,
             layer=layer,
             background_dir=background_dir,
@@ -94,7 +93,7 @@ def explain_command(
     _print_run(run)
 
 
-def _print_run(run: ExplainRun) -> None:
+def _print_run(run: Explanation) -> None:
     """Notes, skipped files, the figures table and the sanity checks of an image run."""
     from braintumor.cli.display import console, explanations_table, sanity_table
 

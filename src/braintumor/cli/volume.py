@@ -78,7 +78,7 @@ def predict_volume_input(bundle: Path, source: Path, options: VolumeOptions) -> 
         threshold=options.threshold,
         min_consecutive=options.min_slices,
     )
-    return model.stored, result
+    return model, result
 
 
 def print_volume_result(result: VolumeResult) -> None:
@@ -120,42 +120,6 @@ def print_volume_result(result: VolumeResult) -> None:
     console.print(f"rule: {study.rule}", highlight=False)
 
 
-def write_volume_outputs(
-    result: VolumeResult,
-    *,
-    csv_out: Path | None,
-    json_out: Path | None,
-    dicom_sr: Path | None,
-    sr_in_source: bool,
-    extra: dict[str, Any] | None = None,
-) -> list[str]:
-    """Write what was asked; returns a line per file written. The SR's place is checked before anything."""
-    from braintumor.inference.dicom_sr import build_report, check_report_path, save_report
-    from braintumor.inference.volume_outputs import write_volume_csv, write_volume_json
-
-    written = []
-    report_path, report = None, None
-    if dicom_sr is not None:  # a report that cannot be made stops the command before any file is written
-        report = build_report(result)
-        report_path = check_report_path(dicom_sr, result.volume.source, allow_in_source=sr_in_source)
-    if csv_out is not None:
-        write_volume_csv(csv_out, result)
-        written.append(f"per-slice CSV: {csv_out}")
-    if json_out is not None:
-        write_volume_json(json_out, result, extra)
-        written.append(f"JSON: {json_out}")
-    if report_path is not None:
-        written.append(f"DICOM SR: {save_report(report, report_path)}")
-    return written
-
-
-def montage(bundle: Any, result: VolumeResult, path: Path, count: int) -> list[dict[str, Any]]:
-    """The Grad-CAM montage PNG (the explain stage's)."""
-    from braintumor.explain.volume_montage import save_volume_montage
-
-    return save_volume_montage(bundle, result, path, count)
-
-
 def refuse_volume_only(**given: object) -> str | None:
     """The message for volume-only options given with image input, or None."""
     named = [f"--{name.replace('_', '-')}" for name, value in given.items() if value not in (None, False)]
@@ -175,19 +139,20 @@ def run_volume_command(
     sr_in_source: bool = False,
 ) -> VolumeResult:
     """``predict``/``explain`` on a volume: predict, print, write the files asked for; errors become one line."""
+    import braintumor.api
     from braintumor.cli.common import stage_errors
     from braintumor.cli.display import console
     from braintumor.inference.predictor import NO_GUARD_MESSAGE
 
     with stage_errors():
-        loaded, result = predict_volume_input(bundle, source, options)
+        model, result = predict_volume_input(bundle, source, options)
     print_volume_result(result)
-    if loaded.guard is None:
+    if model.stored.guard is None:
         warn("note", NO_GUARD_MESSAGE)
     with stage_errors():
-        tiles = None if montage_out is None else montage(loaded, result, montage_out, montage_slices)
+        tiles = None if montage_out is None else model.volume_montage(result, montage_out, montage_slices)
         extra = None if tiles is None else {"montage": {"path": str(montage_out), "slices": tiles}}
-        written = write_volume_outputs(
+        written = braintumor.api.save_volume_outputs(
             result, csv_out=csv_out, json_out=json_out, dicom_sr=dicom_sr, sr_in_source=sr_in_source, extra=extra
         )
     if montage_out is not None:

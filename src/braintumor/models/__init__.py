@@ -42,8 +42,10 @@ def create_inference_model(recipe: Recipe, *, num_classes: int = len(CLASS_NAMES
     """The recipe's network with a timm-free backbone (:mod:`braintumor.models.efficientnet_lite`), to load a
     bundle's weights into for prediction; None when the backbone has no timm-free build.
 
-    The backbone's tensors are allocated but not initialised (built on PyTorch's meta device, then given empty
-    memory): load the weights with ``load_state_dict(state, strict=True)``, which also checks that they fit.
+    The backbone's tensors are not allocated (PyTorch's meta device; ``to_empty`` would import sympy through
+    torch's meta functions, a third of a second): load the weights with ``load_state_dict(state, strict=True,
+    assign=True)``, which also checks that they fit, from tensors of their own (``clone()``: a matrix product
+    reads a tensor inside a file's buffer, at another alignment, differently, by a rounding step).
     """
     if recipe.model.architecture == "custom_cnn":
         return None
@@ -51,9 +53,6 @@ def create_inference_model(recipe: Recipe, *, num_classes: int = len(CLASS_NAMES
         backbone = lite_backbone(recipe.model.backbone)
     if backbone is None:
         return None
-    # Fresh allocations rather than the loaded tensors themselves (load_state_dict's assign=True): a matrix
-    # product reads memory at another alignment differently, which moved the logits by a rounding step.
-    backbone.to_empty(device="cpu")
     # The same head and flags as create_model (keras_initialise touches only the head, which the weights replace).
     return _with_head(recipe, backbone, recipe.model.freeze_backbone, num_classes)
 

@@ -99,12 +99,10 @@ def train_recipe(
         say(note)
     started = time.perf_counter()
     data_root, run_dir = Path(data_root), Path(run_dir)
-    # Layout errors surface before the run folder is made or any model is built (it draws no random number).
-    samples = discover_split(data_root, "Training")
+    samples = discover_split(data_root, "Training")  # layout errors first: before the run folder or a model
     say(f"training {recipe.name} on {data_root} -> {run_dir}")
     previous, resume_from = open_run_folder(run_dir, resume, say)
-    # The initial weights and every augmentation draw follow from this seed in the order the steps below take
-    # them: reordering the steps changes the trained model.
+    # The weights and every augmentation draw follow from this seed in step order: reordering changes the model.
     L.seed_everything(recipe.train.seed, workers=True, verbose=False)
     model, prep = build_model(recipe)
     data = prepare_data(recipe, samples, prep, options.show_progress, say)
