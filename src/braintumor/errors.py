@@ -28,3 +28,39 @@ class WeightsUnavailableError(BrainTumorError):
 
 class BundleError(BrainTumorError):
     """A model bundle folder that is missing, incomplete or inconsistent."""
+
+
+# Which install extra brings each optional package (pyproject.toml's optional-dependencies).
+EXTRA_OF_MODULE = {
+    "fastapi": "serve",
+    "fastapi_offline": "serve",
+    "uvicorn": "serve",
+    "multipart": "serve",
+    "onnx": "serve",
+    "onnxruntime": "serve",
+    "onnxscript": "serve",
+    "httpx": "serve",
+    "pydicom": "volumes",
+    "nibabel": "volumes",
+    "highdicom": "volumes",
+    "pylibjpeg": "volumes",
+    "mlflow": "track",
+    "clearml": "track",
+    "pandas": "pandas",
+}
+
+
+class MissingExtraError(BrainTumorError):
+    """An optional package is not installed; the message names the extra that brings it."""
+
+
+def missing_extra(error: ModuleNotFoundError) -> MissingExtraError:
+    """A one-line error for an import that failed: which package, and how to install it.
+
+    Example:
+        >>> str(missing_extra(ModuleNotFoundError("No module named 'nibabel'", name="nibabel")))
+        "this needs the Python package nibabel: pip install 'braintumor[volumes]'"
+    """
+    package = (error.name or "").split(".")[0] or str(error)
+    extra = EXTRA_OF_MODULE.get(package, "all")
+    return MissingExtraError(f"this needs the Python package {package}: pip install 'braintumor[{extra}]'")

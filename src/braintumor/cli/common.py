@@ -21,7 +21,7 @@ import typer
 from rich.markup import escape
 
 from braintumor.cli.display import err_console
-from braintumor.errors import BrainTumorError
+from braintumor.errors import BrainTumorError, missing_extra
 
 DATA_ENV = "BRAINTUMOR_DATA"
 EXIT_USER_ERROR = 2
@@ -53,11 +53,13 @@ def fail(message: str) -> NoReturn:
 
 @contextmanager
 def stage_errors() -> Iterator[None]:
-    """Turn a stage's :class:`BrainTumorError` into :func:`fail`'s one-line message."""
+    """Turn a stage's :class:`BrainTumorError`, or a missing optional package, into :func:`fail`'s one line."""
     try:
         yield
     except BrainTumorError as error:
         fail(str(error))
+    except ModuleNotFoundError as error:
+        fail(str(missing_extra(error)))
 
 
 def data_root_or_none(data: Path | None) -> Path | None:
