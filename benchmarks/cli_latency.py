@@ -150,6 +150,9 @@ def main() -> None:
     cpu = cpu_description()
     flags = ", ".join(f"{flag}={'yes' if present else 'no'}" for flag, present in cpu["flags"].items())
     print(f"CPU: {cpu['model']} ({cpu['cores']} cores; {flags})")
+    # braintumor predict runs onnxruntime when the bundle has its ONNX graph, PyTorch otherwise.
+    has_onnx = (args.bundle / "model.onnx").is_file()
+    print(f"bundle: {args.bundle} ({'with' if has_onnx else 'without'} model.onnx)")
     lines = commands(args.bundle, args.image)
     load_before = os.getloadavg()
     wall, cpu_times = measure(lines, args.runs)
@@ -177,6 +180,7 @@ def main() -> None:
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "cpu": cpu,
         "python": platform.python_version(),
+        "bundle_has_onnx": has_onnx,
         "runs": args.runs,
         "interleaved": True,
         "load_average_before": [round(v, 2) for v in load_before],

@@ -282,3 +282,13 @@ def test_one_thread_restores_the_thread_count() -> None:
     with one_thread():
         assert torch.get_num_threads() == (1 if tuning_enabled() else before)
     assert torch.get_num_threads() == before
+
+
+def test_the_benchmark_never_writes_its_results_file_in_quick_mode(lite_bundle: Path, scan: Path) -> None:
+    root = Path(__file__).resolve().parents[2]
+    results = root / "benchmarks" / "results" / "cli_latency.json"
+    command = [sys.executable, str(root / "benchmarks" / "cli_latency.py"), "--bundle", str(lite_bundle)]
+    command += ["--image", str(scan), "--quick", "--out", str(results)]
+    done = subprocess.run(command, capture_output=True, text=True, check=False, timeout=60)
+    assert done.returncode == 2
+    assert "--quick never writes" in done.stderr

@@ -159,18 +159,19 @@ class Predictor:
         (:meth:`~braintumor.bundle.Bundle.take_inference_network`) is this predictor's own and of a known
         layout: it is folded in place, without the check's two forward passes. Only in fp32: under bf16
         autocast the folded weights round differently from the weights the network was validated with, so
-        a bf16 bundle runs unfolded. Prepared on one thread (:func:`~braintumor.runtime.one_thread`)."""
+        a bf16 bundle runs unfolded. Copies and folding run on one thread (:func:`~braintumor.runtime.one_thread`)."""
         network, own = self.bundle.take_inference_network()
         with one_thread():
             to_channels_last(network)
-            if self.precision != "32-true":
-                return network
-            if own:
+        if self.precision != "32-true":
+            return network
+        if own:
+            with one_thread():
                 return fold_known_layout(network).model
-            size = self.bundle.preprocessing.image_size
-            generator = torch.Generator().manual_seed(0)
-            example = torch.randint(0, 256, (2, 3, size, size), dtype=torch.uint8, generator=generator)
-            return fold_batchnorm(network, self._network_input(example), forward=_penultimate_and_logits).model
+        size = self.bundle.preprocessing.image_size
+        generator = torch.Generator().manual_seed(0)
+        example = torch.randint(0, 256, (2, 3, size, size), dtype=torch.uint8, generator=generator)
+        return fold_batchnorm(network, self._network_input(example), forward=_penultimate_and_logits).model
 
     def _network_input(self, uint8_batch: torch.Tensor) -> torch.Tensor:
         return channels_last_batch(self.transform(uint8_batch))
