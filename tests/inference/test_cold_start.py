@@ -1,15 +1,15 @@
 """What a cold ``braintumor predict`` relies on: which modules it imports, and that its shortcuts change no number.
 
-The predict path avoids timm (and with it torchvision and torch's compiler), pytorch-ood (scipy.stats),
-scipy.ndimage, Lightning, MLflow and scikit-learn, and folds a timm-free copy of EfficientNet-Lite without the
-parity check. These tests check the imports in fresh processes and compare every shortcut with the code it
+A bundle with ``model.onnx`` predicts with onnxruntime and never builds its network, so the predict path avoids
+timm (and with it torchvision and torch's compiler), pytorch-ood (scipy.stats), scipy.ndimage, Lightning, MLflow
+and scikit-learn. These tests check the imports in fresh processes and compare every shortcut with the code it
 replaces, bit for bit. They time nothing (``benchmarks/cli_latency.py`` does).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -19,17 +19,16 @@ import pytest
 import torch
 from PIL import Image
 
+import braintumor
 from braintumor.bundle import load_bundle, save_bundle
 from braintumor.config import Recipe
 from braintumor.data.preprocessing import Preprocessing, eval_transform, largest_region
 from braintumor.errors import BundleError
 from braintumor.guard import fit_guard, model_outputs
 from braintumor.guard.detectors import energy_score, mahalanobis_score, max_logit_score
-from braintumor.inference.predictor import Predictor
 from braintumor.models import create_model, resolve_preprocessing
-from braintumor.models.efficientnet_lite import LITE_VARIANTS, lite_backbone
-from braintumor.models.fusion import fold_batchnorm, fold_known_layout
 from braintumor.runtime import one_thread, tuning_enabled
+from braintumor.workflows.export import export_bundle_onnx
 
 # Modules a one-image prediction must not import: each costs from a tenth of a second to seconds at start-up.
 HEAVY_MODULES = (
@@ -120,39 +119,11 @@ def test_help_imports_neither_torch_nor_heavy_modules() -> None:
     assert done.stdout.strip() == "False"
 
 
-def test_predicting_a_lite_bundle_imports_nothing_heavy_and_matches_the_timm_network(
-    lite_bundle: Path, scan: Path
-) -> None:
-    code = (
-        "import json\n"
-        "from braintumor.bundle import load_bundle\n"
-        "from braintumor.inference.predictor import Predictor\n"
-        f"predictions, _ = Predictor(load_bundle({str(lite_bundle)!r})).predict_paths([{str(scan)!r}])\n"
-        "print(json.dumps([(p.probabilities, p.ood_score) for p in predictions]))"
-    )
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            code + "\n" + f"import sys; print(json.dumps([m for m in {HEAVY_MODULES!r} if m in sys.modules]))",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=240,
-    )
-    *_, fast_line, modules_line = done.stdout.strip().splitlines()
-    assert json.loads(modules_line) == []
-    # The reference: timm's network (built first, so the predictor folds it with the checked fold).
-    bundle = load_bundle(lite_bundle)
-    assert type(bundle.model.backbone).__module__.startswith("timm.")
-    predictions, _ = Predictor(bundle).predict_paths([scan])
-    assert json.loads(fast_line) == [[p.probabilities, p.ood_score] for p in predictions]
-
-
-def test_cli_predict_imports_nothing_heavy(lite_bundle: Path, scan: Path) -> None:
-    # The bundle has no model.onnx, so the command predicts with PyTorch (and must not import onnxruntime).
-    argv = ["braintumor", "predict", str(lite_bundle), str(scan)]
+def test_cli_predict_of_an_onnx_bundle_imports_nothing_heavy(lite_bundle: Path, scan: Path, tmp_path: Path) -> None:
+    # A bundle with model.onnx (every bundle train writes) predicts with onnxruntime: its network is never built.
+    folder = Path(shutil.copytree(lite_bundle, tmp_path / "bundle"))
+    export_bundle_onnx(folder)
+    argv = ["braintumor", "predict", str(folder), str(scan)]
     code = (
         "import runpy, sys\n"
         f"sys.argv = {argv!r}\n"
@@ -161,67 +132,21 @@ def test_cli_predict_imports_nothing_heavy(lite_bundle: Path, scan: Path) -> Non
         "except SystemExit as stop:\n"
         "    assert not stop.code, stop.code"
     )
-    assert _imported_heavy_modules(code) == []
+    assert _imported_heavy_modules(code) == ["onnxruntime"]
 
 
-@pytest.mark.parametrize("name", sorted(LITE_VARIANTS))
-def test_timm_free_lite_backbone_is_timm_bit_for_bit(name: str) -> None:
-    import timm
-
-    from braintumor.models.padding import use_fast_same_padding
-
-    reference = timm.create_model(name, pretrained=False, num_classes=0).eval()
-    use_fast_same_padding(reference)
-    _randomise_batchnorm(reference)
-    copy = lite_backbone(name)
-    assert copy is not None
-    state = reference.state_dict()
-    assert [(k, v.shape) for k, v in copy.state_dict().items()] == [(k, v.shape) for k, v in state.items()]
-    copy.load_state_dict(state, strict=True)
-    copy.eval()
-    inputs = torch.randn(2, 3, 72, 72, generator=torch.Generator().manual_seed(1))
-    with torch.inference_mode():
-        assert torch.equal(copy(inputs), reference(inputs))
+def test_onnx_and_pytorch_predictions_agree(lite_bundle: Path, scan: Path, tmp_path: Path) -> None:
+    folder = Path(shutil.copytree(lite_bundle, tmp_path / "bundle"))
+    export_bundle_onnx(folder)
+    onnx = braintumor.load(folder).predict(scan)[0]
+    torch_path = braintumor.load(lite_bundle).predict(scan)[0]
+    assert onnx.probabilities == pytest.approx(torch_path.probabilities, abs=1e-4)
+    assert onnx.ood_score == pytest.approx(torch_path.ood_score, rel=1e-3)
 
 
-def test_known_layout_fold_equals_the_checked_fold() -> None:
-    import timm
-
-    from braintumor.models.padding import use_fast_same_padding
-
-    reference = timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=0).eval()
-    use_fast_same_padding(reference)
-    _randomise_batchnorm(reference)
-    copy = lite_backbone("tf_efficientnet_lite0")
-    assert copy is not None
-    copy.load_state_dict(reference.state_dict())
-    inputs = torch.randn(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(2))
-    checked = fold_batchnorm(reference, inputs)
-    known = fold_known_layout(copy.eval())
-    assert known.model is copy
-    assert (known.folded_layers, known.fused_activations) == (checked.folded_layers, checked.fused_activations)
-    if tuning_enabled():
-        assert known.folded_layers > 0
-    with torch.inference_mode():
-        assert torch.equal(known.model(inputs), checked.model(inputs))
-
-
-def test_bundle_hands_out_the_timm_free_network_once(lite_bundle: Path) -> None:
-    bundle = load_bundle(lite_bundle)
-    network, own = bundle.take_inference_network()
-    assert own and type(network.backbone).__name__ == "EfficientNetLite"
-    assert not any(p.is_meta for p in network.parameters())
-    again, own_again = bundle.take_inference_network()
-    assert not own_again and again is bundle.model
-    # A bundle whose model was read first (and may have been changed) never hands out the copy.
-    read_first = load_bundle(lite_bundle)
-    model = read_first.model
-    assert read_first.take_inference_network() == (model, False)
-    moved = dataclasses.replace(read_first, path=Path("elsewhere"))
-    assert moved.model is model and moved.config is read_first.config
-
-
-def test_weights_of_another_lite_variant_are_refused_at_load(lite_bundle: Path, tmp_path: Path) -> None:
+def test_weights_of_another_lite_variant_are_refused_when_the_network_is_built(
+    lite_bundle: Path, tmp_path: Path
+) -> None:
     config = json.loads((lite_bundle / "config.json").read_text())
     config["recipe"]["model"]["backbone"] = "tf_efficientnet_lite1"
     folder = tmp_path / "mismatch"
@@ -230,7 +155,7 @@ def test_weights_of_another_lite_variant_are_refused_at_load(lite_bundle: Path, 
         (folder / item.name).write_bytes(item.read_bytes())
     (folder / "config.json").write_text(json.dumps(config))
     with pytest.raises(BundleError, match="does not match the bundle's recipe"):
-        load_bundle(folder)
+        _ = load_bundle(folder).model
 
 
 def test_normalise_equals_torchvision() -> None:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import platform
 import shutil
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -48,7 +48,7 @@ from braintumor.data.preprocessing import Preprocessing
 from braintumor.errors import BundleError
 from braintumor.guard import GUARD_FILE, InputGuard
 from braintumor.io import read_json_object, write_json_atomic
-from braintumor.models import create_inference_model, create_model
+from braintumor.models import create_model
 from braintumor.models.ensemble import EnsembleNet
 from braintumor.models.network import BrainTumorNet
 from braintumor.runtime import one_thread
@@ -107,30 +107,14 @@ class _Network:
 class Bundle:
     """A loaded model bundle, ready for inference (the model is in eval mode).
 
-    ``model`` is the recipe's network as training built it (timm's modules). For an EfficientNet-Lite
-    backbone :func:`load_bundle` builds it on first read and loads a timm-free copy instead
-    (:mod:`braintumor.models.efficientnet_lite`), which :meth:`take_inference_network` hands to the first
-    predictor: predicting never imports timm, torchvision or torch's compiler (seconds of start-up).
+    ``model`` is built from the recipe and loaded with the weights on first read: a bundle served through its
+    ONNX graph never builds it, so predicting never imports timm, torchvision or torch's compiler.
     """
 
     path: Path
     model: BrainTumorNet | EnsembleNet = _Network()  # type: ignore[assignment]
     config: BundleConfig
     guard: InputGuard | None = None
-    _inference_network: BrainTumorNet | EnsembleNet | None = field(default=None, init=False, repr=False, compare=False)
-
-    def take_inference_network(self) -> tuple[BrainTumorNet | EnsembleNet, bool]:
-        """The network to predict with, and whether it is the caller's own to change (to fold in place).
-
-        The first call after :func:`load_bundle` gets the timm-free copy, the same numbers as ``model`` bit for
-        bit and a layout known to fold, as long as ``model`` was not built (else a change made to ``model``,
-        such as an adaptation, would be missed). Every other call gets ``model`` itself, shared with the
-        bundle's other users: not the caller's to change.
-        """
-        network, self._inference_network = self._inference_network, None
-        if network is not None and isinstance(self.__dict__["_model"], _Deferred):
-            return network, True
-        return self.model, False
 
     @property
     def name(self) -> str:
@@ -274,18 +258,6 @@ def _build_network(config: BundleConfig) -> BrainTumorNet | EnsembleNet:
     return EnsembleNet(members, config.ensemble.member_weights())
 
 
-def _build_inference_network(config: BundleConfig) -> BrainTumorNet | EnsembleNet | None:
-    """The timm-free network (its backbone on the meta device) when every member has one, else None."""
-    num_classes = len(config.class_names)
-    recipes = [config.recipe] if config.ensemble is None else [m.recipe for m in config.ensemble.members]
-    members = [create_inference_model(recipe, num_classes=num_classes) for recipe in recipes]
-    if any(member is None for member in members):
-        return None
-    if config.ensemble is None:
-        return members[0]
-    return EnsembleNet(members, config.ensemble.member_weights())
-
-
 def _with_weights(
     network: BrainTumorNet | EnsembleNet, state: dict[str, torch.Tensor], weights: Path, *, assign: bool = False
 ) -> BrainTumorNet | EnsembleNet:
@@ -304,10 +276,10 @@ def _with_weights(
 
 
 def load_bundle(folder: Path | str) -> Bundle:
-    """Read the config and the safetensors weights and check that they fit the recipe's network (strict).
+    """Read the config, the safetensors weights and the guard; ``Bundle.model`` is built on first read.
 
-    For EfficientNet-Lite backbones the check is made on the timm-free copy, which keeps the weights;
-    ``Bundle.model`` is built on first read (see :class:`Bundle`).
+    A weights file that does not fit the recipe's network (strict: every tensor, each of the right shape) is a
+    :class:`~braintumor.errors.BundleError` when the network is built.
     """
     folder = Path(folder)
     config = read_bundle_config(folder)
@@ -316,11 +288,4 @@ def load_bundle(folder: Path | str) -> Bundle:
         state = load_file(str(weights))
     except (SafetensorError, OSError) as error:
         raise BundleError(f"{weights} does not match the bundle's recipe: {error}") from None
-    inference_network = _build_inference_network(config)
-    if inference_network is None:
-        model = _with_weights(_build_network(config), state, weights)
-        return Bundle(folder, model, config, _load_guard(folder, config))
-    inference_network = _with_weights(inference_network, state, weights, assign=True)
-    bundle = Bundle(folder, _Deferred(weights, config, state), config, _load_guard(folder, config))
-    bundle._inference_network = inference_network
-    return bundle
+    return Bundle(folder, _Deferred(weights, config, state), config, _load_guard(folder, config))

@@ -39,7 +39,7 @@ from braintumor.errors import BrainTumorError, ImageDecodeError
 from braintumor.guard import GuardInputs
 from braintumor.guard.evidence import image_evidence
 from braintumor.inference.tta import tta_views
-from braintumor.models.fusion import fold_batchnorm, fold_known_layout
+from braintumor.models.fusion import fold_batchnorm
 from braintumor.runtime import (
     autocast,
     channels_last_batch,
@@ -155,19 +155,13 @@ class Predictor:
         """The network this predictor runs, in NHWC order, built on first use: the bundle's, with BatchNorm
         folded into its convolutions (:func:`~braintumor.models.fusion.fold_batchnorm`; checked against the
         bundle's network on a random batch, float rounding apart). The bundle's own network is left as it is
-        (explanations and export use it). The timm-free copy that a freshly loaded bundle hands out
-        (:meth:`~braintumor.bundle.Bundle.take_inference_network`) is this predictor's own and of a known
-        layout: it is folded in place, without the check's two forward passes. Only in fp32: under bf16
-        autocast the folded weights round differently from the weights the network was validated with, so
-        a bf16 bundle runs unfolded. Copies and folding run on one thread (:func:`~braintumor.runtime.one_thread`)."""
-        network, own = self.bundle.take_inference_network()
+        (explanations and export use it). Only in fp32: under bf16 autocast the folded weights round differently
+        from the weights the network was validated with, so a bf16 bundle runs unfolded."""
+        network = self.bundle.model
         with one_thread():
             to_channels_last(network)
         if self.precision != "32-true":
             return network
-        if own:
-            with one_thread():
-                return fold_known_layout(network).model
         size = self.bundle.preprocessing.image_size
         generator = torch.Generator().manual_seed(0)
         example = torch.randint(0, 256, (2, 3, size, size), dtype=torch.uint8, generator=generator)

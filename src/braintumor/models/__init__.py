@@ -13,17 +13,15 @@ Example:
 
 from __future__ import annotations
 
-import torch
 import torch.nn as nn
 
 from braintumor.classes import CLASS_NAMES
 from braintumor.config import Recipe
 from braintumor.data.preprocessing import Preprocessing
-from braintumor.models.efficientnet_lite import lite_backbone
 from braintumor.models.network import BrainTumorNet, LinearHead, SeedCNN, SeedHead, keras_initialise
 from braintumor.models.pretrained import create_backbone
 
-__all__ = ["BrainTumorNet", "create_inference_model", "create_model", "resolve_preprocessing"]
+__all__ = ["BrainTumorNet", "create_model", "resolve_preprocessing"]
 
 
 def create_model(recipe: Recipe, *, load_pretrained: bool = True, num_classes: int = len(CLASS_NAMES)) -> BrainTumorNet:
@@ -36,25 +34,6 @@ def create_model(recipe: Recipe, *, load_pretrained: bool = True, num_classes: i
         backbone = create_backbone(spec.backbone, pretrained=spec.pretrained and load_pretrained, weights=spec.weights)
         frozen = spec.freeze_backbone
     return _with_head(recipe, backbone, frozen, num_classes)
-
-
-def create_inference_model(recipe: Recipe, *, num_classes: int = len(CLASS_NAMES)) -> BrainTumorNet | None:
-    """The recipe's network with a timm-free backbone (:mod:`braintumor.models.efficientnet_lite`), to load a
-    bundle's weights into for prediction; None when the backbone has no timm-free build.
-
-    The backbone's tensors are not allocated (PyTorch's meta device; ``to_empty`` would import sympy through
-    torch's meta functions, a third of a second): load the weights with ``load_state_dict(state, strict=True,
-    assign=True)``, which also checks that they fit, from tensors of their own (``clone()``: a matrix product
-    reads a tensor inside a file's buffer, at another alignment, differently, by a rounding step).
-    """
-    if recipe.model.architecture == "custom_cnn":
-        return None
-    with torch.device("meta"):
-        backbone = lite_backbone(recipe.model.backbone)
-    if backbone is None:
-        return None
-    # The same head and flags as create_model (keras_initialise touches only the head, which the weights replace).
-    return _with_head(recipe, backbone, recipe.model.freeze_backbone, num_classes)
 
 
 def _with_head(recipe: Recipe, backbone: nn.Module, frozen: bool, num_classes: int) -> BrainTumorNet:

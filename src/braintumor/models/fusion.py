@@ -102,21 +102,6 @@ def fold_batchnorm(
     return FoldedNetwork(model, 0, difference)
 
 
-def fold_known_layout(model: nn.Module) -> FoldedNetwork:
-    """``model`` itself, folded and fused in place like :func:`fold_batchnorm`'s first choice, without its check.
-
-    Only for networks whose layout is known to fold (the timm-free EfficientNet-Lite of
-    :mod:`braintumor.models.efficientnet_lite`, whose tests compare it with the checked fold): the check runs
-    the network twice, which is most of a one-image prediction. ``max_difference`` is then 0 (not measured).
-    Unchanged when training or with ``BRAINTUMOR_CPU_TUNING=0``, as :func:`fold_batchnorm`.
-    """
-    if model.training or not tuning_enabled():
-        return FoldedNetwork(model, 0, 0.0)
-    count = _fold_children(model)
-    fused = _fuse_activations(model) if count and fused_activation_supported() else 0
-    return FoldedNetwork(model, count, 0.0, fused)
-
-
 def _fold_children(module: nn.Module) -> int:
     """Fold every adjacent Conv2d, BatchNorm2d pair below ``module`` in place; the number folded."""
     count = 0

@@ -11,8 +11,8 @@ input and zeroing only the new border (docs/speed.md).
 :func:`pad_border` writes the same tensor (bitwise: padding does no arithmetic), so swapping it in
 changes no feature, gradient or prediction. :class:`FastConv2dSame` is such a convolution, and
 :func:`use_fast_same_padding` swaps it into a network's ``Conv2dSame`` layers. Under ``torch.export``/ONNX
-export and tracing it uses ``F.pad``, which the exporters know. This module does not import timm (the
-timm-free networks of :mod:`braintumor.models.efficientnet_lite` use it at prediction time).
+export and tracing it uses ``F.pad``, which the exporters know. This module imports timm only to find
+the layers to swap.
 
 Example:
     >>> import torch
