@@ -291,8 +291,8 @@ class AdaptConfig(_Strict):
 
     method: str = Field(
         "em",
-        description="The adaptation method or combination (a+b), chosen for this recipe on the Training-only "
-        "proxy of benchmarks/site_adaptation.py; the input guard's shift evidence still gates it.",
+        description="The adaptation method or combination (a+b) that `braintumor adapt` uses for this recipe's "
+        "bundles by default; the input guard's shift evidence still gates it.",
     )
 
     @field_validator("method")

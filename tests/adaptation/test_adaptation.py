@@ -175,9 +175,10 @@ def test_an_adapted_bundle_round_trips_without_pickle_and_the_original_is_untouc
     assert record.method == "standardize+em" and [s["path"] for s in record.skipped_files] == [str(site / "broken.jpg")]
     assert len(record.manifest_sha256) == 64 and load_bundle(original).config.extras.adaptation is None
     assert not torch.equal(head_state(adapted.model).weight, head_state(load_bundle(original).model).weight)
-    assert {p.suffix for p in result.out.iterdir()} <= {".json", ".safetensors"}
+    assert {p.suffix for p in result.out.iterdir()} <= {".json", ".safetensors", ".onnx"}
 
 
+@pytest.mark.slow
 def test_an_ensemble_adapts_each_member_as_that_member_alone_would(tmp_path: Path, site: Path) -> None:
     from braintumor.models.ensemble import EnsembleNet
     from braintumor.workflows.ensemble import combine_bundles
@@ -230,6 +231,7 @@ def test_a_near_source_target_is_not_moved_without_force(tmp_path: Path, site: P
         assert result.applied == ("standardize",)
 
 
+@pytest.mark.slow
 def test_without_a_method_adapt_does_what_the_bundle_recipe_asks(tmp_path: Path, site: Path) -> None:
     from braintumor.cli import app
     from braintumor.config import RecipeError, load_recipe

@@ -202,6 +202,7 @@ run_audit(sys.argv[1], sys.argv[2], show_progress=False, write_report=False, wor
 """
 
 
+@pytest.mark.slow
 def test_an_audit_killed_with_sigkill_resumes(root: Path, tmp_path: Path, decodes: list) -> None:
     out = tmp_path / "audit"
     killed = subprocess.run(

@@ -16,6 +16,7 @@ from tests.conftest import TINY_RECIPE
 REPO = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.slow
 def test_accuracy_benchmark_writes_the_table(synthetic_root: Path, tmp_path: Path) -> None:
     recipes = []
     for seed in (1, 2):

@@ -47,6 +47,7 @@ def cli_run(recipe_file: Path, synthetic_root: Path, tmp_path_factory: pytest.Te
     return run_dir
 
 
+@pytest.mark.slow
 def test_train_with_evaluate_writes_bundle_and_evaluation(cli_run: Path) -> None:
     assert (cli_run / "bundle" / "config.json").is_file()
     config = json.loads((cli_run / "bundle" / "config.json").read_text())

@@ -40,7 +40,8 @@ def _page_params() -> list:
     for path in pages():
         if not python_blocks(path):
             continue
-        marks = [pytest.mark.slow, pytest.mark.timeout(900)] if _is_slow(path) else []
+        # Every page runs in a workspace with the demo data and model, trained once: the slow lane.
+        marks = [pytest.mark.slow, pytest.mark.timeout(900 if _is_slow(path) else 300)]
         params.append(pytest.param(path, id=relative(path), marks=marks))
     return params
 

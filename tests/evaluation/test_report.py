@@ -156,6 +156,7 @@ def test_uncalibrated_inverts_temperature_scaling_and_risk_coverage_is_monotone_
     assert risk[-1] == pytest.approx(float(np.mean(raw.argmax(axis=1) != labels)))
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium (Debian package chromium) is not installed")
 def test_report_in_headless_chromium(cli_report: Path, tmp_path: Path) -> None:
     # A copy of the report with a probe that writes the count of images that failed to load into the DOM.

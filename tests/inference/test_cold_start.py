@@ -119,6 +119,7 @@ def test_help_imports_neither_torch_nor_heavy_modules() -> None:
     assert done.stdout.strip() == "False"
 
 
+@pytest.mark.slow
 def test_cli_predict_of_an_onnx_bundle_imports_nothing_heavy(lite_bundle: Path, scan: Path, tmp_path: Path) -> None:
     # A bundle with model.onnx (every bundle train writes) predicts with onnxruntime: its network is never built.
     folder = Path(shutil.copytree(lite_bundle, tmp_path / "bundle"))
@@ -135,6 +136,7 @@ def test_cli_predict_of_an_onnx_bundle_imports_nothing_heavy(lite_bundle: Path, 
     assert _imported_heavy_modules(code) == ["onnxruntime"]
 
 
+@pytest.mark.slow
 def test_onnx_and_pytorch_predictions_agree(lite_bundle: Path, scan: Path, tmp_path: Path) -> None:
     folder = Path(shutil.copytree(lite_bundle, tmp_path / "bundle"))
     export_bundle_onnx(folder)

@@ -61,6 +61,7 @@ def test_cached_stages_need_a_frozen_lower_part() -> None:
         )
 
 
+@pytest.mark.slow
 def test_cached_stage_trains_the_same_network_as_the_image_path(synthetic_root: Path, tmp_path: Path) -> None:
     """Without augmentation the cached activations are exact: both paths must give the same weights."""
     results = {}
@@ -84,6 +85,7 @@ def test_cached_stage_trains_the_same_network_as_the_image_path(synthetic_root: 
     assert config["recipe"]["train"]["finetune_stages"][0]["cache_frozen_layers"] is True
 
 
+@pytest.mark.slow
 def test_cached_stage_uses_augmented_views(synthetic_root: Path, tmp_path: Path) -> None:
     recipe = tiny_recipe(
         model={**TINY_LITE, "head": "linear", "head_standardize": False, "freeze_backbone": True},

@@ -109,6 +109,7 @@ def test_fast_features_match_eager_fp32() -> None:
     assert float(torch.nn.functional.cosine_similarity(bf16, eager).min()) >= BF16_MIN_COSINE
 
 
+@pytest.mark.slow
 def test_training_writes_an_onnx_graph_that_passes_parity(synthetic_root: Path, tmp_path: Path) -> None:
     recipe = tiny_recipe(train={"max_epochs": 2})
     result = train_recipe(

@@ -30,6 +30,9 @@ from braintumor.workflows.train import RunOptions, TrainResult, resume_run, trai
 from tests.conftest import tiny_recipe
 
 OPTIONS = {"show_progress": False, "tracker": "none", "export_onnx": False}
+# Every test here trains and kills runs in subprocesses.
+pytestmark = pytest.mark.slow
+
 TINY_LITE = {"architecture": "transfer", "backbone": "tf_efficientnet_lite0", "pretrained": False}
 
 

@@ -135,6 +135,7 @@ def test_finetune_stages_need_a_frozen_transfer_backbone() -> None:
         apply_overrides(recipe, ["train.wise_alphas=[0.5]"])
 
 
+@pytest.mark.slow
 def test_lp_ft_with_wise_trains_probe_then_stages_and_keeps_the_best_alpha(
     synthetic_root: Path, tmp_path: Path
 ) -> None:
@@ -173,6 +174,7 @@ def test_lp_ft_with_wise_trains_probe_then_stages_and_keeps_the_best_alpha(
     assert accuracy == pytest.approx(config["training"]["val_metrics"]["accuracy"])
 
 
+@pytest.mark.slow
 def test_resuming_a_finished_lp_ft_run_reuses_probe_and_stages(synthetic_root: Path, tmp_path: Path) -> None:
     recipe = tiny_recipe(
         model={**TINY_TIMM, "head": "linear", "freeze_backbone": True},
@@ -188,6 +190,7 @@ def test_resuming_a_finished_lp_ft_run_reuses_probe_and_stages(synthetic_root: P
         torch.testing.assert_close(value, before[key], msg=key)
 
 
+@pytest.mark.slow
 def test_feature_cache_trains_the_same_head_as_the_image_path(synthetic_root: Path, tmp_path: Path) -> None:
     """Without augmentation, cached features are exact: both paths must train the same head."""
     heads = {}
@@ -204,6 +207,7 @@ def test_feature_cache_trains_the_same_head_as_the_image_path(synthetic_root: Pa
     assert [r["val_loss"] for r in heads[True][1]] == pytest.approx([r["val_loss"] for r in heads[False][1]], rel=1e-4)
 
 
+@pytest.mark.slow
 def test_ensemble_bundle_averages_member_probabilities(trained_run, synthetic_root: Path, tmp_path: Path) -> None:
     second = train_recipe(
         tiny_recipe(train={"max_epochs": 3, "seed": 7}), synthetic_root, tmp_path / "second", show_progress=False

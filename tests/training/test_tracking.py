@@ -96,6 +96,7 @@ def test_a_crash_while_saving_never_leaves_a_bundle_that_loads(
         load_bundle(tmp_path / "new")
 
 
+@pytest.mark.slow
 def test_resume_after_kill_9_in_the_middle_of_training(synthetic_root: Path, tmp_path: Path) -> None:
     recipe = {
         **TINY_RECIPE,
@@ -151,6 +152,7 @@ def test_resume_after_kill_9_in_the_middle_of_training(synthetic_root: Path, tmp
     load_bundle(run_dir / "bundle")
 
 
+@pytest.mark.slow
 def test_ddp_with_two_cpu_processes_matches_a_single_process(synthetic_root: Path, tmp_path: Path) -> None:
     recipe_file = tmp_path / "ddp.yaml"
     recipe_file.write_text(yaml.safe_dump({**TINY_RECIPE, "name": "tiny-ddp"}))

@@ -65,6 +65,7 @@ def test_bundle_reloads_and_predicts_identically(trained_run, synthetic_root: Pa
         assert sum(prediction.probabilities.values()) == pytest.approx(1.0, abs=1e-5)
 
 
+@pytest.mark.slow
 def test_training_is_repeatable_with_a_seed(synthetic_root: Path, tmp_path: Path) -> None:
     recipe = tiny_recipe(train={"max_epochs": 2})
     first = train_recipe(recipe, synthetic_root, tmp_path / "a", show_progress=False)
@@ -72,6 +73,7 @@ def test_training_is_repeatable_with_a_seed(synthetic_root: Path, tmp_path: Path
     assert [r["val_loss"] for r in first.history] == pytest.approx([r["val_loss"] for r in second.history], rel=1e-5)
 
 
+@pytest.mark.slow
 def test_frozen_backbone_trains_the_head_on_cached_features(synthetic_root: Path, tmp_path: Path) -> None:
     recipe = tiny_recipe(
         model={

@@ -1,8 +1,6 @@
-"""The adaptation methods' names and their settings, fixed a priori or chosen on the Training-only proxy.
+"""The adaptation methods' names and their settings: fixed a priori, or chosen without the Testing split.
 
-``benchmarks/site_adaptation.py`` says which: the proxy (``benchmarks/lib/site_adaptation.py``) holds a
-class's other-source images out of training and adapts to them mixed with validation images; no setting here
-was chosen on Testing.
+How each was chosen is in the documentation (Site adaptation); none was chosen on Testing.
 """
 
 from __future__ import annotations
