@@ -112,6 +112,15 @@ def load(path: Path | str) -> Bundle:
 
     Raises:
         BundleError: the folder is missing, incomplete or written by a newer braintumor.
+
+    Examples:
+        >>> from braintumor.bundle.examples import tiny_bundle
+        >>> model = load(tiny_bundle())
+        >>> model.class_names
+        ['glioma', 'meningioma', 'no_tumor', 'pituitary']
+        >>> load("no/such/folder")
+        Traceback (most recent call last):
+        braintumor.errors.BundleError: model bundle no/such/folder does not exist or is not a folder
     """
     return Bundle(path)
 
@@ -517,6 +526,16 @@ class Bundle:
         Returns:
             :class:`~braintumor.results.Predictions`, in input order; unreadable files are in ``.skipped``.
             A flagged image (input guard) has ``class_name`` None and a ``flag_reason``.
+
+        Raises:
+            BrainTumorError: a folder with no file in it, or an input that is neither a path nor an image.
+
+        Examples:
+            >>> import numpy as np
+            >>> from braintumor.bundle.examples import tiny_bundle
+            >>> predictions = load(tiny_bundle()).predict([np.zeros((40, 50), dtype=np.uint8)])
+            >>> len(predictions), sorted(predictions[0].probabilities)
+            (1, ['glioma', 'meningioma', 'no_tumor', 'pituitary'])
         """
         predictor = self.predictor(tta=tta)
         items = list(inputs) if isinstance(inputs, list | tuple) else [inputs]
@@ -736,6 +755,12 @@ class Bundle:
 
         Raises:
             BrainTumorError: another format, a missing ``onnx`` install, or a parity check that failed.
+
+        Examples:
+            >>> import tempfile
+            >>> from braintumor.bundle.examples import tiny_bundle
+            >>> load(tiny_bundle()).export(out=tempfile.mkdtemp() + "/model.onnx").suffix
+            '.onnx'
         """
         if format != "onnx":
             raise BrainTumorError(f"unknown export format {format!r}: use onnx")

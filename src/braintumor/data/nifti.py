@@ -37,6 +37,9 @@ from braintumor.data.volume_core import (
 )
 
 GZIP_MAGIC = b"\x1f\x8b"
+# Compressed bytes fed to zlib per step, and the most inflated bytes one step may yield.
+_INPUT_CHUNK = 64 * 1024
+_OUTPUT_CHUNK = 1024 * 1024
 _NIFTI1_MAGICS = (b"n+1\x00", b"ni1\x00")
 
 
@@ -54,21 +57,41 @@ def nifti_version(data: bytes) -> int | None:
     return None
 
 
+def _inflate_member(inflater: Any, data: bytes, start: int, source: str | Path, out: bytearray, limit: int) -> int:
+    """Feed one gzip member from ``data[start:]`` in chunks into ``out``; the offset where the member ended."""
+    position = start
+    while not inflater.eof:
+        if inflater.unconsumed_tail:
+            piece = inflater.unconsumed_tail
+        elif position < len(data):
+            piece, position = data[position : position + _INPUT_CHUNK], position + _INPUT_CHUNK
+        else:
+            raise VolumeError(source, "truncated gzip file (it ends before its end marker)")
+        # Never more than one chunk of output per call, and never past the limit: a bomb stops here.
+        out.extend(inflater.decompress(piece, min(_OUTPUT_CHUNK, limit + 1 - len(out))))
+        if len(out) > limit:
+            raise VolumeError(source, f"gzip content is over the limit of {limit:,} bytes: refused")
+    return min(position, len(data)) - len(inflater.unused_data)
+
+
 def inflate_limited(data: bytes, source: str | Path, limit: int) -> bytes:
-    """Gunzip ``data`` (concatenated members included) without ever holding more than ``limit`` bytes."""
+    """Gunzip ``data`` (concatenated members included) in chunks, stopping as soon as it passes ``limit`` bytes.
+
+    Input is fed ``_INPUT_CHUNK`` bytes at a time and each step yields at most ``_OUTPUT_CHUNK`` bytes, so a
+    gzip bomb is refused after inflating just over ``limit`` bytes, whatever it would expand to.
+
+    Example:
+        >>> import gzip
+        >>> inflate_limited(gzip.compress(b"abc") + gzip.compress(b"def"), "x.nii.gz", 10)
+        b'abcdef'
+    """
     out = bytearray()
-    remaining = data
+    position = 0
     try:
-        while remaining:
-            inflater = zlib.decompressobj(zlib.MAX_WBITS | 16)
-            out.extend(inflater.decompress(remaining, limit + 1 - len(out)))
-            if len(out) > limit:
-                raise VolumeError(source, f"gzip content is over the limit of {limit:,} bytes: refused")
-            if not inflater.eof:
-                if inflater.unconsumed_tail:
-                    raise VolumeError(source, f"gzip content is over the limit of {limit:,} bytes: refused")
-                raise VolumeError(source, "truncated gzip file (it ends before its end marker)")
-            remaining = inflater.unused_data.lstrip(b"\x00")
+        while position < len(data):
+            position = _inflate_member(zlib.decompressobj(zlib.MAX_WBITS | 16), data, position, source, out, limit)
+            while position < len(data) and data[position] == 0:  # padding after the last member
+                position += 1
     except zlib.error as error:
         raise VolumeError(source, f"corrupt gzip data: {error}") from None
     return bytes(out)
