@@ -17,6 +17,7 @@ import pytest
 import torch
 from PIL import Image
 
+from braintumor.api import FLAG_REASON
 from braintumor.bundle import load_bundle, save_bundle
 from braintumor.classes import CLASS_NAMES
 from braintumor.config import Recipe
@@ -119,9 +120,10 @@ def test_unlike_uploads_are_flagged_with_a_warning(client: Any, image: Image.Ima
     body = _predict(client, image)
     assert body["out_of_distribution"] is True and body["ood_score"] > 1.0
     assert body["warning"] == OOD_WARNING and "not a diagnosis" in body["warning"]
-    # The class probabilities are still returned, with every field a client already reads.
+    # No diagnosis: no class, the verdict and its reason; the probabilities are still returned (not a diagnosis).
+    assert body["class_name"] is None and body["flagged"] is True and body["flag_reason"] == FLAG_REASON
     assert set(body["probabilities"]) == set(CLASS_NAMES) and sum(body["probabilities"].values()) == pytest.approx(1)
-    assert body["class_name"] in CLASS_NAMES and body["refer_threshold"] == 0.5 and "disclaimer" in body
+    assert body["refer_threshold"] == 0.5 and "disclaimer" in body
 
 
 def test_held_out_slices_pass_and_match_the_predictor(client: Any, guarded_dir: Path) -> None:
@@ -132,6 +134,8 @@ def test_held_out_slices_pass_and_match_the_predictor(client: Any, guarded_dir: 
     assert all(flag in (True, False) for flag in flags) and flags.count(True) <= 2, flags
     for body in bodies:
         assert (body["warning"] is None) is (body["out_of_distribution"] is False)
+        assert body["flagged"] is body["out_of_distribution"] and (body["class_name"] is None) is body["flagged"]
+        assert (body["flag_reason"] is None) is (body["flagged"] is False)
     _, scores = Predictor(load_bundle(guarded_dir)).predict_images_guarded(slices)
     assert scores is not None
     np.testing.assert_allclose([body["ood_score"] for body in bodies], scores, rtol=1e-5, atol=1e-5)
@@ -148,19 +152,28 @@ def test_model_card_health_and_schema_describe_the_guard(client: Any) -> None:
     assert client.get("/v1/health").json()["guard_available"] is True
     openapi = client.get("/openapi.json").json()
     fields = openapi["components"]["schemas"]["PredictionResponse"]["properties"]
-    assert {"out_of_distribution", "ood_score", "warning"} <= set(fields)
+    assert {"flagged", "flag_reason", "out_of_distribution", "ood_score", "warning"} <= set(fields)
+    assert "not a diagnosis" in fields["probabilities"]["description"]
     explain_headers = openapi["paths"]["/v1/explain"]["post"]["responses"]["200"]["headers"]
     assert "X-Out-Of-Distribution" in explain_headers
 
 
 def test_explain_carries_the_verdict_in_headers(client: Any) -> None:
-    noise = client.post("/v1/explain", files={"file": ("n.png", png_bytes(colour_noise()), "image/png")})
+    files = {"file": ("n.png", png_bytes(colour_noise()), "image/png")}
+    # A flagged image has no diagnosis to explain: no heat map unless asked for one.
+    refused = client.post("/v1/explain", files=files)
+    assert refused.status_code == 409 and refused.json()["error"] == "flagged_input"
+    assert FLAG_REASON in refused.json()["detail"] and refused.headers["x-flagged"] == "true"
+    assert refused.headers["x-flag-reason"] == FLAG_REASON and refused.headers["x-out-of-distribution"] == "true"
+    noise = client.post("/v1/explain?explain_flagged=true", files=files)
     assert noise.status_code == 200 and noise.headers["content-type"] == "image/png"
     assert noise.headers["x-out-of-distribution"] == "true" and float(noise.headers["x-ood-score"]) > 1.0
-    assert noise.headers["x-input-warning"] == OOD_WARNING
+    assert noise.headers["x-input-warning"] == OOD_WARNING and noise.headers["x-flagged"] == "true"
     scores = {}
     for index, image in enumerate(synthetic_slices(4, HELD_OUT_SEED)):
-        response = client.post("/v1/explain", files={"file": ("s.png", png_bytes(image), "image/png")})
+        response = client.post(
+            "/v1/explain?explain_flagged=true", files={"file": ("s.png", png_bytes(image), "image/png")}
+        )
         assert response.status_code == 200
         scores[index] = (response.headers["x-out-of-distribution"], float(response.headers["x-ood-score"]))
         assert ("x-input-warning" in response.headers) is (scores[index][0] == "true")
@@ -176,7 +189,7 @@ def test_bundle_without_guard_has_null_fields(tmp_path: Path) -> None:
     client = make_client(folder)
     body = _predict(client, colour_noise())
     assert body["out_of_distribution"] is None and body["ood_score"] is None and body["warning"] is None
-    assert body["class_name"] in CLASS_NAMES
+    assert body["flagged"] is None and body["flag_reason"] is None and body["class_name"] in CLASS_NAMES
     card = client.get("/v1/model").json()
     assert card["guard"] is None and "braintumor guard" in card["guard_note"]
     assert str(tmp_path) not in card["guard_note"]  # no server paths

@@ -20,6 +20,9 @@ from braintumor.cli.volume import (
 )
 from braintumor.explain.defaults import DEFAULT_SANITY_IMAGES, DEFAULT_SHAP_SAMPLES
 
+# What the notes of an explain run say about an image the input guard flagged (braintumor.explain.run).
+FLAGGED_NOTE = "no heat map, not a diagnosis: flagged"
+
 if TYPE_CHECKING:
     from braintumor.results import Explanation
 
@@ -48,6 +51,11 @@ def explain_command(
     ),
     sanity_images: int = typer.Option(
         DEFAULT_SANITY_IMAGES, "--sanity-images", min=1, help="Images used by --sanity (the first N)."
+    ),
+    explain_flagged: bool = typer.Option(
+        False,
+        "--explain-flagged",
+        help="Draw heat maps for images the input guard flags too (titled 'not a diagnosis: flagged').",
     ),
     quiet: bool = QuietOption,
     series: str | None = SeriesOption,
@@ -89,6 +97,7 @@ def explain_command(
             sanity=sanity,
             sanity_images=sanity_images,
             show_progress=not quiet,
+            explain_flagged=explain_flagged,
         )
     _print_run(run)
 
@@ -101,8 +110,14 @@ def _print_run(run: Explanation) -> None:
         warn("note", note)
     for item in run.skipped:
         warn("skipped", f"{item.path}: {item.reason}")
-    if not run.images:
+    # An image the input guard flagged has no class: drawn only with --explain-flagged, and never in the table.
+    diagnosed = [item for item in run.images if item.class_name is not None]
+    for item in run.images:
+        if item.class_name is None:
+            warn("flagged", f"{item.source}: not a diagnosis, drawn on request in {item.figure}")
+    if not run.images and not any(FLAGGED_NOTE in note for note in run.notes):
         fail("no image could be read")
-    console.print(explanations_table(run.images, run.out_dir))
+    if diagnosed:
+        console.print(explanations_table(diagnosed, run.out_dir))
     if run.sanity:
         console.print(sanity_table(run.sanity))

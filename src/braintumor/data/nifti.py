@@ -70,7 +70,9 @@ def _inflate_member(inflater: Any, data: bytes, start: int, source: str | Path, 
         # Never more than one chunk of output per call, and never past the limit: a bomb stops here.
         out.extend(inflater.decompress(piece, min(_OUTPUT_CHUNK, limit + 1 - len(out))))
         if len(out) > limit:
-            raise VolumeError(source, f"gzip content is over the limit of {limit:,} bytes: refused")
+            raise VolumeError(
+                source, f"gzip content expands over the limit of {limit:,} bytes: refused as a possible gzip bomb"
+            )
     return min(position, len(data)) - len(inflater.unused_data)
 
 

@@ -11,6 +11,10 @@ Example:
     >>> run = explain_paths(bundle, [root / "Testing" / "glioma_tumor"], work / "out", show_progress=False)
     >>> [Path(item["figure"]).suffix for item in run.images]
     ['.png', '.png']
+
+An image the bundle's input guard flags has no diagnosis, so no heat map is drawn for it: it is listed in
+``flagged`` and in the notes with the reason. With ``explain_flagged=True`` it is drawn anyway, under the title
+"not a diagnosis: flagged (...)" and with ``predicted_class`` null in ``explanations.json``.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import torch
 from captum.attr import LayerActivation
 from PIL import Image
 
+from braintumor.api import FLAG_REASON
 from braintumor.bundle import Bundle, load_bundle
 from braintumor.data.images import SkippedFile, load_image_rgb
 from braintumor.errors import ImageDecodeError
@@ -58,6 +63,8 @@ class ExplainRun:
     sanity: dict[str, Any] | None = None
     skipped: list[SkippedFile] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    # Images the input guard flagged and that were not drawn: path, flag_reason, ood_score.
+    flagged: list[dict[str, Any]] = field(default_factory=list)
 
 
 def parse_methods(method: str) -> list[str]:
@@ -231,6 +238,39 @@ class _ImagePlan:
     background: Background | None
     shap_samples: int
     note: str | None
+    # The input guard's ood_score of uint8 images [N, 3, S, S] (None: the bundle has no guard).
+    guard_scores: Callable[[torch.Tensor], np.ndarray | None] = lambda _: None
+    explain_flagged: bool = False
+
+
+@dataclass(frozen=True)
+class _Verdict:
+    """The input guard on one image: its score, and the reason it has no diagnosis (None: not flagged)."""
+
+    ood_score: float | None
+    flag_reason: str | None
+
+    @property
+    def flagged(self) -> bool:
+        return self.flag_reason is not None
+
+
+def guard_scorer(bundle: Bundle) -> Callable[[torch.Tensor], np.ndarray | None]:
+    """The input guard's ``ood_score`` of uint8 images, computed by the predictor as ``predict`` computes it."""
+    if bundle.guard is None:
+        return lambda _: None
+    from braintumor.inference.predictor import Predictor
+
+    predictor = Predictor(bundle)
+    return lambda uint8: predictor.run_uint8(uint8)[1]
+
+
+def _verdict(plan: _ImagePlan, uint8: torch.Tensor) -> _Verdict:
+    scores = plan.guard_scores(uint8)
+    if scores is None:
+        return _Verdict(None, None)
+    score = float(scores[0])
+    return _Verdict(score, FLAG_REASON if not np.isfinite(score) or score > 1.0 else None)
 
 
 @dataclass(frozen=True)
@@ -264,7 +304,19 @@ def _panel_rows(
     return rows
 
 
-def _explain_image(explainer: Explainer, path: Path, image: Image.Image, figure: Path, plan: _ImagePlan) -> _Explained:
+def _figure_title(explainer: Explainer, path: Path, probabilities: torch.Tensor, verdict: _Verdict) -> str:
+    """``predicted <class> (p)``, or ``not a diagnosis: flagged (<reason>)`` for an image the guard flagged."""
+    predicted = int(probabilities.argmax())
+    if verdict.flagged:
+        answer = f"not a diagnosis: flagged ({verdict.flag_reason}, ood_score {verdict.ood_score:.2f})"
+    else:
+        answer = f"predicted {explainer.class_names[predicted]} ({float(probabilities[predicted]):.1%})"
+    return f"{path.parent.name}/{path.name}: {answer} - {explainer.bundle.name}, layer {explainer.layer_name}"
+
+
+def _explain_image(
+    explainer: Explainer, path: Path, image: Image.Image, figure: Path, plan: _ImagePlan, verdict: _Verdict
+) -> _Explained:
     """Explain one decoded image and save its figure."""
     names = explainer.class_names
     uint8 = explainer.to_uint8([image])
@@ -272,19 +324,18 @@ def _explain_image(explainer: Explainer, path: Path, image: Image.Image, figure:
     probabilities = explainer.probabilities(inputs)[0]
     predicted = int(probabilities.argmax())
     targets = plan.fixed_targets if plan.fixed_targets is not None else [predicted]
-    title = (
-        f"{path.parent.name}/{path.name}: predicted {names[predicted]} "
-        f"({float(probabilities[predicted]):.1%}) - {explainer.bundle.name}, layer {explainer.layer_name}"
-    )
     rows = _panel_rows(explainer, inputs, probabilities, targets, plan)
-    save_explanation_figure(figure, image, rows, title, note=plan.note)
+    save_explanation_figure(figure, image, rows, _figure_title(explainer, path, probabilities, verdict), note=plan.note)
     record = {
         "path": str(path),
         "figure": str(figure),
-        "predicted_class": names[predicted],
+        "predicted_class": None if verdict.flagged else names[predicted],
         "probabilities": {name: float(p) for name, p in zip(names, probabilities.tolist(), strict=True)},
         "targets": [names[t] for t in targets],
         "methods": plan.methods,
+        "flagged": None if verdict.ood_score is None else verdict.flagged,
+        "flag_reason": verdict.flag_reason,
+        "ood_score": verdict.ood_score,
     }
     # With several fixed classes the sanity checks explain the predicted one, as without a target.
     several = plan.fixed_targets is None or len(plan.fixed_targets) > 1
@@ -306,11 +357,24 @@ def _explain_images(
             except ImageDecodeError as error:
                 run.skipped.append(SkippedFile(str(path), error.reason))
                 continue
-            explained = _explain_image(explainer, path, image, run.out_dir / figure_names[path], plan)
+            verdict = _verdict(plan, explainer.to_uint8([image]))
+            if verdict.flagged and not plan.explain_flagged:
+                _list_flagged(run, path, verdict)
+                continue
+            explained = _explain_image(explainer, path, image, run.out_dir / figure_names[path], plan, verdict)
             run.images.append(explained.record)
-            if len(kept) < keep:
+            if len(kept) < keep and not verdict.flagged:  # the sanity checks explain diagnoses only
                 kept.append(explained)
     return kept
+
+
+def _list_flagged(run: ExplainRun, path: Path, verdict: _Verdict) -> None:
+    """A flagged image is listed with its reason, not drawn."""
+    run.flagged.append({"path": str(path), "flag_reason": verdict.flag_reason, "ood_score": verdict.ood_score})
+    run.notes.append(
+        f"{path}: no heat map, not a diagnosis: flagged ({verdict.flag_reason}, ood_score {verdict.ood_score:.2f}); "
+        "explain_flagged (--explain-flagged) draws it anyway"
+    )
 
 
 def _sanity_on(
@@ -346,13 +410,15 @@ def explain_paths(
     sanity: bool = False,
     sanity_images: int = DEFAULT_SANITY_IMAGES,
     show_progress: bool = True,
+    explain_flagged: bool = False,
 ) -> ExplainRun:
     """Explain every decodable image under ``inputs`` and write ``<out_dir>/<image>.png`` + ``explanations.json``.
 
     ``target`` is a class name, ``"all"`` (every class), or ``None``/``"predicted"`` for the predicted
     class. With ``sanity``, the model randomisation test and the deletion curve run on the first
     ``sanity_images`` of these images (explaining their predicted class, or the named one) and go to
-    ``sanity.json`` and ``deletion_curves.png``.
+    ``sanity.json`` and ``deletion_curves.png``. An image the input guard flags is not drawn (it is listed in
+    ``flagged`` and the notes) unless ``explain_flagged``; the sanity checks never use flagged images.
     """
     bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
     out_dir = Path(out_dir)
@@ -367,7 +433,8 @@ def explain_paths(
         if background.note:
             run.notes.append(background.note)
     out_dir.mkdir(parents=True, exist_ok=True)
-    plan = _ImagePlan(methods, fixed_targets, background, shap_samples, "; ".join(run.notes) or None)
+    note = "; ".join(run.notes) or None
+    plan = _ImagePlan(methods, fixed_targets, background, shap_samples, note, guard_scorer(bundle), explain_flagged)
     kept = _explain_images(explainer, paths, plan, run, sanity_images, show_progress)
     if sanity and kept:
         run.sanity = _sanity_on(explainer, kept, plan, out_dir, show_progress)
@@ -380,6 +447,7 @@ def explain_paths(
             "shap_background": background.source if background is not None else None,
             "notes": run.notes,
             "images": run.images,
+            "flagged": run.flagged,
             "skipped": [vars(s) for s in run.skipped],
             "sanity": run.sanity,
         },

@@ -25,6 +25,20 @@ from braintumor.inference.volume import VolumeResult
 CODING_SCHEME = "99BRAINTUMOR"
 MANUFACTURER = "braintumor (research use only, not a medical device)"
 SR_SERIES_NUMBER = 9901
+# Type 2 attributes highdicom copies from the first source image: written empty when the source has none.
+TYPE2_FROM_SOURCE = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyID",
+    "AccessionNumber",
+    "ReferringPhysicianName",
+    "StudyDate",
+    "StudyTime",
+)
+# What a report needs to refer to a source image at all.
+REQUIRED_UIDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")
 
 
 class ReportError(BrainTumorError):
@@ -115,8 +129,39 @@ def _finding_group(result: VolumeResult) -> Any:
     )
 
 
+def report_evidence(datasets: list[Any], source: str) -> tuple[list[Any], list[str]]:
+    """The source headers as the report's evidence: copies with every missing Type 2 attribute of
+    :data:`TYPE2_FROM_SOURCE` present and empty, and a warning naming those attributes (none when complete).
+
+    Raises :class:`ReportError` when an image lacks a UID the report must refer to it by.
+    """
+    from pydicom.dataset import Dataset
+
+    missing: set[str] = set()
+    evidence = []
+    for dataset in datasets:
+        for keyword in REQUIRED_UIDS:
+            if not str(dataset.get(keyword, "") or "").strip():
+                raise ReportError(f"{source}: a source image has no {keyword}: the DICOM SR cannot refer to it")
+        clone = Dataset()
+        for element in dataset:
+            clone.add(element)
+        for keyword in TYPE2_FROM_SOURCE:
+            if keyword not in clone or clone[keyword].value is None:
+                setattr(clone, keyword, "")
+                missing.add(keyword)
+        evidence.append(clone)
+    names = [keyword for keyword in TYPE2_FROM_SOURCE if keyword in missing]
+    warnings = [f"the source has no {', '.join(names)}: left empty in the DICOM SR"] if names else []
+    return evidence, warnings
+
+
 def build_report(result: VolumeResult) -> Any:
-    """The Comprehensive 3D SR dataset (see the module docstring); needs a DICOM-series volume."""
+    """The Comprehensive 3D SR dataset (see the module docstring); needs a DICOM-series volume.
+
+    Missing Type 2 patient and study attributes are written empty (a warning is added to the volume's
+    warnings); a source the report cannot be built from is a one-line :class:`ReportError`.
+    """
     series = result.volume.series
     if series is None or not series.datasets:
         raise ReportError("--dicom-sr needs DICOM input: a NIfTI file has no study or series to refer to")
@@ -128,22 +173,29 @@ def build_report(result: VolumeResult) -> Any:
     from pydicom.sr.codedict import codes
     from pydicom.uid import generate_uid
 
-    report = MeasurementReport(
-        observation_context=_observation_context(result),
-        procedure_reported=codes.LN.BrainMRI,
-        imaging_measurements=[_finding_group(result)],
-    )
-    return Comprehensive3DSR(
-        evidence=series.datasets,
-        content=report,
-        series_instance_uid=generate_uid(),
-        series_number=SR_SERIES_NUMBER,
-        sop_instance_uid=generate_uid(),
-        instance_number=1,
-        manufacturer=MANUFACTURER,
-        is_complete=True,
-        series_description=f"braintumor {result.model_name}: {result.study.finding}",
-    )
+    evidence, warnings = report_evidence(series.datasets, result.volume.source)
+    result.volume.warnings.extend(w for w in warnings if w not in result.volume.warnings)
+    try:
+        report = MeasurementReport(
+            observation_context=_observation_context(result),
+            procedure_reported=codes.LN.BrainMRI,
+            imaging_measurements=[_finding_group(result)],
+        )
+        return Comprehensive3DSR(
+            evidence=evidence,
+            content=report,
+            series_instance_uid=generate_uid(),
+            series_number=SR_SERIES_NUMBER,
+            sop_instance_uid=generate_uid(),
+            instance_number=1,
+            manufacturer=MANUFACTURER,
+            is_complete=True,
+            series_description=f"braintumor {result.model_name}: {result.study.finding}",
+        )
+    except (ValueError, TypeError, AttributeError, KeyError, IndexError) as error:
+        # highdicom validates what it copies (dates, sex, UIDs): an odd source value is the source's fault.
+        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise ReportError(f"{result.volume.source}: cannot write a DICOM SR from this series: {first_line}") from None
 
 
 def save_report(dataset: Any, path: Path | str) -> Path:

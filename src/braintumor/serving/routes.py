@@ -22,15 +22,17 @@ from typing import Annotated, Any
 import numpy as np
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import HTMLResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.security import APIKeyHeader
 
+from braintumor.api import FLAG_REASON
 from braintumor.serving.schemas import (
     EXPLAIN_RESPONSES,
     UPLOAD_BODY,
     UPLOAD_ERRORS,
     VOLUME_BODY,
     VOLUME_ERRORS,
+    ErrorResponse,
     HealthResponse,
     ImageInfo,
     PredictionResponse,
@@ -40,7 +42,7 @@ from braintumor.serving.schemas import (
     VolumeInfo,
     VolumeResponse,
 )
-from braintumor.serving.service import ModelService
+from braintumor.serving.service import FlaggedInput, ModelService
 from braintumor.serving.settings import ServeSettings
 from braintumor.serving.uploads import (
     DecodedUpload,
@@ -127,8 +129,8 @@ async def model_info(service: Service) -> dict[str, Any]:
 
 async def predict(request: Request, service: Service) -> PredictionResponse:
     """Class, probabilities, calibrated confidence, refer flag and input-guard verdict for one JPEG, PNG or DICOM
-    image. When ``out_of_distribution`` is true the probabilities are still returned, but they are not a
-    diagnosis: ``warning`` says so in plain words."""
+    image. A flagged image gets no diagnosis: ``class_name`` is null, ``flagged`` is true and ``flag_reason`` says
+    why; the probabilities are still returned, but they are not a diagnosis (``warning`` says so in plain words)."""
     started = time.perf_counter()
     decoded, read_ms, decode_ms = await receive(request, service.settings)
     probabilities, check, inference_ms = await run_in_threadpool(service.predict, decoded.image)
@@ -136,7 +138,7 @@ async def predict(request: Request, service: Service) -> PredictionResponse:
     confidence = float(probabilities[best])
     threshold = service.refer_threshold
     return PredictionResponse(
-        class_name=service.class_names[best],
+        class_name=None if check.flagged else service.class_names[best],
         confidence=confidence,
         probabilities={name: float(p) for name, p in zip(service.class_names, probabilities, strict=True)},
         calibrated=service.temperature is not None,
@@ -160,10 +162,14 @@ async def explain(
     service: Service,
     target: str | None = Query(None, description="Class to explain (default: the predicted class)."),
     method: str = Query("gradcam", description="Attribution method passed to braintumor.explain."),
+    explain_flagged: bool = Query(
+        False, description="Draw the heat map even when the input guard flags the image (then not a diagnosis)."
+    ),
 ) -> Response:
     """Grad-CAM overlay PNG for the predicted class or ``target``; the class is in ``X-Explained-Class``, the
-    input guard's verdict in ``X-Out-Of-Distribution`` (true, false or none), ``X-OOD-Score`` and
-    ``X-Input-Warning``."""
+    input guard's verdict in ``X-Flagged``, ``X-Flag-Reason``, ``X-Out-Of-Distribution`` (true, false or none),
+    ``X-OOD-Score`` and ``X-Input-Warning``. A flagged image has no diagnosis to explain: it is answered with 409
+    (``flagged_input``, the verdict in the headers) unless ``explain_flagged=true``."""
     if target is not None and target not in service.class_names:
         raise UploadError(
             422, "unknown_class", f"unknown class {target!r}: choose {readable_list(service.class_names)}"
@@ -171,8 +177,21 @@ async def explain(
     # Refuse before reading the upload: without Grad-CAM no image can be explained.
     service.require_gradcam()
     decoded, _, _ = await receive(request, service.settings)
-    png, explained, check = await run_in_threadpool(service.explain, decoded.image, target, method)
+    try:
+        png, explained, check = await run_in_threadpool(
+            service.explain, decoded.image, target, method, explain_flagged=explain_flagged
+        )
+    except FlaggedInput as flagged:
+        body = ErrorResponse(error="flagged_input", detail=flagged.detail()).model_dump()
+        return JSONResponse(body, status_code=409, headers=flagged.check.headers())
     return Response(png, media_type="image/png", headers={"X-Explained-Class": explained, **check.headers()})
+
+
+def _slice_info(item: Any) -> SliceInfo:
+    """One slice under the public rule: a slice the input guard flagged has no class and says why."""
+    flagged = item.out_of_distribution
+    fields = {**item.__dict__, "class_name": None if flagged else item.class_name}
+    return SliceInfo(**fields, flagged=flagged, flag_reason=FLAG_REASON if flagged else None)
 
 
 def _volume_response(result: Any, found: str, filename: str, png: bytes | None, kind: str | None) -> dict[str, Any]:
@@ -181,7 +200,7 @@ def _volume_response(result: Any, found: str, filename: str, png: bytes | None, 
     info = {key: described[key] for key in VolumeInfo.model_fields if key in described and key != "format"}
     return {
         "study": StudyInfo(**result.study.__dict__),
-        "slices": [SliceInfo(**item.__dict__) for item in result.slices],
+        "slices": [_slice_info(item) for item in result.slices],
         "volume": VolumeInfo(**info, format=found, filename=filename),
         "warnings": list(result.volume.warnings),
         "class_names": result.class_names,

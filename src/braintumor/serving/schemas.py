@@ -12,6 +12,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from braintumor.api import FLAG_REASON
+
 DISCLAIMER = "Research use only: not a medical device and not for diagnosis."
 # What a flagged upload tells the user, next to the class probabilities that are still returned.
 OOD_WARNING = (
@@ -24,6 +26,8 @@ OOD_FLAG_ABOVE = 1.0
 OOD_HEADER = "X-Out-Of-Distribution"
 OOD_SCORE_HEADER = "X-OOD-Score"
 WARNING_HEADER = "X-Input-Warning"
+FLAGGED_HEADER = "X-Flagged"
+FLAG_REASON_HEADER = "X-Flag-Reason"
 _OOD_DESCRIPTION = (
     "True when the input guard says the image is not like the brain MRI slices the model was trained on "
     "(the classes are then not a diagnosis); null when the bundle has no input guard."
@@ -33,6 +37,16 @@ _SCORE_DESCRIPTION = (
     "null without a guard (or when it could not be computed: the image is then flagged)."
 )
 _WARNING_DESCRIPTION = "Plain-words warning when the image is flagged out of distribution; null otherwise."
+_FLAGGED_DESCRIPTION = (
+    "True when the input guard flagged the image: it then gets no diagnosis (class_name is null) and flag_reason "
+    "says why; null when the bundle has no input guard."
+)
+_FLAG_REASON_DESCRIPTION = f"Why the image was flagged (e.g. {FLAG_REASON!r}); null when it was not."
+_CLASS_DESCRIPTION = "The most probable class; null when the input guard flagged the image (no diagnosis)."
+_PROBABILITIES_DESCRIPTION = (
+    "Probability of every class. For a flagged image they are the network's output on an input it should not "
+    "read: not a diagnosis."
+)
 
 
 class ModelRef(BaseModel):
@@ -55,16 +69,20 @@ class Timing(BaseModel):
 
 
 class PredictionResponse(BaseModel):
-    class_name: str = Field(description="The most probable class.")
-    confidence: float = Field(description="Probability of class_name (temperature-scaled when calibrated).")
-    probabilities: dict[str, float]
+    class_name: str | None = Field(description=_CLASS_DESCRIPTION)
+    confidence: float = Field(
+        description="The top class probability (temperature-scaled when calibrated); not a diagnosis when flagged."
+    )
+    probabilities: dict[str, float] = Field(description=_PROBABILITIES_DESCRIPTION)
     calibrated: bool = Field(description="True when the bundle carries a temperature and it was applied.")
     temperature: float | None = None
     refer: bool | None = Field(
         None, description="True when confidence is below the bundle's refer threshold; null when it has none."
     )
     refer_threshold: float | None = None
-    out_of_distribution: bool | None = Field(None, description=_OOD_DESCRIPTION)
+    flagged: bool | None = Field(None, description=_FLAGGED_DESCRIPTION)
+    flag_reason: str | None = Field(None, description=_FLAG_REASON_DESCRIPTION)
+    out_of_distribution: bool | None = Field(None, description=_OOD_DESCRIPTION + " The same as flagged.")
     ood_score: float | None = Field(None, description=_SCORE_DESCRIPTION)
     warning: str | None = Field(None, description=_WARNING_DESCRIPTION)
     model: ModelRef
@@ -76,15 +94,22 @@ class PredictionResponse(BaseModel):
 class InputCheck(BaseModel):
     """The input guard's verdict on one image: the guard fields of :class:`PredictionResponse`.
 
+    A flagged image gets no diagnosis: ``flagged`` and ``flag_reason`` say so (``out_of_distribution`` is the
+    same verdict under its older name).
+
     Example:
         >>> InputCheck.from_score(3.5).model_dump()["out_of_distribution"], InputCheck.from_score(None).warning
         (True, None)
+        >>> InputCheck.from_score(3.5).flag_reason
+        'not a brain MRI like the training images'
         >>> InputCheck.from_score(0.2).headers()
-        {'X-Out-Of-Distribution': 'false', 'X-OOD-Score': '0.2000'}
-        >>> InputCheck.from_score(float("nan")).out_of_distribution
+        {'X-Out-Of-Distribution': 'false', 'X-OOD-Score': '0.2000', 'X-Flagged': 'false'}
+        >>> InputCheck.from_score(float("nan")).flagged
         True
     """
 
+    flagged: bool | None = Field(None, description=_FLAGGED_DESCRIPTION)
+    flag_reason: str | None = Field(None, description=_FLAG_REASON_DESCRIPTION)
     out_of_distribution: bool | None = Field(None, description=_OOD_DESCRIPTION)
     ood_score: float | None = Field(None, description=_SCORE_DESCRIPTION)
     warning: str | None = Field(None, description=_WARNING_DESCRIPTION)
@@ -94,10 +119,15 @@ class InputCheck(BaseModel):
         """The verdict for an ``ood_score`` (None: the bundle has no guard, so nothing is known)."""
         if ood_score is None:
             return cls()
-        if not math.isfinite(ood_score):  # nothing vouches for such an input; JSON has no NaN or infinity
-            return cls(out_of_distribution=True, ood_score=None, warning=OOD_WARNING)
-        flagged = bool(ood_score > OOD_FLAG_ABOVE)
-        return cls(out_of_distribution=flagged, ood_score=float(ood_score), warning=OOD_WARNING if flagged else None)
+        finite = math.isfinite(ood_score)  # nothing vouches for a NaN score; JSON has no NaN or infinity
+        flagged = bool(ood_score > OOD_FLAG_ABOVE) if finite else True
+        return cls(
+            flagged=flagged,
+            flag_reason=FLAG_REASON if flagged else None,
+            out_of_distribution=flagged,
+            ood_score=float(ood_score) if finite else None,
+            warning=OOD_WARNING if flagged else None,
+        )
 
     def headers(self) -> dict[str, str]:
         """The verdict as the ``/v1/explain`` response headers (``none`` without a guard)."""
@@ -108,6 +138,9 @@ class InputCheck(BaseModel):
             headers[OOD_SCORE_HEADER] = f"{self.ood_score:.4f}"
         if self.warning is not None:
             headers[WARNING_HEADER] = self.warning
+        headers[FLAGGED_HEADER] = "true" if self.flagged else "false"
+        if self.flag_reason is not None:
+            headers[FLAG_REASON_HEADER] = self.flag_reason
         return headers
 
 
@@ -186,7 +219,18 @@ EXPLAIN_RESPONSES: dict[int | str, dict[str, Any]] = {
                 "description": _WARNING_DESCRIPTION + " Absent when not flagged.",
                 "schema": {"type": "string"},
             },
+            FLAGGED_HEADER: {
+                "description": "true when the input guard flagged the image (drawn only with explain_flagged=true: "
+                "the overlay is then not a diagnosis); absent without a guard.",
+                "schema": {"type": "string"},
+            },
+            FLAG_REASON_HEADER: {"description": _FLAG_REASON_DESCRIPTION, "schema": {"type": "string"}},
         },
+    },
+    409: {
+        "model": ErrorResponse,
+        "description": "The input guard flagged the image (error flagged_input): no heat map is drawn for an image "
+        "with no diagnosis unless asked with explain_flagged=true. The verdict is in the headers.",
     },
     501: {"model": ErrorResponse, "description": "Explanations are not installed on this server."},
 }
@@ -197,9 +241,11 @@ class SliceInfo(BaseModel):
 
     index: int
     position_mm: float | None = Field(None, description="Height of the slice centre (patient superior axis, mm).")
-    class_name: str
-    probabilities: dict[str, float]
-    out_of_distribution: bool | None = Field(None, description=_OOD_DESCRIPTION)
+    class_name: str | None = Field(description=_CLASS_DESCRIPTION)
+    probabilities: dict[str, float] = Field(description=_PROBABILITIES_DESCRIPTION)
+    flagged: bool | None = Field(None, description=_FLAGGED_DESCRIPTION)
+    flag_reason: str | None = Field(None, description=_FLAG_REASON_DESCRIPTION)
+    out_of_distribution: bool | None = Field(None, description=_OOD_DESCRIPTION + " The same as flagged.")
     ood_score: float | None = Field(None, description=_SCORE_DESCRIPTION)
     sop_instance_uid: str | None = Field(
         None, description="The DICOM image this slice is (null: NIfTI or reformatted)."

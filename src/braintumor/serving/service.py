@@ -38,6 +38,20 @@ _log = logging.getLogger(__name__)
 _EXPORT_MODULES = ("onnx", "onnxruntime", "onnxscript")
 
 
+class FlaggedInput(Exception):
+    """An image the input guard flagged, sent to be explained without ``explain_flagged``: no heat map is drawn."""
+
+    def __init__(self, check: InputCheck) -> None:
+        super().__init__(check.flag_reason)
+        self.check = check
+
+    def detail(self) -> str:
+        return (
+            f"no heat map: the input guard flagged this image ({self.check.flag_reason}), so it has no diagnosis "
+            "to explain; ask with explain_flagged=true to draw one anyway (not a diagnosis)"
+        )
+
+
 class Outcome(NamedTuple):
     """One image's class probabilities, the input guard's verdict and the milliseconds the model took."""
 
@@ -157,10 +171,17 @@ class ModelService:
             )
         return self.gradcam
 
-    def explain(self, image: Image.Image, target: str | None, method: str) -> tuple[bytes, str, InputCheck]:
-        """A Grad-CAM overlay as PNG bytes, the class it explains and the input guard's verdict on the image."""
+    def explain(
+        self, image: Image.Image, target: str | None, method: str, *, explain_flagged: bool = False
+    ) -> tuple[bytes, str, InputCheck]:
+        """A Grad-CAM overlay as PNG bytes, the class it explains and the input guard's verdict on the image.
+
+        A flagged image raises :class:`FlaggedInput` unless ``explain_flagged`` (its overlay is then not a diagnosis).
+        """
         gradcam = self.require_gradcam()
         check = self.predict(image).check if self.guard_available else InputCheck()
+        if check.flagged and not explain_flagged:
+            raise FlaggedInput(check)
         try:
             with self.torch_lock:
                 overlay, explained = gradcam(self.bundle, image, target=target, method=method)
