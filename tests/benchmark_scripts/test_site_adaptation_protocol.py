@@ -9,25 +9,7 @@ import torch
 from lib.site_adaptation import Member, choose_on_proxy, cross_adapt, network_proxy_rows, transductive
 
 from braintumor.adaptation import HeadState, SourceStats
-
-DIMS = 6
-
-
-def _blobs(rng: np.random.Generator, n: int, offset: float, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Two classes, +-2 apart on every dimension, then ``scale * x + offset`` (the site's shift)."""
-    labels = rng.integers(0, 2, n)
-    centres = np.where(labels[:, None] == 1, 1.0, -1.0) * np.ones(DIMS)
-    features = centres + rng.normal(0.0, 0.6, (n, DIMS))
-    return torch.tensor(scale * features + offset), torch.tensor(labels)
-
-
-def _source_head() -> tuple[HeadState, SourceStats]:
-    # The Bayes classifier of the source blobs, over standardised features (mean 0, deviation ~1.17).
-    weight = torch.tensor([[-1.0] * DIMS, [1.0] * DIMS], dtype=torch.float64)
-    std = torch.full((DIMS,), float(np.sqrt(1 + 0.36)), dtype=torch.float64)
-    means = torch.tensor([[-1.0] * DIMS, [1.0] * DIMS], dtype=torch.float64)
-    source = SourceStats(torch.zeros(DIMS, dtype=torch.float64), std, torch.tensor([0.5, 0.5]), means)
-    return HeadState(weight, torch.zeros(2, dtype=torch.float64)), source
+from tests.adaptation.test_adaptation import DIMS, _blobs, _source_head
 
 
 def test_cross_adaptation_of_an_ensemble_averages_its_adapted_members() -> None:

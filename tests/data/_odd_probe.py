@@ -19,7 +19,6 @@ cases = {
  "no_ipp_no_in": lambda d,i: (delattr(d, "ImagePositionPatient"), delattr(d, "InstanceNumber")),
  "mixed": lambda d,i: setattr(d, "ImageOrientationPatient", [0,1,0,0,0,-1]) if i == 2 else None,
  "thick0": lambda d,i: (setattr(d, "SliceThickness", 0), setattr(d, "SpacingBetweenSlices", 0)),
- "thickstr": lambda d,i: (setattr(d, "SliceThickness", "abc")),
  "instance_str": lambda d,i: setattr(d, "InstanceNumber", "x"),
  "window0": lambda d,i: (setattr(d, "WindowWidth", 0)),
  "slope0": lambda d,i: (setattr(d, "RescaleSlope", 0)),

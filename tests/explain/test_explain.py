@@ -12,6 +12,8 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
+import braintumor
+from braintumor.api import FLAG_REASON
 from braintumor.bundle import load_bundle
 from braintumor.cli import app
 from braintumor.config import Recipe
@@ -221,3 +223,45 @@ def test_explain_command_writes_figures_json_and_sanity(trained_run, test_images
         app, ["explain", str(trained_run.bundle_dir), str(test_images[0]), "--out", str(out), "--layer", "head.9"]
     )
     assert bad_layer.exit_code == 2 and "no layer 'head.9'" in bad_layer.output
+
+
+def test_a_flagged_image_is_listed_not_drawn_unless_asked(trained_run, test_images: list[Path], tmp_path: Path) -> None:
+    photo = tmp_path / "photo.png"
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (80, 100, 3), dtype=np.uint8)).save(photo)
+    bundle = braintumor.load(trained_run.bundle_dir)
+    run = bundle.explain([photo, test_images[0]], tmp_path / "default")
+    assert [Path(item.source).name for item in run.images] == [test_images[0].name]
+    assert run.images[0].class_name is not None
+    assert any("photo.png" in note and FLAG_REASON in note for note in run.notes)
+    summary = json.loads((tmp_path / "default" / "explanations.json").read_text())
+    assert [Path(item["path"]).name for item in summary["flagged"]] == ["photo.png"]
+    assert summary["flagged"][0]["flag_reason"] == FLAG_REASON and summary["images"][0]["flagged"] is False
+    assert not (tmp_path / "default" / "photo.png").exists()
+
+    drawn = bundle.explain([photo], tmp_path / "asked", explain_flagged=True)
+    assert len(drawn.images) == 1 and drawn.images[0].class_name is None and drawn.images[0].figure.is_file()
+    record = json.loads((tmp_path / "asked" / "explanations.json").read_text())["images"][0]
+    assert record["predicted_class"] is None and record["flagged"] is True and record["flag_reason"] == FLAG_REASON
+
+
+def test_figure_title_says_not_a_diagnosis_for_a_flagged_image(bundle) -> None:
+    from braintumor.explain.run import _figure_title, _Verdict
+
+    explainer = Explainer(bundle)
+    probabilities = torch.tensor([0.7, 0.1, 0.1, 0.1])
+    flagged = _figure_title(explainer, Path("a/photo.png"), probabilities, _Verdict(4.2, FLAG_REASON))
+    assert f"not a diagnosis: flagged ({FLAG_REASON}" in flagged and "predicted" not in flagged
+    assert "predicted glioma" in _figure_title(explainer, Path("a/b.png"), probabilities, _Verdict(0.1, None))
+
+
+def test_explain_cli_lists_a_flagged_image_and_draws_it_on_request(trained_run, tmp_path: Path) -> None:
+    photo = tmp_path / "photo.png"
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(photo)
+    listed = CliRunner().invoke(app, ["explain", str(trained_run.bundle_dir), str(photo), "--out", str(tmp_path / "a")])
+    assert listed.exit_code == 0, listed.output
+    assert "not a diagnosis" in listed.output and not (tmp_path / "a" / "photo.png").exists()
+    args = ["explain", str(trained_run.bundle_dir), str(photo), "--out", str(tmp_path / "b"), "--explain-flagged"]
+    drawn = CliRunner().invoke(app, args)
+    assert drawn.exit_code == 0, drawn.output
+    assert (tmp_path / "b" / "photo.png").is_file() and "not a diagnosis" in drawn.output

@@ -53,6 +53,8 @@ _PIXEL_KEYWORDS = ("PhotometricInterpretation", "BitsAllocated", "BitsStored", "
 _LUT_KEYWORDS = ("RescaleSlope", "RescaleIntercept", "RescaleType", "ModalityLUTSequence", "VOILUTSequence")
 _WINDOW_KEYWORDS = ("WindowCenter", "WindowWidth", "VOILUTFunction")
 _SAME_POSITION_MM = 0.01
+# Patient coordinates beyond this (mm) are no scanner's: a broken or hostile header.
+_MAX_COORDINATE_MM = 1e5
 
 
 @dataclass
@@ -132,8 +134,10 @@ def series_choices(instances: list[tuple[str, Any]]) -> list[dict[str, Any]]:
         )
         row["n_images"] += _frame_count(dataset)
         row["n_files"] += 1
-        orientation = _vector(_attribute(dataset, None, None, "PlaneOrientationSequence", "ImageOrientationPatient"))
-        if orientation is not None and orientation.size == 6:
+        orientation = _orientation(
+            _vector(_attribute(dataset, None, None, "PlaneOrientationSequence", "ImageOrientationPatient"))
+        )
+        if orientation is not None:
             row["orientation"] = orientation_name(np.cross(orientation[:3], orientation[3:]))
     return sorted(rows.values(), key=lambda row: (-row["n_images"], row["series_uid"]))
 
@@ -182,10 +186,35 @@ def _attribute(dataset: Any, per_frame: Any, shared: Any, sequence: str, keyword
 
 
 def _vector(value: Any) -> np.ndarray | None:
+    """The numbers of a multi-valued attribute; None when missing, not numbers, not finite or absurdly large."""
     try:
-        return None if value is None else np.asarray([float(v) for v in value], dtype=np.float64)
+        vector = None if value is None else np.asarray([float(v) for v in value], dtype=np.float64)
     except (TypeError, ValueError):
         return None
+    if vector is None or not np.all(np.isfinite(vector)) or np.any(np.abs(vector) > _MAX_COORDINATE_MM):
+        return None
+    return vector
+
+
+def _orientation(vector: np.ndarray | None) -> np.ndarray | None:
+    """Unit row and column direction cosines; None unless there are six making two non-parallel directions."""
+    if vector is None or vector.size != 6:
+        return None
+    row, column = vector[:3], vector[3:]
+    row_norm, column_norm = float(np.linalg.norm(row)), float(np.linalg.norm(column))
+    if min(row_norm, column_norm) < 0.5:
+        return None
+    row, column = row / row_norm, column / column_norm
+    if float(np.linalg.norm(np.cross(row, column))) < 0.9:  # not (nearly) perpendicular
+        return None
+    return np.concatenate([row, column])
+
+
+def _spacing(vector: np.ndarray | None) -> tuple[float, float] | None:
+    """Row and column spacing in mm; None unless two positive numbers."""
+    if vector is None or vector.size != 2 or float(vector.min()) <= 0:
+        return None
+    return float(vector[0]), float(vector[1])
 
 
 def _frame_view(dataset: Any, per_frame: Any, shared: Any) -> Any:
@@ -229,8 +258,8 @@ def _frames_of(name: str, dataset: Any) -> list[_Frame]:
                 dataset,
                 index,
                 position if position is not None and position.size == 3 else None,
-                orientation if orientation is not None and orientation.size == 6 else None,
-                (float(spacing[0]), float(spacing[1])) if spacing is not None and spacing.size == 2 else None,
+                _orientation(orientation),
+                _spacing(spacing),
                 _frame_view(dataset, per_frame, shared) if enhanced else dataset,
             )
         )
@@ -297,7 +326,7 @@ def _ordered(frames: list[tuple[_Frame, np.ndarray]], source: str | Path, warnin
     located = all(f.position is not None and f.orientation is not None for f, _ in frames)
     if not located:
         warnings.append(
-            "no ImagePositionPatient/ImageOrientationPatient on every image: slices ordered by InstanceNumber "
+            "no usable ImagePositionPatient/ImageOrientationPatient on every image: slices ordered by InstanceNumber "
             "and taken as axial; positions unknown"
         )
         return sorted(
@@ -373,18 +402,24 @@ def read_dicom_series(
     ordered, normal = _ordered(frames, source, warnings)
     if len(ordered) < 2:
         raise VolumeError(source, "holds a single 2D image: predict it as an image, or send the whole series")
+    if any(frame.spacing is None for frame, _ in ordered):
+        warnings.append("no usable PixelSpacing on every image: square 1 mm pixels assumed")
     display = _display(ordered, source)
     affine, heights = _affine(ordered, normal)
-    volume = axial_volume(
-        display.transpose(2, 1, 0),
-        affine,
-        source=str(source),
-        format="DICOM",
-        slice_refs=[frame.ref() for frame, _ in ordered],
-        slice_z=heights,
-        acquisition_orientation=None if normal is not None else "unknown",
-        max_slices=limits.max_slices,
-    )
+    try:
+        volume = axial_volume(
+            display.transpose(2, 1, 0),
+            affine,
+            source=str(source),
+            format="DICOM",
+            slice_refs=[frame.ref() for frame, _ in ordered],
+            slice_z=heights,
+            acquisition_orientation=None if normal is not None else "unknown",
+            max_slices=limits.max_slices,
+        )
+    except (ValueError, ArithmeticError, np.linalg.LinAlgError) as error:  # nibabel: an affine it cannot orient
+        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise VolumeError(source, f"the series' geometry does not make a volume: {first_line}") from None
     if normal is None:
         volume.positions_mm = [None] * len(volume.slices)
     volume.warnings = warnings
