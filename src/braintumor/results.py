@@ -274,8 +274,18 @@ class Evaluation(_Result):
         return {key: value for key, value in super().to_dict().items() if not key.startswith("_")}
 
 
+class _WithBundle(_Result):
+    """A result that holds a :class:`braintumor.api.Bundle` in its ``bundle`` field."""
+
+    bundle: Any
+
+    @property
+    def bundle_path(self) -> Path:
+        return self.bundle.path
+
+
 @dataclass
-class TrainRun(_Result):
+class TrainRun(_WithBundle):
     """A finished training run: where it wrote, what it measured on validation, and its bundle."""
 
     run_dir: Path
@@ -288,10 +298,6 @@ class TrainRun(_Result):
     skipped: list[SkippedInput] = field(default_factory=list)
     evaluation: Evaluation | None = None
     tracking: dict[str, Any] = field(default_factory=dict, repr=False)
-
-    @property
-    def bundle_path(self) -> Path:
-        return self.bundle.path
 
 
 @dataclass(frozen=True)
@@ -355,7 +361,7 @@ class Audit(_Result):
 
 
 @dataclass(frozen=True)
-class Adaptation(_Result):
+class Adaptation(_WithBundle):
     """A bundle adapted to a site's unlabelled images: the new bundle, what was applied and why."""
 
     bundle: Any  # braintumor.api.Bundle: the adapted bundle
@@ -364,10 +370,6 @@ class Adaptation(_Result):
     record: Any  # braintumor.bundle.AdaptationRecord: method, images, settings, what the guard rejected
     evidence: Any  # braintumor.adaptation.ShiftEvidence: whether the site looks shifted, and why
     onnx_note: str = ""
-
-    @property
-    def bundle_path(self) -> Path:
-        return self.bundle.path
 
 
 @dataclass(frozen=True)

@@ -19,14 +19,12 @@ cases = {
  "no_ipp_no_in": lambda d,i: (delattr(d, "ImagePositionPatient"), delattr(d, "InstanceNumber")),
  "mixed": lambda d,i: setattr(d, "ImageOrientationPatient", [0,1,0,0,0,-1]) if i == 2 else None,
  "thick0": lambda d,i: (setattr(d, "SliceThickness", 0), setattr(d, "SpacingBetweenSlices", 0)),
- "instance_str": lambda d,i: setattr(d, "InstanceNumber", "x"),
  "window0": lambda d,i: (setattr(d, "WindowWidth", 0)),
  "slope0": lambda d,i: (setattr(d, "RescaleSlope", 0)),
  "rows0": lambda d,i: setattr(d, "Rows", 0),
  "bits": lambda d,i: setattr(d, "BitsAllocated", 12),
  "photo": lambda d,i: setattr(d, "PhotometricInterpretation", "RGB"),
  "nframes": lambda d,i: setattr(d, "NumberOfFrames", 3),
- "nframes_str": lambda d,i: setattr(d, "NumberOfFrames", "abc"),
 }
 for name, f in cases.items():
     ds = series_datasets(tumour_stack(4, 16))

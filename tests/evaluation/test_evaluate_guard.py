@@ -118,6 +118,11 @@ def test_ood_scores_come_with_the_predictions(guarded: EvaluationResult, trained
     assert [int(row["out_of_distribution"]) for row in rows] == [int(s > 1.0) for s in scores]
     noise = [row for row in rows if Path(row["path"]).name.startswith("noise_")]
     assert len(noise) == N_NOISE and all(row["out_of_distribution"] == "1" for row in noise)
+    # A flagged image has no diagnosis: no predicted class, the verdict and its reason.
+    for row in rows:
+        flagged = row["flagged"] == "1"
+        assert row["out_of_distribution"] == row["flagged"] and (row["predicted_class"] == "") is flagged
+        assert row["flag_reason"] == (FLAG_REASON if flagged else "")
 
 
 def test_a_bundle_without_guard_says_none_and_keeps_every_other_metric(
@@ -125,7 +130,9 @@ def test_a_bundle_without_guard_says_none_and_keeps_every_other_metric(
 ) -> None:
     metrics = json.loads((unguarded.out_dir / "metrics.json").read_text())
     assert metrics["guard"] == NO_GUARD == "none" and unguarded.ood_scores is None
-    assert not {"out_of_distribution", "ood_score"} & set(_rows(unguarded.out_dir / "predictions.csv")[0])
+    unguarded_rows = _rows(unguarded.out_dir / "predictions.csv")
+    assert not {"flagged", "flag_reason", "out_of_distribution", "ood_score"} & set(unguarded_rows[0])
+    assert all(row["predicted_class"] for row in unguarded_rows)
     with_guard = json.loads((guarded.out_dir / "metrics.json").read_text())
     # Same model, same images: everything but the guard section (and the bundle's path) is unchanged.
     for values in (metrics, with_guard):

@@ -4,8 +4,9 @@ Outputs in ``out_dir``: ``metrics.json`` (accuracy, cross-entropy, macro-F1, per
 recall, F1; one-vs-rest sensitivity, specificity and ROC-AUC; bootstrap 95% intervals; calibration
 scores and, with a referral threshold in the bundle, selective prediction), ``confusion_matrix.json`` and ``.png``,
 ``per_class.csv``, ``predictions.csv`` (one row per image with every class probability,
-``referred`` when the bundle has a threshold, ``out_of_distribution`` and ``ood_score`` when it has an
-input guard), ``reliability.png``, ``risk_coverage.png`` and ``skipped.csv`` when some files could not
+``referred`` when the bundle has a threshold, ``flagged``, ``flag_reason``, ``out_of_distribution`` and
+``ood_score`` when it has an input guard; a flagged image's ``predicted_class`` is empty: no diagnosis),
+``reliability.png``, ``risk_coverage.png`` and ``skipped.csv`` when some files could not
 be decoded.
 
 With an input guard (:mod:`braintumor.guard`) the ood scores come from the same forward pass as the
@@ -22,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from braintumor.api import FLAG_REASON
 from braintumor.bundle import Bundle, load_bundle
 from braintumor.data.dataset import ImageSet, load_images
 from braintumor.data.images import SkippedFile
@@ -70,22 +72,30 @@ def _prediction_rows(
     referred: np.ndarray | None,
     ood_scores: np.ndarray | None,
 ) -> tuple[list[str], list[list[Any]]]:
-    """Header and rows of ``predictions.csv``: one row per image, optional referral and guard columns."""
+    """Header and rows of ``predictions.csv``: one row per image, optional referral and guard columns.
+
+    A flagged image gets no diagnosis: ``predicted_class`` is empty, ``flagged`` is 1 and ``flag_reason`` says why.
+    ``correct`` compares the network's top class with the truth for every image, flagged or not, as the metrics
+    count it.
+    """
     header = ["path", "true_class", "predicted_class", "correct", *[f"p_{name}" for name in class_names]]
     header += (["referred"] if referred is not None else []) + (
-        ["out_of_distribution", "ood_score"] if ood_scores is not None else []
+        ["flagged", "flag_reason", "out_of_distribution", "ood_score"] if ood_scores is not None else []
     )
     rows: list[list[Any]] = []
     predicted = probabilities.argmax(axis=1)
+    flagged = np.zeros(len(predicted), dtype=bool) if ood_scores is None else ~(np.asarray(ood_scores) <= 1.0)
     for index, (path, label, guess, row) in enumerate(
         zip(image_set.paths, image_set.labels.tolist(), predicted, probabilities, strict=True)
     ):
-        values = [str(path), class_names[int(label)], class_names[int(guess)], int(label == guess)]
+        shown = "" if flagged[index] else class_names[int(guess)]
+        values = [str(path), class_names[int(label)], shown, int(label == guess)]
         values += [f"{p:.6f}" for p in row]
         if referred is not None:
             values.append(int(referred[index]))
         if ood_scores is not None:
-            values += [int(ood_scores[index] > 1.0), f"{ood_scores[index]:.4f}"]
+            reason = FLAG_REASON if flagged[index] else ""
+            values += [int(flagged[index]), reason, int(flagged[index]), f"{ood_scores[index]:.4f}"]
         rows.append(values)
     return header, rows
 
