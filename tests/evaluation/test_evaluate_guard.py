@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
+from braintumor.api import FLAG_REASON
 from braintumor.bundle import load_bundle, read_bundle_config, write_bundle_config
 from braintumor.cli import app
 from braintumor.data.dataset import load_images

@@ -524,10 +524,11 @@ def mistakes_section(data: ReportData, *, explainer: Explainer, count: int) -> d
     """Grad-CAM tiles of the ``count`` most confident mistakes."""
     mistakes, n_wrong = confident_mistakes(data.result, explainer, data.class_names, count)
     note = (
-        f"{len(mistakes)} of the {n_wrong} wrong answers, most confident first. Left: Grad-CAM "
-        f"({explainer.layer_name}) for the predicted class; right: for the true class."
+        f"{len(mistakes)} of the {n_wrong} wrong answers on images the input guard accepted, most confident first. "
+        f"Left: Grad-CAM ({explainer.layer_name}) for the predicted class; right: for the true class. Flagged images "
+        "have no diagnosis and are shown in the input guard section."
         if n_wrong
-        else "The model made no mistakes on this split."
+        else "The model made no mistakes on the images the input guard accepted."
     )
     return {"mistakes": mistakes, "mistakes_note": note}
 

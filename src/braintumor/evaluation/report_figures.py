@@ -182,12 +182,16 @@ def load_model_sized(path: Path, explainer: Explainer) -> tuple[Image.Image, tor
 def confident_mistakes(
     result: EvaluationResult, explainer: Explainer, class_names: Sequence[str], count: int
 ) -> tuple[list[dict[str, str]], int]:
-    """Tiles for the ``count`` most confident wrong answers: Grad-CAM for the predicted and for the true class."""
+    """Tiles for the ``count`` most confident wrong answers: Grad-CAM for the predicted and for the true class.
+
+    Only diagnoses are shown: an image the input guard flagged has no predicted class (it is in the guard
+    section), so it is left out here, and the count returned is of the unflagged wrong answers.
+    """
     from braintumor.explain.overlay import overlay_heatmap
 
     predicted = result.probabilities.argmax(axis=1)
     confidence = result.probabilities.max(axis=1)
-    wrong = np.flatnonzero(predicted != result.labels)
+    wrong = np.flatnonzero((predicted != result.labels) & ~flagged_mask(result))
     order = wrong[np.argsort(-confidence[wrong], kind="stable")]
     tiles: list[dict[str, str]] = []
     for index in order:
@@ -216,6 +220,13 @@ def confident_mistakes(
 
 
 GUARD_THRESHOLD = 1.0  # ood_score above this: flagged out of distribution (braintumor.guard.spec)
+
+
+def flagged_mask(result: EvaluationResult) -> np.ndarray:
+    """Per image, whether the input guard flagged it (all False without a guard; a NaN score is flagged)."""
+    if result.ood_scores is None:
+        return np.zeros(len(result.labels), dtype=bool)
+    return ~(np.asarray(result.ood_scores, dtype=np.float64) <= GUARD_THRESHOLD)
 
 
 def guard_histogram_figure(scores: dict[str, np.ndarray]) -> Figure:
@@ -270,7 +281,6 @@ def flagged_examples(result: EvaluationResult, class_names: Sequence[str], count
                 "uri": image_uri(image, max_side=160),
                 "score": f"{scores[index]:.2f}",
                 "true": class_names[int(result.labels[index])],
-                "predicted": class_names[int(np.argmax(result.probabilities[index]))],
                 "file": str(result.paths[index]),
             }
         )

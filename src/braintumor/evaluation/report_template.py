@@ -131,7 +131,7 @@ diagnose, treat or triage patients. Its outputs are for research and education o
 {% for tile in guard_examples %}
   <div class="tile">
     <img src="{{ tile.uri }}" alt="flagged image, ood_score {{ tile.score }}">
-    <div><strong>ood_score {{ tile.score }}</strong>: true {{ tile.true }}, predicted {{ tile.predicted }}</div>
+    <div><strong>ood_score {{ tile.score }}</strong>: true {{ tile.true }}, no diagnosis (flagged)</div>
     <div class="file">{{ tile.file }}</div>
   </div>
 {% endfor %}
