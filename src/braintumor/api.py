@@ -50,7 +50,8 @@ class NotRankZero(BrainTumorError):
     """Raised in the non-zero ranks of a multi-process (DDP) run: rank zero writes and reports."""
 
 
-# What a flagged image says instead of a diagnosis.
+# What a flagged image says instead of a diagnosis when the guard gave no reason of its own (each flagged
+# prediction normally carries the guard's reason: braintumor.guard.reasons).
 FLAG_REASON = "not a brain MRI like the training images"
 DATA_ENV = "BRAINTUMOR_DATA"
 
@@ -782,7 +783,7 @@ def _typed(item: Any) -> Prediction:
         confidence=item.confidence,
         probabilities=dict(item.probabilities),
         flagged=flagged,
-        flag_reason=FLAG_REASON if flagged else None,
+        flag_reason=(getattr(item, "flag_reason", None) or FLAG_REASON) if flagged else None,
         ood_score=item.ood_score,
         referred=item.referred,
     )

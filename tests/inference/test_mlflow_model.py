@@ -1,4 +1,4 @@
-"""Issue 16, the MLflow model: ``train`` logs the bundle as a pyfunc model with a signature, in a temporary local
+"""The MLflow model: ``train`` logs the bundle as a pyfunc model with a signature, in a temporary local
 store; ``mlflow.pyfunc.load_model`` predicts a batch of images like the Predictor; ``braintumor runs`` shows the
 model URI; ``--register-model`` puts it in the (SQLite) registry."""
 
@@ -53,7 +53,7 @@ def test_train_logs_a_pyfunc_model_that_predicts_a_batch(tracked_run) -> None:
     images = [_png("glioma", 1), _png("pituitary", 2), _png("no_tumor", 3)]
     frame = model.predict(pd.DataFrame({"image": images}))
     assert list(frame.columns) == ["class", "confidence", "p_glioma", "p_meningioma", "p_no_tumor", "p_pituitary",
-                                   "ood_score"]  # fmt: skip
+                                   "ood_score", "flagged", "flag_reason"]  # fmt: skip
     assert len(frame) == 3
     # The pyfunc uses the backend `predict` would (onnxruntime when train wrote model.onnx).
     predictor = make_predictor(load_bundle(result.bundle_dir), "auto")
@@ -61,6 +61,9 @@ def test_train_logs_a_pyfunc_model_that_predicts_a_batch(tracked_run) -> None:
     probabilities = frame[["p_glioma", "p_meningioma", "p_no_tumor", "p_pituitary"]].to_numpy()
     assert np.allclose(probabilities, expected, atol=1e-6)
     assert np.allclose(frame["ood_score"].to_numpy(), scores, atol=1e-5)
+    assert frame["flagged"].tolist() == [bool(score > 1.0) for score in scores]
+    for row in frame.itertuples():
+        assert (row[1] is None) is row.flagged and (row.flag_reason is None) is (not row.flagged)
     # What `mlflow models serve` receives: the same bytes base64-encoded in JSON.
     encoded = model.predict(pd.DataFrame({"image": [base64.b64encode(images[0]).decode()]}))
     assert encoded["class"][0] == frame["class"][0]

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 pydicom = pytest.importorskip("pydicom")
 pytest.importorskip("nibabel")
@@ -276,3 +277,17 @@ def test_service_volume_limits_default_to_the_readers_defaults() -> None:
         assert getattr(settings, name) == getattr(archives, name)
     for name in ("DEFAULT_MAX_VOXELS", "DEFAULT_MAX_SLICES"):
         assert getattr(settings, name) == getattr(volume_core, name)
+
+
+def test_cli_reads_a_folder_of_one_series_as_a_volume_without_as_volume(
+    bundle_dir: Path, series_folder: Path, tmp_path: Path
+) -> None:
+    result = runner.invoke(cli_app, ["predict", str(bundle_dir), str(series_folder)])
+    assert result.exit_code == 0, _out(result)
+    assert "holds one DICOM series" in _out(result) and "study finding" in _out(result)
+    images = tmp_path / "images"
+    images.mkdir()
+    for name in ("a.png", "b.png"):
+        Image.fromarray(np.zeros((40, 40), dtype=np.uint8)).save(images / name)
+    plain = runner.invoke(cli_app, ["predict", str(bundle_dir), str(images)])
+    assert plain.exit_code == 0 and "DICOM series" not in _out(plain) and "study finding" not in _out(plain)

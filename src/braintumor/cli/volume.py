@@ -57,12 +57,18 @@ class VolumeOptions:
 
     def wanted(self, inputs: list[Path]) -> bool:
         """Whether ``inputs`` are one volume (see the module docstring)."""
-        from braintumor.data.volumes import is_volume_input
+        from braintumor.cli.display import console
+        from braintumor.data.volumes import is_volume_input, single_dicom_series
 
         if len(inputs) != 1:
             return False
         chosen = self.as_volume or self.series is not None or self.volume_index is not None
-        return chosen or is_volume_input(inputs[0])
+        if chosen or is_volume_input(inputs[0]):
+            return True
+        series = single_dicom_series(inputs[0])
+        if series is not None:
+            console.print(f"{inputs[0]} holds one DICOM series ({series}): read as a volume", highlight=False)
+        return series is not None
 
 
 def predict_volume_input(bundle: Path, source: Path, options: VolumeOptions) -> tuple[Any, VolumeResult]:
@@ -123,7 +129,8 @@ def print_volume_result(result: VolumeResult) -> None:
 def refuse_volume_only(**given: object) -> str | None:
     """The message for volume-only options given with image input, or None."""
     named = [f"--{name.replace('_', '-')}" for name, value in given.items() if value not in (None, False)]
-    return None if not named else f"{', '.join(named)} need a volume input (a NIfTI file, a zip or a DICOM series)"
+    verb = "needs" if len(named) == 1 else "need"
+    return None if not named else f"{', '.join(named)} {verb} a volume input (a NIfTI file, a zip or a DICOM series)"
 
 
 def run_volume_command(

@@ -39,6 +39,8 @@ from PIL import Image
 
 from braintumor.errors import ImageDecodeError
 
+# Where a decoded image carries the header gate's flag reason (``image.info[HEADER_FLAG_KEY]``).
+HEADER_FLAG_KEY = "header_flag"
 # Same default as braintumor.data.images.DEFAULT_MAX_PIXELS (not imported: images imports this module lazily).
 DEFAULT_MAX_PIXELS = 50_000_000
 
@@ -118,14 +120,27 @@ def _header_int(dataset: Any, keyword: str, default: int) -> int:
         return default
 
 
+def gate_header(dataset: Any, source: str | Path) -> str | None:
+    """The DICOM header gate (:mod:`braintumor.data.dicom_header`) on one file: a refusal raises
+    :class:`~braintumor.data.dicom_header.HeaderRefusedError` naming ``source``; a flag's reason is returned."""
+    from braintumor.data.dicom_header import HeaderRefusedError, check_dicom_header
+
+    verdict = check_dicom_header(dataset)
+    if verdict.action == "refuse":
+        raise HeaderRefusedError(source, verdict.reason)
+    return verdict.reason if verdict.action == "flag" else None
+
+
 def dicom_frames(
     data: bytes, source: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS, max_frames: int | None = None
 ) -> list[Image.Image]:
     """Decode every frame of a DICOM file into 8-bit RGB images, display-ready.
 
-    Raises :class:`ImageDecodeError` for anything unusable: not DICOM, no pixel data, more than
-    ``max_pixels`` pixels in all frames together, more than ``max_frames`` frames, or pixel data that
-    pydicom cannot decode (truncated, or compressed without the plugin installed).
+    Raises :class:`ImageDecodeError` for anything unusable: not DICOM, no pixel data, a header the DICOM
+    header gate refuses (another modality than MR), more than ``max_pixels`` pixels in all frames together,
+    more than ``max_frames`` frames, or pixel data that pydicom cannot decode (truncated, or compressed
+    without the plugin installed). When the gate flags the header (it names another body region), every
+    image carries the reason as ``image.info["header_flag"]``.
     """
     try:
         import pydicom
@@ -137,6 +152,7 @@ def dicom_frames(
         raise ImageDecodeError(source, f"not a readable DICOM file: {error or type(error).__name__}") from None
     if "PixelData" not in dataset:
         raise ImageDecodeError(source, "DICOM file has no pixel data (a report or other non-image object?)")
+    header_flag = gate_header(dataset, source)
     rows, columns = _header_int(dataset, "Rows", 0), _header_int(dataset, "Columns", 0)
     frame_count = _header_int(dataset, "NumberOfFrames", 1)
     if rows < 1 or columns < 1:
@@ -164,6 +180,9 @@ def dicom_frames(
     except (ValueError, TypeError, KeyError, AttributeError, NotImplementedError) as error:
         # An inconsistent LUT or window (e.g. width 0) is a broken header, not a server fault.
         raise ImageDecodeError(source, f"cannot apply the DICOM display settings: {error}") from None
+    if header_flag is not None:
+        for image in images:
+            image.info[HEADER_FLAG_KEY] = header_flag
     return images
 
 

@@ -6,7 +6,10 @@ pixel data is truncated) are skipped with a warning naming them; several series 
 by their position along the slice normal (``ImagePositionPatient`` projected on the cross product of the
 ``ImageOrientationPatient`` vectors, per frame for enhanced multi-frame files); only without those tags by
 ``InstanceNumber``, with a warning. The order of the files therefore never matters. A gap in the positions is
-a warning; two images at one position or mixed orientations are errors. Each frame goes through the 2D DICOM
+a warning; two images at one position or mixed orientations are errors; geometry that is missing, not finite
+or degenerate (zero spacing, parallel direction cosines) is treated as absent, with a warning. Before any pixel
+is decoded the DICOM header gate (:mod:`braintumor.data.dicom_header`) refuses another modality than MR and
+records a header that names another body region as ``Volume.header_flag``. Each frame goes through the 2D DICOM
 display pipeline (:func:`braintumor.data.dicom.display_frame`: modality LUT, VOI LUT or window,
 MONOCHROME1); a series without any VOI gets one robust window over the whole series instead of a per-slice
 min-max, so every slice is shown alike. Compressed transfer syntaxes are decoded by pydicom's pixel data
@@ -379,6 +382,22 @@ def _affine(ordered: list[tuple[_Frame, np.ndarray]], normal: np.ndarray | None)
     return np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps, [float((p + centre)[2]) for p in positions]
 
 
+def gate_series(instances: list[tuple[str, Any]], source: str | Path) -> str | None:
+    """The DICOM header gate on every image of the chosen series: a refusal raises
+    :class:`~braintumor.data.dicom_header.HeaderRefusedError` naming the input and the file; the first flag's
+    reason is returned (None: nothing flagged)."""
+    from braintumor.data.dicom_header import HeaderRefusedError, check_dicom_header
+
+    flag = None
+    for name, dataset in instances:
+        verdict = check_dicom_header(dataset)
+        if verdict.action == "refuse":
+            raise HeaderRefusedError(source, f"{name}: {verdict.reason}")
+        if verdict.action == "flag" and flag is None:
+            flag = verdict.reason
+    return flag
+
+
 def read_dicom_series(
     members: list[tuple[str, bytes]],
     source: str | Path,
@@ -393,6 +412,7 @@ def read_dicom_series(
         reasons = "; ".join(line.removeprefix("skipped ") for line in warnings[:3]) or "it is empty"
         raise VolumeError(source, f"holds no DICOM image: {reasons}")
     instances = choose_series(instances, source, series_uid)
+    header_flag = gate_series(instances, source)
     frames = _decoded_frames(instances, source, limits, warnings)
     if not frames:
         raise VolumeError(source, "no image of the series could be decoded: " + "; ".join(warnings[-3:]))
@@ -423,6 +443,9 @@ def read_dicom_series(
     if normal is None:
         volume.positions_mm = [None] * len(volume.slices)
     volume.warnings = warnings
+    if header_flag is not None:
+        volume.header_flag = header_flag
+        warnings.append(f"flagged by its DICOM header: {header_flag}")
     volume.gaps_after = find_gaps(volume.positions_mm)
     first = ordered[0][0].dataset
     volume.series = SeriesInfo(

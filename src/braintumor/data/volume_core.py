@@ -95,6 +95,8 @@ class Volume:
     series: SeriesInfo | None = None
     # Slice i with i in gaps_after: the spacing to slice i + 1 is larger than the volume's usual one.
     gaps_after: list[int] = field(default_factory=list)
+    # Why the DICOM header gate flags the input (it names another body region than the head); None: not flagged.
+    header_flag: str | None = None
 
     def describe(self) -> dict[str, Any]:
         """A JSON-ready summary (no pixels, no instance headers)."""
@@ -110,6 +112,7 @@ class Volume:
             "study_uid": None if series is None else series.study_uid,
             "series_description": None if series is None else series.description,
             "warnings": list(self.warnings),
+            "header_flag": self.header_flag,
         }
 
 

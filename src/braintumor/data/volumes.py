@@ -70,6 +70,39 @@ def is_volume_input(path: Path | str) -> bool:
     return is_zip(head) or _is_nifti(head) or (is_dicom(head) and _is_multiframe(path))
 
 
+def single_dicom_series(folder: Path | str, *, max_files: int = 5000) -> str | None:
+    """The SeriesInstanceUID when ``folder`` holds DICOM files of exactly one series and nothing else, else None.
+
+    Such a folder is a volume: ``predict`` reads it as one without ``--as-volume``. Only headers are read; a
+    folder of mixed files (images, several series) is not one.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return None
+    files = [path for path in folder.rglob("*") if path.is_file() and not path.name.startswith(".")]
+    if len(files) < 2 or len(files) > max_files:
+        return None
+    try:
+        import pydicom
+    except ImportError:  # without the volumes extra a folder is read as images, as before
+        return None
+
+    uids = set()
+    for path in files:
+        with path.open("rb") as handle:
+            if not is_dicom(handle.read(132)):
+                return None
+        try:
+            header = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SeriesInstanceUID"])
+        except Exception:  # pydicom raises many types for damaged files: such a folder is not one series
+            return None
+        uids.add(str(header.get("SeriesInstanceUID", "")))
+        if len(uids) > 1:
+            return None
+    uid = uids.pop()
+    return uid or None
+
+
 def _from_members(members: list[ArchiveMember], source: str | Path, request: VolumeRequest) -> Volume:
     niftis = [m for m in members if m.name.lower().endswith(_NIFTI_SUFFIXES) or _is_nifti(m.data[:352])]
     if niftis and len(niftis) == len(members):

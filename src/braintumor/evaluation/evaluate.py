@@ -23,7 +23,6 @@ from typing import Any
 
 import numpy as np
 
-from braintumor.api import FLAG_REASON
 from braintumor.bundle import Bundle, load_bundle
 from braintumor.data.dataset import ImageSet, load_images
 from braintumor.data.images import SkippedFile
@@ -34,6 +33,7 @@ from braintumor.evaluation.deduplicated import deduplicated_metrics
 from braintumor.evaluation.metrics import classification_metrics, guard_metrics
 from braintumor.evaluation.plots import plot_confusion_matrix
 from braintumor.inference.predictor import Predictor, probabilities_from_logits
+from braintumor.inference.volume_outputs import FLAG_REASON
 from braintumor.io import write_json_atomic
 from braintumor.runtime import tune_cpu_runtime
 

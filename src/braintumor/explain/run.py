@@ -33,7 +33,6 @@ import torch
 from captum.attr import LayerActivation
 from PIL import Image
 
-from braintumor.api import FLAG_REASON
 from braintumor.bundle import Bundle, load_bundle
 from braintumor.data.images import SkippedFile, load_image_rgb
 from braintumor.errors import ImageDecodeError
@@ -50,6 +49,7 @@ from braintumor.explain.sanity import (
     random_deletion_scores,
 )
 from braintumor.inference.predictor import expand_inputs
+from braintumor.inference.volume_outputs import FLAG_REASON
 from braintumor.io import write_json_atomic
 from braintumor.progress import progress_bar
 

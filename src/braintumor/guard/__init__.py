@@ -17,6 +17,7 @@ from braintumor.lazy import lazy_exports
 if TYPE_CHECKING:
     from braintumor.guard.defaults import DEFAULT_DETECTOR, DEFAULT_QUANTILE
     from braintumor.guard.guard import GuardInputs, GuardScores, InputGuard, fit_guard, head_outputs, model_outputs
+    from braintumor.guard.reasons import FLAG_REASONS, FlagReason
     from braintumor.guard.spec import GUARD_FILE, SCORE_DEFINITION, GuardSpec
 
 _EXPORTS = {
@@ -25,13 +26,16 @@ _EXPORTS = {
         ("GuardInputs", "GuardScores", "InputGuard", "fit_guard", "head_outputs", "model_outputs"),
         "braintumor.guard.guard",
     ),
+    **dict.fromkeys(("FLAG_REASONS", "FlagReason"), "braintumor.guard.reasons"),
     **dict.fromkeys(("GUARD_FILE", "SCORE_DEFINITION", "GuardSpec"), "braintumor.guard.spec"),
 }
 __all__ = [
     "DEFAULT_DETECTOR",
     "DEFAULT_QUANTILE",
+    "FLAG_REASONS",
     "GUARD_FILE",
     "SCORE_DEFINITION",
+    "FlagReason",
     "GuardInputs",
     "GuardScores",
     "GuardSpec",

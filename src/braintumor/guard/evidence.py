@@ -54,6 +54,27 @@ def image_evidence(images: torch.Tensor) -> torch.Tensor:
     )
 
 
+def evidence_sides(evidence: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per statistic, how far each image lies above ``high`` and below ``low``, in units of that range (0 inside).
+
+    Args:
+        evidence: ``[N, K]`` statistics from :func:`image_evidence`.
+        low: ``[K]`` lower bounds (the Training images' low quantile).
+        high: ``[K]`` upper bounds.
+
+    Returns:
+        ``above`` and ``below``, each ``[N, K]`` and at least 0.
+
+    Example:
+        >>> above, below = evidence_sides(torch.tensor([[0.5, -0.5], [2.0, 0.5]]), torch.zeros(2), torch.ones(2))
+        >>> above.tolist(), below.tolist()
+        ([[0.0, 0.0], [1.0, 0.0]], [[0.0, 0.5], [0.0, 0.0]])
+    """
+    # At least 5% of the full range: a statistic that hardly varies in Training (colour) must not flag a faint tint.
+    span = (high - low).clamp_min(MIN_SPAN)
+    return (evidence - high).clamp_min(0.0) / span, (low - evidence).clamp_min(0.0) / span
+
+
 def evidence_distance(evidence: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
     """How far each image's statistics fall outside ``[low, high]``, in units of that range; max over statistics.
 
@@ -66,7 +87,5 @@ def evidence_distance(evidence: torch.Tensor, low: torch.Tensor, high: torch.Ten
         >>> evidence_distance(torch.tensor([[0.5, 0.5], [0.5, 2.0]]), torch.zeros(2), torch.ones(2)).tolist()
         [0.0, 1.0]
     """
-    # At least 5% of the full range: a statistic that hardly varies in Training (colour) must not flag a faint tint.
-    span = (high - low).clamp_min(MIN_SPAN)
-    outside = torch.maximum(evidence - high, low - evidence).clamp_min(0.0) / span
-    return outside.amax(dim=1)
+    above, below = evidence_sides(evidence, low, high)
+    return torch.maximum(above, below).amax(dim=1)

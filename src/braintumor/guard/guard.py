@@ -22,13 +22,14 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from braintumor.guard.defaults import DEFAULT_DETECTOR, DEFAULT_QUANTILE
 from braintumor.guard.detectors import State, create_detector
-from braintumor.guard.evidence import EVIDENCE_NAMES, evidence_distance, image_evidence
+from braintumor.guard.evidence import EVIDENCE_NAMES, evidence_distance, evidence_sides, image_evidence
+from braintumor.guard.reasons import FlagReason, reason_indices, reasons_of
 from braintumor.guard.spec import GuardSpec
 from braintumor.runtime import autocast, channels_last_batch, to_channels_last
 
@@ -42,15 +43,24 @@ Normalise = Callable[[torch.Tensor], torch.Tensor]
 
 @dataclass(frozen=True)
 class GuardScores:
-    """Per image: the combined ``ood_score`` (> 1: flagged) and each component's normalised score."""
+    """Per image: the combined ``ood_score`` (> 1: flagged), each component's normalised score and, for flagged
+    images, why (``reason_index`` into :data:`~braintumor.guard.reasons.FLAG_REASONS`, -1 when not flagged)."""
 
     ood_score: torch.Tensor
     feature: torch.Tensor
     evidence: torch.Tensor
+    reason_index: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.long))
 
     @property
     def flagged(self) -> torch.Tensor:
         return self.ood_score > 1.0
+
+    @property
+    def reasons(self) -> tuple[FlagReason | None, ...]:
+        """Per image, why it was flagged (:class:`~braintumor.guard.reasons.FlagReason`); None when not flagged."""
+        if len(self.reason_index) != len(self.ood_score):
+            raise ValueError("these scores were built without reasons: use InputGuard.score")
+        return reasons_of(self.reason_index)
 
 
 @dataclass(frozen=True)
@@ -124,9 +134,19 @@ class InputGuard:
             self.spec.feature_median,
             self.spec.feature_threshold,
         )
-        distance = evidence_distance(inputs.evidence.float(), self._low, self._high)
-        outside = _normalised(distance, self.spec.evidence_median, self.spec.evidence_threshold)
-        return GuardScores(torch.maximum(feature, outside), feature, outside)
+        above, below = evidence_sides(inputs.evidence.float(), self._low, self._high)
+        median, threshold = self.spec.evidence_median, self.spec.evidence_threshold
+        outside = _normalised(torch.maximum(above, below).amax(dim=1), median, threshold)
+        ood_score = torch.maximum(feature, outside)
+        reason = reason_indices(
+            ood_score,
+            outside,
+            _normalised(above, median, threshold),
+            _normalised(below, median, threshold),
+            below,
+            self.spec.evidence_names,
+        )
+        return GuardScores(ood_score, feature, outside, reason)
 
 
 def feature_moments(features: torch.Tensor) -> State:

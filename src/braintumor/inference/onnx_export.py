@@ -51,10 +51,10 @@ from PIL import Image
 from braintumor.bundle import ONNX_FILE, Bundle
 from braintumor.data.preprocessing import Preprocessing, resize_to_uint8_tensor
 from braintumor.errors import BrainTumorError, BundleError
-from braintumor.guard import GuardInputs
+from braintumor.guard import GuardInputs, GuardScores
 from braintumor.guard.evidence import image_evidence
 from braintumor.inference.defaults import DEFAULT_OPSET
-from braintumor.inference.predictor import Predictor
+from braintumor.inference.predictor import GuardVerdicts, Predictor
 from braintumor.inference.tta import tta_views
 
 INPUT_NAME = "image"
@@ -348,8 +348,12 @@ class OnnxPredictor(Predictor):
         """Probabilities and ``ood_score`` (None without a guard) for decoded PIL images of any size."""
         return self.predict_uint8_guarded(self._uint8_array(images))
 
-    def _run_batch(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """Logits (test-time views averaged) and, with a guard, ``ood_score`` of the unchanged images."""
+    def predict_images_checked(self, images: Sequence[Image.Image]) -> tuple[np.ndarray, GuardVerdicts | None]:
+        """Probabilities and the guard's :class:`GuardVerdicts` (None without a guard) for decoded PIL images."""
+        return self.predict_uint8_checked(self._uint8_array(images))
+
+    def _run_batch(self, batch: np.ndarray) -> tuple[np.ndarray, GuardScores | None]:
+        """Logits (test-time views averaged) and, with a guard, the guard scores of the unchanged images."""
         names = [OUTPUT_NAME, FEATURES_NAME] if self.guard is not None else [OUTPUT_NAME]
         clean = self.session.run(names, {INPUT_NAME: batch})
         logits = clean[0]
@@ -362,11 +366,11 @@ class OnnxPredictor(Predictor):
             return logits, None
         features, clean_logits = torch.from_numpy(clean[1]).float(), torch.from_numpy(clean[0]).float()
         inputs = GuardInputs(features, clean_logits, image_evidence(torch.from_numpy(batch)))
-        return logits, self.guard.score(inputs).ood_score.numpy()
+        return logits, self.guard.score(inputs)
 
-    def run_uint8(self, images: torch.Tensor | np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """Raw logits ``[N, C]`` (no temperature) and ``ood_score`` ``[N]`` (None without a guard) of uint8
-        images ``[N, 3, S, S]`` at the model's size.
+    def run_uint8_checked(self, images: torch.Tensor | np.ndarray) -> tuple[np.ndarray, GuardVerdicts | None]:
+        """Raw logits ``[N, C]`` (no temperature) and the guard's :class:`GuardVerdicts` (None without a guard)
+        of uint8 images ``[N, 3, S, S]`` at the model's size.
 
         The temperature and the softmax are applied by :meth:`Predictor.predict_uint8`, as for PyTorch.
         """
@@ -375,11 +379,11 @@ class OnnxPredictor(Predictor):
         outputs = [self._run_batch(array[i : i + self.batch_size]) for i in range(0, len(array), self.batch_size)]
         if not outputs:
             empty = np.zeros((0, len(self.class_names)), dtype=np.float32)
-            return empty, (None if self.guard is None else np.zeros(0, dtype=np.float32))
+            return empty, (None if self.guard is None else GuardVerdicts.from_scores([]))
         logits = np.concatenate([z for z, _ in outputs]).astype(np.float32, copy=False)
         if self.guard is None:
             return logits, None
-        return logits, np.concatenate([s for _, s in outputs if s is not None]).astype(np.float32, copy=False)
+        return logits, GuardVerdicts.from_scores([part for _, part in outputs if part is not None])
 
 
 def make_predictor(bundle: Bundle, backend: str = "auto", *, threads: int | None = None) -> Predictor:

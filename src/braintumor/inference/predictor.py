@@ -36,8 +36,9 @@ from braintumor.bundle import Bundle
 from braintumor.data.images import SkippedFile, load_image_rgb
 from braintumor.data.preprocessing import eval_transform, resize_to_uint8_tensor
 from braintumor.errors import BrainTumorError, ImageDecodeError
-from braintumor.guard import GuardInputs
+from braintumor.guard import GuardInputs, GuardScores
 from braintumor.guard.evidence import image_evidence
+from braintumor.guard.reasons import FlagReason
 from braintumor.inference.tta import tta_views
 from braintumor.models.fusion import fold_batchnorm
 from braintumor.runtime import (
@@ -52,7 +53,9 @@ from braintumor.runtime import (
 # What a prediction below the bundle's confidence threshold (selective prediction) tells the user.
 REFER_MESSAGE = "refer to a radiologist"
 # What a prediction the input guard flags tells the user instead of a diagnosis.
-OOD_MESSAGE = "not a brain MRI like the training images: no diagnosis"
+OOD_MESSAGE = "unlike the training images: no diagnosis"
+# The reason of a flagged image when the caller passes no reason (the guard's own reasons are more specific).
+UNEXPLAINED_FLAG = FlagReason("unlike_training_images", "unlike the training images")
 NO_GUARD_MESSAGE = (
     "guard: none (this bundle was trained before the input guard; add one with `braintumor guard BUNDLE --data ROOT`)"
 )
@@ -68,9 +71,41 @@ class Prediction:
     probabilities: dict[str, float]
     # True: confidence below the bundle's refer_threshold; None: the bundle has no threshold.
     referred: bool | None = None
-    # True: the input guard says this is not a brain MRI like the Training images; None: the bundle has no guard.
+    # True: the input guard flagged it as unlike the Training images; None: the bundle has no guard.
     out_of_distribution: bool | None = None
     ood_score: float | None = None
+    # Why the input guard flagged it (braintumor.guard.reasons), in words and as a code; None when not flagged.
+    flag_reason: str | None = None
+    flag_code: str | None = None
+
+
+@dataclass(frozen=True)
+class GuardVerdicts:
+    """The input guard's verdict on a batch: ``ood_score`` ``[N]`` (flagged above 1) and, per image, why it was
+    flagged (a :class:`~braintumor.guard.reasons.FlagReason`; None where it was not).
+
+    Example:
+        >>> from braintumor.guard.reasons import COLOUR
+        >>> verdicts = GuardVerdicts(np.array([0.2, 7.5], dtype=np.float32), (None, COLOUR))
+        >>> verdicts.flag_reason(1), verdicts.flag_reason(0)
+        ('not an MRI slice: a colour image', None)
+    """
+
+    ood_score: np.ndarray
+    reasons: tuple[FlagReason | None, ...]
+
+    @classmethod
+    def from_scores(cls, parts: Sequence[GuardScores], count: int = 0) -> GuardVerdicts:
+        """The verdicts of consecutive batches' :class:`~braintumor.guard.GuardScores` (``count`` 0: no batch)."""
+        if not parts:
+            return cls(np.zeros(count, dtype=np.float32), (None,) * count)
+        scores = torch.cat([part.ood_score for part in parts]).numpy().astype(np.float32, copy=False)
+        return cls(scores, tuple(reason for part in parts for reason in part.reasons))
+
+    def flag_reason(self, index: int) -> str | None:
+        """The words of image ``index``'s reason (None when it was not flagged)."""
+        reason = self.reasons[index]
+        return None if reason is None else reason.text
 
 
 def expand_inputs(inputs: Iterable[Path | str]) -> list[Path]:
@@ -171,8 +206,8 @@ class Predictor:
         return channels_last_batch(self.transform(uint8_batch))
 
     @torch.inference_mode()
-    def _batch_outputs(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Logits (TTA views averaged) and, with a guard, each image's ``ood_score`` (from its clean view)."""
+    def _batch_outputs(self, batch: torch.Tensor) -> tuple[torch.Tensor, GuardScores | None]:
+        """Logits (TTA views averaged) and, with a guard, each image's guard scores (from its clean view)."""
         views = tta_views(batch) if self.tta else [batch]
         model, network_input = self.model, self._network_input
         with autocast(self.precision):
@@ -183,18 +218,24 @@ class Predictor:
             others = [model(network_input(view)).float() for view in views[1:]]
         logits = torch.stack([clean_logits.float(), *others]).mean(dim=0)
         inputs = GuardInputs(penultimate.float(), clean_logits.float(), image_evidence(batch))
-        return logits.float(), self.guard.score(inputs).ood_score
+        return logits.float(), self.guard.score(inputs)
+
+    def run_uint8_checked(self, images: torch.Tensor) -> tuple[np.ndarray, GuardVerdicts | None]:
+        """Raw logits ``[N, C]`` (no temperature) and the guard's :class:`GuardVerdicts` (None without a guard)
+        of uint8 images ``[N, 3, S, S]`` at the model's size."""
+        outputs = [self._batch_outputs(images[i : i + self.batch_size]) for i in range(0, len(images), self.batch_size)]
+        if not outputs:
+            empty = np.zeros((0, len(self.class_names)), dtype=np.float32)
+            return empty, (None if self.guard is None else GuardVerdicts.from_scores([]))
+        logits = torch.cat([z for z, _ in outputs]).numpy()
+        parts = [part for _, part in outputs if part is not None]
+        return logits, (None if self.guard is None else GuardVerdicts.from_scores(parts))
 
     def run_uint8(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None]:
         """Raw logits ``[N, C]`` (no temperature) and ``ood_score`` ``[N]`` (None without a guard) of uint8
         images ``[N, 3, S, S]`` at the model's size."""
-        outputs = [self._batch_outputs(images[i : i + self.batch_size]) for i in range(0, len(images), self.batch_size)]
-        if not outputs:
-            empty = np.zeros((0, len(self.class_names)), dtype=np.float32)
-            return empty, (None if self.guard is None else np.zeros(0, dtype=np.float32))
-        logits = torch.cat([z for z, _ in outputs]).numpy()
-        scores = None if self.guard is None else torch.cat([o for _, o in outputs]).numpy()  # type: ignore[misc]
-        return logits, scores
+        logits, verdicts = self.run_uint8_checked(images)
+        return logits, None if verdicts is None else verdicts.ood_score
 
     def predict_logits_uint8(self, images: torch.Tensor) -> np.ndarray:
         """Raw logits ``[N, C]`` (no temperature) for uint8 images ``[N, 3, S, S]`` at the model's size."""
@@ -208,6 +249,11 @@ class Predictor:
         """Probabilities and ``ood_score`` (None without a guard) in one pass."""
         logits, scores = self.run_uint8(images)
         return probabilities_from_logits(logits, self.temperature), scores
+
+    def predict_uint8_checked(self, images: torch.Tensor) -> tuple[np.ndarray, GuardVerdicts | None]:
+        """Probabilities and the guard's :class:`GuardVerdicts` (scores and reasons; None without a guard)."""
+        logits, verdicts = self.run_uint8_checked(images)
+        return probabilities_from_logits(logits, self.temperature), verdicts
 
     def referred(self, probabilities: np.ndarray) -> np.ndarray | None:
         """Per image, whether its top probability is below the bundle's ``refer_threshold`` (None without one)."""
@@ -229,18 +275,57 @@ class Predictor:
         """Probabilities and ``ood_score`` (None without a guard) for decoded PIL images of any size."""
         return self.predict_uint8_guarded(self._uint8_batch(images))
 
-    def to_prediction(self, source: str, probabilities: np.ndarray, ood_score: float | None = None) -> Prediction:
+    def predict_images_checked(self, images: Sequence[Image.Image]) -> tuple[np.ndarray, GuardVerdicts | None]:
+        """Probabilities and the guard's :class:`GuardVerdicts` (None without a guard) for decoded PIL images."""
+        return self.predict_uint8_checked(self._uint8_batch(images))
+
+    def to_prediction(
+        self,
+        source: str,
+        probabilities: np.ndarray,
+        ood_score: float | None = None,
+        flag_reason: FlagReason | None = None,
+    ) -> Prediction:
+        """One image's :class:`Prediction`. A flagged image (``ood_score`` above 1) gets ``flag_reason``'s words
+        and code, or :data:`UNEXPLAINED_FLAG` when no reason is given."""
         index = int(np.argmax(probabilities))
         confidence = float(probabilities[index])
+        flagged = None if ood_score is None else bool(ood_score > 1.0)
+        reason = (flag_reason or UNEXPLAINED_FLAG) if flagged else None
         return Prediction(
             source=source,
             class_name=self.class_names[index],
             confidence=confidence,
             probabilities={name: float(p) for name, p in zip(self.class_names, probabilities, strict=True)},
             referred=None if self.refer_threshold is None else confidence < self.refer_threshold,
-            out_of_distribution=None if ood_score is None else bool(ood_score > 1.0),
+            out_of_distribution=flagged,
             ood_score=None if ood_score is None else float(ood_score),
+            flag_reason=None if reason is None else reason.text,
+            flag_code=None if reason is None else reason.code,
         )
+
+    def to_predictions(
+        self, sources: Sequence[str], probabilities: np.ndarray, verdicts: GuardVerdicts | None
+    ) -> list[Prediction]:
+        """A :class:`Prediction` per source, with each image's guard score and reason (:meth:`predict_images_checked`).
+
+        Example:
+            >>> from braintumor.bundle.examples import tiny_bundle
+            >>> from braintumor.bundle import load_bundle
+            >>> predictor = Predictor(load_bundle(tiny_bundle()))
+            >>> images = [Image.new("RGB", (40, 40))]
+            >>> [p.source for p in predictor.to_predictions(["a"], *predictor.predict_images_checked(images))]
+            ['a']
+        """
+        return [
+            self.to_prediction(
+                source,
+                row,
+                None if verdicts is None else float(verdicts.ood_score[index]),
+                None if verdicts is None else verdicts.reasons[index],
+            )
+            for index, (source, row) in enumerate(zip(sources, probabilities, strict=True))
+        ]
 
     def predict_paths(self, paths: Sequence[Path | str]) -> tuple[list[Prediction], list[SkippedFile]]:
         """Predict every decodable file; undecodable ones are returned as skipped with the reason."""
@@ -254,9 +339,7 @@ class Predictor:
                     sources.append(str(path))
                 except ImageDecodeError as error:
                     skipped.append(SkippedFile(str(path), error.reason))
-            probabilities, scores = self.predict_images_guarded(images)
-            for index, (source, row) in enumerate(zip(sources, probabilities, strict=True)):
-                predictions.append(self.to_prediction(source, row, None if scores is None else float(scores[index])))
+            predictions += self.to_predictions(sources, *self.predict_images_checked(images))
         return predictions, skipped
 
 

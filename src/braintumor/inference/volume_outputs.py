@@ -15,7 +15,10 @@ Example:
     >>> path = Path(tempfile.mkdtemp()) / "slices.csv"
     >>> write_volume_csv(path, result)
     >>> path.read_text().splitlines()[0]
-    'index,position_mm,class,p_glioma,p_meningioma,p_no_tumor,p_pituitary,out_of_distribution,ood_score,sop_instance_uid,frame_number'
+    'index,position_mm,class,p_glioma,p_meningioma,p_no_tumor,p_pituitary,flagged,flag_reason,out_of_distribution,ood_score,sop_instance_uid,frame_number'
+
+A slice the input guard flags has no class (empty in the CSV, null in the JSON), ``flagged`` true and a
+``flag_reason``; its probabilities stay, but they are not a diagnosis.
 """
 
 from __future__ import annotations
@@ -26,6 +29,10 @@ from pathlib import Path
 from typing import Any
 
 from braintumor.inference.volume import VolumeResult
+
+# Why a flagged input has no class, on every output surface (files, service, explain, evaluate, MLflow); the same
+# text as braintumor.api.FLAG_REASON, kept below the API so the stages can import it.
+FLAG_REASON = "not a brain MRI like the training images"
 
 
 def _cell(value: Any) -> str:
@@ -40,19 +47,39 @@ def write_volume_csv(path: Path, result: VolumeResult) -> None:
     """One row per axial slice, inferior to superior: position, class, probabilities, guard verdict, DICOM image."""
     names = result.class_names
     header = ["index", "position_mm", "class", *[f"p_{n}" for n in names]]
-    header += ["out_of_distribution", "ood_score", "sop_instance_uid", "frame_number"]
+    header += ["flagged", "flag_reason", "out_of_distribution", "ood_score", "sop_instance_uid", "frame_number"]
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(header)
         for item in result.slices:
-            row = [item.index, item.position_mm, item.class_name, *[item.probabilities[n] for n in names]]
-            row += [item.out_of_distribution, item.ood_score, item.sop_instance_uid, item.frame_number]
+            flagged = item.out_of_distribution
+            shown = None if flagged else item.class_name
+            row = [item.index, item.position_mm, shown, *[item.probabilities[n] for n in names]]
+            row += [flagged, FLAG_REASON if flagged else None, flagged, item.ood_score]
+            row += [item.sop_instance_uid, item.frame_number]
             writer.writerow([_cell(value) for value in row])
 
 
+def public_slice(record: dict[str, Any]) -> dict[str, Any]:
+    """A slice's JSON record under the public rule: a flagged slice has no class and says why.
+
+    Example:
+        >>> public_slice({"class_name": "glioma", "out_of_distribution": True})["class_name"] is None
+        True
+    """
+    flagged = record.get("out_of_distribution")
+    return {
+        **record,
+        "class_name": None if flagged else record["class_name"],
+        "flagged": flagged,
+        "flag_reason": FLAG_REASON if flagged else None,
+    }
+
+
 def write_volume_json(path: Path, result: VolumeResult, extra: dict[str, Any] | None = None) -> None:
-    """The input's description, the model, the study finding with its rule, and every slice."""
+    """The input's description, the model, the study finding with its rule, and every slice (flagged: no class)."""
     payload = {**result.to_json(), **(extra or {})}
+    payload["slices"] = [public_slice(record) for record in payload["slices"]]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=2), encoding="utf-8")

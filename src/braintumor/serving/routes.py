@@ -25,7 +25,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.security import APIKeyHeader
 
-from braintumor.api import FLAG_REASON
+from braintumor.inference.volume_outputs import FLAG_REASON
 from braintumor.serving.schemas import (
     EXPLAIN_RESPONSES,
     UPLOAD_BODY,

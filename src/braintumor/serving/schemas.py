@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from braintumor.api import FLAG_REASON
+from braintumor.inference.volume_outputs import FLAG_REASON
 
 DISCLAIMER = "Research use only: not a medical device and not for diagnosis."
 # What a flagged upload tells the user, next to the class probabilities that are still returned.

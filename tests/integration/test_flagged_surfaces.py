@@ -1,0 +1,138 @@
+"""An input the input guard flags gets no diagnosis on any surface.
+
+Two inputs nothing like a brain MRI slice, a photo-like image of saturated colours and a white page with dark
+lines of "text", go through every surface: the Python API, ``predict --json`` and ``--csv``, ``/v1/predict``,
+``/v1/explain``, ``braintumor explain``, ``evaluate``'s ``predictions.csv`` and the MLflow pyfunc model. None of
+them gives a class; each says the input was flagged and why.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+from typer.testing import CliRunner
+
+import braintumor
+from braintumor.api import FLAG_REASON
+from braintumor.cli import app
+from tests.serving.test_serving_guard import make_client
+
+KINDS = ("photo", "text")
+
+
+def photo_like(seed: int = 0) -> Image.Image:
+    """Blocks of random saturated colours, smoothed a little: a holiday photo as far as the guard can tell."""
+    rng = np.random.default_rng(seed)
+    blocks = rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)
+    blocks[..., rng.integers(0, 3)] = 255  # one channel at full strength: saturated colours
+    return Image.fromarray(blocks).resize((160, 120), Image.Resampling.BILINEAR)
+
+
+def text_like() -> Image.Image:
+    """A white page with dark lines where text would be."""
+    page = Image.new("RGB", (120, 160), (250, 250, 250))
+    draw = ImageDraw.Draw(page)
+    for top in range(14, 150, 12):
+        draw.text((10, top), "The quick brown fox jumps", fill=(20, 20, 20))
+    return page
+
+
+@pytest.fixture(scope="module")
+def flagged_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("flagged-inputs")
+    files = {"photo": folder / "photo.png", "text": folder / "text.png"}
+    photo_like().save(files["photo"])
+    text_like().save(files["text"])
+    return files
+
+
+def _assert_no_class(record: dict[str, Any], class_key: str = "class_name") -> None:
+    assert record[class_key] in (None, ""), record
+    assert record["flagged"] in (True, "1", 1) and record["flag_reason"] == FLAG_REASON, record
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_python_api_and_predict_cli(trained_run, flagged_files: dict[str, Path], kind: str, tmp_path: Path) -> None:
+    path = flagged_files[kind]
+    prediction = braintumor.load(trained_run.bundle_dir).predict(path)[0]
+    assert prediction.class_name is None and prediction.flagged is True and prediction.flag_reason == FLAG_REASON
+    assert prediction.diagnosis.startswith("no diagnosis")
+    json_out, csv_out = tmp_path / "p.json", tmp_path / "p.csv"
+    args = ["predict", str(trained_run.bundle_dir), str(path), "--json", str(json_out), "--csv", str(csv_out)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    _assert_no_class(json.loads(json_out.read_text())["predictions"][0])
+    with csv_out.open(encoding="utf-8") as handle:
+        row = next(csv.DictReader(handle))
+    assert row["class"] == "" and row["out_of_distribution"] == "1" and row["flag_reason"] == FLAG_REASON
+
+
+@pytest.fixture(scope="module")
+def client(trained_run) -> Any:
+    return make_client(trained_run.bundle_dir)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_service_predict_and_explain(client: Any, flagged_files: dict[str, Path], kind: str) -> None:
+    data = flagged_files[kind].read_bytes()
+    body = client.post("/v1/predict", files={"file": ("x.png", data, "image/png")}).json()
+    _assert_no_class(body)
+    assert body["out_of_distribution"] is True and "not a diagnosis" in body["warning"]
+    explained = client.post("/v1/explain", files={"file": ("x.png", data, "image/png")})
+    assert explained.status_code == 409 and explained.headers["x-flagged"] == "true"
+    assert explained.headers["content-type"].startswith("application/json")
+
+
+def test_explain_cli_draws_no_heat_map(trained_run, flagged_files: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "explained"
+    args = ["explain", str(trained_run.bundle_dir), *map(str, flagged_files.values()), "--out", str(out), "-q"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "explanations.json").read_text())
+    assert summary["images"] == [] and {Path(item["path"]).stem for item in summary["flagged"]} == set(KINDS)
+    assert all(item["flag_reason"] == FLAG_REASON for item in summary["flagged"])
+    assert not list(out.glob("*.png"))
+
+
+def test_evaluate_predictions_csv(
+    trained_run, synthetic_root: Path, flagged_files: dict[str, Path], tmp_path: Path
+) -> None:
+    root = tmp_path / "data"
+    for folder in sorted((synthetic_root / "Testing").iterdir()):
+        (root / "Testing" / folder.name).mkdir(parents=True)
+        for image in sorted(folder.iterdir())[:2]:
+            shutil.copy(image, root / "Testing" / folder.name / image.name)
+    for kind, path in flagged_files.items():
+        shutil.copy(path, root / "Testing" / "glioma_tumor" / f"{kind}.png")
+    evaluation = braintumor.load(trained_run.bundle_dir).evaluate(data=root, split="Testing", out=tmp_path / "eval")
+    assert evaluation.metrics.n_images == 10  # every image counts in the metrics, as before
+    with (tmp_path / "eval" / "predictions.csv").open(encoding="utf-8") as handle:
+        rows = {Path(row["path"]).stem: row for row in csv.DictReader(handle)}
+    for kind in KINDS:
+        _assert_no_class(rows[kind], "predicted_class")
+
+
+def test_mlflow_pyfunc(trained_run, flagged_files: dict[str, Path]) -> None:
+    pytest.importorskip("mlflow")
+    pd = pytest.importorskip("pandas")
+    from braintumor.inference.mlflow_model import BUNDLE_ARTIFACT, BundlePyfunc
+
+    model = BundlePyfunc()
+    model.load_context(SimpleNamespace(artifacts={BUNDLE_ARTIFACT: str(trained_run.bundle_dir)}))
+    frame = model.predict(None, pd.DataFrame({"image": [path.read_bytes() for path in flagged_files.values()]}))
+    assert frame["class"].tolist() == [None, None]
+    assert frame["flagged"].tolist() == [True, True] and frame["flag_reason"].tolist() == [FLAG_REASON] * 2
+
+
+def test_every_surface_gives_the_same_reason() -> None:
+    from braintumor.inference.volume_outputs import FLAG_REASON as OUTPUT_REASON
+
+    assert OUTPUT_REASON == FLAG_REASON
