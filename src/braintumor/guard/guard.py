@@ -143,7 +143,8 @@ class InputGuard:
             outside,
             _normalised(above, median, threshold),
             _normalised(below, median, threshold),
-            below,
+            inputs.evidence.float(),
+            self._low,
             self.spec.evidence_names,
         )
         return GuardScores(ood_score, feature, outside, reason)

@@ -1,17 +1,20 @@
 """Why the input guard flagged an image, in a short code and a sentence, from the evidence it already scored.
 
-A flagged image gets one reason. When its image evidence alone crosses the evidence threshold, the image is not a
-grey MR slice and the reason names what the statistics show (a colour image, an almost blank one, a light page
-of text or a drawing, ...). When only the feature detector flags it, the image evidence looks like a grey MR
-slice: the model's features are unlike those of the training slices, which also happens to brain MRIs of
-another sequence, skull-stripped slices or slices from another scanner, so that reason never says "not an MRI".
+A flagged image gets one reason. When its image evidence crosses the evidence threshold in a way no brain MRI
+slice does (a colour image, an almost blank one, a mostly light page of text or a drawing, ...), the reason says
+"not an MRI slice" and names what the statistics show. Evidence that a brain MRI can show too (a light border: a
+slice in a white frame or cropped close to the head) is named without saying "not an MRI". When only the feature
+detector flags the image, its grey levels look like an MR slice but the model's features are unlike those of the
+training slices, which also happens to brain MRIs of another sequence, skull-stripped slices or slices from
+another scanner: that reason never says "not an MRI" either.
 
 Example:
     >>> import torch
     >>> names = ["colourfulness", "mean_grey", "grey_std", "dark_fraction", "border_grey"]
     >>> above = torch.tensor([[3.0, 0, 0, 0, 0], [0.0, 0, 0, 0, 0]])
+    >>> statistics, low = torch.full((2, 5), 0.3), torch.full((5,), 0.1)
     >>> codes = reason_indices(torch.tensor([3.0, 2.0]), torch.tensor([3.0, 0.0]), above, torch.zeros(2, 5),
-    ...                        torch.zeros(2, 5), names)
+    ...                        statistics, low, names)
     >>> [FLAG_REASONS[int(i)].code for i in codes]
     ['not_mri_colour', 'unlike_training']
 """
@@ -35,18 +38,25 @@ class FlagReason:
 
 
 COLOUR = FlagReason("not_mri_colour", f"{NOT_AN_MRI}: a colour image")
-BLANK = FlagReason("not_mri_blank", f"{NOT_AN_MRI}: almost blank (nearly one flat grey level)")
-LIGHT = FlagReason("not_mri_light", f"{NOT_AN_MRI}: a light background, like text or a drawing")
+BLANK = FlagReason("not_mri_blank", f"{NOT_AN_MRI}: almost blank")
+LIGHT = FlagReason("not_mri_light", f"{NOT_AN_MRI}: mostly light, like text or a drawing")
 DARK = FlagReason("not_mri_dark", f"{NOT_AN_MRI}: almost all black")
 CONTRAST = FlagReason("not_mri_contrast", f"{NOT_AN_MRI}: far more contrast than an MR slice (noise or a pattern)")
-GREY_LEVELS = FlagReason("not_mri_grey_levels", f"{NOT_AN_MRI}: grey levels unlike an MR slice")
+LIGHT_BORDER = FlagReason(
+    "light_border",
+    "a light border unlike the training slices (a slice in a white frame or cropped close to the head, or not an MRI)",
+)
+GREY_LEVELS = FlagReason("grey_levels", "grey levels outside the training slices' range")
 UNLIKE_TRAINING = FlagReason(
     "unlike_training",
     "an MR-like image unlike the training slices (maybe another sequence, skull-stripped, or another scanner)",
 )
 # Index order of reason_indices: a flagged image's reason is FLAG_REASONS[index].
-FLAG_REASONS = (COLOUR, BLANK, LIGHT, DARK, CONTRAST, GREY_LEVELS, UNLIKE_TRAINING)
+FLAG_REASONS = (COLOUR, BLANK, LIGHT, DARK, CONTRAST, LIGHT_BORDER, GREY_LEVELS, UNLIKE_TRAINING)
 NOT_FLAGGED = -1
+# "Almost blank": a grey spread under this share of the Training images' lowest (their 0.1% quantile). Blank pages
+# are near 0; Training slices cropped close to the head or put in a white frame keep at least 0.75 of it.
+BLANK_SHARE = 0.5
 
 
 def reason_for_code(code: str) -> FlagReason:
@@ -54,7 +64,7 @@ def reason_for_code(code: str) -> FlagReason:
 
     Example:
         >>> reason_for_code("not_mri_blank").text
-        'not an MRI slice: almost blank (nearly one flat grey level)'
+        'not an MRI slice: almost blank'
     """
     for reason in FLAG_REASONS:
         if reason.code == code:
@@ -67,7 +77,8 @@ def reason_indices(
     evidence: torch.Tensor,
     above: torch.Tensor,
     below: torch.Tensor,
-    outside_below: torch.Tensor,
+    statistics: torch.Tensor,
+    low: torch.Tensor,
     names: Sequence[str],
 ) -> torch.Tensor:
     """Per image, the index in :data:`FLAG_REASONS` of its reason, :data:`NOT_FLAGGED` (-1) when not flagged.
@@ -77,13 +88,15 @@ def reason_indices(
         evidence: ``[N]`` the image evidence component, normalised like ``ood_score`` (above 1: it flags alone).
         above: ``[N, K]`` per statistic, how far above the Training range, normalised like ``evidence``.
         below: ``[N, K]`` the same below the range.
-        outside_below: ``[N, K]`` how far below the range in units of the range, not normalised (above 0: below
-            every Training image but the lowest 0.1%).
+        statistics: ``[N, K]`` the images' statistics (:func:`~braintumor.guard.evidence.image_evidence`).
+        low: ``[K]`` the Training images' low quantile of each statistic.
         names: the ``K`` statistic names (:data:`~braintumor.guard.evidence.EVIDENCE_NAMES`).
 
-    A statistic "says so" when it alone crosses the evidence threshold (above 1). Among those, the most telling
-    description wins: colour, then a flat image (grey spread below the Training range), then a light
-    background, then a dark one, then too much contrast.
+    A statistic "says so" when it alone crosses the evidence threshold (above 1). Among the images flagged on
+    evidence, the most telling description wins: colour, then an almost flat image, then a mostly light one,
+    then an almost black one, then too much contrast. Only these say "not an MRI slice". A light border alone
+    (the mean grey level still within reach of the Training range) is what a slice in a white frame or cropped
+    close to the head shows too, so its reason does not.
     """
     column = {name: index for index, name in enumerate(names)}
 
@@ -94,13 +107,15 @@ def reason_indices(
     on_evidence = flagged & (evidence > 1.0)
     index = torch.full(ood_score.shape, NOT_FLAGGED, dtype=torch.long)
     index[flagged & ~on_evidence] = FLAG_REASONS.index(UNLIKE_TRAINING)
+    spread = column["grey_std"]
     # Least telling first: each later rule overwrites the earlier ones where it applies.
     rules = [
         (torch.ones_like(flagged), GREY_LEVELS),
+        (says(above, "border_grey"), LIGHT_BORDER),
         (says(above, "grey_std"), CONTRAST),
         (says(below, "mean_grey") | says(above, "dark_fraction"), DARK),
-        (says(above, "mean_grey") | says(above, "border_grey") | says(below, "dark_fraction"), LIGHT),
-        (outside_below[:, column["grey_std"]] > 0.0, BLANK),
+        (says(above, "mean_grey"), LIGHT),
+        (statistics[:, spread] < BLANK_SHARE * low[spread], BLANK),
         (says(above, "colourfulness"), COLOUR),
     ]
     for mask, reason in rules:

@@ -80,12 +80,18 @@ class BundlePyfunc(PythonModel):  # type: ignore[misc,valid-type]
                 images.append(decode_image_bytes(_as_bytes(value), f"row {row}"))
             except (ImageDecodeError, ValueError) as error:
                 raise BrainTumorError(f"row {row}: {getattr(error, 'reason', error)}") from None
-        probabilities, scores = self.predictor.predict_images_guarded(images)
-        return prediction_frame(probabilities, scores, self.predictor.class_names)
+        probabilities, verdicts = self.predictor.predict_images_checked(images)
+        if verdicts is None:
+            return prediction_frame(probabilities, None, self.predictor.class_names)
+        reasons = [verdicts.flag_reason(index) for index in range(len(images))]
+        return prediction_frame(probabilities, verdicts.ood_score, self.predictor.class_names, reasons)
 
 
-def prediction_frame(probabilities: np.ndarray, scores: np.ndarray | None, names: list[str]) -> Any:
-    """The pyfunc's output for probabilities ``[N, C]`` and ``ood_score`` ``[N]`` (None without a guard).
+def prediction_frame(
+    probabilities: np.ndarray, scores: np.ndarray | None, names: list[str], reasons: list[str | None] | None = None
+) -> Any:
+    """The pyfunc's output for probabilities ``[N, C]`` and ``ood_score`` ``[N]`` (None without a guard); ``reasons``
+    are the guard's words per flagged image (default :data:`FLAG_REASON`).
 
     Example:
         >>> frame = prediction_frame(np.array([[0.9, 0.1], [0.8, 0.2]]), np.array([0.3, 5.0]), ["a", "b"])
@@ -105,5 +111,8 @@ def prediction_frame(probabilities: np.ndarray, scores: np.ndarray | None, names
     frame.insert(0, "class", pd.Series(classes, dtype=object))
     frame["ood_score"] = np.nan if scores is None else np.asarray(scores, dtype=np.float64)
     frame["flagged"] = flagged
-    frame["flag_reason"] = pd.Series([FLAG_REASON if flag else None for flag in flagged], dtype=object)
+    words = reasons or [None] * len(flagged)
+    frame["flag_reason"] = pd.Series(
+        [(reason or FLAG_REASON) if flag else None for flag, reason in zip(flagged, words, strict=True)], dtype=object
+    )
     return frame

@@ -115,15 +115,16 @@ class InputCheck(BaseModel):
     warning: str | None = Field(None, description=_WARNING_DESCRIPTION)
 
     @classmethod
-    def from_score(cls, ood_score: float | None) -> InputCheck:
-        """The verdict for an ``ood_score`` (None: the bundle has no guard, so nothing is known)."""
+    def from_score(cls, ood_score: float | None, reason: str | None = None) -> InputCheck:
+        """The verdict for an ``ood_score`` (None: the bundle has no guard, so nothing is known); ``reason`` is the
+        guard's words for a flagged image (default :data:`FLAG_REASON`)."""
         if ood_score is None:
             return cls()
         finite = math.isfinite(ood_score)  # nothing vouches for a NaN score; JSON has no NaN or infinity
         flagged = bool(ood_score > OOD_FLAG_ABOVE) if finite else True
         return cls(
             flagged=flagged,
-            flag_reason=FLAG_REASON if flagged else None,
+            flag_reason=(reason or FLAG_REASON) if flagged else None,
             out_of_distribution=flagged,
             ood_score=float(ood_score) if finite else None,
             warning=OOD_WARNING if flagged else None,

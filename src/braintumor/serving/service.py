@@ -156,11 +156,14 @@ class ModelService:
         started = time.perf_counter()
         if isinstance(self.predictor, OnnxPredictor):
             with self.inference_slots:
-                probabilities, scores = self.predictor.predict_images_guarded([image])
+                probabilities, verdicts = self.predictor.predict_images_checked([image])
         else:
             with self.torch_lock:
-                probabilities, scores = self.predictor.predict_images_guarded([image])
-        check = InputCheck.from_score(None if scores is None else float(scores[0]))
+                probabilities, verdicts = self.predictor.predict_images_checked([image])
+        if verdicts is None:
+            check = InputCheck()
+        else:
+            check = InputCheck.from_score(float(verdicts.ood_score[0]), verdicts.flag_reason(0))
         return Outcome(probabilities[0], check, (time.perf_counter() - started) * 1000.0)
 
     def require_gradcam(self) -> GradcamFunction:
