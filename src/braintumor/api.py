@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from braintumor.errors import BrainTumorError
+from braintumor.guard.defaults import FLAG_REASON as _FLAG_REASON
 from braintumor.results import (
     Adaptation,
     Audit,
@@ -52,7 +53,7 @@ class NotRankZero(BrainTumorError):
 
 # What a flagged image says instead of a diagnosis when the guard gave no reason of its own (each flagged
 # prediction normally carries the guard's reason: braintumor.guard.reasons).
-FLAG_REASON = "not a brain MRI like the training images"
+FLAG_REASON = _FLAG_REASON
 DATA_ENV = "BRAINTUMOR_DATA"
 
 
@@ -632,10 +633,14 @@ class Bundle:
                 probabilities=record["probabilities"],
                 figure=Path(record["figure"]),
                 methods=list(record["methods"]),
+                flagged=bool(record.get("flagged")),
+                flag_reason=record.get("flag_reason"),
             )
             for record in run.images
         ]
-        return Explanation(Path(run.out_dir), images, run.sanity, _skipped(run.skipped), list(run.notes))
+        return Explanation(
+            Path(run.out_dir), images, run.sanity, _skipped(run.skipped), list(run.notes), list(run.flagged)
+        )
 
     def evaluate(
         self,
@@ -801,8 +806,6 @@ def _predict_images(predictor: Predictor, images: Sequence[Any]) -> list[Predict
         if not isinstance(image, Image.Image):
             raise BrainTumorError(f"cannot predict a {type(image).__name__}: pass a path, a PIL image or an array")
         decoded.append(image.convert("RGB"))
-    probabilities, scores = predictor.predict_images_guarded(decoded)
-    return [
-        _typed(predictor.to_prediction(f"<image {index}>", row, None if scores is None else float(scores[index])))
-        for index, row in enumerate(probabilities)
-    ]
+    probabilities, verdicts = predictor.predict_images_checked(decoded)
+    sources = [f"<image {index}>" for index in range(len(decoded))]
+    return [_typed(item) for item in predictor.to_predictions(sources, probabilities, verdicts)]

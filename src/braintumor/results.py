@@ -14,8 +14,8 @@ Examples:
     >>> predictions[0].class_name, len(predictions), predictions.to_dict()[0]["confidence"]
     ('glioma', 1, 0.9)
     >>> Prediction(source="photo.jpg", class_name=None, confidence=0.99, probabilities={"glioma": 0.99},
-    ...            flagged=True, flag_reason="not a brain MRI like the training images").diagnosis
-    'no diagnosis: not a brain MRI like the training images'
+    ...            flagged=True, flag_reason="not an MRI slice: a colour image").diagnosis
+    'no diagnosis: not an MRI slice: a colour image'
 """
 
 from __future__ import annotations
@@ -326,13 +326,19 @@ class GuardFit(_Result):
 
 @dataclass(frozen=True)
 class ExplainedImage(_Result):
-    """One explained image: the predicted class and the figure (image, heat maps, overlay) written for it."""
+    """One explained image: the predicted class and the figure (image, heat maps, overlay) written for it.
+
+    ``class_name`` is None for a flagged image drawn on request (``explain_flagged``): its figure is titled as
+    not a diagnosis, and ``flag_reason`` says why.
+    """
 
     source: str
-    class_name: str
+    class_name: str | None
     probabilities: dict[str, float]
     figure: Path
     methods: list[str]
+    flagged: bool = False
+    flag_reason: str | None = None
 
 
 @dataclass(frozen=True)
@@ -344,6 +350,8 @@ class Explanation(_Result):
     sanity: dict[str, Any] | None = None
     skipped: list[SkippedInput] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    # Images the input guard flagged and that were not drawn (no diagnosis): path, flag_reason, ood_score.
+    flagged: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

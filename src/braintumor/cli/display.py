@@ -151,7 +151,10 @@ def explanations_table(images: Sequence[ExplainedImage], out_dir: Path) -> Table
     names = display_names([item.source for item in images])
     for name, item in zip(names, images, strict=True):
         shown = item.figure.relative_to(out_dir) if item.figure.is_relative_to(out_dir) else item.figure
-        table.add_row(name, item.class_name, f"{item.probabilities[item.class_name]:.1%}", str(shown))
+        if item.class_name is None:  # flagged, drawn on request: no diagnosis
+            table.add_row(name, "[red]none (flagged)", "-", str(shown))
+        else:
+            table.add_row(name, item.class_name, f"{item.probabilities[item.class_name]:.1%}", str(shown))
     return table
 
 

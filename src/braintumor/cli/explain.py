@@ -20,9 +20,6 @@ from braintumor.cli.volume import (
 )
 from braintumor.explain.defaults import DEFAULT_SANITY_IMAGES, DEFAULT_SHAP_SAMPLES
 
-# What the notes of an explain run say about an image the input guard flagged (braintumor.explain.run).
-FLAGGED_NOTE = "no heat map, not a diagnosis: flagged"
-
 if TYPE_CHECKING:
     from braintumor.results import Explanation
 
@@ -115,7 +112,7 @@ def _print_run(run: Explanation) -> None:
     for item in run.images:
         if item.class_name is None:
             warn("flagged", f"{item.source}: not a diagnosis, drawn on request in {item.figure}")
-    if not run.images and not any(FLAGGED_NOTE in note for note in run.notes):
+    if not run.images and not run.flagged:
         fail("no image could be read")
     if diagnosed:
         console.print(explanations_table(diagnosed, run.out_dir))

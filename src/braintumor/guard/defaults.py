@@ -5,3 +5,6 @@ DEFAULT_DETECTOR = "mahalanobis"
 DEFAULT_QUANTILE = 0.99
 # The registered detectors (braintumor.guard.detectors); a test checks the two lists agree.
 DETECTOR_NAMES = ("energy", "knn", "mahalanobis", "max_logit")
+
+# A flagged image's reason when no more specific one is known (the guard's own reasons, guard/reasons.py, say more).
+FLAG_REASON = "unlike the training images"

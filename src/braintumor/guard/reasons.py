@@ -10,6 +10,8 @@ another scanner: that reason never says "not an MRI" either.
 
 Example:
     >>> import torch
+
+from braintumor.guard.defaults import FLAG_REASON
     >>> names = ["colourfulness", "mean_grey", "grey_std", "dark_fraction", "border_grey"]
     >>> above = torch.tensor([[3.0, 0, 0, 0, 0], [0.0, 0, 0, 0, 0]])
     >>> statistics, low = torch.full((2, 5), 0.3), torch.full((5,), 0.1)
@@ -25,6 +27,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+
+from braintumor.guard.defaults import FLAG_REASON
 
 NOT_AN_MRI = "not an MRI slice"
 
@@ -51,6 +55,8 @@ UNLIKE_TRAINING = FlagReason(
     "unlike_training",
     "an MR-like image unlike the training slices (maybe another sequence, skull-stripped, or another scanner)",
 )
+# A flagged image's reason when no more specific one is known (older callers, a score without evidence).
+UNEXPLAINED = FlagReason("unlike_training_images", FLAG_REASON)
 # Index order of reason_indices: a flagged image's reason is FLAG_REASONS[index].
 FLAG_REASONS = (COLOUR, BLANK, LIGHT, DARK, CONTRAST, LIGHT_BORDER, GREY_LEVELS, UNLIKE_TRAINING)
 NOT_FLAGGED = -1

@@ -54,7 +54,7 @@ from braintumor.errors import BrainTumorError, BundleError
 from braintumor.guard import GuardInputs, GuardScores
 from braintumor.guard.evidence import image_evidence
 from braintumor.inference.defaults import DEFAULT_OPSET
-from braintumor.inference.predictor import GuardVerdicts, Predictor
+from braintumor.inference.predictor import GuardVerdicts, Predictor, with_header_flags
 from braintumor.inference.tta import tta_views
 
 INPUT_NAME = "image"
@@ -350,7 +350,8 @@ class OnnxPredictor(Predictor):
 
     def predict_images_checked(self, images: Sequence[Image.Image]) -> tuple[np.ndarray, GuardVerdicts | None]:
         """Probabilities and the guard's :class:`GuardVerdicts` (None without a guard) for decoded PIL images."""
-        return self.predict_uint8_checked(self._uint8_array(images))
+        probabilities, verdicts = self.predict_uint8_checked(self._uint8_array(images))
+        return probabilities, with_header_flags(verdicts, images)
 
     def _run_batch(self, batch: np.ndarray) -> tuple[np.ndarray, GuardScores | None]:
         """Logits (test-time views averaged) and, with a guard, the guard scores of the unchanged images."""

@@ -33,12 +33,13 @@ import torch
 from PIL import Image
 
 from braintumor.bundle import Bundle
+from braintumor.data.dicom import HEADER_FLAG_KEY
 from braintumor.data.images import SkippedFile, load_image_rgb
 from braintumor.data.preprocessing import eval_transform, resize_to_uint8_tensor
 from braintumor.errors import BrainTumorError, ImageDecodeError
 from braintumor.guard import GuardInputs, GuardScores
 from braintumor.guard.evidence import image_evidence
-from braintumor.guard.reasons import FlagReason
+from braintumor.guard.reasons import UNEXPLAINED, FlagReason
 from braintumor.inference.tta import tta_views
 from braintumor.models.fusion import fold_batchnorm
 from braintumor.runtime import (
@@ -55,7 +56,9 @@ REFER_MESSAGE = "refer to a radiologist"
 # What a prediction the input guard flags tells the user instead of a diagnosis.
 OOD_MESSAGE = "unlike the training images: no diagnosis"
 # The reason of a flagged image when the caller passes no reason (the guard's own reasons are more specific).
-UNEXPLAINED_FLAG = FlagReason("unlike_training_images", "unlike the training images")
+UNEXPLAINED_FLAG = UNEXPLAINED
+# The reason code of an image whose DICOM header names another body region than the head.
+HEADER_FLAG_CODE = "dicom_header"
 NO_GUARD_MESSAGE = (
     "guard: none (this bundle was trained before the input guard; add one with `braintumor guard BUNDLE --data ROOT`)"
 )
@@ -106,6 +109,27 @@ class GuardVerdicts:
         """The words of image ``index``'s reason (None when it was not flagged)."""
         reason = self.reasons[index]
         return None if reason is None else reason.text
+
+    def flagged(self, index: int) -> bool:
+        """Whether image ``index`` is flagged: by its score, or by a reason of its own (its DICOM header)."""
+        return bool(self.ood_score[index] > 1.0) or self.reasons[index] is not None
+
+
+def with_header_flags(verdicts: GuardVerdicts | None, images: Sequence[Image.Image]) -> GuardVerdicts | None:
+    """``verdicts`` with the images whose DICOM header names another body region flagged for that reason.
+
+    The header gate (:mod:`braintumor.data.dicom_header`) leaves its reason in ``image.info["header_flag"]``;
+    such an image gets no diagnosis even when its pixels look like the training slices (and even without a guard).
+    """
+    flags = [image.info.get(HEADER_FLAG_KEY) for image in images]
+    if not any(flags):
+        return verdicts
+    base = verdicts or GuardVerdicts(np.zeros(len(images), dtype=np.float32), (None,) * len(images))
+    reasons = tuple(
+        FlagReason(HEADER_FLAG_CODE, f"its DICOM header: {flag}") if flag else reason
+        for flag, reason in zip(flags, base.reasons, strict=True)
+    )
+    return GuardVerdicts(base.ood_score, reasons)
 
 
 def expand_inputs(inputs: Iterable[Path | str]) -> list[Path]:
@@ -277,7 +301,8 @@ class Predictor:
 
     def predict_images_checked(self, images: Sequence[Image.Image]) -> tuple[np.ndarray, GuardVerdicts | None]:
         """Probabilities and the guard's :class:`GuardVerdicts` (None without a guard) for decoded PIL images."""
-        return self.predict_uint8_checked(self._uint8_batch(images))
+        probabilities, verdicts = self.predict_uint8_checked(self._uint8_batch(images))
+        return probabilities, with_header_flags(verdicts, images)
 
     def to_prediction(
         self,
@@ -286,11 +311,11 @@ class Predictor:
         ood_score: float | None = None,
         flag_reason: FlagReason | None = None,
     ) -> Prediction:
-        """One image's :class:`Prediction`. A flagged image (``ood_score`` above 1) gets ``flag_reason``'s words
-        and code, or :data:`UNEXPLAINED_FLAG` when no reason is given."""
+        """One image's :class:`Prediction`. A flagged image (``ood_score`` above 1, or a ``flag_reason`` given, such
+        as its DICOM header's) gets ``flag_reason``'s words and code, or :data:`UNEXPLAINED_FLAG` without one."""
         index = int(np.argmax(probabilities))
         confidence = float(probabilities[index])
-        flagged = None if ood_score is None else bool(ood_score > 1.0)
+        flagged = None if ood_score is None else bool(ood_score > 1.0 or flag_reason is not None)
         reason = (flag_reason or UNEXPLAINED_FLAG) if flagged else None
         return Prediction(
             source=source,

@@ -33,8 +33,10 @@ from typing import Any
 import numpy as np
 
 from braintumor.bundle import WEIGHTS_FILE, Bundle
+from braintumor.data.dicom import HEADER_FLAG_KEY
 from braintumor.data.volume_core import Volume
 from braintumor.errors import BrainTumorError
+from braintumor.inference.predictor import with_header_flags
 from braintumor.inference.volume_defaults import DEFAULT_MIN_CONSECUTIVE, DEFAULT_SLICE_THRESHOLD
 
 NO_TUMOUR_CLASS = "no_tumor"
@@ -76,6 +78,8 @@ class SliceResult:
     ood_score: float | None
     sop_instance_uid: str | None = None
     frame_number: int | None = None
+    # Why the slice was flagged (the input guard's reason, or the volume's DICOM header); None when it was not.
+    flag_reason: str | None = None
 
 
 @dataclass
@@ -208,14 +212,12 @@ def study_finding(
     )
 
 
-def slice_results(
-    predictor: Any, volume: Volume, probabilities: np.ndarray, scores: np.ndarray | None
-) -> list[SliceResult]:
-    """Per-slice records from the predictor's probabilities and guard scores."""
+def slice_results(predictor: Any, volume: Volume, probabilities: np.ndarray, verdicts: Any) -> list[SliceResult]:
+    """Per-slice records from the predictor's probabilities and the guard's verdicts (None without a guard)."""
     results = []
     refs = volume.slice_refs or [None] * len(volume.slices)
-    for index, row in enumerate(probabilities):
-        prediction = predictor.to_prediction(str(index), row, None if scores is None else float(scores[index]))
+    predictions = predictor.to_predictions([str(i) for i in range(len(probabilities))], probabilities, verdicts)
+    for index, prediction in enumerate(predictions):
         ref = refs[index]
         results.append(
             SliceResult(
@@ -227,6 +229,7 @@ def slice_results(
                 ood_score=None if prediction.ood_score is None else round(prediction.ood_score, 4),
                 sop_instance_uid=None if ref is None else ref.sop_instance_uid,
                 frame_number=None if ref is None else ref.frame_number,
+                flag_reason=prediction.flag_reason,
             )
         )
     return results
@@ -237,8 +240,12 @@ def predict_volume(predictor: Any, volume: Volume, rule: StudyRule | None = None
     slice and apply the study rule."""
     if not volume.slices:
         raise BrainTumorError(f"{volume.source}: the volume has no slices")
-    probabilities, scores = predictor.predict_images_guarded(volume.slices)
-    slices = slice_results(predictor, volume, probabilities, scores)
+    probabilities, verdicts = predictor.predict_images_checked(volume.slices)
+    if volume.header_flag:  # the series' header names another body region: no slice is read as a brain MRI
+        for image in volume.slices:
+            image.info[HEADER_FLAG_KEY] = volume.header_flag
+        verdicts = with_header_flags(verdicts, volume.slices)
+    slices = slice_results(predictor, volume, probabilities, verdicts)
     flagged = [bool(item.out_of_distribution) for item in slices]
     study = study_finding(
         probabilities, predictor.class_names, flagged=flagged, gaps_after=volume.gaps_after, rule=rule

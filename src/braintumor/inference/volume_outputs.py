@@ -28,11 +28,12 @@ import json
 from pathlib import Path
 from typing import Any
 
+from braintumor.guard.defaults import FLAG_REASON
 from braintumor.inference.volume import VolumeResult
 
-# Why a flagged input has no class, on every output surface (files, service, explain, evaluate, MLflow); the same
-# text as braintumor.api.FLAG_REASON, kept below the API so the stages can import it.
-FLAG_REASON = "not a brain MRI like the training images"
+# FLAG_REASON (re-exported for the output surfaces): why a flagged input has no class when no more specific reason
+# is known; the guard's own reasons (braintumor.guard.reasons) say more.
+__all__ = ["FLAG_REASON"]
 
 
 def _cell(value: Any) -> str:
@@ -56,7 +57,7 @@ def write_volume_csv(path: Path, result: VolumeResult) -> None:
             flagged = item.out_of_distribution
             shown = None if flagged else item.class_name
             row = [item.index, item.position_mm, shown, *[item.probabilities[n] for n in names]]
-            row += [flagged, FLAG_REASON if flagged else None, flagged, item.ood_score]
+            row += [flagged, (item.flag_reason or FLAG_REASON) if flagged else None, flagged, item.ood_score]
             row += [item.sop_instance_uid, item.frame_number]
             writer.writerow([_cell(value) for value in row])
 
@@ -73,7 +74,7 @@ def public_slice(record: dict[str, Any]) -> dict[str, Any]:
         **record,
         "class_name": None if flagged else record["class_name"],
         "flagged": flagged,
-        "flag_reason": FLAG_REASON if flagged else None,
+        "flag_reason": (record.get("flag_reason") or FLAG_REASON) if flagged else None,
     }
 
 

@@ -191,7 +191,8 @@ def _slice_info(item: Any) -> SliceInfo:
     """One slice under the public rule: a slice the input guard flagged has no class and says why."""
     flagged = item.out_of_distribution
     fields = {**item.__dict__, "class_name": None if flagged else item.class_name}
-    return SliceInfo(**fields, flagged=flagged, flag_reason=FLAG_REASON if flagged else None)
+    fields["flag_reason"] = (item.flag_reason or FLAG_REASON) if flagged else None
+    return SliceInfo(**fields, flagged=flagged)
 
 
 def _volume_response(result: Any, found: str, filename: str, png: bytes | None, kind: str | None) -> dict[str, Any]:

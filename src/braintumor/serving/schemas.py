@@ -101,7 +101,7 @@ class InputCheck(BaseModel):
         >>> InputCheck.from_score(3.5).model_dump()["out_of_distribution"], InputCheck.from_score(None).warning
         (True, None)
         >>> InputCheck.from_score(3.5).flag_reason
-        'not a brain MRI like the training images'
+        'unlike the training images'
         >>> InputCheck.from_score(0.2).headers()
         {'X-Out-Of-Distribution': 'false', 'X-OOD-Score': '0.2000', 'X-Flagged': 'false'}
         >>> InputCheck.from_score(float("nan")).flagged
@@ -117,11 +117,12 @@ class InputCheck(BaseModel):
     @classmethod
     def from_score(cls, ood_score: float | None, reason: str | None = None) -> InputCheck:
         """The verdict for an ``ood_score`` (None: the bundle has no guard, so nothing is known); ``reason`` is the
-        guard's words for a flagged image (default :data:`FLAG_REASON`)."""
+        guard's words for a flagged image (default :data:`FLAG_REASON`). A reason given with a score below the
+        threshold still flags the image (its DICOM header names another body region)."""
         if ood_score is None:
             return cls()
         finite = math.isfinite(ood_score)  # nothing vouches for a NaN score; JSON has no NaN or infinity
-        flagged = bool(ood_score > OOD_FLAG_ABOVE) if finite else True
+        flagged = bool(ood_score > OOD_FLAG_ABOVE or reason is not None) if finite else True
         return cls(
             flagged=flagged,
             flag_reason=(reason or FLAG_REASON) if flagged else None,
