@@ -320,3 +320,23 @@ def test_evaluate_says_what_the_bundle_was_adapted_on_and_warns_on_overlap(tmp_p
     assert summary["n_overlap"] == 40 and "transductive" in summary["warning"]
     plain = evaluate_bundle(original, site.parent, "Testing", tmp_path / "eval0", show_progress=False, n_bootstrap=10)
     assert "adaptation" not in plain.metrics
+
+
+def test_a_site_with_another_class_mix_but_the_sources_look_is_near_the_source() -> None:
+    from braintumor.adaptation.evidence import shift_evidence
+
+    rng = np.random.default_rng(3)
+    class_means = torch.tensor([[-1.0] * DIMS, [1.0] * DIMS], dtype=torch.float64)
+    source = SourceStats(torch.zeros(DIMS, dtype=torch.float64), torch.full((DIMS,), 1.17), torch.tensor([0.5, 0.5]))
+    source = SourceStats(source.mean, source.std, source.priors, class_means)
+    # Drawn from the source's own classes, but 90% of them class 1: the mean moves, the images do not.
+    labels = torch.tensor(rng.random(400) < 0.9, dtype=torch.long)
+    features = class_means[labels] + torch.tensor(rng.normal(0.0, 0.6, (400, DIMS)))
+    mix = torch.tensor([0.1, 0.9], dtype=torch.float64)
+    corrected = shift_evidence(features, source, flagged_share=0.0, validation_flag_rate=0.01, target_mix=mix)
+    plain = shift_evidence(features, source, flagged_share=0.0, validation_flag_rate=0.01)
+    assert plain.mean_shift > 0.5 and not plain.near_source
+    assert corrected.mean_shift < 0.1 and corrected.near_source and corrected.raw_mean_shift == plain.mean_shift
+    # A real shift of the images is still seen with the class mix accounted for.
+    moved = shift_evidence(features + 0.8, source, flagged_share=0.0, validation_flag_rate=0.01, target_mix=mix)
+    assert not moved.near_source

@@ -3,8 +3,10 @@
 Three measures: the share the input guard flags (against the validation split's rate, which the guard was
 thresholded on), how far the target's mean penultimate feature sits from the source's (root mean square over
 dimensions, in source standard deviations), and how far EM's class priors move from the training priors
-(total variation). A target near the source on the first two is one where moving every image's features
-can only hurt (the proxy's in-distribution images, ``benchmarks/site_adaptation.py``).
+(total variation). Where the source's class means are known (the input guard's) and the target's predicted class
+mix is given, the mean feature is compared with the source mean *for that class mix*: a site that reads like the
+source but sees the classes in other proportions is near the source, not shifted. On a target near the source on
+the first two, moving every image's features can only hurt.
 
 Example:
     >>> from braintumor.adaptation.methods import SourceStats
@@ -39,6 +41,8 @@ class ShiftEvidence:
     prior_shift: float | None
     near_source: bool
     explanation: str
+    # The mean feature's distance from the source's overall mean, before the class-mix correction.
+    raw_mean_shift: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -51,16 +55,33 @@ def shift_evidence(
     flagged_share: float,
     validation_flag_rate: float | None,
     target_priors: torch.Tensor | None = None,
+    target_mix: torch.Tensor | None = None,
 ) -> ShiftEvidence:
-    """The :class:`ShiftEvidence` of target penultimate ``features`` (the images the guard accepted)."""
-    standardised = (features.double().mean(dim=0) - source.mean.double()) / source.std.double()
-    mean_shift = float(standardised.pow(2).mean().sqrt())
+    """The :class:`ShiftEvidence` of target penultimate ``features`` (the images the guard accepted).
+
+    ``target_mix``: the unadapted model's mean predicted probability per class over these images.
+    """
+    target_mean, std = features.double().mean(dim=0), source.std.double()
+    raw_shift = float(((target_mean - source.mean.double()) / std).pow(2).mean().sqrt())
+    expected = source.mean.double()
+    if target_mix is not None and source.class_means is not None:
+        expected = target_mix.double() @ source.class_means.double()
+    mean_shift = float(((target_mean - expected) / std).pow(2).mean().sqrt())
     prior = None if target_priors is None else float(0.5 * (target_priors - source.priors).abs().sum())
     flag_limit = max(MIN_FLAG_SHARE, NEAR_FLAG_RATIO * (validation_flag_rate or 0.0))
     near = flagged_share <= flag_limit and mean_shift <= NEAR_MEAN_SHIFT
     explanation = (
         f"{flagged_share:.1%} of the images flagged by the input guard (near-source limit {flag_limit:.1%}); mean "
-        f"feature {mean_shift:.3f} source deviations from the source's (limit {NEAR_MEAN_SHIFT})"
+        f"feature {mean_shift:.3f} source deviations from the source's for its class mix (limit {NEAR_MEAN_SHIFT}; "
+        f"{raw_shift:.3f} from the overall source mean)"
         + ("" if prior is None else f"; class priors {prior:.3f} (total variation) from the training priors")
     )
-    return ShiftEvidence(round(flagged_share, 4), validation_flag_rate, round(mean_shift, 4), prior, near, explanation)
+    return ShiftEvidence(
+        round(flagged_share, 4),
+        validation_flag_rate,
+        round(mean_shift, 4),
+        prior,
+        near,
+        explanation,
+        round(raw_shift, 4),
+    )

@@ -272,7 +272,11 @@ def _fit(
     source = source_stats(bundle)
     validation_rate = bundle.guard.spec.validation_flag_rate if bundle.guard is not None else None
     evidence = shift_evidence(
-        torch.cat(penultimates, dim=1), source, flagged_share=flagged_share, validation_flag_rate=validation_rate
+        torch.cat(penultimates, dim=1),
+        source,
+        flagged_share=flagged_share,
+        validation_flag_rate=validation_rate,
+        target_mix=_predicted_mix(bundle, penultimates),
     )
     applied, warnings = _gated(methods, evidence, force)
     fitted_parts, before, after = _adapt_members(bundle, applied, kept, penultimates, source)
@@ -287,6 +291,17 @@ def _fit(
         "warnings": warnings,
     }
     return _record(bundle, images, kept, rejected, evidence, details), evidence, applied
+
+
+def _predicted_mix(bundle: Bundle, penultimates: list[torch.Tensor]) -> torch.Tensor:
+    """The unadapted bundle's mean predicted probability per class over the target images (members averaged)."""
+    temperature = member_temperature(bundle)
+    members = network_members(bundle.model)
+    probabilities = [
+        torch.softmax(head_state(member).logits(z).double() / temperature, dim=1)
+        for member, z in zip(members, penultimates, strict=True)
+    ]
+    return torch.stack(probabilities).mean(dim=0).mean(dim=0)
 
 
 def _adapt_members(
