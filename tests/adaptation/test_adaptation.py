@@ -340,3 +340,13 @@ def test_a_site_with_another_class_mix_but_the_sources_look_is_near_the_source()
     # A real shift of the images is still seen with the class mix accounted for.
     moved = shift_evidence(features + 0.8, source, flagged_share=0.0, validation_flag_rate=0.01, target_mix=mix)
     assert not moved.near_source
+
+
+def test_a_few_flags_in_a_small_site_are_chance_not_a_shift() -> None:
+    from braintumor.adaptation.evidence import shift_evidence
+
+    source = SourceStats(torch.zeros(DIMS, dtype=torch.float64), torch.ones(DIMS), torch.tensor([0.5, 0.5]))
+    features = torch.zeros(120, DIMS, dtype=torch.float64)
+    chance = shift_evidence(features, source, flagged_share=3 / 124, validation_flag_rate=0.012, n_images=124)
+    many = shift_evidence(features, source, flagged_share=40 / 124, validation_flag_rate=0.012, n_images=124)
+    assert chance.near_source and not many.near_source

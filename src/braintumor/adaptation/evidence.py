@@ -29,6 +29,21 @@ from braintumor.adaptation.methods import SourceStats
 # A guard thresholded at its validation 0.99 quantile flags ~1% of source-like images; a small target
 # flags a few more by chance, so the comparison never goes below this share.
 MIN_FLAG_SHARE = 0.02
+# A target of n images is near the source on the flags while its flagged count stays within this quantile of
+# Binomial(n, limit): 3 flags in 124 images is chance at a 2.4% limit, 40 in 124 is not.
+FLAG_COUNT_QUANTILE = 0.95
+
+
+def flag_count_limit(n_images: int, share_limit: float) -> int:
+    """The most flagged images a source-like target of ``n_images`` shows by chance at ``share_limit``.
+
+    Example:
+        >>> flag_count_limit(124, 0.024), flag_count_limit(1520, 0.024)
+        (6, 47)
+    """
+    from scipy.stats import binom
+
+    return int(binom.ppf(FLAG_COUNT_QUANTILE, n_images, share_limit))
 
 
 @dataclass(frozen=True)
@@ -56,10 +71,13 @@ def shift_evidence(
     validation_flag_rate: float | None,
     target_priors: torch.Tensor | None = None,
     target_mix: torch.Tensor | None = None,
+    n_images: int | None = None,
 ) -> ShiftEvidence:
     """The :class:`ShiftEvidence` of target penultimate ``features`` (the images the guard accepted).
 
-    ``target_mix``: the unadapted model's mean predicted probability per class over these images.
+    ``target_mix``: the unadapted model's mean predicted probability per class over these images. ``n_images``:
+    how many images the guard judged (flagged ones included); with it, the flagged count is compared with what
+    chance gives a source-like target of that size (:func:`flag_count_limit`).
     """
     target_mean, std = features.double().mean(dim=0), source.std.double()
     raw_shift = float(((target_mean - source.mean.double()) / std).pow(2).mean().sqrt())
@@ -69,9 +87,15 @@ def shift_evidence(
     mean_shift = float(((target_mean - expected) / std).pow(2).mean().sqrt())
     prior = None if target_priors is None else float(0.5 * (target_priors - source.priors).abs().sum())
     flag_limit = max(MIN_FLAG_SHARE, NEAR_FLAG_RATIO * (validation_flag_rate or 0.0))
-    near = flagged_share <= flag_limit and mean_shift <= NEAR_MEAN_SHIFT
+    count_limit = flag_count_limit(n_images, flag_limit) if n_images else None
+    flags_near = flagged_share <= flag_limit or (
+        count_limit is not None and round(flagged_share * n_images) <= count_limit
+    )
+    near = flags_near and mean_shift <= NEAR_MEAN_SHIFT
     explanation = (
-        f"{flagged_share:.1%} of the images flagged by the input guard (near-source limit {flag_limit:.1%}); mean "
+        f"{flagged_share:.1%} of the images flagged by the input guard (near-source limit {flag_limit:.1%}"
+        + ("" if count_limit is None else f", or {count_limit} of {n_images} images by chance")
+        + "); mean "
         f"feature {mean_shift:.3f} source deviations from the source's for its class mix (limit {NEAR_MEAN_SHIFT}; "
         f"{raw_shift:.3f} from the overall source mean)"
         + ("" if prior is None else f"; class priors {prior:.3f} (total variation) from the training priors")

@@ -277,6 +277,7 @@ def _fit(
         flagged_share=flagged_share,
         validation_flag_rate=validation_rate,
         target_mix=_predicted_mix(bundle, penultimates),
+        n_images=int(accepted.numel()),
     )
     applied, warnings = _gated(methods, evidence, force)
     fitted_parts, before, after = _adapt_members(bundle, applied, kept, penultimates, source)
