@@ -23,6 +23,7 @@ from braintumor.explain.attributions import background_images
 from braintumor.explain.gradcam import class_activation_maps
 from braintumor.explain.run import cam_grid, method_explain_function
 from braintumor.explain.sanity import DeletionSettings, deletion_curve, model_randomisation_test
+from braintumor.guard.reasons import NOT_AN_MRI
 from braintumor.inference import Predictor
 from braintumor.models import create_model
 
@@ -233,16 +234,19 @@ def test_a_flagged_image_is_listed_not_drawn_unless_asked(trained_run, test_imag
     run = bundle.explain([photo, test_images[0]], tmp_path / "default")
     assert [Path(item.source).name for item in run.images] == [test_images[0].name]
     assert run.images[0].class_name is not None
-    assert any("photo.png" in note and FLAG_REASON in note for note in run.notes)
+    # A colour photo: the guard says what it saw, not only that the image is unlike the training ones.
+    assert any("photo.png" in note and NOT_AN_MRI in note for note in run.notes)
     summary = json.loads((tmp_path / "default" / "explanations.json").read_text())
     assert [Path(item["path"]).name for item in summary["flagged"]] == ["photo.png"]
-    assert summary["flagged"][0]["flag_reason"] == FLAG_REASON and summary["images"][0]["flagged"] is False
+    assert summary["flagged"][0]["flag_reason"].startswith(NOT_AN_MRI) and summary["images"][0]["flagged"] is False
     assert not (tmp_path / "default" / "photo.png").exists()
 
     drawn = bundle.explain([photo], tmp_path / "asked", explain_flagged=True)
     assert len(drawn.images) == 1 and drawn.images[0].class_name is None and drawn.images[0].figure.is_file()
     record = json.loads((tmp_path / "asked" / "explanations.json").read_text())["images"][0]
-    assert record["predicted_class"] is None and record["flagged"] is True and record["flag_reason"] == FLAG_REASON
+    assert (
+        record["predicted_class"] is None and record["flagged"] is True and record["flag_reason"].startswith(NOT_AN_MRI)
+    )
 
 
 def test_figure_title_says_not_a_diagnosis_for_a_flagged_image(bundle) -> None:

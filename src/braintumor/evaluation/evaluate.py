@@ -17,6 +17,7 @@ metrics on the accepted images beside those on all images; without one it is ``"
 from __future__ import annotations
 
 import csv
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -71,6 +72,7 @@ def _prediction_rows(
     class_names: list[str],
     referred: np.ndarray | None,
     ood_scores: np.ndarray | None,
+    flag_reasons: Sequence[str | None] | None = None,
 ) -> tuple[list[str], list[list[Any]]]:
     """Header and rows of ``predictions.csv``: one row per image, optional referral and guard columns.
 
@@ -94,7 +96,7 @@ def _prediction_rows(
         if referred is not None:
             values.append(int(referred[index]))
         if ood_scores is not None:
-            reason = FLAG_REASON if flagged[index] else ""
+            reason = ((flag_reasons[index] if flag_reasons else None) or FLAG_REASON) if flagged[index] else ""
             values += [int(flagged[index]), reason, int(flagged[index]), f"{ood_scores[index]:.4f}"]
         rows.append(values)
     return header, rows
@@ -109,6 +111,7 @@ def write_evaluation(
     title: str,
     referred: np.ndarray | None = None,
     ood_scores: np.ndarray | None = None,
+    flag_reasons: Sequence[str | None] | None = None,
 ) -> None:
     """Write the metric files, the confusion matrix plot and the per-image predictions.
 
@@ -130,7 +133,7 @@ def write_evaluation(
             for name, v in metrics["per_class"].items()
         ],
     )
-    header, rows = _prediction_rows(image_set, probabilities, class_names, referred, ood_scores)
+    header, rows = _prediction_rows(image_set, probabilities, class_names, referred, ood_scores, flag_reasons)
     _write_csv(out_dir / "predictions.csv", header, rows)
     if image_set.skipped:
         _write_csv(out_dir / "skipped.csv", ["path", "reason"], [[s.path, s.reason] for s in image_set.skipped])
@@ -241,8 +244,9 @@ def evaluate_bundle(
     samples = discover_split(data_root, split)
     image_set = load_images(samples, bundle.preprocessing, description=f"Decoding {split}", show_progress=show_progress)
     predictor = Predictor(bundle, tta=tta, precision=precision)
-    # One pass: the logits and, with an input guard, every image's ood_score (from its clean view).
-    logits, ood_scores = predictor.run_uint8(image_set.images)
+    # One pass: the logits and, with an input guard, every image's ood_score and reason (from its clean view).
+    logits, verdicts = predictor.run_uint8_checked(image_set.images)
+    ood_scores, flag_reasons = (None, None) if verdicts is None else (verdicts.ood_score, verdicts.texts())
     probabilities = probabilities_from_logits(logits, predictor.temperature)
     labels = image_set.labels.numpy()
     metrics = _split_metrics(
@@ -269,7 +273,15 @@ def evaluate_bundle(
     title = f"{bundle.name} on {split}"
     referred = predictor.referred(probabilities)
     write_evaluation(
-        out_dir, metrics, probabilities, image_set, bundle.class_names, title, referred=referred, ood_scores=ood_scores
+        out_dir,
+        metrics,
+        probabilities,
+        image_set,
+        bundle.class_names,
+        title,
+        referred=referred,
+        ood_scores=ood_scores,
+        flag_reasons=flag_reasons,
     )
     _write_uncertainty_plots(out_dir, title, predictor, logits, probabilities, labels)
     if deduplicated is not None:

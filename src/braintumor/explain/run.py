@@ -48,7 +48,7 @@ from braintumor.explain.sanity import (
     model_randomisation_test,
     random_deletion_scores,
 )
-from braintumor.inference.predictor import expand_inputs
+from braintumor.inference.predictor import GuardVerdicts, expand_inputs
 from braintumor.inference.volume_outputs import FLAG_REASON
 from braintumor.io import write_json_atomic
 from braintumor.progress import progress_bar
@@ -239,7 +239,7 @@ class _ImagePlan:
     shap_samples: int
     note: str | None
     # The input guard's ood_score of uint8 images [N, 3, S, S] (None: the bundle has no guard).
-    guard_scores: Callable[[torch.Tensor], np.ndarray | None] = lambda _: None
+    guard_scores: Callable[[torch.Tensor], GuardVerdicts | None] = lambda _: None
     explain_flagged: bool = False
 
 
@@ -255,22 +255,23 @@ class _Verdict:
         return self.flag_reason is not None
 
 
-def guard_scorer(bundle: Bundle) -> Callable[[torch.Tensor], np.ndarray | None]:
-    """The input guard's ``ood_score`` of uint8 images, computed by the predictor as ``predict`` computes it."""
+def guard_scorer(bundle: Bundle) -> Callable[[torch.Tensor], GuardVerdicts | None]:
+    """The input guard's verdicts on uint8 images (score and reason), computed as ``predict`` computes them."""
     if bundle.guard is None:
         return lambda _: None
     from braintumor.inference.predictor import Predictor
 
     predictor = Predictor(bundle)
-    return lambda uint8: predictor.run_uint8(uint8)[1]
+    return lambda uint8: predictor.run_uint8_checked(uint8)[1]
 
 
 def _verdict(plan: _ImagePlan, uint8: torch.Tensor) -> _Verdict:
-    scores = plan.guard_scores(uint8)
-    if scores is None:
+    verdicts = plan.guard_scores(uint8)
+    if verdicts is None:
         return _Verdict(None, None)
-    score = float(scores[0])
-    return _Verdict(score, FLAG_REASON if not np.isfinite(score) or score > 1.0 else None)
+    score = float(verdicts.ood_score[0])
+    flagged = not np.isfinite(score) or verdicts.flagged(0)
+    return _Verdict(score, (verdicts.flag_reason(0) or FLAG_REASON) if flagged else None)
 
 
 @dataclass(frozen=True)

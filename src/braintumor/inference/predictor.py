@@ -110,6 +110,10 @@ class GuardVerdicts:
         reason = self.reasons[index]
         return None if reason is None else reason.text
 
+    def texts(self) -> list[str | None]:
+        """Every image's reason in words (None where it was not flagged)."""
+        return [None if reason is None else reason.text for reason in self.reasons]
+
     def flagged(self, index: int) -> bool:
         """Whether image ``index`` is flagged: by its score, or by a reason of its own (its DICOM header)."""
         return bool(self.ood_score[index] > 1.0) or self.reasons[index] is not None
