@@ -34,14 +34,15 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torchvision.transforms.v2.functional import gaussian_blur
+
+from braintumor.runtime import one_thread
 
 THUMBNAIL_SIZE = 64
 DETAIL_SIZE = 128
@@ -372,18 +373,6 @@ def _detail_score(
     return torch.where(overlap >= MIN_OVERLAP, score, torch.full_like(score, -1.0)), overlap
 
 
-@contextmanager
-def _one_thread() -> Iterator[None]:
-    """Run small tensor kernels on one thread: on 32-128 px images, thread start-up costs more than it saves,
-    and on a busy machine extra threads made the checks four times slower (measured on 2 cores)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
 def check_pairs(
     query: np.ndarray,
     reference: np.ndarray,
@@ -410,7 +399,8 @@ def check_pairs(
     overlap = np.zeros(n_pairs, dtype=np.float32)
     aligned = np.zeros(n_pairs, dtype=bool)
     transform = np.tile(np.array([1.0, 1.0, 0.0, 0.0], dtype=np.float32), (n_pairs, 1))
-    with _one_thread():
+    # Small tensor kernels on 32-128 px images: thread start-up costs more than it saves (4x slower on 2 busy cores).
+    with one_thread():
         for start in range(0, n_pairs, batch_size):
             _check_batch(
                 query,
