@@ -25,6 +25,8 @@ TARGET_POINTS = 0.5
 
 # With --skew: one in this many images of the other classes is kept.
 SKEW_KEEP_EVERY = 5
+# The skewed sites site_adaptation.py reports beside its cross-fold figures (class folder names of Training).
+IN_DISTRIBUTION_SKEWS = ("glioma_tumor", "no_tumor")
 
 
 def validation_tree(model: braintumor.Bundle, data: Path, folder: Path, skew: str | None = None) -> Path:

@@ -35,6 +35,7 @@ from braintumor.workflows.train import RunOptions, train_recipe
 SEED_PUBLISHED = {
     "seed-cnn": ("64.72%", "1.2796"),
     "seed-cnn-keras": ("64.72%", "1.2796"),
+    "seed-cnn-distilled": ("64.72%", "1.2796"),
     "seed-resnet50": ("70.81%", "1.2345"),
 }
 DEFAULT_RECIPES = ["lite0-frozen", "seed-resnet50", "seed-cnn", "seed-cnn-keras"]
@@ -68,6 +69,15 @@ def _row(recipe: str, bundle_dir: Path, data: Path, out_dir: Path) -> dict[str, 
         "epochs_run": training.epochs_run,
         "best_epoch": training.best_epoch,
     }
+    if training.distillation:
+        teacher = training.distillation
+        row["teacher"] = {
+            "recipe": teacher["recipe"],
+            "val_accuracy": teacher["val_metrics"]["accuracy"],
+            "loss": teacher["loss"],
+            "weight": teacher["weight"],
+            "temperature": teacher["temperature"],
+        }
     deduplicated = metrics.get("deduplicated")
     if deduplicated:
         row["dedup_accuracy"] = deduplicated["accuracy"]
@@ -85,11 +95,14 @@ def _markdown(rows: list[dict[str, Any]], command: str) -> str:
     lines = markdown_header(header)
     for row in rows:
         published = " / ".join(SEED_PUBLISHED.get(row["recipe"], ("-", "-")))
+        name = row["recipe"]
+        if "teacher" in row:
+            name += f" (distilled from {row['teacher']['recipe']}, validation {row['teacher']['val_accuracy']:.2%})"
         if "error" in row:
-            cells = [row["recipe"], f"not measured: {row['error']}"] + [""] * (len(header) - 3) + [published]
+            cells = [name, f"not measured: {row['error']}"] + [""] * (len(header) - 3) + [published]
         else:
             cells = [
-                row["recipe"],
+                name,
                 f"{row['test_accuracy']:.2%}",
                 f"{row['test_loss']:.4f}",
                 f"{row['macro_f1']:.3f}",

@@ -8,6 +8,8 @@
    bundle on the same images; the transductive figure (adapt on all of Testing, predict it), labelled so; the
    deduplicated split (needs `braintumor audit DATA`).
 3. Validation check: adapting to the validation split (Training-like) must keep its accuracy within 1 point.
+   In-distribution sites: `adapt` with the recipe's default on the validation split, and on it skewed to one class
+   (adapt_in_distribution.py), must change accuracy by at most 0.5 points; reported beside the cross-fold rows.
 4. Timing: `adapt` (the library call behind the command) on --timing-images images; `--timing-only` runs only
    this, into benchmarks/results/adapt_timing.json.
 
@@ -272,6 +274,17 @@ def _timing_only(args: argparse.Namespace) -> None:
     print(result["produced_by"])
 
 
+def _in_distribution_rows(bundle: Path, data: Path) -> list[dict[str, Any]]:
+    """`adapt` as a user runs it, on sites drawn from the source itself: at most 0.5 points of change each."""
+    from adapt_in_distribution import IN_DISTRIBUTION_SKEWS, measure
+
+    rows = []
+    for skew in [None, *IN_DISTRIBUTION_SKEWS]:
+        with tempfile.TemporaryDirectory() as work:
+            rows.append(measure(bundle, data, Path(work), skew))
+    return rows
+
+
 def main() -> None:
     parser = data_parser(__doc__)
     parser.add_argument("bundle", type=Path)
@@ -333,6 +346,7 @@ def main() -> None:
     }
     if choice["chosen"] not in ("none", default):
         result["validation_check_proxy_choice"] = _validation_check(bundle, training, choice["chosen"])
+    result["in_distribution"] = _in_distribution_rows(args.bundle, args.data)
     if args.timing_images:
         result["timing"] = _timing(args.bundle, args.data, args.timing_images, default)
     command = command_line(
@@ -378,6 +392,13 @@ def main() -> None:
         if "accuracy" in dedup:
             recall = " / ".join("-" if value is None else f"{value:.2f}" for value in dedup["recall"].values())
             print(f"  {method:16s} {dedup['n']} images, accuracy {dedup['accuracy']:.2%}, recall g/m/n/p {recall}")
+    print("in-distribution sites (`adapt` with the recipe's default; at most 0.5 points of change):")
+    for row in result["in_distribution"]:
+        site = "validation" if row["skew"] is None else f"validation skewed to {row['skew']}"
+        print(
+            f"  {site:38s} {row['n_images']:4d} images  {row['accuracy_before']:.2%} -> {row['accuracy_after']:.2%} "
+            f"({row['change_points']:+.2f} points; applied {row['applied'] or 'nothing'})"
+        )
     print(result.get("timing"))
     print(result["produced_by"])
 

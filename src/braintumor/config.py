@@ -122,6 +122,12 @@ class ModelConfig(_Strict):
     pretrained: bool = Field(True, description="Start from pretrained backbone weights.")
     weights: Path | None = Field(None, description="Local .safetensors/.pth file with backbone weights.")
     freeze_backbone: bool = True
+    backbone_args: dict[str, int | float | bool | str] = Field(
+        default_factory=dict,
+        description="transfer: further keyword arguments of timm.create_model, e.g. {depth: 2, embed_dim: 48, "
+        "num_heads: 2, patch_size: 8} for a small vision transformer; a model with a fixed input size (a ViT) "
+        "is built at data.image_size.",
+    )
     conv_channels: list[int] = Field(
         default_factory=lambda: [32, 64, 128, 256, 512], description="custom_cnn: channels per block."
     )
@@ -149,6 +155,12 @@ class ModelConfig(_Strict):
     def _check_architecture(self) -> ModelConfig:
         if self.architecture == "custom_cnn" and not self.conv_channels:
             raise ValueError("custom_cnn needs at least one entry in conv_channels")
+        reserved = sorted(set(self.backbone_args) & {"img_size", "num_classes", "pretrained", "pretrained_cfg_overlay"})
+        if reserved:
+            raise ValueError(
+                f"backbone_args must not set {', '.join(reserved)}: the input size is data.image_size, the classes "
+                "come from the data and pretraining from model.pretrained"
+            )
         return self
 
 
@@ -181,6 +193,29 @@ class FineTuneStage(_Strict):
         if isinstance(value, int) and value < 1:
             raise ValueError("unfreeze must be a positive number of layer groups, or 'all'")
         return value
+
+
+class DistillConfig(_Strict):
+    """Knowledge distillation: the student also learns a teacher bundle's outputs on its training views.
+
+    Example:
+        >>> DistillConfig(teacher="runs/lite0-lpft-cached").loss
+        'soft'
+    """
+
+    teacher: str | list[str] = Field(
+        description="The teacher bundle's folder, or several folders: the one with the best validation accuracy is "
+        "used (all candidates' validation figures go into the student's bundle)."
+    )
+    loss: Literal["soft", "hard"] = Field(
+        "soft",
+        description="soft: KL divergence to the teacher's probabilities at the temperature (Hinton et al. 2015); "
+        "hard: cross-entropy to the teacher's predicted class (DeiT's hard distillation).",
+    )
+    weight: float = Field(
+        0.5, ge=0.0, le=1.0, description="Share of the distillation term; the true labels' loss gets 1 - weight."
+    )
+    temperature: float = Field(4.0, gt=0.0, description="Softmax temperature of the soft loss (T^2 scales it back).")
 
 
 class TrainConfig(_Strict):
@@ -230,6 +265,10 @@ class TrainConfig(_Strict):
         default_factory=list,
         description="WiSE-FT: after fine-tuning, interpolate (1-a)*probed + a*fine-tuned weights for each a and keep "
         "the one with the lowest validation loss. Empty: keep the fine-tuned weights.",
+    )
+
+    distill: DistillConfig | None = Field(
+        None, description="Learn from a teacher bundle's outputs as well as the labels (knowledge distillation)."
     )
 
     @field_validator("precision", mode="before")

@@ -64,6 +64,9 @@ class TrainingRecord(_Open):
     devices: dict[str, Any] = Field(default_factory=dict)
     tracking: dict[str, Any] = Field(default_factory=dict)
     ensemble_of: list[str] | None = Field(None, description="Member names, for an ensemble bundle.")
+    distillation: dict[str, Any] | None = Field(
+        None, description="The teacher a distilled model learnt from: bundle, recipe, version, validation figures."
+    )
 
 
 class AdaptationRecord(_Open):

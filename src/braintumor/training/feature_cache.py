@@ -49,6 +49,28 @@ def encode_views(encoder: nn.Module, context: FitContext) -> tuple[torch.Tensor,
     return train, val
 
 
+def teacher_view_logits(context: FitContext) -> torch.Tensor | None:
+    """The distillation teacher's outputs ``[views, N, classes]`` on the training views :func:`encode_views` makes.
+
+    The same transforms and seeds draw the same views, so the teacher sees exactly what the student's features
+    were computed from; ``None`` without a teacher. Computed once per run (a resumed run computes them again).
+    """
+    if context.teacher is None:
+        return None
+    recipe, prep = context.recipe, context.prep
+    return build_view_features(
+        context.teacher.network,
+        context.train_set,
+        eval_transform(prep),
+        train_transform(recipe.augment, prep),
+        views=cache_views(recipe),
+        seed=recipe.train.seed,
+        show_progress=context.options.show_progress,
+        precision=context.teacher.precision,
+        channels_last=recipe.train.channels_last,
+    )
+
+
 def _fingerprint(context: FitContext) -> str:
     recipe = context.recipe
     return hashlib.sha256(

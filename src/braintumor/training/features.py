@@ -84,9 +84,12 @@ def build_view_features(
     return torch.stack(stacked)
 
 
-class FeatureViewDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
+class FeatureViewDataset(Dataset[tuple[torch.Tensor, ...]]):
     """Serves cached features: keys ``(epoch, index)`` (:class:`~braintumor.training.determinism.EpochSampler`)
     read view ``epoch % num_views``, plain indices read ``self.view``.
+
+    With ``teacher`` (a distillation teacher's outputs ``[views, N, C]`` on the same views) each item is
+    ``(features, label, teacher outputs)``.
 
     Example:
         >>> dataset = FeatureViewDataset(torch.arange(6.0).reshape(3, 2, 1), torch.tensor([0, 1]))
@@ -94,11 +97,14 @@ class FeatureViewDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         (3.0, 1.0)
     """
 
-    def __init__(self, features: torch.Tensor, labels: torch.Tensor) -> None:
+    def __init__(self, features: torch.Tensor, labels: torch.Tensor, teacher: torch.Tensor | None = None) -> None:
         if features.dim() == 2:
             features = features.unsqueeze(0)
+        if teacher is not None and teacher.shape[:2] != features.shape[:2]:
+            raise ValueError(f"teacher outputs {tuple(teacher.shape)} do not match the views {tuple(features.shape)}")
         self.features = features
         self.labels = labels
+        self.teacher = teacher
         self.view = 0
 
     @property
@@ -108,8 +114,9 @@ class FeatureViewDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
     def __len__(self) -> int:
         return self.features.shape[1]
 
-    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-        if isinstance(key, tuple):
-            epoch, index = key
-            return self.features[epoch % self.num_views, index], self.labels[index]
-        return self.features[self.view, key], self.labels[key]
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, ...]:
+        epoch, index = key if isinstance(key, tuple) else (self.view, key)
+        view = epoch % self.num_views
+        if self.teacher is None:
+            return self.features[view, index], self.labels[index]
+        return self.features[view, index], self.labels[index], self.teacher[view, index]

@@ -34,6 +34,7 @@ from braintumor.runtime import resolve_precision
 from braintumor.training.callbacks import EpochHistory
 from braintumor.training.checkpoints import AtomicCheckpointIO, RunEarlyStopping, epoch_checkpoints, usable_checkpoint
 from braintumor.training.determinism import EpochSampler, EpochSeed, EpochSeededDataset
+from braintumor.training.distill import Teacher
 from braintumor.training.features import FeatureViewDataset
 from braintumor.training.module import ClassifierModule
 from braintumor.training.tracking import TrackerName
@@ -79,6 +80,8 @@ class FitContext:
     say: Say
     # What a forced resume let through (another recipe, data set or code version): recorded in the manifest.
     resume_warnings: list[str] = field(default_factory=list)
+    # The distillation teacher (recipe train.distill), wrapped for the student's inputs.
+    teacher: Teacher | None = None
 
 
 def quiet_lightning() -> None:
@@ -104,6 +107,7 @@ def classifier(
         class_weights=context.class_weights,
         optimizer_groups=optimizer_groups,
         channels_last=context.recipe.train.channels_last,
+        teacher=context.teacher,
     )
 
 
@@ -200,11 +204,18 @@ def image_loaders(context: FitContext) -> tuple[DataLoader, DataLoader]:
 
 
 def view_loaders(
-    train_views: torch.Tensor, val_views: torch.Tensor, context: FitContext, val_batch_size: int
+    train_views: torch.Tensor,
+    val_views: torch.Tensor,
+    context: FitContext,
+    val_batch_size: int,
+    teacher_views: torch.Tensor | None = None,
 ) -> tuple[DataLoader, DataLoader]:
-    """Loaders over cached views: the image path's shuffle order, view ``epoch % views`` in epoch ``epoch``."""
+    """Loaders over cached views: the image path's shuffle order, view ``epoch % views`` in epoch ``epoch``.
+
+    ``teacher_views``: the distillation teacher's outputs on the same training views, served with them.
+    """
     recipe = context.recipe
-    train_dataset = FeatureViewDataset(train_views, context.train_set.labels)
+    train_dataset = FeatureViewDataset(train_views, context.train_set.labels, teacher_views)
     train_loader = DataLoader(
         train_dataset,
         batch_size=recipe.data.batch_size,

@@ -12,6 +12,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from braintumor.config import TrainConfig
 from braintumor.runtime import channels_last_batch, has_convolutions, to_channels_last
+from braintumor.training.distill import Teacher, distillation_loss
 from braintumor.training.losses import training_loss
 
 
@@ -31,9 +32,12 @@ class ClassifierModule(L.LightningModule):
         class_weights: torch.Tensor | None = None,
         optimizer_groups: list[dict[str, Any]] | None = None,
         channels_last: bool = False,
+        teacher: Teacher | None = None,
     ) -> None:
         super().__init__()
         self.network = network
+        # Not a submodule: the teacher is no part of the student's checkpoints or parameters.
+        object.__setattr__(self, "teacher", teacher)
         # NHWC order for convolutional networks and their image batches (oneDNN's native layout).
         self.channels_last = channels_last and has_convolutions(network)
         self.train_config = train_config
@@ -61,6 +65,10 @@ class ClassifierModule(L.LightningModule):
             to_channels_last(self.network)
 
     def on_fit_start(self) -> None:
+        if self.teacher is not None:
+            self.teacher.network.to(self.device)
+            if self.channels_last:
+                to_channels_last(self.teacher.network)
         # Lightning keeps each submodule's mode as it finds it; feature extraction leaves the network in eval
         # mode, which would train the head with BatchNorm's initial statistics and without dropout.
         self.network.train()
@@ -70,16 +78,24 @@ class ClassifierModule(L.LightningModule):
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         if not self.channels_last:
             return batch
-        inputs, targets = batch
-        return channels_last_batch(inputs), targets
+        inputs, *rest = batch
+        return channels_last_batch(inputs), *rest
 
     def _loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return training_loss(logits, targets, self.train_config, self.class_weights)
 
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        inputs, targets = batch
+    def _distilled(self, inputs: torch.Tensor, logits: torch.Tensor, loss: torch.Tensor, cached: list) -> torch.Tensor:
+        """The loss with the teacher's term: its outputs cached with the views, or computed on this batch."""
+        if self.teacher is None:
+            return loss
+        teacher_logits = cached[0] if cached else self.teacher.network(inputs)
+        return distillation_loss(logits, teacher_logits, loss, self.teacher.config)
+
+    def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> torch.Tensor:
+        # (inputs, labels), or (inputs, labels, teacher logits) on cached views with a teacher.
+        inputs, targets, *cached = batch
         logits = self(inputs)
-        loss = self._loss(logits, targets)
+        loss = self._distilled(inputs, logits, self._loss(logits, targets), cached)
         self.train_accuracy(logits, targets)
         self.log(
             "train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(targets), sync_dist=True

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 from braintumor.config import FineTuneStage
 from braintumor.errors import BrainTumorError
 from braintumor.models.network import BrainTumorNet
-from braintumor.training.feature_cache import encode_views
+from braintumor.training.feature_cache import encode_views, teacher_view_logits
 from braintumor.training.finetune import FineTuneNet, interpolate_weights, prepare_stage, split_backbone
 from braintumor.training.fitting import (
     FitContext,
@@ -107,7 +107,9 @@ def _stage_inputs(
     bottom, top = split
     # The frozen bottom's activations are computed once per cached view, not once per epoch.
     train_activations, val_activations = encode_views(bottom, context)
-    loaders = view_loaders(train_activations, val_activations, context, context.recipe.data.batch_size * 2)
+    teacher_views = teacher_view_logits(context)
+    val_batch = context.recipe.data.batch_size * 2
+    loaders = view_loaders(train_activations, val_activations, context, val_batch, teacher_views)
     return FineTuneNet(nn.Sequential(top, model.head), top if frozen else None), loaders, []
 
 

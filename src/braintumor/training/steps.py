@@ -29,7 +29,7 @@ from braintumor.guard import InputGuard, fit_guard, head_outputs, model_outputs
 from braintumor.io import write_json_atomic
 from braintumor.models import create_model, resolve_preprocessing
 from braintumor.models.network import BrainTumorNet
-from braintumor.training.feature_cache import FEATURE_CACHE_FILE, cached_features
+from braintumor.training.feature_cache import FEATURE_CACHE_FILE, cached_features, teacher_view_logits
 from braintumor.training.fitting import (
     HEAD_PRECISION,
     FitContext,
@@ -225,7 +225,7 @@ def _fit_probe(
         "feature_cache_reused": reused,
         "feature_extraction_s": round(time.perf_counter() - started, 2),
     }
-    loaders = view_loaders(train_features, val_features, context, val_batch_size=512)
+    loaders = view_loaders(train_features, val_features, context, 512, teacher_view_logits(context))
     module = classifier(model.head, context)
     stages = context.recipe.train.finetune_stages
     probe_file = context.run_dir / "checkpoints" / PROBE_FILE
@@ -319,4 +319,5 @@ def training_record(
             "world_size": outcome.trainer.world_size if outcome.trainer is not None else None,
         },
         tracking=tracking,
+        distillation=None if context.teacher is None else context.teacher.record,
     )

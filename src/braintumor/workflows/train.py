@@ -23,6 +23,7 @@ from braintumor.classes import CLASS_NAMES
 from braintumor.config import Recipe
 from braintumor.data.images import SkippedFile
 from braintumor.data.layout import discover_split
+from braintumor.data.preprocessing import Preprocessing
 from braintumor.evaluation.plots import plot_training_curves
 from braintumor.guard.guard import InputGuard
 from braintumor.io import write_json_atomic
@@ -30,6 +31,7 @@ from braintumor.models.network import BrainTumorNet
 from braintumor.runtime import precision_note, tune_cpu_runtime
 from braintumor.training.callbacks import EpochHistory
 from braintumor.training.determinism import kill_point
+from braintumor.training.distill import Teacher, load_teacher
 from braintumor.training.fitting import FitContext, RunOptions, Say, quiet_lightning
 from braintumor.training.losses import resolve_class_weights
 from braintumor.training.manifest import build_manifest
@@ -122,6 +124,7 @@ def train_recipe(
         resume_from=resume_from,
         say=say,
         resume_warnings=resume_record["resume_warnings"],
+        teacher=_teacher(recipe, prep, data, say),
     )
     outcome = fit(model, context)
     if rank_zero_only.rank != 0:
@@ -148,6 +151,20 @@ def train_recipe(
         logger=logger,
         tracking=tracking,
     )
+
+
+def _teacher(recipe: Recipe, prep: Preprocessing, data: PreparedData, say: Say) -> Teacher | None:
+    """The recipe's distillation teacher, checked against the student's validation split; None without one."""
+    if recipe.train.distill is None:
+        return None
+    teacher = load_teacher(recipe.train.distill, prep, [str(p) for p in data.val_set.paths])
+    record = teacher.record
+    say(
+        f"distilling from {record['recipe']} ({record['bundle']}; validation accuracy "
+        f"{record['val_metrics']['accuracy']:.2%}), {record['loss']} loss, weight {record['weight']:g}"
+        + (f", temperature {record['temperature']:g}" if record["temperature"] is not None else "")
+    )
+    return teacher
 
 
 def _log_model(logger: Any, bundle_dir: Path, tracking: dict[str, Any], say: Say) -> None:
