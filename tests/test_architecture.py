@@ -35,6 +35,7 @@ STAGE_RANKS: dict[str, int] = {
     "training": 9,
     "workflows": 10,
     "results": 10,
+    "batch": 10,
     "serving": 11,
     "api": 12,
     "cli": 13,

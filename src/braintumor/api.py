@@ -27,6 +27,7 @@ from braintumor.guard.defaults import FLAG_REASON as _FLAG_REASON
 from braintumor.results import (
     Adaptation,
     Audit,
+    BatchRun,
     Calibration,
     Evaluation,
     ExplainedImage,
@@ -566,6 +567,68 @@ class Bundle:
             guard=None if guard is None else guard.spec.model_dump(mode="json"),
         )
 
+    def predict_batch(
+        self,
+        sources: Path | str | Sequence[Path | str],
+        out_dir: Path | str,
+        *,
+        engine: str = "local",
+        num_parts: int = 1,
+        part_id: int | None = None,
+        address: str | None = None,
+        tta: bool = False,
+        show_progress: bool = False,
+        **settings: Any,
+    ) -> BatchRun:
+        """Predict a large tree of images, DICOM series and volumes into resumable Parquet and CSV shards.
+
+        Rows are those of :meth:`predict` (a flagged image has no class; an unreadable file has a row with its
+        ``error``), a volume's slices each; the slices of one series get a study-level finding once every part is
+        done. A shard already in ``out_dir`` is never scored again, so calling this again after a crash finishes
+        the batch. ``docs/batch.md`` has the layout, job arrays and Ray clusters.
+
+        Args:
+            sources: Files and folders (folders are expanded recursively, in sorted order).
+            out_dir: The output folder (new, empty, or holding this same batch to continue).
+            engine: ``local`` (this process) or ``ray`` (Ray Data; ``pip install 'braintumor[ray]'``).
+            num_parts: Parts the inputs are split into (one per job of a job array).
+            part_id: The part this call runs (0 to ``num_parts - 1``); None runs every part.
+            address: With ``engine="ray"``: the cluster (``auto``, ``HOST:PORT``; default ``$RAY_ADDRESS`` or a
+                local cluster started for this call).
+            tta: Average over the test-time augmentation views.
+            show_progress: A progress bar with images/s and the ETA on standard error.
+            **settings: ``shard_size``, ``backend`` (``auto``, ``onnx``, ``torch``), ``device`` (``auto``,
+                ``cpu``, ``cuda``), ``rule`` (a :class:`braintumor.inference.volume.StudyRule`).
+
+        Returns:
+            A :class:`~braintumor.results.BatchRun`; read the rows with :func:`braintumor.batch.read_shards`.
+
+        Examples:
+            >>> import tempfile
+            >>> from PIL import Image
+            >>> from braintumor.bundle.examples import tiny_bundle
+            >>> folder = Path(tempfile.mkdtemp())
+            >>> Image.new("RGB", (40, 40)).save(folder / "scan.png")
+            >>> run = load(tiny_bundle()).predict_batch(folder, folder / "out")
+            >>> run.images, run.complete, run.summary["rows_repeated"]
+            (1, True, 0)
+        """
+        from braintumor.batch.run import run_batch
+
+        items = [sources] if isinstance(sources, str | Path) else list(sources)
+        return run_batch(
+            self.path,
+            items,
+            out_dir,
+            engine=engine,
+            num_parts=num_parts,
+            part_id=part_id,
+            address=address,
+            tta=tta,
+            show_progress=show_progress,
+            **settings,
+        )
+
     def predict_volume(self, source: Path | str, *, tta: bool = False, **options: Any) -> Any:
         """Per-slice predictions and a study-level finding for a volume (NIfTI, DICOM series, zip, multi-frame).
 
@@ -604,7 +667,8 @@ class Bundle:
         Args:
             inputs: Image files or folders.
             out: Folder for the figures (and ``sanity.json`` with ``sanity=True``).
-            method: ``gradcam``, ``gradcam++``, ``shap``, a comma list of them, or ``all``.
+            method: ``gradcam``, ``gradcam++``, ``shap``, ``rollout`` (vision transformers only), a comma list of
+                them, or ``all`` (every method that applies to the network).
             target: Explain this class instead of the predicted one.
             sanity: Run the model- and label-randomisation sanity checks and the deletion curves.
             show_progress: Progress bars.

@@ -47,6 +47,8 @@ EXTRA_OF_MODULE = {
     "mlflow": "track",
     "clearml": "track",
     "pandas": "pandas",
+    "ray": "ray",
+    "pyarrow": "ray",
 }
 
 

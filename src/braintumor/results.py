@@ -388,6 +388,30 @@ class RecipeInfo(_Result):
     description: str
 
 
+@dataclass(frozen=True)
+class BatchRun(_Result):
+    """What one call of a batch prediction did (``braintumor predict ... --out-dir``).
+
+    ``shards_written`` were scored by this call, ``shards_reused`` were already in ``out_dir`` (a run that
+    continues a killed one). ``images`` counts the images (volume slices each) this call scored, ``errors`` its
+    unreadable inputs. ``complete`` is True once every shard of every part is written; ``summary`` is then
+    ``summary.json`` (counts, study findings, and the check that every input has rows exactly once).
+    """
+
+    out_dir: Path
+    engine: str
+    parts: list[int]
+    num_parts: int
+    shards_written: int
+    shards_reused: int
+    images: int
+    errors: int
+    seconds: float
+    images_per_s: float
+    complete: bool
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
 class _OpenRecord(BaseModel):
     model_config = ConfigDict(extra="allow")
 

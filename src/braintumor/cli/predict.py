@@ -11,6 +11,16 @@ from typing import TYPE_CHECKING
 
 import typer
 
+from braintumor.cli.batch import (
+    AddressOption,
+    BatchOptions,
+    EngineOption,
+    NumPartsOption,
+    OutDirOption,
+    PartIdOption,
+    ShardSizeOption,
+    run_batch_command,
+)
 from braintumor.cli.common import TtaOption, fail, is_stdout, stage_errors, warn, write_output
 from braintumor.cli.volume import (
     AsVolumeOption,
@@ -53,6 +63,12 @@ def predict_command(
     sr_in_source: bool = typer.Option(False, "--sr-in-source", help="Allow --dicom-sr inside the source folder."),
     threshold: float = ThresholdOption,
     min_slices: int = MinSlicesOption,
+    out_dir: Path | None = OutDirOption,
+    engine: str | None = EngineOption,
+    address: str | None = AddressOption,
+    num_parts: int = NumPartsOption,
+    part_id: int | None = PartIdOption,
+    shard_size: int = ShardSizeOption,
 ) -> None:
     """Class and probabilities for each image (JPEG, PNG, BMP, TIFF or DICOM), or for every slice of a volume.
 
@@ -60,7 +76,17 @@ def predict_command(
     "refer to a radiologist". A volume (a .nii/.nii.gz file, a zip of one DICOM series, a multi-frame DICOM
     file, or a folder of one series with --as-volume) gets per-slice results (--csv, --json), a study-level
     finding, and optionally a Grad-CAM montage (--montage) and a DICOM SR (--dicom-sr).
+
+    With --out-dir, a batch of any size: Parquet and CSV shards, resumable, split into parts for a job array
+    (--num-parts, --part-id) or run on a Ray cluster (--engine ray); see docs/batch.md.
     """
+    batch = BatchOptions(out_dir, engine, address, num_parts, part_id, shard_size)
+    if batch.wanted():
+        single_run_only = (json_out, csv_out, montage_out, dicom_sr, series, volume_index)
+        if as_volume or any(value is not None for value in single_run_only):
+            fail("--out-dir writes every result into its shards: leave out --json, --csv and the volume options")
+        run_batch_command(bundle, inputs, batch, tta=tta, threshold=threshold, min_slices=min_slices)
+        return
     if is_stdout(json_out) and is_stdout(csv_out):
         fail("--json - and --csv - would both write to standard output: give one of them a file")
     options = VolumeOptions(series, volume_index, as_volume, threshold, min_slices, tta)

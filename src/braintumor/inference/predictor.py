@@ -125,10 +125,15 @@ def with_header_flags(verdicts: GuardVerdicts | None, images: Sequence[Image.Ima
     The header gate (:mod:`braintumor.data.dicom_header`) leaves its reason in ``image.info["header_flag"]``;
     such an image gets no diagnosis even when its pixels look like the training slices (and even without a guard).
     """
-    flags = [image.info.get(HEADER_FLAG_KEY) for image in images]
+    return with_header_flag_texts(verdicts, [image.info.get(HEADER_FLAG_KEY) for image in images])
+
+
+def with_header_flag_texts(verdicts: GuardVerdicts | None, flags: Sequence[str | None]) -> GuardVerdicts | None:
+    """:func:`with_header_flags` for images already turned into pixels: ``flags`` holds each one's header reason
+    (None where its header flagged nothing), as the decoded image carried it in ``info["header_flag"]``."""
     if not any(flags):
         return verdicts
-    base = verdicts or GuardVerdicts(np.zeros(len(images), dtype=np.float32), (None,) * len(images))
+    base = verdicts or GuardVerdicts(np.zeros(len(flags), dtype=np.float32), (None,) * len(flags))
     reasons = tuple(
         FlagReason(HEADER_FLAG_CODE, f"its DICOM header: {flag}") if flag else reason
         for flag, reason in zip(flags, base.reasons, strict=True)

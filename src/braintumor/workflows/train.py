@@ -96,8 +96,7 @@ def train_recipe(
     say = (console_log or log.info) if rank_zero_only.rank == 0 else log.debug
     quiet_lightning()
     tune_cpu_runtime()
-    note = precision_note(recipe.train.precision)
-    if note:
+    if note := precision_note(recipe.train.precision):
         say(note)
     started = time.perf_counter()
     data_root, run_dir = Path(data_root), Path(run_dir)
