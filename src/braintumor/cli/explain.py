@@ -29,7 +29,10 @@ def explain_command(
     inputs: list[Path] = typer.Argument(..., help="Image files or folders (JPEG, PNG, BMP, TIFF or DICOM)."),
     out: Path = typer.Option(..., "--out", "-o", help="Folder for one PNG per image and explanations.json."),
     method: str = typer.Option(
-        "gradcam", "--method", "-m", help="gradcam, gradcam++, shap, a comma list of them, or all."
+        "gradcam",
+        "--method",
+        "-m",
+        help="gradcam, gradcam++, shap, rollout (vision transformers), a comma list of them, or all that apply.",
     ),
     target: str | None = typer.Option(None, "--target", "-t", help="Class to explain, 'predicted' (default) or 'all'."),
     layer: str | None = typer.Option(

@@ -1,4 +1,5 @@
-"""One object that explains a bundle's predictions: Grad-CAM, Grad-CAM++ and GradientShap.
+"""One object that explains a bundle's predictions: Grad-CAM, Grad-CAM++, GradientShap and, for vision
+transformers, attention rollout.
 
 :class:`Explainer` works on a private copy of the bundle's network with every weight frozen: the
 inputs carry the gradient, so a frozen backbone explains as well as a fine-tuned one, and captum's
@@ -23,6 +24,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+from captum.attr import LayerActivation
 from PIL import Image
 
 from braintumor.bundle import Bundle
@@ -30,10 +32,22 @@ from braintumor.data.preprocessing import eval_transform, resize_to_uint8_tensor
 from braintumor.explain.attributions import Background, fallback_baselines, shap_maps
 from braintumor.explain.gradcam import CAM_METHODS, ExplainError, class_activation_maps, resolve_layer
 from braintumor.explain.overlay import overlay_heatmap
+from braintumor.explain.transformer import (
+    TokenLayout,
+    attention_rollout,
+    find_transformer,
+    layout_for_layer,
+    require_transformer,
+    token_layout,
+)
 from braintumor.inference.predictor import softmax_with_temperature
 from braintumor.runtime import channels_last_batch, to_channels_last
 
-METHODS: tuple[str, ...] = (*CAM_METHODS, "shap")
+# Attention rollout applies to vision transformers only (ROLLOUT_METHODS); the others to every network.
+ROLLOUT_METHODS: tuple[str, ...] = ("rollout",)
+METHODS: tuple[str, ...] = (*CAM_METHODS, "shap", *ROLLOUT_METHODS)
+# Methods with non-negative maps in [0, 1], drawn as one heat map over the image (gradcam_overlay, the server).
+OVERLAY_METHODS: tuple[str, ...] = (*CAM_METHODS, *ROLLOUT_METHODS)
 
 
 class Explainer:
@@ -48,6 +62,9 @@ class Explainer:
         # they are made of.
         to_channels_last(self.model)
         self.layer_name, self.layer = resolve_layer(self.model, layer)
+        transformer = find_transformer(self.model)
+        # The token layout of the vision transformer (None for a CNN): rollout's grid and Grad-CAM's tokens.
+        self.tokens: TokenLayout | None = token_layout(transformer) if transformer is not None else None
         self.transform = eval_transform(bundle.preprocessing)
         self.temperature = bundle.config.extras.temperature or 1.0
         prep = bundle.preprocessing
@@ -57,6 +74,28 @@ class Explainer:
     @property
     def class_names(self) -> list[str]:
         return self.bundle.class_names
+
+    @property
+    def is_transformer(self) -> bool:
+        """Whether the network is a vision transformer (attention rollout applies)."""
+        return self.tokens is not None
+
+    def methods_available(self) -> tuple[str, ...]:
+        """The methods that apply to this network: attention rollout only for a vision transformer."""
+        return METHODS if self.is_transformer else tuple(m for m in METHODS if m not in ROLLOUT_METHODS)
+
+    def map_grid(self, method: str, inputs: torch.Tensor) -> tuple[int, int] | None:
+        """The native resolution ``(h, w)`` of ``method``'s maps (the Grad-CAM layer's or the patch grid), or
+        ``None`` for pixel-level maps (SHAP)."""
+        if method in ROLLOUT_METHODS:
+            return token_layout(require_transformer(self.model, method)).grid
+        if method not in CAM_METHODS:
+            return None
+        layout = layout_for_layer(self.model, self.layer)
+        activation = LayerActivation(self.model, self.layer).attribute(inputs[:1])
+        if layout is not None and activation.dim() == 3:
+            return layout.grid
+        return int(activation.shape[-2]), int(activation.shape[-1])
 
     def class_index(self, name: str) -> int:
         """Index of a class name; a clear error listing the classes otherwise."""
@@ -88,12 +127,18 @@ class Explainer:
         background: Background | None = None,
         n_samples: int = 32,
     ) -> torch.Tensor:
-        """Maps ``[N, S, S]``: in [0, 1] for Grad-CAM/Grad-CAM++, signed in [-1, 1] for SHAP."""
+        """Maps ``[N, S, S]``: in [0, 1] for Grad-CAM/Grad-CAM++ and rollout, signed in [-1, 1] for SHAP.
+
+        Attention rollout does not depend on ``targets`` (it shows where the transformer looks); it raises
+        :class:`~braintumor.explain.errors.NotATransformerError` for a convolutional network.
+        """
         if method not in METHODS:
             raise ExplainError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
         with self._lock:
             if method in CAM_METHODS:
                 return class_activation_maps(self.model, self.layer, inputs, targets, method)
+            if method in ROLLOUT_METHODS:
+                return attention_rollout(self.model, inputs)
             if background is not None and background.images is not None:
                 baselines: torch.Tensor | list[torch.Tensor] = self.transform(background.images)
             else:
@@ -123,13 +168,15 @@ def explainer_for(bundle: Bundle, layer: str | None = None) -> Explainer:
 def gradcam_overlay(
     bundle: Bundle, image: Image.Image, target: str | None = None, method: str = "gradcam"
 ) -> tuple[Image.Image, str]:
-    """Grad-CAM (or Grad-CAM++) heat map over ``image`` for ``target`` (default: the predicted class).
+    """Grad-CAM (or Grad-CAM++, or a vision transformer's attention rollout) heat map over ``image`` for ``target``
+    (default: the predicted class).
 
     Returns the RGB overlay at the image's own size (longest side capped at 1024 px) and the class name
-    the map explains. Raises :class:`~braintumor.explain.gradcam.ExplainError` for an unknown class or method.
+    the map explains (rollout's map is the same for every class). Raises
+    :class:`~braintumor.explain.gradcam.ExplainError` for an unknown class or method, or rollout on a CNN.
     """
-    if method not in CAM_METHODS:
-        raise ExplainError(f"unknown method {method!r} for an overlay; choose one of {', '.join(CAM_METHODS)}")
+    if method not in OVERLAY_METHODS:
+        raise ExplainError(f"unknown method {method!r} for an overlay; choose one of {', '.join(OVERLAY_METHODS)}")
     explainer = explainer_for(bundle)
     inputs = explainer.to_inputs([image.convert("RGB")])
     # The predicted class, as the predictor would report it (argmax does not depend on the temperature).

@@ -10,6 +10,13 @@ timm backbones, the module of the last entry of timm's ``feature_info`` (``layer
 ``blocks.5`` for MobileNetV3, ``stages.3`` for ConvNeXt), except for EfficientNet-style models whose
 1x1 conv head runs before pooling: there it is that head's output, ``bn2``. Any module can be named.
 
+A vision transformer's layers output tokens ``[N, T, C]``, not feature maps: their patch tokens are laid
+out on the patch grid (:class:`~braintumor.explain.transformer.TokenLayout`, prefix tokens dropped) and
+Grad-CAM runs on that map. Its target layer is the last block's ``norm1``, the tokens the last attention
+reads: a class-token model's output comes from the class token alone, and after the last attention the
+patch tokens no longer reach it (their gradient is zero). A model that averages its patch tokens
+(``global_pool: avg``) uses the last block's output instead.
+
 Example:
     >>> import torch
     >>> from braintumor.config import Recipe
@@ -39,16 +46,13 @@ from captum.attr import LayerAttribution, LayerGradCam
 from captum.attr._utils.attribution import GradientAttribution
 from timm.models.efficientnet import EfficientNet
 
-from braintumor.errors import BrainTumorError
+from braintumor.explain.errors import ExplainError
+from braintumor.explain.transformer import TokenLayout, is_transformer, layout_for_layer
 from braintumor.models.ensemble import EnsembleNet
 from braintumor.models.network import SeedCNN
 
 CamMethod = Literal["gradcam", "gradcam++"]
 CAM_METHODS: tuple[str, ...] = ("gradcam", "gradcam++")
-
-
-class ExplainError(BrainTumorError):
-    """An explanation that cannot be computed as asked (unknown layer, method or class)."""
 
 
 class LayerGradCamPlusPlus(LayerAttribution, GradientAttribution):
@@ -66,18 +70,41 @@ class LayerGradCamPlusPlus(LayerAttribution, GradientAttribution):
     def attribute(self, inputs: torch.Tensor, target: int | Sequence[int] | torch.Tensor) -> torch.Tensor:
         """ReLU'd map ``[N, 1, h, w]`` at the layer's resolution."""
         gradients, activations = compute_layer_gradients_and_eval(self.forward_func, self.layer, (inputs,), target)
-        grad, act = gradients[0], activations[0]
+        return cam_from_gradients(gradients[0], activations[0], "gradcam++")
+
+
+def cam_from_gradients(grad: torch.Tensor, act: torch.Tensor, method: CamMethod | str) -> torch.Tensor:
+    """ReLU'd Grad-CAM or Grad-CAM++ map ``[N, 1, h, w]`` from a layer's gradients and activations ``[N, C, h, w]``."""
+    if method == "gradcam":
+        weights = grad.mean(dim=(2, 3), keepdim=True)
+    else:
         grad_2 = grad.pow(2)
         grad_3 = grad_2 * grad
         activation_sums = act.sum(dim=(2, 3), keepdim=True)
         alpha = grad_2 / (2 * grad_2 + activation_sums * grad_3 + 1e-7)
         alpha = torch.where(grad != 0, alpha, torch.zeros_like(alpha))
         weights = (alpha * F.relu(grad)).sum(dim=(2, 3), keepdim=True)
-        return F.relu((weights * act).sum(dim=1, keepdim=True))
+    return F.relu((weights * act).sum(dim=1, keepdim=True))
+
+
+def token_cam(
+    model: nn.Module, layer: nn.Module, layout: TokenLayout, inputs: torch.Tensor, target: torch.Tensor, method: str
+) -> torch.Tensor:
+    """Grad-CAM(++) ``[N, 1, h, w]`` on a transformer layer: its patch tokens laid out on the patch grid.
+
+    captum's layer gradients give the token tensors ``[N, T, C]``; a layer that already outputs a
+    ``[N, C, h, w]`` map (the patch embedding's convolution) is used as it is.
+    """
+    gradients, activations = compute_layer_gradients_and_eval(model, layer, (inputs,), target)
+    grad, act = gradients[0], activations[0]
+    if grad.dim() == 3:
+        grad, act = layout.to_grid(grad), layout.to_grid(act)
+    return cam_from_gradients(grad, act, method)
 
 
 def find_target_layer(model: nn.Module) -> tuple[str, nn.Module]:
-    """The last convolutional stage of a :class:`~braintumor.models.network.BrainTumorNet` as ``(name, module)``.
+    """The last convolutional stage of a :class:`~braintumor.models.network.BrainTumorNet` as ``(name, module)``,
+    or for a vision transformer the tokens its last attention reads (see the module's notes).
 
     For an ensemble it is the first member's layer: the map then shows that member's evidence for the
     ensemble's output (name another member's layer with ``members.N.`` to see that one).
@@ -88,6 +115,8 @@ def find_target_layer(model: nn.Module) -> tuple[str, nn.Module]:
     backbone = getattr(model, "backbone", None)
     if backbone is None:
         raise ExplainError("the model has no .backbone; name the target layer explicitly")
+    if is_transformer(backbone):
+        return _transformer_target_layer(backbone)
     if isinstance(backbone, SeedCNN):
         return f"backbone.blocks.{len(backbone.blocks) - 1}", backbone.blocks[-1]
     if isinstance(backbone, EfficientNet) and isinstance(getattr(backbone, "bn2", None), nn.Module):
@@ -110,6 +139,16 @@ def find_target_layer(model: nn.Module) -> tuple[str, nn.Module]:
         )
     name, module = convolutions[-1]
     return f"backbone.{name}", module
+
+
+def _transformer_target_layer(backbone: nn.Module) -> tuple[str, nn.Module]:
+    """The last block's ``norm1`` (class-token models) or the last block (models that average their patch tokens)."""
+    last = len(backbone.blocks) - 1
+    block = backbone.blocks[last]
+    averages_patches = getattr(backbone, "global_pool", "token") in {"avg", "avgmax", "max"}
+    if averages_patches or not isinstance(getattr(block, "norm1", None), nn.Module):
+        return f"backbone.blocks.{last}", block
+    return f"backbone.blocks.{last}.norm1", block.norm1
 
 
 def resolve_layer(model: nn.Module, name: str | None) -> tuple[str, nn.Module]:
@@ -152,8 +191,11 @@ def class_activation_maps(
     target_tensor = torch.as_tensor(list(targets), dtype=torch.long)
     # Inputs that require grad make every activation part of the graph even when all weights are frozen.
     inputs = inputs.detach().clone().requires_grad_(True)
+    layout = layout_for_layer(model, layer)
     with torch.enable_grad():
-        if method == "gradcam":
+        if layout is not None:
+            raw = token_cam(model, layer, layout, inputs, target_tensor, method)
+        elif method == "gradcam":
             raw = LayerGradCam(model, layer).attribute(inputs, target=target_tensor, relu_attributions=True)
         else:
             raw = LayerGradCamPlusPlus(model, layer).attribute(inputs, target=target_tensor)

@@ -30,7 +30,6 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
-from captum.attr import LayerActivation
 from PIL import Image
 
 from braintumor.bundle import Bundle, load_bundle
@@ -38,7 +37,7 @@ from braintumor.data.images import SkippedFile, load_image_rgb
 from braintumor.errors import ImageDecodeError
 from braintumor.explain.attributions import Background, background_images, fallback_baselines, shap_maps
 from braintumor.explain.defaults import DEFAULT_SANITY_IMAGES, DEFAULT_SHAP_SAMPLES
-from braintumor.explain.explainer import METHODS, Explainer
+from braintumor.explain.explainer import METHODS, ROLLOUT_METHODS, Explainer
 from braintumor.explain.gradcam import CAM_METHODS, ExplainError, class_activation_maps
 from braintumor.explain.overlay import Panel, save_explanation_figure
 from braintumor.explain.sanity import (
@@ -48,6 +47,7 @@ from braintumor.explain.sanity import (
     model_randomisation_test,
     random_deletion_scores,
 )
+from braintumor.explain.transformer import attention_rollout
 from braintumor.inference.predictor import GuardVerdicts, expand_inputs
 from braintumor.inference.volume_outputs import FLAG_REASON
 from braintumor.io import write_json_atomic
@@ -68,7 +68,11 @@ class ExplainRun:
 
 
 def parse_methods(method: str) -> list[str]:
-    """``gradcam``, ``gradcam++``, ``shap``, a comma list of them, or ``all``."""
+    """``gradcam``, ``gradcam++``, ``shap``, ``rollout``, a comma list of them, or ``all``.
+
+    ``all`` lists every method; :func:`explain_paths` leaves out those that do not apply to the bundle's
+    network (rollout for a CNN) and says so in its notes.
+    """
     if method == "all":
         return list(METHODS)
     chosen = [part.strip().lower() for part in method.split(",") if part.strip()]
@@ -89,6 +93,13 @@ def method_explain_function(
 
         return cam
 
+    if method in ROLLOUT_METHODS:
+
+        def rollout(model: torch.nn.Module, inputs: torch.Tensor, targets: Sequence[int]) -> torch.Tensor:
+            return attention_rollout(model, inputs)
+
+        return rollout
+
     def shap(model: torch.nn.Module, inputs: torch.Tensor, targets: Sequence[int]) -> torch.Tensor:
         if background is not None and background.images is not None:
             return shap_maps(model, inputs, targets, explainer.transform(background.images), n_samples=n_samples)
@@ -99,9 +110,10 @@ def method_explain_function(
 
 
 def cam_grid(explainer: Explainer, inputs: torch.Tensor) -> tuple[int, int]:
-    """The spatial size ``(h, w)`` of the Grad-CAM layer's output for these inputs (captum's LayerActivation)."""
-    activation = LayerActivation(explainer.model, explainer.layer).attribute(inputs[:1])
-    return int(activation.shape[-2]), int(activation.shape[-1])
+    """The spatial size ``(h, w)`` of the Grad-CAM layer's output for these inputs (a transformer's patch grid)."""
+    grid = explainer.map_grid("gradcam", inputs)
+    assert grid is not None
+    return grid
 
 
 def sanity_checks(
@@ -120,7 +132,7 @@ def sanity_checks(
     """Model randomisation test and deletion curve for each method, as JSON-ready numbers.
 
     The random-order deletion curve uses random maps with the method's granularity (the Grad-CAM layer's
-    grid, or single pixels for SHAP) and is computed once per granularity.
+    grid, a transformer's patch grid for rollout, or single pixels for SHAP) and is computed once per granularity.
     """
     results: dict[str, Any] = {
         "n_images": len(inputs),
@@ -131,7 +143,7 @@ def sanity_checks(
     }
     random_by_grid: dict[tuple[int, int] | None, np.ndarray] = {}
     for method in methods:
-        grid = cam_grid(explainer, inputs) if method in CAM_METHODS else None
+        grid = explainer.map_grid(method, inputs)
         settings = DeletionSettings(
             steps=steps, random_orders=random_orders, grid=grid, seed=seed, temperature=explainer.temperature
         )
@@ -218,6 +230,25 @@ def _checked_methods(methods: Sequence[str]) -> list[str]:
         if method not in METHODS:
             raise ExplainError(f"unknown method {method!r}; choose from {', '.join(METHODS)} or all")
     return chosen
+
+
+def _applicable_methods(explainer: Explainer, methods: list[str]) -> tuple[list[str], str | None]:
+    """``methods`` for this network, and a note when ``all`` of them were asked and some do not apply.
+
+    A method asked for by name that does not apply (rollout for a CNN) is an error that says which do.
+    """
+    available = explainer.methods_available()
+    missing = [method for method in methods if method not in available]
+    if not missing:
+        return methods, None
+    if set(methods) == set(METHODS):  # "all": every method this network has
+        kept = [method for method in methods if method in available]
+        return kept, f"{', '.join(missing)} left out: it applies to vision transformers only"
+    backbone = type(explainer.model.backbone).__name__
+    raise ExplainError(
+        f"{', '.join(missing)} needs a vision transformer (attention blocks); this bundle's backbone is {backbone}, "
+        f"a convolutional network: choose from {', '.join(available)}"
+    )
 
 
 def _fixed_targets(explainer: Explainer, target: str | None) -> list[int] | None:
@@ -425,6 +456,7 @@ def explain_paths(
     out_dir = Path(out_dir)
     methods = _checked_methods(methods)
     explainer = Explainer(bundle, layer=layer)
+    methods, left_out = _applicable_methods(explainer, methods)
     fixed_targets = _fixed_targets(explainer, target)
     paths = expand_inputs(inputs)
     run = ExplainRun(out_dir, [])
@@ -436,6 +468,8 @@ def explain_paths(
     out_dir.mkdir(parents=True, exist_ok=True)
     note = "; ".join(run.notes) or None
     plan = _ImagePlan(methods, fixed_targets, background, shap_samples, note, guard_scorer(bundle), explain_flagged)
+    if left_out:  # said once in the run's notes, not on every figure
+        run.notes.append(left_out)
     kept = _explain_images(explainer, paths, plan, run, sanity_images, show_progress)
     if sanity and kept:
         run.sanity = _sanity_on(explainer, kept, plan, out_dir, show_progress)

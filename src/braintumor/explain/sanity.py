@@ -47,6 +47,11 @@ RANDOMISATION_MAX_MEAN_ABS_RHO = 0.5
 
 ExplainFunction = Callable[[nn.Module, torch.Tensor, Sequence[int]], torch.Tensor]
 
+# A vision transformer's learnt tokens and position embeddings are parameters of the model itself, which has
+# no reset_parameters: they are redrawn as timm initialises them (truncated normal, std 0.02).
+TOKEN_PARAMETERS = ("cls_token", "dist_token", "reg_token", "pos_embed")
+TOKEN_INIT_STD = 0.02
+
 
 @dataclass
 class RandomisationResult:
@@ -97,8 +102,9 @@ def randomised_copy(model: nn.Module, seed: int = 0) -> tuple[nn.Module, int]:
     """A copy of ``model`` with every layer that can be re-initialised reset to a fresh random state.
 
     Layers reset through their own ``reset_parameters`` (PyTorch's initialisation for convolutions,
-    linear and normalisation layers, running statistics included). Returns the copy (eval mode) and how
-    many modules were reset.
+    linear and normalisation layers, running statistics included); a vision transformer's class, distillation
+    and register tokens and its position embedding are redrawn. Returns the copy (eval mode) and how many
+    modules were reset.
     """
     clone = copy.deepcopy(model)
     reset = 0
@@ -108,6 +114,12 @@ def randomised_copy(model: nn.Module, seed: int = 0) -> tuple[nn.Module, int]:
             reset_parameters = getattr(module, "reset_parameters", None)
             if callable(reset_parameters):
                 reset_parameters()
+                reset += 1
+            tokens = [t for name in TOKEN_PARAMETERS if isinstance(t := getattr(module, name, None), nn.Parameter)]
+            with torch.no_grad():
+                for token in tokens:
+                    nn.init.trunc_normal_(token, std=TOKEN_INIT_STD)
+            if tokens and not callable(reset_parameters):
                 reset += 1
             if isinstance(module, nn.modules.batchnorm._BatchNorm):
                 # A reset BatchNorm is the identity in eval mode; random affine terms keep it a random layer.

@@ -31,7 +31,13 @@ def create_model(recipe: Recipe, *, load_pretrained: bool = True, num_classes: i
         backbone: nn.Module = SeedCNN(spec.conv_channels, recipe.data.image_size)
         frozen = False
     else:
-        backbone = create_backbone(spec.backbone, pretrained=spec.pretrained and load_pretrained, weights=spec.weights)
+        backbone = create_backbone(
+            spec.backbone,
+            pretrained=spec.pretrained and load_pretrained,
+            weights=spec.weights,
+            image_size=recipe.data.image_size,
+            options=spec.backbone_args,
+        )
         frozen = spec.freeze_backbone
     return _with_head(recipe, backbone, frozen, num_classes)
 

@@ -12,10 +12,13 @@ from __future__ import annotations
 import difflib
 import os
 import socket
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch.nn as nn
 
+from braintumor.config import RecipeError
 from braintumor.errors import WeightsUnavailableError
 from braintumor.models.padding import use_fast_same_padding
 
@@ -80,22 +83,53 @@ def _offline_message(backbone: str, reason: str) -> str:
     )
 
 
-def create_backbone(name: str, *, pretrained: bool, weights: Path | None = None) -> nn.Module:
+def create_backbone(
+    name: str,
+    *,
+    pretrained: bool,
+    weights: Path | None = None,
+    image_size: int | None = None,
+    options: Mapping[str, Any] | None = None,
+) -> nn.Module:
     """A timm feature extractor (``num_classes=0``: pooled features out) with the requested weights.
 
-    TF "SAME" convolutions pad with :func:`~braintumor.models.padding.pad_border` (bitwise the same, faster).
+    ``options`` are further keyword arguments of ``timm.create_model`` (``depth``, ``patch_size``...).
+    A model with a fixed input size (vision transformers) is built for ``image_size`` when it is given:
+    timm resamples pretrained position embeddings to it. TF "SAME" convolutions pad with
+    :func:`~braintumor.models.padding.pad_border` (bitwise the same, faster).
     """
-    backbone = _timm_backbone(name, pretrained=pretrained, weights=weights)
+    check_backbone_name(name)
+    kwargs = {**_size_kwargs(name, image_size), **dict(options or {})}
+    backbone = _timm_backbone(name, pretrained=pretrained, weights=weights, kwargs=kwargs)
     use_fast_same_padding(backbone)
     return backbone
 
 
-def _timm_backbone(name: str, *, pretrained: bool, weights: Path | None) -> nn.Module:
+def _size_kwargs(name: str, image_size: int | None) -> dict[str, Any]:
+    """``{"img_size": image_size}`` for models timm builds for one input size (ViTs), else nothing.
+
+    Convolutional networks take any size and most of them refuse an ``img_size`` argument.
+    """
     import timm
 
-    check_backbone_name(name)
+    config = timm.get_pretrained_cfg(name)
+    if image_size is None or config is None or not getattr(config, "fixed_input_size", False):
+        return {}
+    return {"img_size": image_size}
+
+
+def _timm_backbone(name: str, *, pretrained: bool, weights: Path | None, kwargs: dict[str, Any]) -> nn.Module:
+    import timm
+
     if not pretrained:
-        return timm.create_model(name, pretrained=False, num_classes=0)
+        try:
+            return timm.create_model(name, pretrained=False, num_classes=0, **kwargs)
+        except (TypeError, ValueError, AssertionError) as error:
+            # timm asserts on sizes a model cannot take (an image size not divisible by the patch size, ...).
+            reason = str(error).splitlines()[0][:300] if str(error) else type(error).__name__
+            raise RecipeError(
+                f"cannot build backbone {name!r} with {kwargs} (data.image_size and model.backbone_args): {reason}"
+            ) from None
     weights = weights or find_local_weights(name)
     if weights is not None:
         weights = Path(weights)
@@ -107,7 +141,7 @@ def _timm_backbone(name: str, *, pretrained: bool, weights: Path | None) -> nn.M
             )
         try:
             model = timm.create_model(
-                name, pretrained=True, num_classes=0, pretrained_cfg_overlay={"file": str(weights)}
+                name, pretrained=True, num_classes=0, pretrained_cfg_overlay={"file": str(weights)}, **kwargs
             )
             _check_weight_keys(model, weights)
         except WeightsUnavailableError:
@@ -120,6 +154,6 @@ def _timm_backbone(name: str, *, pretrained: bool, weights: Path | None) -> nn.M
     if not _hub_reachable():
         raise WeightsUnavailableError(_offline_message(name, f"the model hub ({HUB_HOST}) is not reachable"))
     try:
-        return timm.create_model(name, pretrained=True, num_classes=0)
+        return timm.create_model(name, pretrained=True, num_classes=0, **kwargs)
     except Exception as error:
         raise WeightsUnavailableError(_offline_message(name, f"download failed ({error})")) from None
