@@ -38,7 +38,15 @@ SEED_PUBLISHED = {
     "seed-cnn-distilled": ("64.72%", "1.2796"),
     "seed-resnet50": ("70.81%", "1.2345"),
 }
-DEFAULT_RECIPES = ["lite0-frozen", "seed-resnet50", "seed-cnn", "seed-cnn-keras"]
+DEFAULT_RECIPES = [
+    "lite0-frozen",
+    "seed-resnet50",
+    "seed-cnn",
+    "seed-cnn-keras",
+    "seed-cnn-distilled",
+    "vit-tiny",
+    "vit-tiny-distilled",
+]
 
 
 def _overrides_for(recipe: str, overrides: list[str]) -> list[str]:

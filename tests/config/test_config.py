@@ -12,7 +12,7 @@ from tests.conftest import load_benchmark
 def test_shipped_recipes_validate(name: str) -> None:
     recipe = load_recipe(name)
     assert recipe.name == name
-    sizes = {"demo-cnn": (64,), "vit-tiny": (128,)}.get(name, (224, 260))
+    sizes = {"demo-cnn": (64,), "vit-tiny": (128,), "vit-tiny-distilled": (128,)}.get(name, (224, 260))
     assert recipe.data.image_size in sizes
 
 
@@ -31,6 +31,14 @@ def test_seed_recipes_are_the_seed_models() -> None:
     assert lite0.model.backbone == "tf_efficientnet_lite0" and lite0.model.freeze_backbone
     for recipe in (cnn, resnet, lite0):
         assert (recipe.model.head_hidden, recipe.model.dropout) == (128, 0.5)
+
+
+def test_the_distilled_seed_cnn_is_the_seed_network_with_a_teacher() -> None:
+    plain, distilled = load_recipe("seed-cnn"), load_recipe("seed-cnn-distilled")
+    assert distilled.model == plain.model and distilled.train.distill is not None
+    assert distilled.train.distill.teacher == "runs/lite0-lpft-cached"
+    # The teacher reads head-cropped slices: the student's views must be cropped the same way.
+    assert distilled.data.crop_to_head and load_recipe("lite0-lpft-cached").data.crop_to_head
 
 
 def test_overrides_change_any_field() -> None:
