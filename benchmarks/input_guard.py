@@ -7,13 +7,24 @@ are the bundle's validation split (rebuilt from Training with ``training_split``
 and its deduplicated subset (the data audit's clean manifest: ``--audit``, default ``audits/<data root name>``;
 skipped with a note when there is none).
 
-    python benchmarks/input_guard.py runs/lite2-probe/bundle --data ../shared/data/brain-tumor-mri
+The near set (``--near-per-kind``, default 20 of each kind) is what :mod:`lib.near_ood` renders: other
+modalities and body parts as header-less grey PNG and JPEG exports (head CT in brain and bone windows, pseudo-CT
+of validation slices' heads, abdominal and chest CT, chest and skull radiographs, abdominal and knee MR), which
+should be flagged, and brain MRIs unlike the training slices (validation slices with other contrast, windowing,
+skull stripping or resolution, and the brain MRIs matplotlib and nibabel ship), which should rarely be flagged and
+never be called "not an MRI slice". CT and radiographs are rendered from CT numbers and attenuation coefficients,
+MR from spin-echo relaxation times: the module's docstring says how.
 
-Measured: the share flagged (``ood_score > 1``) of every set and of each non-MRI kind, the AUROC of
-``ood_score`` (non-MRI against each MRI set), the guard's cost per image, how long fitting the guard takes
-beside the bundle's training time, and, for every registered detector, a guard refitted on the same model
-outputs (computed once). Thresholds and detectors are judged on validation and the non-MRI set only;
-Testing is reported, never used to choose.
+    python benchmarks/input_guard.py runs/lite2-probe/bundle --data ../shared/data/brain-tumor-mri
+    python benchmarks/input_guard.py runs/lite2-probe/bundle --quick  # a smoke run into runs/, never the results
+
+Measured: the share flagged (``ood_score > 1``) of every set and of each non-MRI and near kind, the AUROC of
+``ood_score`` (non-MRI or near kind against each MRI set), the reasons given, the images that look like a head CT
+(the bone-ring rule: the Sartaj data's Training and Testing splits hold head CT slices), the guard's cost per
+image, how long fitting the guard takes beside the bundle's training time, the guard refitted without the
+bone-ring rule beside it, and, for every registered detector, a guard refitted on the same model outputs
+(computed once). Thresholds and detectors are judged on validation and the non-MRI set only; Testing is
+reported, never used to choose.
 """
 
 from __future__ import annotations
@@ -40,12 +51,18 @@ from common import (
     timed,
     write_json,
 )
+from lib.near_ood import NEAR_MRI_KINDS, NEAR_OOD_KINDS, render_kind
 from matplotlib import cbook
 from PIL import Image, ImageDraw, ImageFont
 from sklearn.datasets import load_digits, load_sample_images
 from sklearn.metrics import roc_auc_score
 
+from braintumor.guard.defaults import BONE_RING_RULE
+
 DEFAULT_OUT = Path("benchmarks/results/input_guard.md")
+# --quick: a smoke run with a few images per kind, written where the committed results cannot be overwritten.
+QUICK_OUT = Path("runs/input_guard_quick.md")
+QUICK_PER_KIND = 4
 DEFAULT_PER_KIND = 20
 DEFAULT_SIZE = 256
 TIMING_IMAGES = 256
@@ -250,6 +267,35 @@ def build_non_mri_set(per_kind: int = DEFAULT_PER_KIND, size: int = DEFAULT_SIZE
     return images
 
 
+# --- near inputs: other modalities and body parts, and brain MRIs unlike the training slices ---------------------
+
+DEFAULT_NEAR_PER_KIND = 20
+# Anatomy of the kinds made from brain MR slices: this many validation files, spread over the split (seeded).
+NEAR_SOURCES = 60
+
+
+def near_sources(paths: list[Path], count: int = NEAR_SOURCES, seed: int = 0) -> list[np.ndarray]:
+    """Grey arrays of ``count`` of the files at ``paths`` (seeded choice), as the files store them."""
+    from braintumor.data.images import decode_image_bytes, read_file_bytes
+
+    chosen = np.random.default_rng(seed).choice(len(paths), min(count, len(paths)), replace=False)
+    return [np.asarray(decode_image_bytes(read_file_bytes(paths[i]), paths[i]).convert("L")) for i in sorted(chosen)]
+
+
+def build_near_set(
+    sources: list[np.ndarray], per_kind: int = DEFAULT_NEAR_PER_KIND, size: int = DEFAULT_SIZE, seed: int = 0
+) -> list[NonMriImage]:
+    """``per_kind`` encoded grey exports of every kind in :data:`NEAR_OOD_KINDS` (other modalities and body
+    parts: should be flagged) and :data:`NEAR_MRI_KINDS` (brain MRIs unlike the training slices: should not be
+    called "not an MRI"), seeded. ``sources`` are the brain MR slices the kinds made from MR start from; the brain
+    MRIs shipped by packages are as many as there are (at most ``per_kind``)."""
+    images = []
+    for offset, kind in enumerate([*NEAR_OOD_KINDS, *NEAR_MRI_KINDS]):
+        files = render_kind(kind, per_kind, np.random.default_rng(seed + 100 + offset), size, sources)
+        images += [NonMriImage(kind, f"{kind}-{index:03d}", data) for index, data in enumerate(files)]
+    return images
+
+
 # --- measuring ---------------------------------------------------------------------------------------------------
 
 
@@ -275,6 +321,7 @@ class Sets(NamedTuple):
     kinds: np.ndarray
     seconds: dict[str, float]
     note: str = ""
+    near_kinds: np.ndarray | None = None
 
 
 def _clean_testing_index(
@@ -291,8 +338,16 @@ def _clean_testing_index(
     return torch.tensor(keep, dtype=torch.long), ""
 
 
-def build_sets(bundle: Any, data_root: Path, per_kind: int, seed: int, audit: Path | None = None) -> Sets:
-    """Decode validation, Testing and the non-MRI set; run the model once over them and the training split."""
+def _in_memory(image_set: Any) -> torch.Tensor:
+    """The set's uint8 images as one tensor (a streaming set is decoded here, batch by batch)."""
+    return image_set.images if image_set.images is not None else torch.cat(list(image_set.batches(256)))
+
+
+def build_sets(
+    bundle: Any, data_root: Path, per_kind: int, seed: int, audit: Path | None = None, near_per_kind: int = 0
+) -> Sets:
+    """Decode validation, Testing, the non-MRI set and (``near_per_kind`` > 0) the near set made from the
+    validation files; run the model once over them and the training split."""
     from braintumor.data.dataset import load_images
     from braintumor.data.layout import discover_split
     from braintumor.data.preprocessing import eval_transform
@@ -305,8 +360,11 @@ def build_sets(bundle: Any, data_root: Path, per_kind: int, seed: int, audit: Pa
     )
     test_set = load_images(discover_split(data_root, "Testing"), prep, show_progress=False)
     non_mri = build_non_mri_set(per_kind, seed=seed)
-    images = {"train": train_set.images, "validation": val_set.images, "testing": test_set.images}
+    images = {"train": _in_memory(train_set), "validation": _in_memory(val_set), "testing": _in_memory(test_set)}
     images["non_mri"] = _decode_non_mri(non_mri, prep)
+    near = build_near_set(near_sources(val_set.paths, seed=seed), near_per_kind, seed=seed) if near_per_kind else []
+    if near:
+        images["near"] = _decode_non_mri(near, prep)
     normalise, outputs = eval_transform(prep), {}
     for name, batch in images.items():
         outputs[name], seconds[f"model_{name}_s"], _ = timed(
@@ -317,7 +375,8 @@ def build_sets(bundle: Any, data_root: Path, per_kind: int, seed: int, audit: Pa
     if clean_index is not None:
         outputs["testing_dedup"] = _subset(outputs["testing"], clean_index)
     kinds = np.array([item.kind for item in non_mri])
-    return Sets(images, outputs, train_set.labels, kinds, seconds, note)
+    near_kinds = np.array([item.kind for item in near]) if near else None
+    return Sets(images, outputs, train_set.labels, kinds, seconds, note, near_kinds)
 
 
 MRI_SETS = ("validation", "testing", "testing_dedup")
@@ -342,26 +401,102 @@ def _aurocs(non_mri: torch.Tensor, scored: dict[str, Any], attribute: str = "ood
     return {name: _auroc(non_mri, getattr(scored[name], attribute)) for name in MRI_SETS if name in scored}
 
 
+def _kind_scores(scores: Any, index: torch.Tensor) -> Any:
+    fields = ("ood_score", "feature", "evidence", "reason_index", "bone_ring")
+    return type(scores)(*(getattr(scores, f)[index] if len(getattr(scores, f)) else getattr(scores, f) for f in fields))
+
+
+def _reason_counts(scores: Any) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for reason in scores.reasons:
+        if reason is not None:
+            counts[reason.code] = counts.get(reason.code, 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def _ct_like_count(scores: Any) -> int:
+    return _reason_counts(scores).get("ct_like", 0)
+
+
+def score_near(scored: dict[str, Any], near: Any, kinds: np.ndarray) -> dict[str, Any]:
+    """Per near kind: flag rates (all, per component), reasons, how many say "not an MRI slice", and the AUROC
+    of ood_score against validation and Testing."""
+    rows = {}
+    for kind in dict.fromkeys(kinds.tolist()):
+        part = _kind_scores(near, torch.from_numpy(np.flatnonzero(kinds == kind)))
+        reasons = _reason_counts(part)
+        rows[kind] = {
+            **_set_row(part),
+            "flagged_by_bone_ring": float((part.bone_ring > 1).float().mean()) if len(part.bone_ring) else 0.0,
+            "group": "near_ood" if kind in NEAR_OOD_KINDS else "brain_mri",
+            "reasons": reasons,
+            "said_not_an_mri": sum(n for code, n in reasons.items() if code.startswith("not_mri")),
+            "auroc": {name: _auroc(part.ood_score, scored[name].ood_score) for name in ("validation", "testing")},
+        }
+    return rows
+
+
 def score_sets(guard: Any, sets: Sets) -> dict[str, Any]:
-    """Flag rates of every set, AUROCs of ood_score (and of each component) and the per-kind breakdown."""
-    scored = {name: guard.score(sets.outputs[name]) for name in (*MRI_SETS, "non_mri") if name in sets.outputs}
+    """Flag rates of every set, AUROCs of ood_score (and of each component), the per-kind breakdown and, with a
+    near set, its per-kind breakdown; images flagged as looking like a head CT are counted apart."""
+    names = (*MRI_SETS, "non_mri", "near")
+    scored = {name: guard.score(sets.outputs[name]) for name in names if name in sets.outputs}
     non_mri = scored["non_mri"]
     per_kind = {}
     for kind in NON_MRI_KINDS:
         index = torch.from_numpy(np.flatnonzero(sets.kinds == kind))
-        kind_scores = type(non_mri)(*(getattr(non_mri, f)[index] for f in ("ood_score", "feature", "evidence")))
+        kind_scores = _kind_scores(non_mri, index)
         per_kind[kind] = {
             **_set_row(kind_scores),
             "min_ood_score": float(kind_scores.ood_score.min()),
             "auroc": _aurocs(kind_scores.ood_score, scored),
         }
-    return {
-        "sets": {name: _set_row(scores) for name, scores in scored.items()},
+    set_rows = {name: _set_row(scores) for name, scores in scored.items() if name != "near"}
+    for name in MRI_SETS:
+        if name in scored:
+            ct_like = _ct_like_count(scored[name])
+            row = set_rows[name]
+            row["ct_like"] = ct_like
+            row["flagged_other_than_ct_like"] = (row["flagged"] * row["n"] - ct_like) / max(row["n"] - ct_like, 1)
+            row["reasons"] = _reason_counts(scored[name])
+    result = {
+        "sets": set_rows,
         "auroc": _aurocs(non_mri.ood_score, scored),
         "auroc_feature": _aurocs(non_mri.feature, scored, "feature"),
         "auroc_evidence": _aurocs(non_mri.evidence, scored, "evidence"),
         "per_kind": per_kind,
     }
+    if "near" in scored and sets.near_kinds is not None:
+        result["near"] = score_near(scored, scored["near"], sets.near_kinds)
+    return result
+
+
+def near_before_after(sets: Sets, detector: str, quantile: float) -> dict[str, Any]:
+    """The guard refitted on the same model outputs without and with the bone-ring rule: per near kind and for
+    validation and Testing, the share flagged and the AUROC against validation."""
+    from braintumor.guard import fit_guard
+    from braintumor.guard.defaults import BONE_RING_RULE
+
+    rows = {}
+    for label, rule in (("without_bone_ring", None), ("with_bone_ring", BONE_RING_RULE)):
+        outputs = sets.outputs
+        guard = fit_guard(
+            outputs["train"],
+            sets.train_labels,
+            outputs["validation"],
+            detector=detector,
+            quantile=quantile,
+            bone_ring=rule,
+        )
+        result = score_sets(guard, sets)
+        rows[label] = {
+            "validation_flagged": result["sets"]["validation"]["flagged"],
+            "validation_flagged_held_out": held_out_validation_rate(sets, detector, quantile, bone_ring=rule),
+            "testing_flagged": result["sets"]["testing"]["flagged"],
+            "testing_ct_like": result["sets"]["testing"]["ct_like"],
+            "near": {k: {"flagged": r["flagged"], "auroc": r["auroc"]} for k, r in result.get("near", {}).items()},
+        }
+    return rows
 
 
 def _best_ms(function: Callable[[], object], repeats: int) -> float:
@@ -472,7 +607,9 @@ def _short(result: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def held_out_validation_rate(sets: Sets, detector: str, quantile: float, seed: int = 0) -> float:
+def held_out_validation_rate(
+    sets: Sets, detector: str, quantile: float, seed: int = 0, bone_ring: tuple[float, ...] | None = BONE_RING_RULE
+) -> float:
     """Share of validation images flagged by thresholds set on the other half of validation (2-fold, seeded):
     the validation flag rate without the in-sample bias of thresholds set on the same images."""
     from braintumor.guard import fit_guard
@@ -482,7 +619,12 @@ def held_out_validation_rate(sets: Sets, detector: str, quantile: float, seed: i
     halves, flagged = (order[: len(order) // 2], order[len(order) // 2 :]), 0
     for fit_on, held_out in (halves, halves[::-1]):
         guard = fit_guard(
-            sets.outputs["train"], sets.train_labels, _subset(val, fit_on), detector=detector, quantile=quantile
+            sets.outputs["train"],
+            sets.train_labels,
+            _subset(val, fit_on),
+            detector=detector,
+            quantile=quantile,
+            bone_ring=bone_ring,
         )
         flagged += int(guard.score(_subset(val, held_out)).flagged.sum())
     return flagged / len(order)
@@ -540,11 +682,79 @@ SET_TITLES = {
 
 
 def _sets_table(result: dict[str, Any]) -> list[str]:
-    lines = markdown_header(["set", "images", "flagged", "by feature", "by evidence", "AUROC non-MRI vs set"], "lrrrrr")
+    columns = ["set", "images", "flagged", "by feature", "by evidence", "looks like a head CT"]
+    columns += ["flagged, head CTs aside", "AUROC non-MRI vs set"]
+    lines = markdown_header(columns, "lrrrrrrr")
     for name, row in result["sets"].items():
         cells = [SET_TITLES[name], str(row["n"]), _pct(row["flagged"]), _pct(row["flagged_by_feature"])]
-        cells += [_pct(row["flagged_by_evidence"]), _auc(result["auroc"].get(name))]
-        lines.append(markdown_row(cells))
+        cells += [_pct(row["flagged_by_evidence"])]
+        cells += [str(row["ct_like"]), _pct(row["flagged_other_than_ct_like"])] if "ct_like" in row else ["—", "—"]
+        lines.append(markdown_row([*cells, _auc(result["auroc"].get(name))]))
+    lines.append("")
+    for name, row in result["sets"].items():
+        if "reasons" in row:
+            lines.append(f"- Reasons given, {SET_TITLES[name]}: {_reasons_text(row['reasons'])}.")
+    return lines
+
+
+def _reasons_text(reasons: dict[str, int]) -> str:
+    return ", ".join(f"{code} {count}" for code, count in reasons.items()) or "none flagged"
+
+
+def _near_table(near: dict[str, Any], group: str) -> list[str]:
+    columns = ["kind", "images", "flagged", "by feature", "by evidence", "by bone ring", "AUROC vs val"]
+    columns += ["AUROC vs Testing", "said not an MRI", "reasons"]
+    lines = markdown_header(columns, "lrrrrrrrrl")
+    for kind, row in near.items():
+        if row["group"] != group:
+            continue
+        cells = [kind, str(row["n"]), _pct(row["flagged"]), _pct(row["flagged_by_feature"])]
+        cells += [_pct(row["flagged_by_evidence"]), _pct(row["flagged_by_bone_ring"])]
+        cells += [_auc(row["auroc"]["validation"]), _auc(row["auroc"]["testing"]), str(row["said_not_an_mri"])]
+        lines.append(markdown_row([*cells, _reasons_text(row["reasons"])]))
+    return lines
+
+
+def _before_after_table(rows: dict[str, Any]) -> list[str]:
+    before, after = rows["without_bone_ring"], rows["with_bone_ring"]
+    columns = ["kind", "flagged without", "flagged with", "AUROC vs val without", "AUROC vs val with"]
+    lines = markdown_header(columns, "lrrrr")
+    for kind in after["near"]:
+        old, new = before["near"][kind], after["near"][kind]
+        cells = [kind, _pct(old["flagged"]), _pct(new["flagged"])]
+        lines.append(markdown_row([*cells, _auc(old["auroc"]["validation"]), _auc(new["auroc"]["validation"])]))
+    for name in ("validation_flagged", "validation_flagged_held_out", "testing_flagged"):
+        lines.append(markdown_row([name.replace("_", " "), _pct(before[name]), _pct(after[name]), "", ""]))
+    counts = [str(before["testing_ct_like"]), str(after["testing_ct_like"])]
+    lines.append(markdown_row(["Testing images flagged as a head CT", *counts, "", ""]))
+    return lines
+
+
+def near_markdown(report: dict[str, Any]) -> list[str]:
+    """The near section: per kind of other modality or body part, and of brain MRI unlike the training slices."""
+    near = report["guard"].get("near")
+    if not near:
+        return []
+    lines = [
+        "Near inputs: other modalities and body parts as header-less grey exports (should be flagged), rendered "
+        "as `benchmarks/lib/near_ood.py` describes; AUROC of ood_score against validation and Testing "
+        '(Testing reported only). "said not an MRI": flagged with a reason that says "not an MRI slice".',
+        "",
+        *_near_table(near, "near_ood"),
+        "",
+        'Brain MRIs unlike the training slices (should rarely be flagged, never called "not an MRI slice"):',
+        "",
+        *_near_table(near, "brain_mri"),
+        "",
+    ]
+    if report.get("near_before_after"):
+        lines += [
+            "The same model outputs with the guard refitted without the bone-ring rule (the guard before it) and "
+            "with it (the default):",
+            "",
+            *_before_after_table(report["near_before_after"]),
+            "",
+        ]
     return lines
 
 
@@ -616,6 +826,13 @@ def markdown(report: dict[str, Any], command: str) -> str:
         "",
         *_kinds_table(guard),
         "",
+        *near_markdown(report),
+    ]
+    if report.get("timing") is None:  # --quick: no timing, detectors or quantiles
+        lines += [report["note"], ""] if report["note"] else []
+        lines.append(produced_by(command))
+        return "\n".join(lines) + "\n"
+    lines += [
         *_timing_lines(report["timing"], report["fit"]),
         "",
         "Every registered detector refitted on the same model outputs (image evidence unchanged, quantile "
@@ -641,8 +858,20 @@ def main() -> None:
     parser.add_argument("--per-kind", type=int, default=DEFAULT_PER_KIND, help="Non-MRI images of each kind.")
     parser.add_argument("--seed", type=int, default=0, help="Seed of the non-MRI set.")
     parser.add_argument("--audit", type=Path, default=None, help="audit.json or its folder (default: audits/<root>).")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--near-per-kind", type=int, default=DEFAULT_NEAR_PER_KIND, help="Near images of each kind.")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"{QUICK_PER_KIND} images per kind, no timing, detector or quantile tables; writes {QUICK_OUT} unless "
+        "--out names another file, never the committed results.",
+    )
+    parser.add_argument("--out", type=Path, default=None, help=f"Results file (default {DEFAULT_OUT}).")
     args = parser.parse_args()
+    if args.quick:
+        if args.out is not None and args.out.resolve() == DEFAULT_OUT.resolve():
+            parser.error(f"--quick never writes the committed results {DEFAULT_OUT}: name another --out")
+        args.per_kind, args.near_per_kind = min(args.per_kind, QUICK_PER_KIND), min(args.near_per_kind, QUICK_PER_KIND)
+    args.out = args.out or (QUICK_OUT if args.quick else DEFAULT_OUT)
     from braintumor.bundle import load_bundle
 
     bundle = load_bundle(args.bundle)
@@ -655,23 +884,29 @@ def main() -> None:
         option("--per-kind", args.per_kind, DEFAULT_PER_KIND),
         option("--seed", args.seed, 0),
         option("--audit", args.audit),
-        option("--out", args.out, DEFAULT_OUT),
+        option("--near-per-kind", args.near_per_kind, DEFAULT_NEAR_PER_KIND),
+        option("--quick", args.quick, False),
+        option("--out", args.out, QUICK_OUT if args.quick else DEFAULT_OUT),
     )
     torch.manual_seed(0)
-    sets = build_sets(bundle, args.data, args.per_kind, args.seed, args.audit)
+    sets = build_sets(bundle, args.data, args.per_kind, args.seed, args.audit, args.near_per_kind)
+    spec = bundle.guard.spec
     report = {
         "bundle": str(args.bundle),
         "command": command,
-        "spec": bundle.guard.spec.model_dump(mode="json"),
+        "spec": spec.model_dump(mode="json"),
         "kinds": NON_MRI_KINDS,
+        "near_kinds": {**NEAR_OOD_KINDS, **NEAR_MRI_KINDS},
         "guard": score_sets(bundle.guard, sets),
-        "timing": time_guard(bundle, sets),
-        "fit": time_fit(bundle, sets),
-        "detectors": compare_detectors(sets),
-        "quantiles": sweep_quantiles(sets, bundle.guard.spec.detector),
+        "near_before_after": near_before_after(sets, spec.detector, spec.quantile) if args.near_per_kind else None,
+        "timing": None if args.quick else time_guard(bundle, sets),
+        "fit": None if args.quick else time_fit(bundle, sets),
+        "detectors": None if args.quick else compare_detectors(sets),
+        "quantiles": None if args.quick else sweep_quantiles(sets, spec.detector),
         "seconds": sets.seconds,
         "note": sets.note,
     }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     write_json(args.out.with_suffix(".json"), report)
     args.out.write_text(markdown(report, command), encoding="utf-8")
     print(args.out.read_text(encoding="utf-8"))

@@ -8,4 +8,6 @@ Not part of the installed package: the scripts import it as ``lib`` (their own f
 - :mod:`lib.site_adaptation`: the site-adaptation proxy and 2-fold cross-adaptation.
 - :mod:`lib.cache_speed`: timing of training steps on images against cached features.
 - :mod:`lib.cpu_speed`: throughput of the product's CPU paths (training, frozen features, evaluation).
+- :mod:`lib.near_ood`: near inputs for the input guard (other modalities and body parts rendered from physics,
+  brain MRIs unlike the training slices).
 """

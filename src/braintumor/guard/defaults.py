@@ -8,3 +8,10 @@ DETECTOR_NAMES = ("energy", "knn", "mahalanobis", "max_logit")
 
 # A flagged image's reason when no more specific one is known (the guard's own reasons, guard/reasons.py, say more).
 FLAG_REASON = "unlike the training images"
+
+# The bone-ring rule (guard/evidence.py, bone_ring_score): an image looks like a head CT in a brain window when at
+# least 9% of its head is white, white stands apart from near white (a gap ratio of at least 0.5), at least 45% of
+# the white lies on the head's rim, and at most a quarter of that rim has a dark band just inside. Set on the
+# Training split of the Sartaj data (its train part holds 25 head CTs, which the rule finds, and no MR slice that it
+# flags) and on brain MR slices windowed to saturate, made from Training; never on Testing.
+BONE_RING_RULE = (0.09, 0.5, 0.45, 0.25)

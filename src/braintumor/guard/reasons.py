@@ -3,15 +3,15 @@
 A flagged image gets one reason. When its image evidence crosses the evidence threshold in a way no brain MRI
 slice does (a colour image, an almost blank one, a mostly light page of text or a drawing, ...), the reason says
 "not an MRI slice" and names what the statistics show. Evidence that a brain MRI can show too (a light border: a
-slice in a white frame or cropped close to the head) is named without saying "not an MRI". When only the feature
-detector flags the image, its grey levels look like an MR slice but the model's features are unlike those of the
-training slices, which also happens to brain MRIs of another sequence, skull-stripped slices or slices from
-another scanner: that reason never says "not an MRI" either.
+slice in a white frame or cropped close to the head) is named without saying "not an MRI". A white bone ring
+around the head (the bone-ring rule) is named as looking like a head CT, without saying "not an MRI" either: an
+MR slice with very bright scalp fat comes close to it. When only the feature detector flags the image, the model's
+features are unlike those of the training slices, which happens to other modalities and body parts and also to
+brain MRIs of another sequence, skull-stripped slices or slices from another scanner: that reason never says
+"not an MRI" either.
 
 Example:
     >>> import torch
-
-from braintumor.guard.defaults import FLAG_REASON
     >>> names = ["colourfulness", "mean_grey", "grey_std", "dark_fraction", "border_grey"]
     >>> above = torch.tensor([[3.0, 0, 0, 0, 0], [0.0, 0, 0, 0, 0]])
     >>> statistics, low = torch.full((2, 5), 0.3), torch.full((5,), 0.1)
@@ -53,12 +53,16 @@ LIGHT_BORDER = FlagReason(
 GREY_LEVELS = FlagReason("grey_levels", "grey levels outside the training slices' range")
 UNLIKE_TRAINING = FlagReason(
     "unlike_training",
-    "an MR-like image unlike the training slices (maybe another sequence, skull-stripped, or another scanner)",
+    "unlike the training slices (maybe another modality or body part, another MR sequence, a skull-stripped slice "
+    "or another scanner)",
 )
+CT_LIKE = FlagReason("ct_like", "looks like a head CT: a white ring of bone around the head")
 # A flagged image's reason when no more specific one is known (older callers, a score without evidence).
 UNEXPLAINED = FlagReason("unlike_training_images", FLAG_REASON)
-# Index order of reason_indices: a flagged image's reason is FLAG_REASONS[index].
-FLAG_REASONS = (COLOUR, BLANK, LIGHT, DARK, CONTRAST, LIGHT_BORDER, GREY_LEVELS, UNLIKE_TRAINING)
+# Index order of reason_indices: a flagged image's reason is FLAG_REASONS[index] (new reasons go at the end).
+FLAG_REASONS = (COLOUR, BLANK, LIGHT, DARK, CONTRAST, LIGHT_BORDER, GREY_LEVELS, UNLIKE_TRAINING, CT_LIKE)
+# The reasons that say "not an MRI slice": a white bone ring does not overrule them.
+_NOT_AN_MRI = (COLOUR, BLANK, LIGHT, DARK, CONTRAST)
 NOT_FLAGGED = -1
 # "Almost blank": a grey spread under this share of the Training images' lowest (their 0.1% quantile). Blank pages
 # are near 0; Training slices cropped close to the head or put in a white frame keep at least 0.75 of it.
@@ -86,6 +90,8 @@ def reason_indices(
     statistics: torch.Tensor,
     low: torch.Tensor,
     names: Sequence[str],
+    *,
+    bone_ring: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Per image, the index in :data:`FLAG_REASONS` of its reason, :data:`NOT_FLAGGED` (-1) when not flagged.
 
@@ -97,12 +103,14 @@ def reason_indices(
         statistics: ``[N, K]`` the images' statistics (:func:`~braintumor.guard.evidence.image_evidence`).
         low: ``[K]`` the Training images' low quantile of each statistic.
         names: the ``K`` statistic names (:data:`~braintumor.guard.evidence.EVIDENCE_NAMES`).
+        bone_ring: ``[N]`` the bone-ring score (above 1: looks like a head CT), or None.
 
     A statistic "says so" when it alone crosses the evidence threshold (above 1). Among the images flagged on
     evidence, the most telling description wins: colour, then an almost flat image, then a mostly light one,
     then an almost black one, then too much contrast. Only these say "not an MRI slice". A light border alone
     (the mean grey level still within reach of the Training range) is what a slice in a white frame or cropped
-    close to the head shows too, so its reason does not.
+    close to the head shows too, so its reason does not. A bone-ring score above 1 names a head CT, unless a
+    "not an MRI slice" reason already applies.
     """
     column = {name: index for index, name in enumerate(names)}
 
@@ -126,6 +134,9 @@ def reason_indices(
     ]
     for mask, reason in rules:
         index[on_evidence & mask] = FLAG_REASONS.index(reason)
+    if bone_ring is not None:
+        said = torch.isin(index, torch.tensor([FLAG_REASONS.index(r) for r in _NOT_AN_MRI]))
+        index[flagged & (bone_ring > 1.0) & ~said] = FLAG_REASONS.index(CT_LIKE)
     return index
 
 

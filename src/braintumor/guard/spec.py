@@ -9,8 +9,9 @@ GUARD_FILE = "guard.safetensors"
 SCORE_DEFINITION = (
     "ood_score = max over components of (score - validation median) / (validation threshold - validation median): "
     "0 is a typical validation image, 1 the threshold; the input is flagged out of distribution when ood_score > 1. "
-    "Components: the feature detector on the penultimate features (and logits) of the model, and the image "
-    "evidence (how far grey level statistics of the model's input fall outside the Training images' range)."
+    "Components: the feature detector on the penultimate features (and logits) of the model, the image "
+    "evidence (how far grey level statistics of the model's input fall outside the Training images' range) and, "
+    "where bone_ring is set, the bone-ring score (above 1: a white skull ring like a head CT's, already normalised)."
 )
 
 
@@ -31,4 +32,12 @@ class GuardSpec(BaseModel):
     n_train: int
     n_val: int
     validation_flag_rate: float = Field(description="Share of validation images flagged with these thresholds.")
+    bone_ring: list[float] | None = Field(
+        default=None,
+        description="The bone-ring rule (least white share, white gap, white on rim; most dark inside): images "
+        "that look like a head CT are flagged and left out of the fit. None (guards fitted before it): no rule.",
+    )
+    ct_like_left_out: int = Field(
+        default=0, description="Training and validation images left out of the fit because they look like head CT."
+    )
     definition: str = SCORE_DEFINITION
