@@ -175,6 +175,7 @@ def train(
     devices: int | str = 1,
     num_nodes: int = 1,
     strategy: str = "auto",
+    cache_dir: Path | str | None = None,
     show_progress: bool = True,
     say: Any = None,
 ) -> TrainRun:
@@ -197,6 +198,7 @@ def train(
         devices: Devices (processes) per node, or ``auto``.
         num_nodes: Machines taking part (multi-node DDP).
         strategy: Lightning strategy, e.g. ``ddp``.
+        cache_dir: Where cached features too large for memory go, memory-mapped (default ``<out>/feature_cache``).
         show_progress: Progress bars.
         say: A callable for one-line messages (default: logging).
 
@@ -220,6 +222,7 @@ def train(
         num_nodes=num_nodes,
         strategy=strategy,
         export_onnx=export_onnx,
+        cache_dir=None if cache_dir is None else str(cache_dir),
     )
     result = train_recipe(chosen, root, run_dir, options=options, console_log=say)
     if result is None:  # a non-zero rank of a multi-process run
@@ -252,6 +255,10 @@ def resume(
     from braintumor.workflows.train import RunOptions, read_run_file, resume_run
 
     record = read_run_file(run_dir)
+    # The run's own feature cache folder unless another is given (its features are read back from there).
+    run_options.setdefault("cache_dir", record.get("options", {}).get("cache_dir"))
+    if run_options["cache_dir"] is not None:
+        run_options["cache_dir"] = str(run_options["cache_dir"])
     options = RunOptions(show_progress=show_progress, **run_options)
     result = resume_run(run_dir, options=options, console_log=say, force=force)
     if result is None:

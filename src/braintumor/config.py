@@ -46,7 +46,12 @@ class DataConfig(_Strict):
     val_fraction: float = Field(0.15, gt=0.0, lt=0.9, description="Stratified validation share of Training.")
     split_seed: int = Field(42, description="Seed of the stratified train/validation split.")
     batch_size: int = Field(32, ge=1, le=4096)
-    num_workers: int = Field(0, ge=0, description="DataLoader workers (images are pre-decoded in memory).")
+    num_workers: int = Field(
+        0,
+        ge=0,
+        description="DataLoader workers that decode and augment training images (0: half the cores, at least one, "
+        "for images streamed from disk).",
+    )
     crop_to_head: bool = Field(
         False,
         description="Crop every slice to the head's bounding box (squared) before resizing, in training "

@@ -40,6 +40,12 @@ def train_command(
     num_nodes: int = typer.Option(1, "--num-nodes", help="Machines taking part (multi-node DDP)."),
     strategy: str = typer.Option("auto", "--strategy", help="Lightning strategy, e.g. ddp (gloo on CPU)."),
     onnx: bool = typer.Option(True, "--onnx/--no-onnx", help="Write model.onnx into the bundle (for fast serving)."),
+    cache_dir: Path | None = typer.Option(
+        None,
+        "--cache-dir",
+        help="Where cached features too large for memory go, memory-mapped (default <out>/feature_cache); "
+        "a resumed run reads them back from there.",
+    ),
     register_model: str | None = typer.Option(
         None, "--register-model", help="Also register the logged MLflow model under this name (MLflow registry)."
     ),
@@ -65,6 +71,8 @@ def train_command(
         "strategy": strategy,
         "export_onnx": onnx,
     }
+    if cache_dir is not None:
+        how["cache_dir"] = cache_dir
     shared = {"evaluate": evaluate, "report": report, "show_progress": not quiet, "say": console.print}
     with stage_errors():
         try:

@@ -1,7 +1,10 @@
-"""Load a split into memory once, split it stratified, and serve it to PyTorch.
+"""Read a split's images, split it stratified, and serve it to PyTorch.
 
-CPU training is the common case here, so every image is decoded and resized exactly once into a
-uint8 tensor; epochs then only augment and normalise. Undecodable files are skipped and reported.
+Two ways to hold a split: :func:`scan_images` reads every file once to hash and check it, keeps only
+paths, labels and hashes, and decodes the pixels again per batch when they are needed (a DataLoader
+with bounded prefetch; memory does not grow with the data); :func:`load_images` decodes every image
+once into one uint8 tensor (fast for small sets, memory linear in the data). Both give bitwise the same
+pixels, both skip and report undecodable files.
 
 Example:
     >>> import torch
@@ -16,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from sklearn.model_selection import train_test_split
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
 from braintumor.classes import CLASS_NAMES
 from braintumor.config import Recipe
@@ -37,30 +40,66 @@ from braintumor.progress import progress_bar
 
 @dataclass
 class ImageSet:
-    """Decoded images of one split: ``images`` is ``[N, 3, S, S]`` uint8, aligned with the other fields."""
+    """The images of one split, aligned with ``labels``, ``paths`` and ``hashes``.
 
-    images: torch.Tensor
+    ``images`` is ``[N, 3, S, S]`` uint8 when the split was decoded into memory (:func:`load_images`), or
+    ``None`` when it is decoded from disk per batch with ``prep`` (:func:`scan_images`). Read pixels through
+    :meth:`batches` or :meth:`image`, which work either way.
+    """
+
+    images: torch.Tensor | None
     labels: torch.Tensor
     paths: list[Path]
     hashes: list[str]
     skipped: list[SkippedFile] = field(default_factory=list)
+    # How the files are decoded when ``images`` is None (the preprocessing they were scanned for).
+    prep: Preprocessing | None = None
 
     def __len__(self) -> int:
         return len(self.paths)
 
+    @property
+    def streaming(self) -> bool:
+        """True when the pixels are decoded from disk per batch, not held in memory."""
+        return self.images is None
+
     def subset(self, indices: Sequence[int] | np.ndarray | torch.Tensor) -> ImageSet:
         index = torch.as_tensor(np.asarray(indices, dtype=np.int64))
         return ImageSet(
-            images=self.images[index],
+            images=None if self.images is None else self.images[index],
             labels=self.labels[index],
             paths=[self.paths[i] for i in index.tolist()],
             hashes=[self.hashes[i] for i in index.tolist()],
             skipped=list(self.skipped),
+            prep=self.prep,
         )
 
     def class_counts(self) -> dict[str, int]:
         counts = torch.bincount(self.labels, minlength=len(CLASS_NAMES)).tolist()
         return dict(zip(CLASS_NAMES, counts, strict=True))
+
+    def image(self, index: int) -> torch.Tensor:
+        """Image ``index`` as ``[3, S, S]`` uint8 (decoded from its file when the set streams)."""
+        if self.images is not None:
+            return self.images[index]
+        return decode_path(self.paths[index], self._prep())
+
+    def batches(self, batch_size: int, *, workers: int | None = None) -> Iterator[torch.Tensor]:
+        """Consecutive uint8 batches ``[<=batch_size, 3, S, S]`` in the set's order.
+
+        A streaming set decodes them in ``workers`` processes (default :func:`decode_workers`) a few batches
+        ahead of the caller, so decoding overlaps with the network; at most ``2 * workers`` batches wait.
+        """
+        if self.images is not None:
+            for start in range(0, len(self), batch_size):
+                yield self.images[start : start + batch_size]
+            return
+        yield from image_loader(DecodedImages(self.paths, self._prep()), batch_size, workers=workers)
+
+    def _prep(self) -> Preprocessing:
+        if self.prep is None:
+            raise ValueError("this image set holds neither decoded images nor the preprocessing to decode them")
+        return self.prep
 
 
 def file_digest(data: bytes) -> str:
@@ -72,30 +111,21 @@ def file_digest(data: bytes) -> str:
     return hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
-def _decode_one(sample: Sample, prep: Preprocessing) -> tuple[torch.Tensor, str] | SkippedFile:
+def _decode_one(sample: Sample, prep: Preprocessing | None) -> tuple[torch.Tensor | None, str] | SkippedFile:
+    """The file's pixels at the model's size (or ``None`` without ``prep``: decoded only to check it) and digest."""
     try:
         data = read_file_bytes(sample.path)
         image = decode_image_bytes(data, sample.path)
     except ImageDecodeError as error:
         return SkippedFile(path=str(sample.path), reason=error.reason)
     # Hash the file's bytes (not pixels) so exact-copy groups match the data audit's.
-    return resize_to_uint8_tensor(image, prep), file_digest(data)
+    return (None if prep is None else resize_to_uint8_tensor(image, prep)), file_digest(data)
 
 
-def load_images(
-    samples: Sequence[Sample],
-    prep: Preprocessing,
-    *,
-    description: str = "Decoding images",
-    show_progress: bool = True,
-    workers: int | None = None,
-) -> ImageSet:
-    """Decode and resize ``samples`` (threads: PIL releases the GIL while decoding; default one per core).
-
-    Files that cannot be decoded are left out and listed in ``ImageSet.skipped`` with the reason.
-    Raises :class:`DatasetLayoutError` when no file at all could be decoded.
-    """
-    images: list[torch.Tensor] = []
+def _read_all(
+    samples: Sequence[Sample], prep: Preprocessing | None, description: str, show_progress: bool, workers: int | None
+) -> tuple[list[torch.Tensor | None], list[int], list[Path], list[str], list[SkippedFile]]:
+    images: list[torch.Tensor | None] = []
     labels: list[int] = []
     paths: list[Path] = []
     hashes: list[str] = []
@@ -113,14 +143,114 @@ def load_images(
             hashes.append(result[1])
             labels.append(sample.label)
             paths.append(sample.path)
-    if not images:
+    if not hashes:
         raise DatasetLayoutError(f"none of the {len(samples)} files could be decoded as images")
+    return images, labels, paths, hashes, skipped
+
+
+def load_images(
+    samples: Sequence[Sample],
+    prep: Preprocessing,
+    *,
+    description: str = "Decoding images",
+    show_progress: bool = True,
+    workers: int | None = None,
+) -> ImageSet:
+    """Decode and resize ``samples`` into memory (threads: PIL releases the GIL while decoding; default one per core).
+
+    Files that cannot be decoded are left out and listed in ``ImageSet.skipped`` with the reason.
+    Raises :class:`DatasetLayoutError` when no file at all could be decoded. For large sets see :func:`scan_images`.
+    """
+    images, labels, paths, hashes, skipped = _read_all(samples, prep, description, show_progress, workers)
     return ImageSet(
-        images=torch.stack(images),
+        images=torch.stack(images),  # type: ignore[arg-type]
         labels=torch.tensor(labels, dtype=torch.long),
         paths=paths,
         hashes=hashes,
         skipped=skipped,
+        prep=prep,
+    )
+
+
+def scan_images(
+    samples: Sequence[Sample],
+    prep: Preprocessing,
+    *,
+    description: str = "Checking images",
+    show_progress: bool = True,
+    workers: int | None = None,
+) -> ImageSet:
+    """A streaming :class:`ImageSet` of ``samples``: every file read once, hashed and decoded to check it, and
+    no pixels kept; its :meth:`ImageSet.batches` decode them again from disk when they are needed.
+
+    The same files are skipped, in the same order, with the same hashes and pixels as :func:`load_images`.
+    """
+    _, labels, paths, hashes, skipped = _read_all(samples, None, description, show_progress, workers)
+    return ImageSet(
+        images=None,
+        labels=torch.tensor(labels, dtype=torch.long),
+        paths=paths,
+        hashes=hashes,
+        skipped=skipped,
+        prep=prep,
+    )
+
+
+def decode_path(path: Path, prep: Preprocessing) -> torch.Tensor:
+    """One file's ``[3, S, S]`` uint8 pixels, exactly as :func:`load_images` decodes them.
+
+    Raises :class:`ImageDecodeError` when the file no longer decodes (changed since it was scanned).
+    """
+    data = read_file_bytes(path)
+    return resize_to_uint8_tensor(decode_image_bytes(data, path), prep)
+
+
+class DecodedImages(Dataset[torch.Tensor]):
+    """Files decoded and resized on demand (:func:`decode_path`): a Dataset for DataLoader workers."""
+
+    def __init__(self, paths: Sequence[Path], prep: Preprocessing) -> None:
+        self.paths = list(paths)
+        self.prep = prep
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return decode_path(self.paths[index], self.prep)
+
+
+# Decoding processes beside the network. On 2 cores one worker decodes a 260 px head-cropped slice several times
+# faster than the Lite2 backbone consumes it, and a second one only competes with the network for the cores; in
+# the main process (0 workers) decoding does not overlap with the network at all.
+DECODE_WORKERS_ENV = "BRAINTUMOR_DECODE_WORKERS"
+
+
+def decode_workers() -> int:
+    """DataLoader workers that decode streamed images: ``$BRAINTUMOR_DECODE_WORKERS``, else half the cores (>= 1)."""
+    configured = os.environ.get(DECODE_WORKERS_ENV)
+    if configured is not None and configured.strip().isdigit():
+        return int(configured)
+    return max(1, (os.cpu_count() or 1) // 2)
+
+
+# Batches each worker decodes ahead: enough to hide a slow file, bounded so memory stays small.
+PREFETCH_BATCHES = 2
+
+
+def image_loader(dataset: Dataset[torch.Tensor], batch_size: int, *, workers: int | None = None) -> DataLoader:
+    """A DataLoader over ``dataset`` in order, decoding in ``workers`` processes with bounded prefetch.
+
+    It takes its seed from a private generator, so iterating it does not draw from torch's global one (the
+    augmentation of the feature views is drawn from that, image by image, in the caller's process).
+    """
+    workers = decode_workers() if workers is None else workers
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=workers,
+        prefetch_factor=PREFETCH_BATCHES if workers > 0 else None,
+        generator=torch.Generator().manual_seed(0),
     )
 
 
@@ -171,7 +301,7 @@ def stratified_split(labels: torch.Tensor, val_fraction: float, seed: int) -> tu
 
 
 class ImageTensorDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
-    """Applies a transform to pre-decoded uint8 images on the fly."""
+    """Applies a transform to uint8 images on the fly (decoded from their files when the set streams)."""
 
     def __init__(self, image_set: ImageSet, transform: Callable[[torch.Tensor], torch.Tensor]) -> None:
         self.image_set = image_set
@@ -181,7 +311,7 @@ class ImageTensorDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         return len(self.image_set)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.transform(self.image_set.images[index]), self.image_set.labels[index]
+        return self.transform(self.image_set.image(index)), self.image_set.labels[index]
 
 
 def keras_split(paths: Sequence[Path], labels: torch.Tensor, val_fraction: float) -> tuple[np.ndarray, np.ndarray]:

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from braintumor.bundle import Bundle, load_bundle
-from braintumor.data.dataset import ImageSet, load_images
+from braintumor.data.dataset import ImageSet, scan_images
 from braintumor.data.images import SkippedFile
 from braintumor.data.layout import discover_split
 from braintumor.evaluation.adaptation_info import adaptation_summary
@@ -242,10 +242,10 @@ def evaluate_bundle(
     bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
     out_dir = Path(out_dir)
     samples = discover_split(data_root, split)
-    image_set = load_images(samples, bundle.preprocessing, description=f"Decoding {split}", show_progress=show_progress)
+    image_set = scan_images(samples, bundle.preprocessing, description=f"Checking {split}", show_progress=show_progress)
     predictor = Predictor(bundle, tta=tta, precision=precision)
-    # One pass: the logits and, with an input guard, every image's ood_score and reason (from its clean view).
-    logits, verdicts = predictor.run_uint8_checked(image_set.images)
+    # One pass decoding batch by batch: the logits and, with a guard, each image's ood_score and reason (clean view).
+    logits, verdicts = predictor.run_uint8_checked(image_set)
     ood_scores, flag_reasons = (None, None) if verdicts is None else (verdicts.ood_score, verdicts.texts())
     probabilities = probabilities_from_logits(logits, predictor.temperature)
     labels = image_set.labels.numpy()

@@ -27,7 +27,7 @@ import torch
 
 from braintumor.bundle import Bundle
 from braintumor.bundle.validation import validation_samples
-from braintumor.data.dataset import load_images
+from braintumor.data.dataset import scan_images
 from braintumor.errors import BrainTumorError
 from braintumor.evaluation.evaluate import EvaluationResult
 from braintumor.evaluation.metrics import PER_CLASS_STATISTICS, bootstrap_confidence_intervals, classification_metrics
@@ -265,15 +265,15 @@ def validation_ood_scores(bundle: Bundle, data_root: Path | str | None = None) -
     problem = ""
     for root in dict.fromkeys([None, None if data_root is None else Path(data_root)]):
         try:
-            image_set = load_images(
+            image_set = scan_images(
                 validation_samples(bundle, root),
                 bundle.preprocessing,
-                description="Decoding validation",
+                description="Checking validation",
                 show_progress=False,
             )
         except BrainTumorError as error:
             problem = str(error)
             continue
         # The guard judges the clean image only, so test-time augmentation would not change the scores.
-        return Predictor(bundle).run_uint8(image_set.images)[1], None
+        return Predictor(bundle).run_uint8(image_set)[1], None
     return None, problem

@@ -27,6 +27,7 @@ import json
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -50,6 +51,10 @@ from braintumor.runtime import (
     to_channels_last,
     tune_cpu_runtime,
 )
+
+if TYPE_CHECKING:
+    # Only a type here: the data set module imports scikit-learn, which a served prediction does not need.
+    from braintumor.data.dataset import ImageSet
 
 # What a prediction below the bundle's confidence threshold (selective prediction) tells the user.
 REFER_MESSAGE = "refer to a radiologist"
@@ -253,10 +258,17 @@ class Predictor:
         inputs = GuardInputs(penultimate.float(), clean_logits.float(), image_evidence(batch))
         return logits.float(), self.guard.score(inputs)
 
-    def run_uint8_checked(self, images: torch.Tensor) -> tuple[np.ndarray, GuardVerdicts | None]:
+    def run_uint8_checked(self, images: torch.Tensor | ImageSet) -> tuple[np.ndarray, GuardVerdicts | None]:
         """Raw logits ``[N, C]`` (no temperature) and the guard's :class:`GuardVerdicts` (None without a guard)
-        of uint8 images ``[N, 3, S, S]`` at the model's size."""
-        outputs = [self._batch_outputs(images[i : i + self.batch_size]) for i in range(0, len(images), self.batch_size)]
+        of uint8 images ``[N, 3, S, S]`` at the model's size, or of an image set (a streaming one is decoded
+        batch by batch while the network runs, never held whole)."""
+        if isinstance(images, torch.Tensor):
+            batches: Iterable[torch.Tensor] = (
+                images[i : i + self.batch_size] for i in range(0, len(images), self.batch_size)
+            )
+        else:
+            batches = images.batches(self.batch_size)
+        outputs = [self._batch_outputs(batch) for batch in batches]
         if not outputs:
             empty = np.zeros((0, len(self.class_names)), dtype=np.float32)
             return empty, (None if self.guard is None else GuardVerdicts.from_scores([]))
@@ -264,26 +276,26 @@ class Predictor:
         parts = [part for _, part in outputs if part is not None]
         return logits, (None if self.guard is None else GuardVerdicts.from_scores(parts))
 
-    def run_uint8(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None]:
+    def run_uint8(self, images: torch.Tensor | ImageSet) -> tuple[np.ndarray, np.ndarray | None]:
         """Raw logits ``[N, C]`` (no temperature) and ``ood_score`` ``[N]`` (None without a guard) of uint8
         images ``[N, 3, S, S]`` at the model's size."""
         logits, verdicts = self.run_uint8_checked(images)
         return logits, None if verdicts is None else verdicts.ood_score
 
-    def predict_logits_uint8(self, images: torch.Tensor) -> np.ndarray:
+    def predict_logits_uint8(self, images: torch.Tensor | ImageSet) -> np.ndarray:
         """Raw logits ``[N, C]`` (no temperature) for uint8 images ``[N, 3, S, S]`` at the model's size."""
         return self.run_uint8(images)[0]
 
-    def predict_uint8(self, images: torch.Tensor) -> np.ndarray:
+    def predict_uint8(self, images: torch.Tensor | ImageSet) -> np.ndarray:
         """Probabilities ``[N, C]`` for uint8 images ``[N, 3, S, S]`` already at the model's size."""
         return probabilities_from_logits(self.predict_logits_uint8(images), self.temperature)
 
-    def predict_uint8_guarded(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None]:
+    def predict_uint8_guarded(self, images: torch.Tensor | ImageSet) -> tuple[np.ndarray, np.ndarray | None]:
         """Probabilities and ``ood_score`` (None without a guard) in one pass."""
         logits, scores = self.run_uint8(images)
         return probabilities_from_logits(logits, self.temperature), scores
 
-    def predict_uint8_checked(self, images: torch.Tensor) -> tuple[np.ndarray, GuardVerdicts | None]:
+    def predict_uint8_checked(self, images: torch.Tensor | ImageSet) -> tuple[np.ndarray, GuardVerdicts | None]:
         """Probabilities and the guard's :class:`GuardVerdicts` (scores and reasons; None without a guard)."""
         logits, verdicts = self.run_uint8_checked(images)
         return probabilities_from_logits(logits, self.temperature), verdicts

@@ -39,7 +39,7 @@ class TeacherOnStudentInputs(nn.Module):
     The teacher always runs in eval mode (fixed BatchNorm statistics, no dropout) and without gradients.
 
     Example:
-        >>> teacher = nn.Sequential(nn.Flatten(), nn.LazyLinear(4))
+        >>> teacher = nn.Sequential(nn.Flatten(), nn.Linear(3 * 4 * 4, 4))
         >>> student = Preprocessing(image_size=8)
         >>> wrapped = TeacherOnStudentInputs(teacher, student, Preprocessing(image_size=4, mean=(0.5,) * 3))
         >>> wrapped(torch.zeros(2, 3, 8, 8)).shape

@@ -1,14 +1,21 @@
 """A run's encoded views: backbone features (the probe) or frozen-bottom activations (a cached stage).
 
-The probe's features are kept in ``<run>/feature_cache.safetensors`` under a fingerprint of everything
-they depend on, so a resumed run reads them back instead of running the backbone again.
+The probe's features are kept under a fingerprint of everything they depend on, so a resumed run reads
+them back instead of running the backbone again: in ``<run>/feature_cache.safetensors`` when they fit the
+run's memory budget (``RunOptions.cache_memory_mb``), else as ``.npy`` arrays memory-mapped from
+``<cache dir>/<fingerprint>/`` (``RunOptions.cache_dir``, default ``<run>/feature_cache``), written batch by
+batch as the backbone computes them and never held whole in memory.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import mmap
+import shutil
+from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn as nn
 from lightning.pytorch.utilities import rank_zero_only
@@ -18,10 +25,14 @@ from safetensors.torch import save_file
 from braintumor.config import Recipe
 from braintumor.data.preprocessing import eval_transform, train_transform
 from braintumor.models.network import BrainTumorNet
-from braintumor.training.features import build_view_features
+from braintumor.training.features import Allocate, build_view_features
 from braintumor.training.fitting import FitContext
 
 FEATURE_CACHE_FILE = "feature_cache.safetensors"
+# The default folder (inside the run folder) of features over the memory budget.
+FEATURE_CACHE_DIR = "feature_cache"
+# Written last: a folder without it holds arrays an interrupted run left half written.
+DONE_FILE = "done.json"
 
 
 def cache_views(recipe: Recipe) -> int:
@@ -29,8 +40,46 @@ def cache_views(recipe: Recipe) -> int:
     return recipe.train.cache_views if recipe.augment.enabled else 1
 
 
-def encode_views(encoder: nn.Module, context: FitContext) -> tuple[torch.Tensor, torch.Tensor]:
-    """``encoder``'s outputs ``[views, N, ...]`` for the training views and ``[1, N, ...]`` for the clean validation.
+class FeatureStore:
+    """Where encoded views go: in memory when an array fits ``budget_bytes``, else in a ``.npy`` file of
+    ``folder``, memory-mapped (its pages are handed back to the kernel once written: :meth:`release`)."""
+
+    def __init__(self, folder: Path | None, budget_bytes: int) -> None:
+        self.folder, self.budget_bytes = folder, budget_bytes
+        self.maps: dict[str, np.memmap] = {}
+
+    def allocator(self, name: str) -> Allocate:
+        """The ``out`` of :func:`~braintumor.training.features.build_view_features` for array ``name``."""
+
+        def allocate(count: int, shape: torch.Size) -> torch.Tensor:
+            size = count * int(np.prod(shape)) * 4
+            if self.folder is None or size <= self.budget_bytes:
+                return torch.empty((count, *shape), dtype=torch.float32)
+            self.folder.mkdir(parents=True, exist_ok=True)
+            array = np.lib.format.open_memmap(self.folder / f"{name}.npy", "w+", np.float32, (count, *shape))
+            self.maps[name] = array
+            return torch.from_numpy(array)
+
+        return allocate
+
+    def release(self) -> None:
+        """Write the memory-mapped arrays to their files and drop their pages from this process's memory."""
+        for array in self.maps.values():
+            array.flush()
+            handle = getattr(array, "_mmap", None)
+            if isinstance(handle, mmap.mmap) and hasattr(mmap, "MADV_DONTNEED"):
+                handle.madvise(mmap.MADV_DONTNEED)
+
+
+def _memory_budget(context: FitContext) -> int:
+    return int(context.options.cache_memory_mb * 1024 * 1024)
+
+
+def encode_views(
+    encoder: nn.Module, context: FitContext, store: FeatureStore | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``encoder``'s outputs ``[views, N, ...]`` for the training views and ``[1, N, ...]`` for the clean validation,
+    in ``store`` (default: in memory).
 
     Through the unfolded network (no :func:`~braintumor.models.fusion.fold_batchnorm`): cached features must be
     bitwise what the image path computes, or a cached run would train another head than an uncached one.
@@ -43,9 +92,14 @@ def encode_views(encoder: nn.Module, context: FitContext) -> tuple[torch.Tensor,
         "precision": recipe.precision(),
         "channels_last": recipe.train.channels_last,
     }
+    store = store or FeatureStore(None, 0)
     augmented = train_transform(recipe.augment, prep)
-    train = build_view_features(encoder, context.train_set, clean, augmented, views=cache_views(recipe), **run)
-    val = build_view_features(encoder, context.val_set, clean, clean, views=1, **run)
+    views = cache_views(recipe)
+    train = build_view_features(
+        encoder, context.train_set, clean, augmented, views=views, out=store.allocator("train"), **run
+    )
+    val = build_view_features(encoder, context.val_set, clean, clean, views=1, out=store.allocator("val"), **run)
+    store.release()
     return train, val
 
 
@@ -90,25 +144,75 @@ def _fingerprint(context: FitContext) -> str:
     ).hexdigest()
 
 
+def feature_cache_dir(context: FitContext) -> Path:
+    """The folder of features over the memory budget: ``RunOptions.cache_dir`` or ``<run>/feature_cache``."""
+    options = context.options
+    return Path(options.cache_dir) if options.cache_dir else context.run_dir / FEATURE_CACHE_DIR
+
+
+def _read_disk_cache(folder: Path, fingerprint: str) -> tuple[torch.Tensor, torch.Tensor] | None:
+    try:
+        done = json.loads((folder / DONE_FILE).read_text(encoding="utf-8"))
+        if done.get("fingerprint") != fingerprint:
+            return None
+        # Copy-on-write maps: writable tensors for torch, the file itself never changed.
+        train, val = (np.load(folder / f"{name}.npy", mmap_mode="c") for name in ("train", "val"))
+    except (OSError, ValueError):
+        return None  # missing or half-written: recomputed
+    return torch.from_numpy(train), torch.from_numpy(val)[0]
+
+
+def _read_file_cache(cache_file: Path, fingerprint: str) -> tuple[torch.Tensor, torch.Tensor] | None:
+    if not cache_file.is_file():
+        return None
+    try:
+        with safe_open(str(cache_file), framework="pt") as handle:
+            if (handle.metadata() or {}).get("fingerprint") == fingerprint:
+                return handle.get_tensor("train"), handle.get_tensor("val")
+    except (SafetensorError, OSError):
+        pass  # an unreadable cache is recomputed
+    return None
+
+
 def cached_features(model: BrainTumorNet, context: FitContext) -> tuple[torch.Tensor, torch.Tensor, bool]:
-    """Backbone features for every view and whether they were read back from this run's matching cache file."""
+    """Backbone features for every view and whether they were read back from this run's matching cache.
+
+    Features over the run's memory budget are written to, and read back from, memory-mapped files of
+    :func:`feature_cache_dir` (one folder per fingerprint, so several runs can share a cache folder).
+    """
     fingerprint = _fingerprint(context)
     cache_file = context.run_dir / FEATURE_CACHE_FILE
-    if cache_file.is_file():
-        try:
-            with safe_open(str(cache_file), framework="pt") as handle:
-                if (handle.metadata() or {}).get("fingerprint") == fingerprint:
-                    return handle.get_tensor("train"), handle.get_tensor("val"), True
-        except (SafetensorError, OSError):
-            pass  # an unreadable cache is recomputed
-    train_features, val_views = encode_views(model.backbone, context)
-    val_features = val_views[0]
+    folder = feature_cache_dir(context) / fingerprint[:32]
+    found = _read_file_cache(cache_file, fingerprint) or _read_disk_cache(folder, fingerprint)
+    if found is not None:
+        return found[0], found[1], True
     if rank_zero_only.rank == 0:
-        temporary = cache_file.with_suffix(".tmp")
-        save_file(
-            {"train": train_features.contiguous(), "val": val_features.contiguous()},
-            str(temporary),
-            metadata={"fingerprint": fingerprint},
-        )
-        temporary.replace(cache_file)
+        (folder / DONE_FILE).unlink(missing_ok=True)
+    # Other ranks compute their features in memory: only rank zero writes the cache.
+    store = FeatureStore(folder if rank_zero_only.rank == 0 else None, _memory_budget(context))
+    train_features, val_views = encode_views(model.backbone, context, store)
+    val_features = val_views[0]
+    if rank_zero_only.rank != 0:
+        return train_features, val_features, False
+    if store.maps:
+        # Over the budget: the big array(s) were written to their files as they were computed; the others join them.
+        for name, array in (("train", train_features), ("val", val_views)):
+            if name not in store.maps:
+                np.save(folder / f"{name}.npy", array.numpy())
+        (folder / DONE_FILE).write_text(json.dumps({"fingerprint": fingerprint}), encoding="utf-8")
+        cache_file.unlink(missing_ok=True)
+        return train_features, val_features, False
+    temporary = cache_file.with_suffix(".tmp")
+    save_file(
+        {"train": train_features.contiguous(), "val": val_features.contiguous()},
+        str(temporary),
+        metadata={"fingerprint": fingerprint},
+    )
+    temporary.replace(cache_file)
     return train_features, val_features, False
+
+
+def clear_feature_cache(run_dir: Path) -> None:
+    """Remove a run folder's feature caches (a fresh run must not read an older run's)."""
+    (run_dir / FEATURE_CACHE_FILE).unlink(missing_ok=True)
+    shutil.rmtree(run_dir / FEATURE_CACHE_DIR, ignore_errors=True)

@@ -17,6 +17,13 @@ from braintumor.progress import progress_bar
 from braintumor.runtime import autocast, channels_last_batch, to_channels_last, tune_cpu_runtime
 from braintumor.training.determinism import kill_point
 
+# Where encoder outputs are written: ``allocate(count, shape)`` gives a float32 ``[count, *shape]`` tensor.
+Allocate = Callable[[int, torch.Size], torch.Tensor]
+
+
+def _in_memory(count: int, shape: torch.Size) -> torch.Tensor:
+    return torch.empty((count, *shape), dtype=torch.float32)
+
 
 def extract_features(
     model: torch.nn.Module,
@@ -29,6 +36,7 @@ def extract_features(
     per_image: bool = True,
     precision: str = "32-true",
     channels_last: bool = True,
+    out: Allocate | None = None,
 ) -> torch.Tensor:
     """Outputs ``[N, ...]`` (float32) of a frozen encoder, in batches.
 
@@ -40,22 +48,33 @@ def extract_features(
         batch_size, description, show_progress: batching and the progress bar.
         precision: ``32-true``, ``bf16-mixed`` or ``auto`` (:func:`braintumor.runtime.resolve_precision`).
         channels_last: run a convolutional ``model`` in NHWC order.
+        out: where the outputs go: ``out(count, shape)`` returns a float32 ``[count, *shape]`` tensor (in memory
+            by default; :mod:`braintumor.training.feature_cache` passes one backed by a file on disk).
     """
+    allocate = out or _in_memory
     tune_cpu_runtime()  # for library callers; the CLI has done it already
     model.eval()
     if channels_last:
         # Outside inference mode: parameters converted inside it become inference tensors, which a later
         # fine-tuning stage cannot set requires_grad on.
         to_channels_last(model)
-    chunks: list[torch.Tensor] = []
+    result: torch.Tensor | None = None
+    start = 0
     with torch.inference_mode(), progress_bar(show_progress) as progress, autocast(precision):
         task = progress.add_task(description, total=len(image_set))
-        for start in range(0, len(image_set), batch_size):
-            images = image_set.images[start : start + batch_size]
+        # A streaming set decodes in worker processes; the augmentation stays here, drawn image by image in order
+        # from the global generator, so the views are those of an in-memory set.
+        for images in image_set.batches(batch_size):
             batch = torch.stack([transform(image) for image in images]) if per_image else transform(images)
-            chunks.append(model(channels_last_batch(batch) if channels_last else batch).float())
+            outputs = model(channels_last_batch(batch) if channels_last else batch).float()
+            if result is None:
+                result = allocate(len(image_set), outputs.shape[1:])
+            result[start : start + len(outputs)] = outputs
+            start += len(outputs)
             progress.advance(task, len(images))
-    return torch.cat(chunks)
+    if result is None:
+        raise ValueError("no images to encode")
+    return result
 
 
 def build_view_features(
@@ -69,19 +88,39 @@ def build_view_features(
     show_progress: bool = True,
     precision: str = "32-true",
     channels_last: bool = True,
+    out: Allocate | None = None,
 ) -> torch.Tensor:
     """Features ``[views, N, D]``: view 0 clean (``clean_transform`` is deterministic), the others augmented
-    with seeds ``seed + view``."""
-    run = {"show_progress": show_progress, "precision": precision, "channels_last": channels_last}
-    stacked = [
-        extract_features(model, image_set, clean_transform, description="Features (clean view)", per_image=False, **run)
-    ]
+    with seeds ``seed + view``.
+
+    ``out(views, shape)`` allocates the float32 ``[views, *shape]`` result (default in memory); each view is
+    written into it as it is computed, so no second copy is made.
+    """
+    slots = _ViewSlots(out or _in_memory, views)
+    run = {"show_progress": show_progress, "precision": precision, "channels_last": channels_last, "out": slots}
+    extract_features(model, image_set, clean_transform, description="Features (clean view)", per_image=False, **run)
     for view in range(1, views):
         torch.manual_seed(seed + view)
+        slots.view = view
         description = f"Features (augmented view {view}/{views - 1})"
-        stacked.append(extract_features(model, image_set, augmented_transform, description=description, **run))
+        extract_features(model, image_set, augmented_transform, description=description, **run)
         kill_point(f"features:{view}")
-    return torch.stack(stacked)
+    assert slots.result is not None  # extract_features fails on an empty set
+    return slots.result
+
+
+class _ViewSlots:
+    """Allocates ``[views, N, ...]`` on the first batch of view 0 and hands out the current view's ``[N, ...]``."""
+
+    def __init__(self, allocate: Allocate, views: int) -> None:
+        self.allocate, self.views = allocate, views
+        self.result: torch.Tensor | None = None
+        self.view = 0
+
+    def __call__(self, count: int, shape: torch.Size) -> torch.Tensor:
+        if self.result is None:
+            self.result = self.allocate(self.views, torch.Size((count, *shape)))
+        return self.result[self.view]
 
 
 class FeatureViewDataset(Dataset[tuple[torch.Tensor, ...]]):

@@ -11,7 +11,7 @@ import json
 import logging
 import os
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader
 
 from braintumor.classes import CLASS_NAMES
 from braintumor.config import Recipe
-from braintumor.data.dataset import ImageSet, ImageTensorDataset
+from braintumor.data.dataset import ImageSet, ImageTensorDataset, decode_workers
 from braintumor.data.preprocessing import Preprocessing, eval_transform, train_transform
 from braintumor.runtime import resolve_precision
 from braintumor.training.callbacks import EpochHistory
@@ -56,6 +56,9 @@ class RunOptions:
     strategy: str = "auto"
     # Write model.onnx (checked against PyTorch) into the bundle, so `serve` uses onnxruntime without a manual step.
     export_onnx: bool = True
+    # Cached features larger than this go to memory-mapped files in cache_dir (default <run>/feature_cache).
+    cache_dir: str | None = None
+    cache_memory_mb: float = 512.0
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -85,7 +88,7 @@ class FitContext:
 
 
 def quiet_lightning() -> None:
-    """Silence Lightning's tips about workers and tensor cores: noise for our in-memory, CPU-first data."""
+    """Silence Lightning's tips about workers and tensor cores: noise for our CPU-first data (workers sized to it)."""
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda", "lightning.fabric"):
         logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
@@ -180,12 +183,51 @@ def _loader_generator(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+class _DeferredIterator:
+    """Starts its loader's real iterator at the first ``next``, not at ``iter``."""
+
+    def __init__(self, loader: DeferredLoader) -> None:
+        self.loader: DeferredLoader | None = loader
+        self.iterator: Iterator[Any] | None = None
+
+    def __iter__(self) -> _DeferredIterator:
+        return self
+
+    def __next__(self) -> Any:
+        if self.iterator is None:
+            assert self.loader is not None
+            self.iterator = DataLoader.__iter__(self.loader)
+            self.loader = None
+        return next(self.iterator)
+
+    def __len__(self) -> int:
+        return len(self.loader) if self.loader is not None else len(self.iterator)  # type: ignore[arg-type]
+
+
+class DeferredLoader(DataLoader):
+    """A DataLoader whose workers draw their first indices at the first batch, not when Lightning calls ``iter``.
+
+    A resumed fit calls ``iter`` on its training loader before it restores the loop's epoch from the checkpoint;
+    worker processes prefetch as soon as their iterator starts, so :class:`EpochSampler` would give them the
+    order (and augmentation seeds) of epoch 0. Started at the first ``next`` they get the restored epoch, as a
+    loader without workers does.
+    """
+
+    def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
+        return _DeferredIterator(self)
+
+
 def image_loaders(context: FitContext) -> tuple[DataLoader, DataLoader]:
-    """Loaders over the decoded images: shuffled by (seed, epoch) and the recipe's augmentation for training."""
+    """Loaders over the images: shuffled by (seed, epoch) and the recipe's augmentation for training.
+
+    Streamed images are decoded in the loaders' workers (the recipe's ``data.num_workers``, else
+    :func:`~braintumor.data.dataset.decode_workers`), overlapping with the network.
+    """
     recipe, prep = context.recipe, context.prep
-    workers = recipe.data.num_workers
+    streaming = context.train_set.streaming or context.val_set.streaming
+    workers = recipe.data.num_workers or (decode_workers() if streaming else 0)
     train_set = ImageTensorDataset(context.train_set, train_transform(recipe.augment, prep))
-    train_loader = DataLoader(
+    train_loader = DeferredLoader(
         # Each sample's augmentation is drawn from (seed, epoch, index): the same in any worker, rank or resume.
         EpochSeededDataset(train_set, recipe.train.seed),
         batch_size=recipe.data.batch_size,
@@ -199,6 +241,7 @@ def image_loaders(context: FitContext) -> tuple[DataLoader, DataLoader]:
         batch_size=recipe.data.batch_size * 2,
         num_workers=workers,
         persistent_workers=workers > 0,
+        generator=_loader_generator(recipe.train.seed),
     )
     return train_loader, val_loader
 

@@ -21,7 +21,7 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from braintumor.bundle import TrainingRecord
 from braintumor.config import Recipe
-from braintumor.data.dataset import ImageSet, drop_exact_duplicates, load_images, validation_split
+from braintumor.data.dataset import ImageSet, drop_exact_duplicates, scan_images, validation_split
 from braintumor.data.layout import Sample
 from braintumor.data.preprocessing import Preprocessing, eval_transform
 from braintumor.errors import BrainTumorError
@@ -29,7 +29,7 @@ from braintumor.guard import InputGuard, fit_guard, head_outputs, model_outputs
 from braintumor.io import write_json_atomic
 from braintumor.models import create_model, resolve_preprocessing
 from braintumor.models.network import BrainTumorNet
-from braintumor.training.feature_cache import FEATURE_CACHE_FILE, cached_features, teacher_view_logits
+from braintumor.training.feature_cache import cached_features, clear_feature_cache, teacher_view_logits
 from braintumor.training.fitting import (
     HEAD_PRECISION,
     FitContext,
@@ -77,7 +77,7 @@ def open_run_folder(run_dir: Path, resume: bool, say: Say) -> tuple[dict[str, An
     if not resume and rank_zero_only.rank == 0:
         # A fresh run must not pick up an older run's checkpoints or features from the same folder.
         shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
-        (run_dir / FEATURE_CACHE_FILE).unlink(missing_ok=True)
+        clear_feature_cache(run_dir)
     return previous, resume_from
 
 
@@ -89,7 +89,7 @@ def build_model(recipe: Recipe) -> tuple[BrainTumorNet, Preprocessing]:
 
 @dataclass
 class PreparedData:
-    """Training decoded once, exact duplicates dropped, and its stratified validation split."""
+    """Training checked once, exact duplicates dropped, and its stratified validation split (streamed from disk)."""
 
     images: ImageSet  # every image used (the manifest's files); its ``skipped`` lists the undecodable ones
     train_set: ImageSet
@@ -100,8 +100,9 @@ class PreparedData:
 def prepare_data(
     recipe: Recipe, samples: list[Sample], prep: Preprocessing, show_progress: bool, say: Say
 ) -> PreparedData:
-    """Decode Training, drop exact duplicates (when the recipe asks) and split off the validation images."""
-    image_set = load_images(samples, prep, description="Decoding Training", show_progress=show_progress)
+    """Check Training, drop exact duplicates (when the recipe asks) and split off the validation images."""
+    # Read once to hash and check every file; the pixels are decoded again, batch by batch, where they are needed.
+    image_set = scan_images(samples, prep, description="Checking Training", show_progress=show_progress)
     for skipped in image_set.skipped:
         say(f"skipped {skipped.path}: {skipped.reason}")
     if image_set.skipped:
@@ -263,7 +264,7 @@ def fit_run_guard(model: BrainTumorNet, context: FitContext, outcome: FitOutcome
     With a frozen backbone the cached clean features are reused (only the head runs); otherwise the whole
     network runs once over the training and validation images.
     """
-    train_images, val_images = context.train_set.images, context.val_set.images
+    train_images, val_images = context.train_set, context.val_set
     if outcome.clean_features is not None:
         train_features, val_features = outcome.clean_features
         train = head_outputs(model, train_features, train_images)

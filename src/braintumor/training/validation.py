@@ -20,16 +20,14 @@ from braintumor.runtime import autocast, channels_last_batch, to_channels_last
 def predict_probabilities(
     model: BrainTumorNet, image_set: ImageSet, prep: Preprocessing, batch_size: int = 64, precision: str = "32-true"
 ) -> np.ndarray:
-    """Softmax probabilities of ``model`` on pre-decoded images (eval mode, no augmentation, NHWC order)."""
+    """Softmax probabilities of ``model`` on ``image_set`` (held in memory or streamed from disk; eval mode,
+    no augmentation, NHWC order)."""
     model.eval()
     to_channels_last(model)
     transform = eval_transform(prep)
     with autocast(precision):
         logits = torch.cat(
-            [
-                model(channels_last_batch(transform(image_set.images[start : start + batch_size]))).float()
-                for start in range(0, len(image_set), batch_size)
-            ]
+            [model(channels_last_batch(transform(images))).float() for images in image_set.batches(batch_size)]
         )
     return probabilities_from_logits(logits)
 

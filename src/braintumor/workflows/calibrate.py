@@ -38,7 +38,7 @@ import numpy as np
 
 from braintumor.bundle import load_bundle, read_bundle_config, write_bundle_config
 from braintumor.bundle.validation import validation_samples
-from braintumor.data.dataset import load_images
+from braintumor.data.dataset import scan_images
 from braintumor.errors import BrainTumorError
 from braintumor.evaluation.calibration import (
     calibration_scores,
@@ -117,13 +117,13 @@ def calibrate_bundle(
     bundle = load_bundle(bundle_dir)
     out_dir = Path(out_dir) if out_dir is not None else bundle_dir.resolve().parent / "calibration"
     samples = validation_samples(bundle, data_root)
-    image_set = load_images(
-        samples, bundle.preprocessing, description="Decoding validation", show_progress=show_progress
+    image_set = scan_images(
+        samples, bundle.preprocessing, description="Checking validation", show_progress=show_progress
     )
     if len(image_set) == 0:
         raise BrainTumorError(f"none of the {len(samples)} validation files of {bundle_dir} could be decoded")
     labels = image_set.labels.numpy()
-    logits = Predictor(bundle, tta=tta).predict_logits_uint8(image_set.images)
+    logits = Predictor(bundle, tta=tta).predict_logits_uint8(image_set)
 
     temperature = fit_temperature(logits, labels)
     before = probabilities_from_logits(logits, 1.0)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from braintumor.bundle import Bundle, load_bundle, write_bundle_guard
-from braintumor.data.dataset import ImageSet, drop_exact_duplicates, load_images, validation_split
+from braintumor.data.dataset import ImageSet, drop_exact_duplicates, scan_images, validation_split
 from braintumor.data.layout import discover_split
 from braintumor.data.preprocessing import eval_transform
 from braintumor.errors import BrainTumorError
@@ -33,7 +33,7 @@ def training_split(bundle: Bundle, data_root: Path, *, show_progress: bool = Tru
     """
     recipe, record = bundle.recipe, bundle.config.training
     samples = discover_split(data_root, "Training")
-    image_set = load_images(samples, bundle.preprocessing, description="Decoding Training", show_progress=show_progress)
+    image_set = scan_images(samples, bundle.preprocessing, description="Checking Training", show_progress=show_progress)
     if recipe.data.drop_train_duplicates:
         image_set, _ = drop_exact_duplicates(image_set)
     train_idx, val_idx = validation_split(recipe, image_set)
@@ -78,8 +78,8 @@ def fit_bundle_guard(
     normalise = eval_transform(bundle.preprocessing)
     # At the precision the bundle runs at (and was fitted at by train), so a refit reproduces the original.
     precision = bundle.recipe.precision()
-    train = model_outputs(bundle.model, normalise, train_set.images, precision=precision)
-    val = model_outputs(bundle.model, normalise, val_set.images, precision=precision)
+    train = model_outputs(bundle.model, normalise, train_set, precision=precision)
+    val = model_outputs(bundle.model, normalise, val_set, precision=precision)
     guard = fit_guard(train, train_set.labels, val, detector=detector, quantile=quantile)
     write_bundle_guard(bundle.path, guard)
     bundle.guard = guard

@@ -1,0 +1,150 @@
+"""Memory and speed as the data grows: train (feature stage), evaluate, predict and audit on 3k and 30k images.
+
+Usage:
+    .venv/bin/python benchmarks/scale.py [--data ROOT] [--sizes 3000 30000] [--work DIR]
+    .venv/bin/python benchmarks/scale.py --quick        # 40 and 200 images at 64 px; results stay in --work
+
+For each size N a tree ``<work>/tree-N/Training/<class>/`` is made from the Training images of ``--data``
+(Testing is never read): image ``i`` is Training image ``i mod 2870`` (in turn over the sorted paths, so the class
+proportions stay those of Training) with a seeded random horizontal flip, crop (85-100 % of each side) and
+intensity change (gain 0.85-1.15, offset -12..12), saved as a JPEG of quality 90. Every stage is the command a
+user types, run as a subprocess:
+
+- ``train``: ``braintumor train lite2-probe --data TREE --tracker none --no-onnx`` (images/s: Training images
+  over the feature stage's seconds in the training record, ``timing.feature_extraction_s``);
+- ``evaluate``: ``braintumor evaluate BUNDLE --data TREE --split Training`` (the copies of Training: only the cost
+  is measured here, never the accuracy);
+- ``predict``: ``braintumor predict BUNDLE TREE/Training --out-dir OUT`` (the batch engine);
+- ``audit``: ``braintumor audit TREE --no-cache --no-report``.
+
+Peak RSS is the command's own (``ru_maxrss`` from ``wait4``: exact, every page it touched at its peak); the decode
+workers are separate processes of a few hundred MB each, not in that figure. ``--quick`` writes into ``--work``
+only, never over the committed results.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from common import command_line, markdown_header, markdown_row, option, produced_by, script_parser, write_json
+from PIL import Image, ImageOps
+
+RESULTS = Path(__file__).resolve().parent / "results"
+BRAINTUMOR = [sys.executable, "-m", "braintumor.cli"]
+# The limit the scale work is held to: peak RSS at the largest size at most this times the smallest's.
+RSS_RATIO_LIMIT = 1.3
+
+
+def build_tree(data: Path, tree: Path, count: int, seed: int = 0) -> None:
+    """``count`` augmented copies of the Training images, in their class folders under ``tree/Training``."""
+    sources = sorted(path for path in (data / "Training").rglob("*") if path.suffix.lower() in {".jpg", ".jpeg"})
+    rng = np.random.default_rng(seed)
+    for index in range(count):
+        source = sources[index % len(sources)]
+        image = Image.open(source).convert("L")
+        if rng.random() < 0.5:
+            image = ImageOps.mirror(image)
+        width, height = image.size
+        keep_w, keep_h = (int(side * rng.uniform(0.85, 1.0)) for side in (width, height))
+        left, top = int(rng.integers(0, width - keep_w + 1)), int(rng.integers(0, height - keep_h + 1))
+        image = image.crop((left, top, left + keep_w, top + keep_h))
+        pixels = np.asarray(image, dtype=np.float32) * rng.uniform(0.85, 1.15) + rng.uniform(-12, 12)
+        folder = tree / "Training" / source.parent.name
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(folder / f"{index:06d}.jpg", quality=90)
+
+
+def run_command(arguments: list[str]) -> dict[str, Any]:
+    """Run a braintumor command; its wall seconds and peak RSS (MB). Fails loudly when the command fails."""
+    started = time.perf_counter()
+    process = subprocess.Popen([*BRAINTUMOR, *arguments], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    _, status, usage = os.wait4(process.pid, 0)
+    seconds = time.perf_counter() - started
+    output = process.stdout.read().decode(errors="replace") if process.stdout else ""
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"{' '.join(arguments)} failed:\n{output[-3000:]}")
+    return {"seconds": round(seconds, 2), "peak_rss_mb": round(usage.ru_maxrss / 1024, 1)}
+
+
+def measure_size(tree: Path, work: Path, count: int, overrides: list[str]) -> dict[str, dict[str, Any]]:
+    """The four stages on one tree: seconds, images/s and peak RSS of each."""
+    run_dir, bundle = work / "run", work / "run" / "bundle"
+    train = ["train", "lite2-probe", "--data", str(tree), "--out", str(run_dir), "--tracker", "none", "--no-onnx"]
+    train += [part for value in overrides for part in ("--set", value)] + ["--quiet"]
+    stages = {"train": run_command(train)}
+    record = json.loads((bundle / "config.json").read_text(encoding="utf-8"))["training"]
+    feature_s = record["timing"]["feature_extraction_s"]
+    stages["train"]["images_per_s"] = round((record["n_train"] + record["n_val"]) / feature_s, 2)
+    stages["train"]["feature_stage_s"] = feature_s
+    evaluate = ["evaluate", str(bundle), "--data", str(tree), "--split", "Training", "--out", str(work / "eval")]
+    stages["evaluate"] = run_command([*evaluate, "--quiet"])
+    stages["predict"] = run_command(["predict", str(bundle), str(tree / "Training"), "--out-dir", str(work / "pred")])
+    stages["audit"] = run_command(["audit", str(tree), "--out", str(work / "audit"), "--no-cache", "--no-report", "-q"])
+    for name in ("evaluate", "predict", "audit"):
+        stages[name]["images_per_s"] = round(count / stages[name]["seconds"], 2)
+    return stages
+
+
+def table(sizes: list[int], results: dict[int, dict[str, dict[str, Any]]], caption: str) -> str:
+    """Markdown: per stage, images/s and peak RSS at each size and the RSS ratio of the largest to the smallest."""
+    columns = ["stage", *[f"{size} images: images/s" for size in sizes], *[f"{size}: peak RSS MB" for size in sizes]]
+    lines = markdown_header([*columns, "RSS ratio"], "l" + "r" * (2 * len(sizes) + 1))
+    for stage in ("train", "evaluate", "predict", "audit"):
+        rates = [str(results[size][stage]["images_per_s"]) for size in sizes]
+        rss = [results[size][stage]["peak_rss_mb"] for size in sizes]
+        lines.append(markdown_row([stage, *rates, *map(str, rss), f"{rss[-1] / rss[0]:.2f}"]))
+    return "\n".join([*lines, "", caption, ""])
+
+
+def main() -> None:
+    parser = script_parser(__doc__)
+    parser.add_argument(
+        "--data", type=Path, default=Path(os.environ.get("BRAINTUMOR_DATA", "../shared/data/brain-tumor-mri"))
+    )
+    parser.add_argument("--sizes", type=int, nargs="+", default=[3000, 30000])
+    parser.add_argument("--work", type=Path, default=None, help="Where the trees and outputs go (default: temporary).")
+    parser.add_argument("--quick", action="store_true", help="40 and 200 images at 64 px; results stay in --work.")
+    args = parser.parse_args()
+    sizes = [40, 200] if args.quick else sorted(args.sizes)
+    # The recipe as it is; --quick only shrinks the images so that the check takes seconds.
+    overrides = ["data.image_size=64", "train.max_epochs=3"] if args.quick else []
+    work = args.work or Path(tempfile.mkdtemp(prefix="scale-"))
+    load_start = os.getloadavg()[0]
+    results: dict[int, dict[str, dict[str, Any]]] = {}
+    for size in sizes:
+        tree = work / f"tree-{size}"
+        started = time.perf_counter()
+        build_tree(args.data, tree, size)
+        print(f"tree of {size} images in {time.perf_counter() - started:.0f} s: {tree}", flush=True)
+        results[size] = measure_size(tree, work / f"out-{size}", size, overrides)
+        print(json.dumps(results[size]), flush=True)
+    command = command_line("scale.py", "--quick" if args.quick else option("--sizes", sizes, [3000, 30000]))
+    caption = produced_by(
+        command.strip(),
+        f"load average {load_start:.1f} at the start and {os.getloadavg()[0]:.1f} at the end, ",
+    )
+    markdown = table(sizes, results, caption)
+    target = (work if args.quick else RESULTS) / "scale.md"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(markdown, encoding="utf-8")
+    ratios = {
+        stage: round(results[sizes[-1]][stage]["peak_rss_mb"] / results[sizes[0]][stage]["peak_rss_mb"], 3)
+        for stage in ("train", "evaluate", "predict", "audit")
+    }
+    full = {"sizes": sizes, "overrides": overrides, "results": results, "rss_ratio": ratios, "command": command}
+    full["within_limit"] = all(ratio <= RSS_RATIO_LIMIT for ratio in ratios.values())
+    write_json(target.with_suffix(".json"), full)
+    print(markdown)
+    print(f"peak RSS ratios {ratios}: within {RSS_RATIO_LIMIT}x: {full['within_limit']}")
+
+
+if __name__ == "__main__":
+    main()
