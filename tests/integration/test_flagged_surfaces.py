@@ -2,7 +2,8 @@
 
 Two inputs nothing like a brain MRI slice, a photo-like image of saturated colours and a white page with dark
 lines of "text", go through every surface: the Python API, ``predict --json`` and ``--csv``, ``/v1/predict``,
-``/v1/explain``, ``braintumor explain``, ``evaluate``'s ``predictions.csv`` and the MLflow pyfunc model. None of
+``/v1/explain``, ``braintumor explain``, ``evaluate``'s ``predictions.csv``, the MLflow pyfunc model, TTA, an
+ensemble and batch prediction's shards. None of
 them gives a class; each says the input was flagged and why.
 """
 
@@ -138,3 +139,23 @@ def test_every_surface_gives_the_same_reason() -> None:
     from braintumor.inference.volume_outputs import FLAG_REASON as OUTPUT_REASON
 
     assert OUTPUT_REASON == FLAG_REASON
+
+
+def test_tta_ensemble_and_batch_predictions(trained_run, flagged_files: dict[str, Path], tmp_path: Path) -> None:
+    from braintumor.batch import read_shards
+
+    model = braintumor.load(trained_run.bundle_dir)
+    for prediction in model.predict(list(flagged_files.values()), tta=True):
+        assert prediction.class_name is None and prediction.flagged and prediction.flag_reason
+    pair = braintumor.ensemble([trained_run.bundle_dir, trained_run.bundle_dir], tmp_path / "pair", show_progress=False)
+    for prediction in pair.predict(list(flagged_files.values())):
+        assert prediction.class_name is None and prediction.flagged and prediction.flag_reason
+    folder = tmp_path / "archive"
+    folder.mkdir()
+    for path in flagged_files.values():
+        shutil.copy(path, folder / path.name)
+    model.predict_batch(folder, tmp_path / "batch")
+    records = read_shards(tmp_path / "batch").to_pylist()
+    assert len(records) == len(KINDS)
+    for record in records:
+        _assert_no_class(record)
