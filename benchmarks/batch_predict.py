@@ -39,7 +39,8 @@ from typing import Any
 
 import numpy as np
 from common import command_line, markdown_header, markdown_row, option, produced_by, script_parser, write_json
-from PIL import Image, ImageOps
+from lib.replicas import augmented_copy
+from PIL import Image
 
 RESULTS = Path(__file__).resolve().parent / "results"
 FOLDER_SIZE = 500
@@ -54,17 +55,10 @@ def build_tree(data: Path, tree: Path, count: int, seed: int = 0) -> int:
     sources = sorted(path for path in (data / "Training").rglob("*") if path.suffix.lower() in {".jpg", ".jpeg"})
     rng = np.random.default_rng(seed)
     for index in range(count):
-        image = Image.open(sources[index % len(sources)]).convert("L")
-        if rng.random() < 0.5:
-            image = ImageOps.mirror(image)
-        width, height = image.size
-        keep_w, keep_h = (int(side * rng.uniform(0.85, 1.0)) for side in (width, height))
-        left, top = int(rng.integers(0, width - keep_w + 1)), int(rng.integers(0, height - keep_h + 1))
-        image = image.crop((left, top, left + keep_w, top + keep_h))
-        pixels = np.asarray(image, dtype=np.float32) * rng.uniform(0.85, 1.15) + rng.uniform(-12, 12)
+        image = augmented_copy(Image.open(sources[index % len(sources)]), rng)
         folder = tree / f"batch{index // FOLDER_SIZE:03d}"
         folder.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(folder / f"{index:06d}.jpg", quality=90)
+        image.save(folder / f"{index:06d}.jpg", quality=90)
     (tree / "batch000" / "truncated.jpg").write_bytes((tree / "batch000" / "000000.jpg").read_bytes()[:200])
     (tree / "batch000" / "notes.txt").write_text("not an image\n")
     return count

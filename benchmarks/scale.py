@@ -35,7 +35,8 @@ from typing import Any
 
 import numpy as np
 from common import command_line, markdown_header, markdown_row, option, produced_by, script_parser, write_json
-from PIL import Image, ImageOps
+from lib.replicas import augmented_copy
+from PIL import Image
 
 RESULTS = Path(__file__).resolve().parent / "results"
 BRAINTUMOR = [sys.executable, "-m", "braintumor.cli"]
@@ -49,17 +50,10 @@ def build_tree(data: Path, tree: Path, count: int, seed: int = 0) -> None:
     rng = np.random.default_rng(seed)
     for index in range(count):
         source = sources[index % len(sources)]
-        image = Image.open(source).convert("L")
-        if rng.random() < 0.5:
-            image = ImageOps.mirror(image)
-        width, height = image.size
-        keep_w, keep_h = (int(side * rng.uniform(0.85, 1.0)) for side in (width, height))
-        left, top = int(rng.integers(0, width - keep_w + 1)), int(rng.integers(0, height - keep_h + 1))
-        image = image.crop((left, top, left + keep_w, top + keep_h))
-        pixels = np.asarray(image, dtype=np.float32) * rng.uniform(0.85, 1.15) + rng.uniform(-12, 12)
+        image = augmented_copy(Image.open(source), rng)
         folder = tree / "Training" / source.parent.name
         folder.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(folder / f"{index:06d}.jpg", quality=90)
+        image.save(folder / f"{index:06d}.jpg", quality=90)
 
 
 def run_command(arguments: list[str]) -> dict[str, Any]:

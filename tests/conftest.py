@@ -27,6 +27,21 @@ TINY_RECIPE = {
 }
 
 
+# A two-block vision transformer on 32 px images (8 px patches): the tests' ViT.
+TINY_VIT = {
+    "name": "tiny-vit",
+    "data": {"image_size": 32},
+    "model": {
+        "architecture": "transfer",
+        "backbone": "deit_tiny_patch16_224",
+        "pretrained": False,
+        "freeze_backbone": False,
+        "head": "linear",
+        "backbone_args": {"patch_size": 8, "depth": 2, "embed_dim": 48, "num_heads": 2},
+    },
+}
+
+
 def tiny_recipe(**sections: dict) -> Recipe:
     """The tiny test recipe with some sections updated (``tiny_recipe(train={"max_epochs": 2})``)."""
     raw = {key: dict(value) if isinstance(value, dict) else value for key, value in TINY_RECIPE.items()}

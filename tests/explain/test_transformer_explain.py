@@ -31,20 +31,9 @@ from braintumor.explain.transformer import (
     rollout_relevance,
 )
 from braintumor.models import create_model, resolve_preprocessing
+from tests.conftest import TINY_VIT
 
-SIZE = 32
-TINY_VIT = {
-    "name": "tiny-vit",
-    "data": {"image_size": SIZE},
-    "model": {
-        "architecture": "transfer",
-        "backbone": "deit_tiny_patch16_224",
-        "pretrained": False,
-        "freeze_backbone": False,
-        "head": "linear",
-        "backbone_args": {"patch_size": 8, "depth": 2, "embed_dim": 48, "num_heads": 2},
-    },
-}
+SIZE = TINY_VIT["data"]["image_size"]
 
 
 def _tiny_vit(seed: int = 0) -> torch.nn.Module:

@@ -11,19 +11,7 @@ from braintumor.bundle import load_bundle, save_bundle
 from braintumor.config import Recipe, RecipeError, load_recipe
 from braintumor.inference.onnx_export import PARITY_TOLERANCE, export_onnx
 from braintumor.models import create_model, resolve_preprocessing
-
-TINY_VIT = {
-    "name": "tiny-vit",
-    "data": {"image_size": 32},
-    "model": {
-        "architecture": "transfer",
-        "backbone": "deit_tiny_patch16_224",
-        "pretrained": False,
-        "freeze_backbone": False,
-        "head": "linear",
-        "backbone_args": {"patch_size": 8, "depth": 2, "embed_dim": 48, "num_heads": 2},
-    },
-}
+from tests.conftest import TINY_VIT
 
 
 def _recipe(**model: object) -> Recipe:
