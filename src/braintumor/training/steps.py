@@ -226,7 +226,6 @@ def _fit_probe(
         "feature_cache_reused": reused,
         "feature_extraction_s": round(time.perf_counter() - started, 2),
     }
-    loaders = view_loaders(train_features, val_features, context, 512, teacher_view_logits(context))
     module = classifier(model.head, context)
     stages = context.recipe.train.finetune_stages
     probe_file = context.run_dir / "checkpoints" / PROBE_FILE
@@ -236,6 +235,8 @@ def _fit_probe(
         load_weights(model.head, probe_file, context.history)
     else:
         context.history.stage = "probe" if stages else "train"
+        # The teacher's outputs only when the probe is fitted (a resumed run with a finished probe needs none).
+        loaders = view_loaders(train_features, val_features, context, 512, teacher_view_logits(context))
         trainer = fit_module(module, loaders, context, resume_from=context.resume_from, precision=HEAD_PRECISION)
         if stages:
             save_weights(model.head, probe_file, context.history)
