@@ -135,6 +135,19 @@ def _data_root(data: Path | str | None) -> Path | None:
     return Path(value) if value else None
 
 
+def _bundle_data_root(data: Path | str | None, bundle: Path | str) -> Path | None:
+    """The data root for work on ``bundle``'s own split: ``data``, else the one it recorded (when it is on this
+    machine), else ``$BRAINTUMOR_DATA``. The recorded root comes before the variable, which may name another set."""
+    if data is not None:
+        return Path(data)
+    from braintumor.bundle.store import read_bundle_config
+
+    recorded = read_bundle_config(bundle).training.data_root
+    if recorded and Path(recorded).is_dir():
+        return Path(recorded)
+    return _data_root(None)
+
+
 def _require_data(data: Path | str | None) -> Path:
     root = _data_root(data)
     if root is None:
@@ -418,7 +431,13 @@ def ensemble(
 
     paths = [item.path if isinstance(item, Bundle) else Path(item) for item in bundles]
     result = build_ensemble(
-        paths, out, weights=weights, name=name, data_root=_data_root(data), guard=guard, show_progress=show_progress
+        paths,
+        out,
+        weights=weights,
+        name=name,
+        data_root=_bundle_data_root(data, paths[0]),
+        guard=guard,
+        show_progress=show_progress,
     )
     for note in (result.guard_note, result.onnx_note):
         if note and say is not None:
@@ -786,7 +805,12 @@ class Bundle:
 
         coverage = DEFAULT_TARGET_COVERAGE if target_coverage is None else target_coverage
         result = calibrate_bundle(
-            self.path, _data_root(data), out, target_coverage=coverage, tta=tta, show_progress=show_progress
+            self.path,
+            _bundle_data_root(data, self.path),
+            out,
+            target_coverage=coverage,
+            tta=tta,
+            show_progress=show_progress,
         )
         self._reload()
         return Calibration(
@@ -813,7 +837,7 @@ class Bundle:
 
         guard = fit_bundle_guard(
             self.path,
-            _data_root(data),
+            _bundle_data_root(data, self.path),
             detector=detector or DEFAULT_DETECTOR,
             quantile=DEFAULT_QUANTILE if quantile is None else quantile,
             show_progress=show_progress,

@@ -154,3 +154,27 @@ def test_quick_report_scores_every_set_and_writes_the_near_tables() -> None:
     }
     text = benchmark.markdown(report, "python benchmarks/input_guard.py bundle --quick")
     assert "| ct_head_brain_window | 3 |" in text and "flagged without" in text and "--quick" in text
+
+
+def _report(testing_other: float, ms: float | None) -> dict:
+    sets = {
+        "non_mri": {"flagged": 1.0},
+        "validation": {"flagged": 0.019},
+        "testing": {"flagged": 0.114, "flagged_other_than_ct_like": testing_other},
+    }
+    timing = None
+    if ms is not None:
+        key = f"predict batch ({benchmark.PREDICT_CHUNK}), 1 thread(s)"
+        timing = {"guard_alone_ms_per_image": {key: {"total_ms": ms}}}
+    return {"guard": {"sets": sets}, "timing": timing}
+
+
+def test_targets_judge_testing_on_its_mri_slices_and_name_the_whole_split() -> None:
+    rows = benchmark.targets(_report(0.028, 0.8))
+    assert [row["met"] for row in rows] == [True, True, True, True]
+    testing = rows[2]
+    assert "11.4%" in testing["target"] and testing["value"] == 0.028
+    assert not benchmark.targets(_report(0.06, 1.5))[2]["met"]
+    assert not benchmark.targets(_report(0.06, 1.5))[3]["met"]
+    assert len(benchmark.targets(_report(0.01, None))) == 3  # --quick: no timing target
+    assert "| yes |" in "\n".join(benchmark._targets_lines(rows))

@@ -207,6 +207,7 @@ def test_cli_refuses_a_changed_folder_and_resumes_it_with_force(synthetic_root: 
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("two-process-ddp")  # one at a time: each runs two processes on the two cores
 def test_ddp_with_two_cpu_processes_resumes_exactly(synthetic_root: Path, tmp_path: Path) -> None:
     """Strategy ddp (gloo), 2 processes: killed after epoch 2 (rank 0 kills itself, rank 1 dies with it)."""
     recipe = _recipe("plain")

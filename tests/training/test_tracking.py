@@ -153,6 +153,7 @@ def test_resume_after_kill_9_in_the_middle_of_training(synthetic_root: Path, tmp
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("two-process-ddp")  # one at a time: each runs two processes on the two cores
 def test_ddp_with_two_cpu_processes_matches_a_single_process(synthetic_root: Path, tmp_path: Path) -> None:
     recipe_file = tmp_path / "ddp.yaml"
     recipe_file.write_text(yaml.safe_dump({**TINY_RECIPE, "name": "tiny-ddp"}))
