@@ -160,13 +160,15 @@ class InputGuard:
         self.spec = spec
         self.state = state
         self.detector = create_detector(spec.detector)
+        # Derived once here, not per call: scoring one image should not redo a factorisation.
+        self._scoring = self.detector.prepare(state) if self.detector.prepare is not None else state
         self._low = torch.tensor(spec.evidence_low)
         self._high = torch.tensor(spec.evidence_high)
 
     def score(self, inputs: GuardInputs) -> GuardScores:
         """Scores of images given their :class:`GuardInputs`."""
         feature = _normalised(
-            self.detector.score(self.state, inputs.features, inputs.logits),
+            self.detector.score(self._scoring, inputs.features, inputs.logits),
             self.spec.feature_median,
             self.spec.feature_threshold,
         )
