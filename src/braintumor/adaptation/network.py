@@ -14,7 +14,9 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import itertools
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -26,6 +28,10 @@ from braintumor.errors import BrainTumorError
 from braintumor.models.fusion import fold_batchnorm
 from braintumor.models.network import BrainTumorNet
 from braintumor.runtime import channels_last_batch, to_channels_last
+
+if TYPE_CHECKING:
+    # Only a type here: the data set module imports scikit-learn, which the network code does not need.
+    from braintumor.data.dataset import ImageSet
 
 
 def last_layer(model: nn.Module) -> nn.Linear:
@@ -70,10 +76,27 @@ def penultimate(model: BrainTumorNet, backbone_features: torch.Tensor) -> torch.
     return model.head_penultimate_and_logits(backbone_features)[0].double()
 
 
+def _batches(images: torch.Tensor | ImageSet, batch_size: int) -> Iterator[torch.Tensor]:
+    """Consecutive uint8 batches of a tensor or an image set (a streaming set is decoded from disk per batch)."""
+    if not isinstance(images, torch.Tensor):
+        return images.batches(batch_size)
+    return (images[start : start + batch_size] for start in range(0, len(images), batch_size))
+
+
+def _shuffled_batches(images: torch.Tensor | ImageSet, batch_size: int, seed: int) -> Iterator[torch.Tensor]:
+    """``images`` in a seeded random order, batch by batch: the same permutation, so the same batches, for a
+    tensor and for an image set of the same images."""
+    order = np.random.default_rng(seed).permutation(len(images))
+    if not isinstance(images, torch.Tensor):
+        return images.subset(order).batches(batch_size)
+    index = torch.as_tensor(order)
+    return (images[index[start : start + batch_size]] for start in range(0, len(images), batch_size))
+
+
 @torch.no_grad()
 def adabn(
     backbone: nn.Module,
-    images: torch.Tensor,
+    images: torch.Tensor | ImageSet,
     transform: Callable[[torch.Tensor], torch.Tensor],
     *,
     batch_size: int = ADABN_BATCH_SIZE,
@@ -81,8 +104,10 @@ def adabn(
 ) -> int:
     """AdaBN (Li et al. 2016): replace every BatchNorm's running statistics by the target images' (in place).
 
-    The images are shuffled (a seeded permutation) so that no batch is one folder's, and the statistics
-    are the plain average over batches (``momentum=None``). Returns the number of BatchNorm layers reset.
+    ``images`` is ``[N, 3, S, S]`` uint8 or an :class:`~braintumor.data.dataset.ImageSet` (a streaming one is
+    decoded from disk batch by batch, never held whole); both give the same statistics. The images are
+    shuffled (a seeded permutation) so that no batch is one folder's, and the statistics are the plain average
+    over batches (``momentum=None``). Returns the number of BatchNorm layers reset.
     """
     norms = [layer for layer in backbone.modules() if isinstance(layer, nn.modules.batchnorm._BatchNorm)]
     if not norms:
@@ -91,11 +116,10 @@ def adabn(
     for layer in norms:
         layer.reset_running_stats()
         layer.momentum = None
-    order = torch.as_tensor(np.random.default_rng(seed).permutation(len(images)))
     backbone.train()
     try:
-        for start in range(0, len(images), batch_size):
-            backbone(transform(images[order[start : start + batch_size]]))
+        for batch in _shuffled_batches(images, batch_size, seed):
+            backbone(transform(batch))
     finally:
         backbone.eval()
         for layer, momentum in zip(norms, momenta, strict=True):
@@ -106,20 +130,23 @@ def adabn(
 @torch.inference_mode()
 def backbone_features(
     backbone: nn.Module,
-    images: torch.Tensor,
+    images: torch.Tensor | ImageSet,
     transform: Callable[[torch.Tensor], torch.Tensor],
     *,
     batch_size: int = ADABN_BATCH_SIZE,
 ) -> torch.Tensor:
     """Pooled backbone features ``[N, D]`` (float32, eval mode, NHWC), through a copy with BatchNorm folded
-    into the convolutions (:func:`~braintumor.models.fusion.fold_batchnorm`, as prediction runs it)."""
+    into the convolutions (:func:`~braintumor.models.fusion.fold_batchnorm`, as prediction runs it).
+
+    ``images`` is ``[N, 3, S, S]`` uint8 or an :class:`~braintumor.data.dataset.ImageSet` (a streaming one is
+    decoded from disk batch by batch, in order); both give the same features.
+    """
     backbone.eval()
     to_channels_last(backbone)
-    if not len(images):
+    batches = _batches(images, batch_size)
+    first = next(batches, None) if len(images) else None  # an empty set starts no decoding workers
+    if first is None:
         return torch.zeros((0, 0))
-    network = fold_batchnorm(backbone, channels_last_batch(transform(images[:2]))).model
-    chunks = [
-        network(channels_last_batch(transform(images[start : start + batch_size]))).float()
-        for start in range(0, len(images), batch_size)
-    ]
+    network = fold_batchnorm(backbone, channels_last_batch(transform(first[:2]))).model
+    chunks = [network(channels_last_batch(transform(batch))).float() for batch in itertools.chain([first], batches)]
     return torch.cat(chunks)

@@ -1,10 +1,11 @@
 """``braintumor adapt``: fit a bundle to a site from that site's unlabelled images, into a new bundle.
 
-The steps: list and decode the images (folder names are ignored: no label is read), score them with the
-bundle's input guard and drop what it flags, measure how far the rest sits from the source
+The steps: list the images and check that each decodes (folder names are ignored: no label is read), score
+them with the bundle's input guard and drop what it flags, measure how far the rest sits from the source
 (:mod:`~braintumor.adaptation.evidence`), run the method (:mod:`~braintumor.adaptation.pipeline`) and save a
 copy of the bundle with the adapted weights and an ``extras.adaptation`` record. The original bundle is only
-read.
+read. The pixels are decoded from disk batch by batch whenever a network reads them, never held all at once,
+so a site of any size fits in memory.
 """
 
 from __future__ import annotations
@@ -31,10 +32,10 @@ from braintumor.adaptation.network import (
 )
 from braintumor.adaptation.pipeline import adapt_head, gate, method_settings, min_images, parse_methods
 from braintumor.bundle import AdaptationRecord, Bundle, load_bundle, read_bundle_config, save_bundle
-from braintumor.data.dataset import ImageSet, load_images
+from braintumor.data.dataset import ImageSet, scan_images
 from braintumor.data.layout import Sample
 from braintumor.data.preprocessing import eval_transform
-from braintumor.guard.guard import SOURCE_MEAN, SOURCE_STD, GuardInputs, head_outputs
+from braintumor.guard.guard import SOURCE_MEAN, SOURCE_STD, GuardInputs, head_outputs, images_evidence
 from braintumor.inference.predictor import expand_inputs, probabilities_from_logits
 from braintumor.models.ensemble import EnsembleNet
 from braintumor.models.network import BrainTumorNet
@@ -144,29 +145,44 @@ def member_stats(source: SourceStats, widths: list[int]) -> list[SourceStats]:
     return parts
 
 
-def _decode(files: list[Path], bundle: Bundle, show_progress: bool) -> ImageSet:
+def _scan(files: list[Path], bundle: Bundle, show_progress: bool) -> ImageSet:
+    """The decodable ``files`` as a streaming image set: each file is read once here to hash and check it, and
+    its pixels are decoded again batch by batch when a network needs them (memory does not grow with the site)."""
     # Label 0 for every file: the adaptation never reads a label, whatever the folders are called.
-    return load_images([Sample(path, 0) for path in files], bundle.preprocessing, show_progress=show_progress)
+    samples = [Sample(path, 0) for path in files]
+    return scan_images(
+        samples, bundle.preprocessing, description="Checking the site's images", show_progress=show_progress
+    )
 
 
-def guard_inputs(bundle: Bundle, features: list[torch.Tensor], images: torch.Tensor) -> GuardInputs:
-    """What the guard reads of uint8 ``images``, from each member's backbone ``features`` (a single network is
-    one member): only the heads run."""
+def guard_inputs(bundle: Bundle, features: list[torch.Tensor], images: torch.Tensor | ImageSet) -> GuardInputs:
+    """What the guard reads of ``images`` (uint8 ``[N, 3, S, S]`` or an image set), from each member's backbone
+    ``features`` (a single network is one member): only the heads run."""
     members = network_members(bundle.model)
     if len(members) == 1:
         return head_outputs(members[0], features[0], images)
-    parts = [head_outputs(member, part, images) for member, part in zip(members, features, strict=True)]
+    parts = [_head_outputs(member, part) for member, part in zip(members, features, strict=True)]
     assert isinstance(bundle.model, EnsembleNet)
     with torch.no_grad():
-        logits = bundle.model.combine([part.logits for part in parts])
-    return GuardInputs(torch.cat([part.features for part in parts], dim=1), logits, parts[0].evidence)
+        logits = bundle.model.combine([z for _, z in parts])
+    # The image evidence once for all members: each pass over a streaming set decodes every file again.
+    return GuardInputs(torch.cat([p for p, _ in parts], dim=1), logits, images_evidence(images))
+
+
+@torch.inference_mode()
+def _head_outputs(member: BrainTumorNet, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One member's penultimate features and logits (float32, eval mode) from its cached backbone features, as
+    :func:`~braintumor.guard.guard.head_outputs` computes them."""
+    member.eval()
+    penultimate_features, logits = member.head_penultimate_and_logits(features)
+    return penultimate_features.float(), logits.float()
 
 
 def _guard_filter(bundle: Bundle, images: ImageSet, features: list[torch.Tensor]) -> tuple[torch.Tensor, float]:
     """A mask of the images the guard accepts (all when there is no guard) and the flagged share."""
     if bundle.guard is None:
         return torch.ones(len(images), dtype=torch.bool), 0.0
-    flagged = bundle.guard.score(guard_inputs(bundle, features, images.images)).flagged
+    flagged = bundle.guard.score(guard_inputs(bundle, features, images)).flagged
     return ~flagged, float(flagged.float().mean())
 
 
@@ -257,12 +273,12 @@ def _fit(
     of them side by side, so one verdict gates every member alike.
     """
     members = network_members(bundle.model)
-    decoded = _decode(files, bundle, show_progress)
+    scanned = _scan(files, bundle, show_progress)
     transform = eval_transform(bundle.preprocessing)
-    features = [backbone_features(member.backbone, decoded.images, transform) for member in members]
-    accepted, flagged_share = _guard_filter(bundle, decoded, features)
-    kept = decoded.subset(torch.nonzero(accepted).flatten())
-    rejected = [str(p) for p, ok in zip(decoded.paths, accepted.tolist(), strict=True) if not ok]
+    features = [backbone_features(member.backbone, scanned, transform) for member in members]
+    accepted, flagged_share = _guard_filter(bundle, scanned, features)
+    kept = scanned.subset(torch.nonzero(accepted).flatten())
+    rejected = [str(p) for p, ok in zip(scanned.paths, accepted.tolist(), strict=True) if not ok]
     if len(kept) < min_images(methods):
         raise AdaptationError(
             f"only {len(kept)} of {len(files)} images were decodable and accepted by the input guard; "
@@ -318,8 +334,8 @@ def _adapt_members(
     for member, z, member_source in zip(members, penultimates, sources, strict=True):
         before.append(head_state(member).logits(z))
         if "adabn" in applied:
-            adabn(member.backbone, kept.images, transform)
-            z = penultimate(member, backbone_features(member.backbone, kept.images, transform))
+            adabn(member.backbone, kept, transform)
+            z = penultimate(member, backbone_features(member.backbone, kept, transform))
         adapted, fitted = adapt_head(applied, z, head_state(member), member_source, temperature)
         set_head_state(member, adapted)
         fitted_parts.append(fitted)
