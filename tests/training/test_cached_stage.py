@@ -10,9 +10,10 @@ import timm
 import torch
 
 from braintumor.bundle import load_bundle
-from braintumor.config import FineTuneStage, RecipeError, apply_overrides
+from braintumor.config import FineTuneStage, Recipe, RecipeError, apply_overrides
 from braintumor.models import create_model
 from braintumor.training.finetune import prepare_stage, split_backbone
+from braintumor.training.fitting import RunOptions
 from braintumor.workflows.train import train_recipe
 from tests.conftest import tiny_recipe
 
@@ -64,9 +65,9 @@ def test_cached_stages_need_a_frozen_lower_part() -> None:
 @pytest.mark.slow
 def test_cached_stage_trains_the_same_network_as_the_image_path(synthetic_root: Path, tmp_path: Path) -> None:
     """Without augmentation the cached activations are exact: both paths must give the same weights."""
-    results = {}
-    for cached in (True, False):
-        recipe = tiny_recipe(
+
+    def recipe_for(cached: bool) -> Recipe:
+        return tiny_recipe(
             model={**TINY_LITE, "head": "linear", "freeze_backbone": True},
             augment={"enabled": False},
             train={
@@ -74,10 +75,19 @@ def test_cached_stage_trains_the_same_network_as_the_image_path(synthetic_root: 
                 "finetune_stages": [{"epochs": 2, "unfreeze": 2, "learning_rate": 1e-3, "cache_frozen_layers": cached}],
             },
         )
-        result = train_recipe(recipe, synthetic_root, tmp_path / str(cached), show_progress=False)
+
+    results = {}
+    for cached in (True, False):
+        result = train_recipe(recipe_for(cached), synthetic_root, tmp_path / str(cached), show_progress=False)
         results[cached] = (load_bundle(result.bundle_dir).model.state_dict(), result.history, result.bundle_dir)
     for key, value in results[True][0].items():
         torch.testing.assert_close(value, results[False][0][key], atol=1e-4, rtol=1e-3, msg=key)
+    # Over the memory budget the activations are memory-mapped files: the same network, the files gone after.
+    on_disk = train_recipe(recipe_for(True), synthetic_root, tmp_path / "disk", show_progress=False,
+                           options=RunOptions(show_progress=False, cache_memory_mb=0))  # fmt: skip
+    for key, value in load_bundle(on_disk.bundle_dir).model.state_dict().items():
+        assert torch.equal(value, results[True][0][key]), key
+    assert not list((on_disk.run_dir / "feature_cache").glob("stage-*"))
     stage_losses = {c: [r["val_loss"] for r in results[c][1] if r["stage"] == "finetune-1"] for c in results}
     assert len(stage_losses[True]) == 2
     assert stage_losses[True] == pytest.approx(stage_losses[False], rel=1e-4)

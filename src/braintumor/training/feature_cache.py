@@ -144,6 +144,21 @@ def _fingerprint(context: FitContext) -> str:
     ).hexdigest()
 
 
+def stage_activation_store(context: FitContext, index: int) -> FeatureStore:
+    """Where a cached fine-tuning stage's frozen-bottom activations go: in memory within the run's budget, else
+    memory-mapped from ``<cache dir>/stage-<index>-activations/`` (rewritten by each run of the stage; other DDP
+    ranks keep theirs in memory, as for the probe's features)."""
+    folder = feature_cache_dir(context) / f"stage-{index}-activations" if rank_zero_only.rank == 0 else None
+    return FeatureStore(folder, _memory_budget(context))
+
+
+def remove_stage_activations(store: FeatureStore) -> None:
+    """Delete a finished stage's memory-mapped activations (nothing to do when they were in memory)."""
+    if store.maps and store.folder is not None:
+        store.maps.clear()
+        shutil.rmtree(store.folder, ignore_errors=True)
+
+
 def feature_cache_dir(context: FitContext) -> Path:
     """The folder of features over the memory budget: ``RunOptions.cache_dir`` or ``<run>/feature_cache``."""
     options = context.options

@@ -18,7 +18,13 @@ from torch.utils.data import DataLoader
 from braintumor.config import FineTuneStage
 from braintumor.errors import BrainTumorError
 from braintumor.models.network import BrainTumorNet
-from braintumor.training.feature_cache import encode_views, teacher_view_logits
+from braintumor.training.feature_cache import (
+    FeatureStore,
+    encode_views,
+    remove_stage_activations,
+    stage_activation_store,
+    teacher_view_logits,
+)
 from braintumor.training.finetune import FineTuneNet, interpolate_weights, prepare_stage, split_backbone
 from braintumor.training.fitting import (
     FitContext,
@@ -74,7 +80,8 @@ def _fit_stage(
     """One stage's fit (continued from its ``last.ckpt`` when resuming), its final weights saved."""
     stage_dir = context.run_dir / "checkpoints" / f"stage-{index}"
     last = stage_dir / "last.ckpt"
-    network, loaders, callbacks = _stage_inputs(model, context, index, stage)
+    store = stage_activation_store(context, index)
+    network, loaders, callbacks = _stage_inputs(model, context, index, stage, store)
     module = classifier(network, context, optimizer_groups)
     context.history.stage = f"finetune-{index}"
     trainer = fit_module(
@@ -87,13 +94,15 @@ def _fit_stage(
         checkpoint_dir=stage_dir,
     )
     save_weights(model, stage_dir / FINAL_FILE, context.history)
+    remove_stage_activations(store)
     return trainer
 
 
 def _stage_inputs(
-    model: BrainTumorNet, context: FitContext, index: int, stage: FineTuneStage
+    model: BrainTumorNet, context: FitContext, index: int, stage: FineTuneStage, store: FeatureStore
 ) -> tuple[FineTuneNet, tuple[DataLoader, DataLoader], list[L.Callback]]:
-    """What a stage trains and on what: the whole network on images, or its top on cached bottom activations."""
+    """What a stage trains and on what: the whole network on images, or its top on cached bottom activations
+    (in ``store``: memory-mapped files when they are over the run's memory budget)."""
     frozen = context.recipe.train.finetune_batchnorm == "frozen"
     if not stage.cache_frozen_layers:
         return FineTuneNet(model, model.backbone if frozen else None), image_loaders(context), []
@@ -106,7 +115,7 @@ def _stage_inputs(
         )
     bottom, top = split
     # The frozen bottom's activations are computed once per cached view, not once per epoch.
-    train_activations, val_activations = encode_views(bottom, context)
+    train_activations, val_activations = encode_views(bottom, context, store)
     teacher_views = teacher_view_logits(context)
     val_batch = context.recipe.data.batch_size * 2
     loaders = view_loaders(train_activations, val_activations, context, val_batch, teacher_views)
