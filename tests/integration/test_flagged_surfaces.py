@@ -1,10 +1,12 @@
 """An input the input guard flags gets no diagnosis on any surface.
 
-Two inputs nothing like a brain MRI slice, a photo-like image of saturated colours and a white page with dark
-lines of "text", go through every surface: the Python API, ``predict --json`` and ``--csv``, ``/v1/predict``,
-``/v1/explain``, ``braintumor explain``, ``evaluate``'s ``predictions.csv``, the MLflow pyfunc model, TTA, an
-ensemble and batch prediction's shards. None of
-them gives a class; each says the input was flagged and why.
+Inputs nothing like a brain MRI slice (a photo-like image of saturated colours, a white page with dark lines of
+"text", and the four uploads that used to get a diagnosis beside their flag: a colour gradient, colour noise, a
+blank white image and 16-bit grey noise) go through every surface: the Python API, ``predict --json`` and
+``--csv``, ``/v1/predict``, ``/v1/explain``, ``braintumor explain``, ``evaluate``'s ``predictions.csv``, the MLflow
+pyfunc model, TTA, an ensemble and batch prediction's shards. None of them gives a class; each says the input was
+flagged and why. A CT stored as DICOM is refused by its header on every surface that reads DICOM, with the
+modality as the reason.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from braintumor.api import FLAG_REASON
 from braintumor.cli import app
 from tests.serving.test_serving_guard import make_client
 
-KINDS = ("photo", "text")
+KINDS = ("photo", "text", "gradient", "colour_noise", "blank_white", "grey_noise_16bit")
 
 
 def photo_like(seed: int = 0) -> Image.Image:
@@ -46,12 +48,34 @@ def text_like() -> Image.Image:
     return page
 
 
+def gradient() -> Image.Image:
+    """A smooth colour gradient, as a photo's sky or a slide background."""
+    x, y = np.meshgrid(np.linspace(0, 1, 160), np.linspace(0, 1, 120))
+    return Image.fromarray((np.stack([x, y, 1 - x], axis=-1) * 255).astype(np.uint8))
+
+
+def colour_noise(seed: int = 1) -> Image.Image:
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (120, 160, 3), dtype=np.uint8))
+
+
+def grey_noise_16bit(seed: int = 2) -> Image.Image:
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 65536, (120, 160), dtype=np.uint16))
+
+
 @pytest.fixture(scope="module")
 def flagged_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("flagged-inputs")
-    files = {"photo": folder / "photo.png", "text": folder / "text.png"}
-    photo_like().save(files["photo"])
-    text_like().save(files["text"])
+    images = {
+        "photo": photo_like(),
+        "text": text_like(),
+        "gradient": gradient(),
+        "colour_noise": colour_noise(),
+        "blank_white": Image.new("RGB", (120, 160), (255, 255, 255)),
+        "grey_noise_16bit": grey_noise_16bit(),
+    }
+    files = {kind: folder / f"{kind}.png" for kind in KINDS}
+    for kind, image in images.items():
+        image.save(files[kind])
     return files
 
 
@@ -116,7 +140,7 @@ def test_evaluate_predictions_csv(
     for kind, path in flagged_files.items():
         shutil.copy(path, root / "Testing" / "glioma_tumor" / f"{kind}.png")
     evaluation = braintumor.load(trained_run.bundle_dir).evaluate(data=root, split="Testing", out=tmp_path / "eval")
-    assert evaluation.metrics.n_images == 10  # every image counts in the metrics, as before
+    assert evaluation.metrics.n_images == 8 + len(KINDS)  # every image counts in the metrics, as before
     with (tmp_path / "eval" / "predictions.csv").open(encoding="utf-8") as handle:
         rows = {Path(row["path"]).stem: row for row in csv.DictReader(handle)}
     for kind in KINDS:
@@ -131,8 +155,8 @@ def test_mlflow_pyfunc(trained_run, flagged_files: dict[str, Path]) -> None:
     model = BundlePyfunc()
     model.load_context(SimpleNamespace(artifacts={BUNDLE_ARTIFACT: str(trained_run.bundle_dir)}))
     frame = model.predict(None, pd.DataFrame({"image": [path.read_bytes() for path in flagged_files.values()]}))
-    assert frame["class"].tolist() == [None, None]
-    assert frame["flagged"].tolist() == [True, True] and all(frame["flag_reason"])
+    assert frame["class"].tolist() == [None] * len(KINDS)
+    assert frame["flagged"].tolist() == [True] * len(KINDS) and all(frame["flag_reason"])
 
 
 def test_every_surface_gives_the_same_reason() -> None:
@@ -145,7 +169,9 @@ def test_tta_ensemble_and_batch_predictions(trained_run, flagged_files: dict[str
     from braintumor.batch import read_shards
 
     model = braintumor.load(trained_run.bundle_dir)
-    for prediction in model.predict(list(flagged_files.values()), tta=True):
+    tta = model.predict(list(flagged_files.values()), tta=True)
+    assert len(tta) == len(KINDS)
+    for prediction in tta:
         assert prediction.class_name is None and prediction.flagged and prediction.flag_reason
     pair = braintumor.ensemble([trained_run.bundle_dir, trained_run.bundle_dir], tmp_path / "pair", show_progress=False)
     for prediction in pair.predict(list(flagged_files.values())):
@@ -159,3 +185,37 @@ def test_tta_ensemble_and_batch_predictions(trained_run, flagged_files: dict[str
     assert len(records) == len(KINDS)
     for record in records:
         _assert_no_class(record)
+
+
+@pytest.fixture(scope="module")
+def ct_dicom(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    pytest.importorskip("pydicom")
+    from braintumor.data.synthetic_volumes import series_datasets, to_bytes, tumour_stack
+
+    dataset = series_datasets(tumour_stack(3, 32, seed=4))[0]
+    dataset.Modality, dataset.BodyPartExamined = "CT", "HEAD"
+    path = tmp_path_factory.mktemp("ct") / "head_ct.dcm"
+    path.write_bytes(to_bytes(dataset))
+    return path
+
+
+def test_a_ct_dicom_gets_no_class_on_any_surface(trained_run, client: Any, ct_dicom: Path, tmp_path: Path) -> None:
+    from braintumor.batch import read_shards
+
+    model = braintumor.load(trained_run.bundle_dir)
+    predictions = model.predict(ct_dicom)
+    assert len(predictions) == 0 and "CT" in predictions.skipped[0].reason
+    json_out = tmp_path / "p.json"
+    result = CliRunner().invoke(app, ["predict", str(trained_run.bundle_dir), str(ct_dicom), "--json", str(json_out)])
+    payload = json.loads(json_out.read_text()) if json_out.is_file() else {"predictions": [], "skipped": []}
+    assert payload["predictions"] == [] and "CT" in result.output.replace("\n", "")
+    for route in ("/v1/predict", "/v1/explain"):
+        answer = client.post(route, files={"file": ("ct.dcm", ct_dicom.read_bytes(), "application/dicom")})
+        assert answer.status_code != 200 or answer.json().get("class_name") is None, answer.text
+        assert "CT" in answer.text
+    folder = tmp_path / "archive"
+    folder.mkdir()
+    shutil.copy(ct_dicom, folder / ct_dicom.name)
+    model.predict_batch(folder, tmp_path / "batch")
+    for record in read_shards(tmp_path / "batch").to_pylist():
+        assert not record.get("class_name") and "CT" in str(record.get("error") or record.get("flag_reason")), record
