@@ -49,6 +49,10 @@ PrecisionChoice = Literal["auto", "32", "32-true", "bf16-mixed"]
 # What "auto" and the aliases resolve to: Lightning's precision strings.
 Precision = Literal["32-true", "bf16-mixed"]
 PRECISION_CHOICES: tuple[str, ...] = ("auto", "32", "32-true", "bf16-mixed")
+# Images per forward pass where a network only reads (features, validation, the guard's outputs): the activations
+# of a 260 px EfficientNet grow with the batch (over a gigabyte at 64 images), and half the batch halves them at
+# the same speed on a CPU; each image's outputs do not depend on the batch it is in (tests/training/test_features.py).
+INFERENCE_BATCH_SIZE = 32
 TUNING_ENV = "BRAINTUMOR_CPU_TUNING"
 
 # glibc's mallopt parameters (malloc.h).

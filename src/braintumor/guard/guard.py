@@ -40,7 +40,7 @@ from braintumor.guard.evidence import (
 )
 from braintumor.guard.reasons import FlagReason, reason_indices, reasons_of
 from braintumor.guard.spec import GuardSpec
-from braintumor.runtime import autocast, channels_last_batch, to_channels_last
+from braintumor.runtime import INFERENCE_BATCH_SIZE, autocast, channels_last_batch, to_channels_last
 
 if TYPE_CHECKING:
     # Only a type here: the data set module imports scikit-learn, which a served prediction does not need.
@@ -92,7 +92,7 @@ def model_outputs(
     model: torch.nn.Module,
     normalise: Normalise,
     images: torch.Tensor | ImageSet,
-    batch_size: int = 64,
+    batch_size: int = INFERENCE_BATCH_SIZE,
     precision: str = "32-true",
 ) -> GuardInputs:
     """:class:`GuardInputs` of uint8 ``images`` (run in eval mode).

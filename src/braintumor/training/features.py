@@ -14,7 +14,7 @@ from torch.utils.data import Dataset
 
 from braintumor.data.dataset import ImageSet
 from braintumor.progress import progress_bar
-from braintumor.runtime import autocast, channels_last_batch, to_channels_last, tune_cpu_runtime
+from braintumor.runtime import INFERENCE_BATCH_SIZE, autocast, channels_last_batch, to_channels_last, tune_cpu_runtime
 from braintumor.training.determinism import kill_point
 
 # Where encoder outputs are written: ``allocate(count, shape)`` gives a float32 ``[count, *shape]`` tensor.
@@ -30,7 +30,7 @@ def extract_features(
     image_set: ImageSet,
     transform: Callable[[torch.Tensor], torch.Tensor],
     *,
-    batch_size: int = 64,
+    batch_size: int = INFERENCE_BATCH_SIZE,
     description: str = "Backbone features",
     show_progress: bool = True,
     per_image: bool = True,

@@ -13,12 +13,16 @@ from braintumor.data.preprocessing import Preprocessing, eval_transform
 from braintumor.evaluation.metrics import classification_metrics
 from braintumor.inference.predictor import probabilities_from_logits
 from braintumor.models.network import BrainTumorNet
-from braintumor.runtime import autocast, channels_last_batch, to_channels_last
+from braintumor.runtime import INFERENCE_BATCH_SIZE, autocast, channels_last_batch, to_channels_last
 
 
 @torch.inference_mode()
 def predict_probabilities(
-    model: BrainTumorNet, image_set: ImageSet, prep: Preprocessing, batch_size: int = 64, precision: str = "32-true"
+    model: BrainTumorNet,
+    image_set: ImageSet,
+    prep: Preprocessing,
+    batch_size: int = INFERENCE_BATCH_SIZE,
+    precision: str = "32-true",
 ) -> np.ndarray:
     """Softmax probabilities of ``model`` on ``image_set`` (held in memory or streamed from disk; eval mode,
     no augmentation, NHWC order)."""
