@@ -13,6 +13,10 @@ Measured in both: training images/s of ``seed-cnn`` (augmented batches, forward,
 extraction images/s of Lite0 (224 px) and Lite2 (260 px, head crop), ``evaluate`` of ``--eval-images`` Training
 images with ``--bundle`` (wall time: decoding, model, metrics, plots), and the validation accuracy of
 ``--bundle`` (and of ``--bf16-bundle``, a network whose default is bf16) with 95% bootstrap intervals.
+In the default path only: the bare network's images/s beside the product's clean and augmented feature views
+of ``lite0-lpft-cached`` (streamed from disk as training reads them), and the augmented view's time over the
+clean view's. To see a CPU without bf16 units on one that has them, run it with ``ONEDNN_MAX_CPU_ISA=AVX2
+ATEN_CPU_CAPABILITY=avx2`` (oneDNN and PyTorch then use their AVX2 kernels, and ``precision: auto`` picks fp32).
 Writes ``benchmarks/results/cpu_speed.json`` with ``train_speedup``, ``feature_speedup`` (the smaller of the
 two backbones') and ``evaluate_speedup``. ``--quick``: a few batches each (under 3 minutes), for a check.
 """
@@ -33,6 +37,8 @@ from common import command_line, data_parser, option, produced_by, use_weights_d
 RESULTS = Path(__file__).resolve().parent / "results" / "cpu_speed.json"
 PATHS = ("eager", "default")
 FEATURE_RECIPES = ("lite0-probe", "lite2-probe")
+# The recipe whose training encodes augmented views (clean view + 2 augmented, each a pass over Training).
+VIEW_RECIPE = "lite0-lpft-cached"
 
 
 def _arguments() -> argparse.Namespace:
@@ -42,6 +48,7 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--train-images", type=int, default=320, help="Training images timed for seed-cnn.")
     parser.add_argument("--feature-images", type=int, default=512, help="Images timed per backbone.")
     parser.add_argument("--eval-images", type=int, default=1520, help="Images evaluate reads.")
+    parser.add_argument("--view-images", type=int, default=512, help="Images per feature view timed.")
     parser.add_argument("--quick", action="store_true", help="A few batches each, for a check.")
     parser.add_argument("--out", type=Path, default=RESULTS)
     # Set by the parent for its child processes only.
@@ -79,6 +86,8 @@ def _measure(args: argparse.Namespace) -> dict[str, Any]:
             for name in FEATURE_RECIPES
         },
     }
+    if not eager:
+        result["views"] = speed.view_throughput(VIEW_RECIPE, args.data, args.view_images)
     if args.bundle is not None:
         root = _evaluation_root(args.data, args.eval_images)
         result["evaluate"] = speed.evaluate_throughput(args.bundle, root, "Bench", root / "eval", precision)
@@ -107,6 +116,7 @@ def _summary(eager: dict[str, Any], default: dict[str, Any]) -> dict[str, Any]:
         "feature_speedup": min(features.values()),
         "feature_speedup_by_recipe": features,
         "evaluate_speedup": _ratio(default["evaluate"], eager["evaluate"]) if "evaluate" in default else None,
+        "augmented_over_clean_time": default["views"]["augmented_over_clean_time"],
     }
     return summary
 
@@ -130,14 +140,20 @@ def _print(eager: dict[str, Any], default: dict[str, Any], summary: dict[str, An
             f"validation accuracy of {fast['bundle']} ({fast['n_images']} images): eager fp32 {slow['accuracy']:.2%} "
             f"[{slow['ci95'][0]:.2%}, {slow['ci95'][1]:.2%}], default ({fast['precision']}) {fast['accuracy']:.2%}"
         )
-    print(json.dumps({key: summary[key] for key in ("train_speedup", "feature_speedup", "evaluate_speedup")}))
+    views = default["views"]
+    print(f"{views['recipe']} feature views ({views['images']} images streamed from disk, {views['precision']}):")
+    for name, rate in views["images_per_s"].items():
+        print(f"  {name:<28} {rate:>8.1f} img/s")
+    print(f"  augmented view time over clean view time: {views['augmented_over_clean_time']:.2f}x")
+    keys = ("train_speedup", "feature_speedup", "evaluate_speedup", "augmented_over_clean_time")
+    print(json.dumps({key: summary[key] for key in keys}))
 
 
 def main() -> None:
     args = _arguments()
     use_weights_dir(args)
     if args.quick:
-        args.train_images, args.feature_images, args.eval_images = 96, 64, 128
+        args.train_images, args.feature_images, args.eval_images, args.view_images = 96, 64, 128, 64
     if args.path is not None:
         write_json(args.child_out, _measure(args))
         return

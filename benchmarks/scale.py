@@ -3,6 +3,7 @@
 Usage:
     .venv/bin/python benchmarks/scale.py [--data ROOT] [--sizes 3000 30000] [--work DIR]
     .venv/bin/python benchmarks/scale.py --quick        # 40 and 200 images at 64 px; results stay in --work
+    .venv/bin/python benchmarks/scale.py --stages audit # re-measure one stage; the others keep their rows
 
 For each size N a tree ``<work>/tree-N/Training/<class>/`` is made from the Training images of ``--data``
 (Testing is never read): image ``i`` is Training image ``i mod 2870`` (in turn over the sorted paths, so the class
@@ -30,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +44,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 BRAINTUMOR = [sys.executable, "-m", "braintumor.cli"]
 # The limit the scale work is held to: peak RSS at the largest size at most this times the smallest's.
 RSS_RATIO_LIMIT = 1.3
+STAGES = ("train", "evaluate", "predict", "audit")
 
 
 def build_tree(data: Path, tree: Path, count: int, seed: int = 0) -> None:
@@ -68,34 +71,75 @@ def run_command(arguments: list[str]) -> dict[str, Any]:
     return {"seconds": round(seconds, 2), "peak_rss_mb": round(usage.ru_maxrss / 1024, 1)}
 
 
-def measure_size(tree: Path, work: Path, count: int, overrides: list[str]) -> dict[str, dict[str, Any]]:
-    """The four stages on one tree: seconds, images/s and peak RSS of each."""
+def measure_size(
+    tree: Path, work: Path, count: int, overrides: list[str], stages: Sequence[str] = STAGES
+) -> dict[str, dict[str, Any]]:
+    """The chosen stages on one tree: seconds, images/s and peak RSS of each (evaluate and predict need train)."""
     run_dir, bundle = work / "run", work / "run" / "bundle"
-    train = ["train", "lite2-probe", "--data", str(tree), "--out", str(run_dir), "--tracker", "none", "--no-onnx"]
-    train += [part for value in overrides for part in ("--set", value)] + ["--quiet"]
-    stages = {"train": run_command(train)}
-    record = json.loads((bundle / "config.json").read_text(encoding="utf-8"))["training"]
-    feature_s = record["timing"]["feature_extraction_s"]
-    stages["train"]["images_per_s"] = round((record["n_train"] + record["n_val"]) / feature_s, 2)
-    stages["train"]["feature_stage_s"] = feature_s
-    evaluate = ["evaluate", str(bundle), "--data", str(tree), "--split", "Training", "--out", str(work / "eval")]
-    stages["evaluate"] = run_command([*evaluate, "--quiet"])
-    stages["predict"] = run_command(["predict", str(bundle), str(tree / "Training"), "--out-dir", str(work / "pred")])
-    stages["audit"] = run_command(["audit", str(tree), "--out", str(work / "audit"), "--no-cache", "--no-report", "-q"])
+    results: dict[str, dict[str, Any]] = {}
+    if "train" in stages:
+        train = ["train", "lite2-probe", "--data", str(tree), "--out", str(run_dir), "--tracker", "none", "--no-onnx"]
+        results["train"] = run_command(train + [part for value in overrides for part in ("--set", value)] + ["-q"])
+        record = json.loads((bundle / "config.json").read_text(encoding="utf-8"))["training"]
+        feature_s = record["timing"]["feature_extraction_s"]
+        results["train"]["images_per_s"] = round((record["n_train"] + record["n_val"]) / feature_s, 2)
+        results["train"]["feature_stage_s"] = feature_s
+    if "evaluate" in stages:
+        evaluate = ["evaluate", str(bundle), "--data", str(tree), "--split", "Training", "--out", str(work / "eval")]
+        results["evaluate"] = run_command([*evaluate, "--quiet"])
+    if "predict" in stages:
+        predict = ["predict", str(bundle), str(tree / "Training"), "--out-dir", str(work / "pred")]
+        results["predict"] = run_command(predict)
+    if "audit" in stages:
+        audit = ["audit", str(tree), "--out", str(work / "audit"), "--no-cache", "--no-report", "-q"]
+        results["audit"] = run_command(audit)
     for name in ("evaluate", "predict", "audit"):
-        stages[name]["images_per_s"] = round(count / stages[name]["seconds"], 2)
-    return stages
+        if name in results:
+            results[name]["images_per_s"] = round(count / results[name]["seconds"], 2)
+    return results
+
+
+def merge_committed(
+    results: dict[int, dict[str, dict[str, Any]]], sizes: list[int], committed: Path
+) -> dict[int, dict[str, dict[str, Any]]]:
+    """The committed results with the stages measured now replaced; other stages keep their own provenance."""
+    if not committed.exists():
+        raise SystemExit(f"--stages re-measures part of {committed}, which does not exist: run every stage first")
+    earlier = json.loads(committed.read_text(encoding="utf-8"))
+    if earlier["sizes"] != sizes:
+        raise SystemExit(f"{committed} has sizes {earlier['sizes']}, not {sizes}: re-run every stage")
+    merged: dict[int, dict[str, dict[str, Any]]] = {}
+    for size in sizes:
+        kept = earlier["results"][str(size)]
+        for stage in kept.values():
+            stage.setdefault("measured_by", earlier["command"])
+            stage.setdefault("date", earlier.get("date", "an earlier run"))
+        merged[size] = {**kept, **results[size]}
+    return merged
 
 
 def table(sizes: list[int], results: dict[int, dict[str, dict[str, Any]]], caption: str) -> str:
     """Markdown: per stage, images/s and peak RSS at each size and the RSS ratio of the largest to the smallest."""
     columns = ["stage", *[f"{size} images: images/s" for size in sizes], *[f"{size}: peak RSS MB" for size in sizes]]
     lines = markdown_header([*columns, "RSS ratio"], "l" + "r" * (2 * len(sizes) + 1))
-    for stage in ("train", "evaluate", "predict", "audit"):
+    for stage in STAGES:
         rates = [str(results[size][stage]["images_per_s"]) for size in sizes]
         rss = [results[size][stage]["peak_rss_mb"] for size in sizes]
         lines.append(markdown_row([stage, *rates, *map(str, rss), f"{rss[-1] / rss[0]:.2f}"]))
     return "\n".join([*lines, "", caption, ""])
+
+
+def provenance(results: dict[int, dict[str, dict[str, Any]]], sizes: list[int], caption: str) -> str:
+    """The caption, with a line for each stage measured by an earlier run (its command and date)."""
+    earlier: dict[tuple[str, str], list[str]] = {}
+    for stage in STAGES:
+        entry = results[sizes[-1]][stage]
+        if "measured_by" in entry:
+            earlier.setdefault((entry["measured_by"], entry["date"]), []).append(stage)
+    lines = [caption]
+    for (command, date), stages in earlier.items():
+        lines.append(f"The {', '.join(stages)} rows: measured by `{command}`, {date}.")
+    return "\n\n".join(lines)
 
 
 def main() -> None:
@@ -106,7 +150,17 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[3000, 30000])
     parser.add_argument("--work", type=Path, default=None, help="Where the trees and outputs go (default: temporary).")
     parser.add_argument("--quick", action="store_true", help="40 and 200 images at 64 px; results stay in --work.")
+    parser.add_argument(
+        "--stages",
+        nargs="+",
+        choices=STAGES,
+        default=list(STAGES),
+        help="Measure only these stages; the committed results keep the other stages' rows with their own command.",
+    )
     args = parser.parse_args()
+    stages = [stage for stage in STAGES if stage in args.stages]
+    if {"evaluate", "predict"} & set(stages) and "train" not in stages:
+        parser.error("evaluate and predict score the bundle that train writes: add train to --stages")
     sizes = [40, 200] if args.quick else sorted(args.sizes)
     # The recipe as it is; --quick only shrinks the images so that the check takes seconds.
     overrides = ["data.image_size=64", "train.max_epochs=3"] if args.quick else []
@@ -118,22 +172,41 @@ def main() -> None:
         started = time.perf_counter()
         build_tree(args.data, tree, size)
         print(f"tree of {size} images in {time.perf_counter() - started:.0f} s: {tree}", flush=True)
-        results[size] = measure_size(tree, work / f"out-{size}", size, overrides)
+        results[size] = measure_size(tree, work / f"out-{size}", size, overrides, stages)
         print(json.dumps(results[size]), flush=True)
-    command = command_line("scale.py", "--quick" if args.quick else option("--sizes", sizes, [3000, 30000]))
+    sizes_option = option("--sizes", sizes, [3000, 30000])
+    stages_option = option("--stages", stages, list(STAGES))
+    command = command_line("scale.py", "--quick" if args.quick else sizes_option, stages_option)
+    target = (work if args.quick else RESULTS) / "scale.md"
+    if stages != list(STAGES):
+        if args.quick:
+            raise SystemExit(f"measured {stages} only: {json.dumps(results)}")
+        results = merge_committed(results, sizes, target.with_suffix(".json"))
     caption = produced_by(
         command.strip(),
         f"load average {load_start:.1f} at the start and {os.getloadavg()[0]:.1f} at the end, ",
     )
+    write_results(target, sizes, overrides, results, command, provenance(results, sizes, caption))
+
+
+def write_results(
+    target: Path,
+    sizes: list[int],
+    overrides: list[str],
+    results: dict[int, dict[str, dict[str, Any]]],
+    command: str,
+    caption: str,
+) -> None:
+    """The Markdown table and the JSON record, and the ratios checked against the limit."""
     markdown = table(sizes, results, caption)
-    target = (work if args.quick else RESULTS) / "scale.md"
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(markdown, encoding="utf-8")
     ratios = {
         stage: round(results[sizes[-1]][stage]["peak_rss_mb"] / results[sizes[0]][stage]["peak_rss_mb"], 3)
-        for stage in ("train", "evaluate", "predict", "audit")
+        for stage in STAGES
     }
     full = {"sizes": sizes, "overrides": overrides, "results": results, "rss_ratio": ratios, "command": command}
+    full["date"] = time.strftime("%Y-%m-%d")
     full["within_limit"] = all(ratio <= RSS_RATIO_LIMIT for ratio in ratios.values())
     write_json(target.with_suffix(".json"), full)
     print(markdown)

@@ -42,6 +42,13 @@ TINY_VIT = {
 }
 
 
+@pytest.fixture(autouse=True)
+def _seeded_torch() -> None:
+    """Every test starts from the same torch seed: what a test draws must not depend on which tests ran
+    before it in the same xdist worker (the split of tests over workers differs between machines)."""
+    torch.manual_seed(0)
+
+
 def tiny_recipe(**sections: dict) -> Recipe:
     """The tiny test recipe with some sections updated (``tiny_recipe(train={"max_epochs": 2})``)."""
     raw = {key: dict(value) if isinstance(value, dict) else value for key, value in TINY_RECIPE.items()}

@@ -20,14 +20,20 @@ from torch.utils.data import DataLoader
 from braintumor.bundle import load_bundle
 from braintumor.bundle.validation import validation_samples
 from braintumor.config import Recipe, load_recipe
-from braintumor.data.dataset import ImageSet, ImageTensorDataset, load_images
+from braintumor.data.dataset import ImageSet, ImageTensorDataset, load_images, scan_images
 from braintumor.data.layout import Sample, discover_split
 from braintumor.data.preprocessing import eval_transform, train_transform
 from braintumor.evaluation.evaluate import evaluate_bundle
 from braintumor.evaluation.metrics import bootstrap_confidence_intervals
 from braintumor.inference.predictor import Predictor
 from braintumor.models import create_model, resolve_preprocessing
-from braintumor.runtime import autocast, channels_last_batch, resolve_precision, to_channels_last
+from braintumor.runtime import (
+    INFERENCE_BATCH_SIZE,
+    autocast,
+    channels_last_batch,
+    resolve_precision,
+    to_channels_last,
+)
 from braintumor.training.features import extract_features
 
 
@@ -142,3 +148,56 @@ def validation_accuracy(bundle_dir: Path, data_root: Path | None, precision: str
         "accuracy": float(np.mean(predicted == labels)),
         "ci95": [interval["low"], interval["high"]],
     }
+
+
+def view_throughput(recipe_ref: str, data: Path, images: int) -> dict[str, Any]:
+    """Images/s of the bare network beside the product's clean and augmented feature views, as training runs them.
+
+    The views stream from disk as training reads them (decoding in worker processes, the augmentation drawn per
+    image); the bare network runs on inputs prepared beforehand, so it is what the views could reach at best.
+    Each is warmed up on one batch first.
+    """
+    recipe = load_recipe(recipe_ref)
+    model = create_model(recipe)
+    prep = resolve_preprocessing(recipe, model)
+    samples = spread_samples(data, images)
+    image_set = scan_images(samples, prep, show_progress=False)
+    precision, channels_last = recipe.precision(), recipe.train.channels_last
+    run = {"show_progress": False, "precision": precision, "channels_last": channels_last}
+    clean, augmented = eval_transform(prep), train_transform(recipe.augment, prep)
+    inputs = clean(load_images(samples, prep, show_progress=False).images)
+    backbone = model.backbone.eval()
+    if channels_last:
+        to_channels_last(backbone)  # as extract_features runs it
+
+    def bare() -> None:
+        with torch.inference_mode(), autocast(precision):
+            for start in range(0, len(inputs), INFERENCE_BATCH_SIZE):
+                batch = inputs[start : start + INFERENCE_BATCH_SIZE]
+                backbone(channels_last_batch(batch) if channels_last else batch)
+
+    def view(transform: Any, per_image: bool) -> None:
+        torch.manual_seed(recipe.train.seed)
+        extract_features(backbone, image_set, transform, per_image=per_image, **run)
+
+    works = {
+        "bare network": bare,
+        "clean view": lambda: view(clean, False),
+        "augmented view": lambda: view(augmented, True),
+    }
+    rates = {name: _images_per_s(work, len(samples)) for name, work in works.items()}
+    return {
+        "recipe": recipe.name,
+        "precision": resolve_precision(precision),
+        "images": len(samples),
+        "images_per_s": rates,
+        "augmented_over_clean_time": round(rates["clean view"] / rates["augmented view"], 3),
+    }
+
+
+def _images_per_s(work: Any, count: int) -> float:
+    """``count`` over the seconds of the second of two runs of ``work`` (the first warms up)."""
+    work()
+    started = time.perf_counter()
+    work()
+    return round(count / (time.perf_counter() - started), 2)

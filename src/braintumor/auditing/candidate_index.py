@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from braintumor.auditing.similarity import Candidates, merge_candidates, nearest_candidates
+from braintumor.auditing.thumbnail_store import ThumbnailRows
 
 
 @dataclass
@@ -47,8 +48,8 @@ class SearchResult:
 def search_candidates(
     query_digests: Sequence[str],
     reference_digests: Sequence[str],
-    query_thumbs: np.ndarray,
-    reference_thumbs: np.ndarray,
+    query_thumbs: np.ndarray | ThumbnailRows,
+    reference_thumbs: np.ndarray | ThumbnailRows,
     k: int,
     *,
     stored: dict[str, Any] | None = None,
@@ -60,8 +61,8 @@ def search_candidates(
     Args:
         query_digests: the distinct queries' content digests, in ``query_thumbs`` order.
         reference_digests: the distinct references' content digests, in ``reference_thumbs`` order.
-        query_thumbs: ``[N, C, S, S]`` uint8 thumbnails (C channels searched separately).
-        reference_thumbs: ``[M, C, S, S]`` uint8 thumbnails.
+        query_thumbs: ``[N, C, S, S]`` uint8 thumbnails (C channels searched separately), or lazy rows of them.
+        reference_thumbs: ``[M, C, S, S]`` uint8 thumbnails, or lazy rows of them (read a block at a time).
         k: matches kept per query and channel.
         stored: the index an earlier search returned, or None (an unusable one counts as none).
         block: reference images per matrix product.
@@ -73,21 +74,29 @@ def search_candidates(
     added = [i for i, digest in enumerate(reference_digests) if digest not in old_references]
     kept = [q for q, digest in enumerate(query_digests) if known and _still_valid(known, digest, position)]
     fresh = sorted(set(range(len(query_digests))) - set(kept))
-    n_channels = reference_thumbs.shape[1] if reference_thumbs.ndim == 4 else 1
+    queries, references = _as_rows(query_thumbs), _as_rows(reference_thumbs)
     channels = []
-    for channel in range(n_channels):
+    for channel in range(references.n_channels):
+        query_channel, reference_channel = queries.channel(channel), references.channel(channel)
         full = nearest_candidates(
-            query_thumbs[fresh, channel], reference_thumbs[:, channel], k, reference_block=block, on_block=on_block
+            query_channel.subset(fresh), reference_channel, k, reference_block=block, on_block=on_block
         )
         extended = _extend(known, [query_digests[q] for q in kept], channel, position, k)
         if added and kept:
-            new = nearest_candidates(query_thumbs[kept, channel], reference_thumbs[added, channel], k)
+            new = nearest_candidates(query_channel.subset(kept), reference_channel.subset(added), k)
             new.indices = np.asarray(added, np.int64)[new.indices]
             extended = merge_candidates([extended, new], k)
         channels.append(_assemble(len(query_digests), fresh, full, kept, extended, min(k, len(reference_digests))))
     index = _index_of(query_digests, reference_digests, channels, k)
     comparisons = len(fresh) * len(reference_digests) + len(kept) * len(added)
     return SearchResult(channels, index, len(fresh), len(kept), comparisons)
+
+
+def _as_rows(thumbnails: np.ndarray | ThumbnailRows) -> ThumbnailRows:
+    """Thumbnails as rows with channels: an array ``[N, C, S, S]`` (or ``[N, S, S]``, one channel) is wrapped."""
+    if isinstance(thumbnails, ThumbnailRows):
+        return thumbnails
+    return ThumbnailRows(thumbnails if thumbnails.ndim == 4 else thumbnails[:, None])
 
 
 def _usable(stored: dict[str, Any] | None, k: int) -> dict[str, Any] | None:

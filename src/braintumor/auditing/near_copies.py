@@ -24,14 +24,17 @@ from braintumor.auditing.constants import CANDIDATE_FLOOR, CHECK_CHUNK, REFERENC
 from braintumor.auditing.scan import FileRecord, detail_thumbnail, file_entry
 from braintumor.auditing.similarity import (
     DETAIL_SIZE,
+    QUERY_BLOCK,
     Candidates,
     PairCheck,
     check_pairs,
     normalise_thumbnails,
 )
+from braintumor.auditing.thumbnail_store import ThumbnailRows, ThumbnailStore
 from braintumor.progress import progress_bar
 
-# Reference thumbnails normalised and searched at a time; the progress bar counts these blocks.
+# Reference thumbnails normalised and searched at a time (for each block of queries); the progress bar
+# counts these blocks.
 REFERENCE_BLOCK = 4096
 # The one row of the cache's ``searches`` table: the candidate index of the last audit.
 SEARCH_INDEX_KEY = "candidate-index"
@@ -52,7 +55,7 @@ class _CandidatePairs:
 def find_near_copies(
     root: Path,
     records: Sequence[FileRecord],
-    thumbnails: np.ndarray,
+    thumbnails: np.ndarray | ThumbnailStore,
     rows: np.ndarray,
     *,
     threshold: float,
@@ -66,7 +69,7 @@ def find_near_copies(
     Args:
         root: the data root (without a cache, the check decodes candidate files again at 128 px).
         records: every file of the data set, as :func:`~braintumor.auditing.scan.read_all` returns them.
-        thumbnails: the decodable files' ``[N, 2, 64, 64]`` thumbnails.
+        thumbnails: the ``[N, 2, 64, 64]`` thumbnails (an array or the scan's store on disk).
         rows: each record's row in ``thumbnails`` (-1 when undecodable).
         threshold: aligned detail NCC from which a pair is a near copy.
         candidates: most similar Training images kept per query image and thumbnail.
@@ -85,7 +88,9 @@ def find_near_copies(
     if not query_ids or not reference_ids:
         return result
     started = time.perf_counter()
-    query_thumbs, reference_thumbs = thumbnails[rows[query_ids]], thumbnails[rows[reference_ids]]
+    # Lazy views: the search reads a block of thumbnails at a time from the store.
+    query_thumbs = ThumbnailRows(thumbnails, rows[query_ids])
+    reference_thumbs = ThumbnailRows(thumbnails, rows[reference_ids])
     found = _search_pairs(
         records, query_ids, reference_ids, query_thumbs, reference_thumbs, candidates, show_progress, cache
     )
@@ -116,8 +121,8 @@ def _search_pairs(
     records: Sequence[FileRecord],
     query_ids: Sequence[int],
     reference_ids: Sequence[int],
-    query_thumbs: np.ndarray,
-    reference_thumbs: np.ndarray,
+    query_thumbs: ThumbnailRows,
+    reference_thumbs: ThumbnailRows,
     candidates: int,
     show_progress: bool,
     cache: AuditCache | None,
@@ -129,7 +134,7 @@ def _search_pairs(
     """
     stored = cache.search_result(SEARCH_INDEX_KEY) if cache is not None else None
     with progress_bar(show_progress) as progress:
-        blocks = -(-len(reference_thumbs) // REFERENCE_BLOCK)
+        blocks = -(-len(reference_thumbs) // REFERENCE_BLOCK) * -(-len(query_thumbs) // QUERY_BLOCK)
         task = progress.add_task("Near-copy search", total=2 * blocks)
         searched = search_candidates(
             [records[i].digest or "" for i in query_ids],
@@ -153,7 +158,7 @@ def _search_pairs(
     mirrored = np.array([found[key][1] for key in keys], dtype=bool)
     query = np.array([q for q, _ in keys], dtype=np.int64)
     reference = np.array([r for _, r in keys], dtype=np.int64)
-    channel_ncc = _channel_ncc(query_thumbs[query], reference_thumbs[reference], mirrored)
+    channel_ncc = _channel_ncc(query_thumbs.subset(query), reference_thumbs.subset(reference), mirrored)
     return {"query": query, "reference": reference, "mirrored": mirrored, "channel_ncc": channel_ncc}
 
 
@@ -196,16 +201,17 @@ def _over_floor(channels: Sequence[Candidates]) -> dict[tuple[int, int], tuple[f
     return found
 
 
-def _channel_ncc(query_side: np.ndarray, reference_side: np.ndarray, mirrored: np.ndarray) -> np.ndarray:
+def _channel_ncc(query_side: ThumbnailRows, reference_side: ThumbnailRows, mirrored: np.ndarray) -> np.ndarray:
     """Both channels' NCC of every pair (with the mirroring chosen), for the record and the plot."""
     channel_ncc = np.zeros((len(query_side), 2), dtype=np.float32)
-    if not len(query_side):
-        return channel_ncc
-    query_side = np.where(mirrored[:, None, None, None], query_side[..., ::-1], query_side)
-    for channel in (0, 1):
-        a = normalise_thumbnails(np.ascontiguousarray(query_side[:, channel]))
-        b = normalise_thumbnails(np.ascontiguousarray(reference_side[:, channel]))
-        channel_ncc[:, channel] = (a * b).sum(dim=1).numpy()
+    for start in range(0, len(query_side), REFERENCE_BLOCK):
+        part = slice(start, start + REFERENCE_BLOCK)
+        query, reference = query_side[part], reference_side[part]
+        query = np.where(mirrored[part, None, None, None], query[..., ::-1], query)
+        for channel in (0, 1):
+            a = normalise_thumbnails(np.ascontiguousarray(query[:, channel]))
+            b = normalise_thumbnails(np.ascontiguousarray(reference[:, channel]))
+            channel_ncc[part, channel] = (a * b).sum(dim=1).numpy()
     return channel_ncc
 
 

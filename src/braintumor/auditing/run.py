@@ -107,14 +107,14 @@ def run_audit(
     started = time.perf_counter()
     root = Path(data_root)
     out = Path(out_dir) if out_dir is not None else default_audit_dir(root)
-    if not 0.0 < near_threshold <= 1.0:
-        raise AuditError(f"the near-copy threshold must be in (0, 1], got {near_threshold}")
-    if candidates < 1:
-        raise AuditError(f"candidates per image must be at least 1, got {candidates}")
+    _check_settings(near_threshold, candidates)
     splits = discover_splits(root)
     cache = open_cache(root, out, cache_dir, say) if use_cache else None
+    # The thumbnails' temporary file goes beside the results (on disk; /tmp may be in memory).
+    out.mkdir(parents=True, exist_ok=True)
+    thumbnails = None
     try:
-        records, thumbnails, rows = read_all(root, splits, workers, show_progress, cache)
+        records, thumbnails, rows = read_all(root, splits, workers, show_progress, cache, scratch_dir=out)
         read_s = time.perf_counter() - started
         query_splits = [s for s in QUERY_SPLITS if s in splits]
         run_near = near and REFERENCE_SPLIT in splits and bool(query_splits)
@@ -136,6 +136,8 @@ def run_audit(
         if cache is not None:
             cache.prune(r.path for r in records)
     finally:
+        if thumbnails is not None:
+            thumbnails.close()
         if cache is not None:
             cache.close()
     assign_statuses(records, near_result["pairs"], run_near)
@@ -152,6 +154,13 @@ def run_audit(
     outputs = write_audit(audit, out, root if write_report else None)
     audit["timing"]["total_s"] = round(time.perf_counter() - started, 2)
     return AuditResult(audit, out, outputs)
+
+
+def _check_settings(near_threshold: float, candidates: int) -> None:
+    if not 0.0 < near_threshold <= 1.0:
+        raise AuditError(f"the near-copy threshold must be in (0, 1], got {near_threshold}")
+    if candidates < 1:
+        raise AuditError(f"candidates per image must be at least 1, got {candidates}")
 
 
 def open_cache(root: Path, out_dir: Path, cache_dir: Path | str | None, say: Callable[[str], Any]) -> AuditCache:

@@ -11,6 +11,7 @@ Example:
     >>> records, thumbnails, rows = read_all(root, discover_splits(root), workers=2, show_progress=False)
     >>> len(records), thumbnails.shape, split_summary(records, ["glioma"])["classes"]
     (16, (16, 2, 64, 64), {'glioma': 4})
+    >>> thumbnails.close()
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from __future__ import annotations
 import io
 import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,7 @@ from PIL import Image
 from braintumor.auditing.cache import AuditCache, FileRow, decode_pixels, encode_pixels
 from braintumor.auditing.constants import QUERY_SPLITS, REFERENCE_SPLIT
 from braintumor.auditing.similarity import DETAIL_SIZE, THUMBNAIL_SIZE, content_box
+from braintumor.auditing.thumbnail_store import ThumbnailStore
 from braintumor.data.dataset import file_digest
 from braintumor.data.images import (
     DEFAULT_MAX_FILE_BYTES,
@@ -271,12 +273,15 @@ def read_all(
     workers: int,
     show_progress: bool,
     cache: AuditCache | None = None,
-) -> tuple[list[FileRecord], np.ndarray, np.ndarray]:
-    """Every file's record, the ``[N, 2, 64, 64]`` thumbnails of the decodable files, and each record's row.
+    scratch_dir: Path | None = None,
+) -> tuple[list[FileRecord], ThumbnailStore, np.ndarray]:
+    """Every file's record, the ``[N, 2, 64, 64]`` thumbnails on disk, and each record's row in them.
 
-    A record's row is its index into the thumbnails, or -1 when the file could not be decoded. With a
-    cache, files it knows are not decoded again, and what was decoded is stored every
-    :data:`CACHE_COMMIT_EVERY` files (also when the scan stops with an error or Ctrl-C).
+    A record's row is its index into the thumbnails, or -1 when the file could not be decoded. The
+    thumbnails go to a :class:`~braintumor.auditing.thumbnail_store.ThumbnailStore` as files are read, so
+    memory does not grow with the data set; close it when done. With a cache, files it knows are not
+    decoded again, and what was decoded is stored every :data:`CACHE_COMMIT_EVERY` files (also when the
+    scan stops with an error or Ctrl-C).
 
     Args:
         root: the data root; record paths are relative to it.
@@ -284,18 +289,54 @@ def read_all(
         workers: threads reading and decoding files.
         show_progress: draw a progress bar.
         cache: the audit cache, or None to read every file.
+        scratch_dir: the folder of the thumbnails' temporary file (default: the system's temporary folder).
     """
     jobs = [(sample, split) for split, samples in splits.items() for sample in samples]
     active = cache is not None and cache.active
     known = _Known(cache.known_files(), cache.known_contents()) if active and cache is not None else _Known({}, {})
+    store = ThumbnailStore(len(jobs), _THUMBNAIL_SHAPE, scratch_dir)
+    records: list[FileRecord | None] = [None] * len(jobs)
+    rows = np.full(len(jobs), -1, dtype=np.int64)
+
+    def keep(index: int, result: _Read) -> None:
+        # Only the record stays in memory: the thumbnails go to disk at once.
+        records[index] = result.record
+        if result.thumbnails is not None:
+            store.write(index, result.thumbnails)
+            rows[index] = index
+
     # Reused files need only a stat: checked here, so the thread pool gets only the files to read.
-    results: list[_Read | None] = [_reuse(s, root, split, known) if active else None for s, split in jobs]
-    todo = [index for index, result in enumerate(results) if result is None]
+    todo = []
+    for index, (sample, split) in enumerate(jobs):
+        reused = _reuse(sample, root, split, known) if active else None
+        if reused is None:
+            todo.append(index)
+        else:
+            keep(index, reused)
+    try:
+        _read_todo(todo, jobs, root, known if active else None, workers, show_progress, cache, keep)
+    except BaseException:
+        store.close()
+        raise
+    return [record for record in records if record is not None], store, rows
+
+
+def _read_todo(
+    todo: list[int],
+    jobs: list[tuple[Sample, str]],
+    root: Path,
+    known: _Known | None,
+    workers: int,
+    show_progress: bool,
+    cache: AuditCache | None,
+    keep: Callable[[int, _Read], None],
+) -> None:
+    """Read and decode the files at ``todo`` on a thread pool, handing each result to ``keep`` in order."""
     pending = _Pending()
 
     def work(index: int) -> _Read:
         sample, split = jobs[index]
-        return _read_cached(sample, root, split, known) if active else _read_one(sample, root, split)
+        return _read_cached(sample, root, split, known) if known is not None else _read_one(sample, root, split)
 
     pool = ThreadPoolExecutor(max_workers=workers)
     try:
@@ -303,7 +344,7 @@ def read_all(
             task = progress.add_task("Reading images", total=len(jobs), completed=len(jobs) - len(todo))
             for index, result in zip(todo, pool.map(work, todo), strict=True):
                 progress.advance(task)
-                results[index] = result
+                keep(index, result)
                 if cache is not None:
                     pending.add(result, cache)
     except BaseException:
@@ -315,19 +356,6 @@ def read_all(
         if cache is not None:
             cache.stats.files_reused += len(jobs) - len(todo)
             pending.flush(cache)
-    return _assemble([result for result in results if result is not None])
-
-
-def _assemble(results: Sequence[_Read]) -> tuple[list[FileRecord], np.ndarray, np.ndarray]:
-    """The records, the stacked thumbnails of the decodable ones, and each record's row in them (-1: none)."""
-    rows = np.full(len(results), -1, dtype=np.int64)
-    thumbnails: list[np.ndarray] = []
-    for index, result in enumerate(results):
-        if result.thumbnails is not None:
-            rows[index] = len(thumbnails)
-            thumbnails.append(result.thumbnails)
-    stacked = np.stack(thumbnails) if thumbnails else np.zeros((0, *_THUMBNAIL_SHAPE), np.uint8)
-    return [result.record for result in results], stacked, rows
 
 
 def detail_thumbnail(path: Path) -> np.ndarray:

@@ -42,10 +42,13 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms.v2.functional import gaussian_blur
 
+from braintumor.auditing.thumbnail_store import ThumbnailRows
 from braintumor.runtime import one_thread
 
 THUMBNAIL_SIZE = 64
 DETAIL_SIZE = 128
+# Query thumbnails compared with the references at a time.
+QUERY_BLOCK = 2048
 
 
 @dataclass(frozen=True)
@@ -172,19 +175,19 @@ def merge_candidates(parts: Sequence[Candidates], k: int) -> Candidates:
 
 
 def nearest_candidates(
-    query: np.ndarray,
-    reference: np.ndarray,
+    query: np.ndarray | ThumbnailRows,
+    reference: np.ndarray | ThumbnailRows,
     k: int = 3,
     *,
-    query_block: int = 2048,
+    query_block: int = QUERY_BLOCK,
     reference_block: int = 4096,
     on_block: Callable[[], None] | None = None,
 ) -> Candidates:
     """Top-``k`` whole-image NCC matches in ``reference`` for each ``query`` thumbnail, mirrored too.
 
-    The reference side is taken one block at a time, so memory is ``O(query + block)``, never
-    ``O(query x reference)``. Scores are exact and ties go to the lowest reference index
-    (see :class:`Candidates`).
+    Both sides are taken one block at a time (slicing a :class:`ThumbnailRows` reads that block from
+    disk), so memory is ``O(query_block + reference_block)``, never ``O(query x reference)`` nor
+    ``O(reference)``. Scores are exact and ties go to the lowest reference index (see :class:`Candidates`).
 
     Args:
         query: ``[N, S, S]`` uint8 grey thumbnails to find matches for.
@@ -192,36 +195,32 @@ def nearest_candidates(
         k: matches kept per query (at most ``M``).
         query_block: queries per matrix product.
         reference_block: reference images taken at a time.
-        on_block: called after each reference block (progress bars).
+        on_block: called after each reference block of each query block (progress bars).
     """
     n_query, n_reference = len(query), len(reference)
     k = max(0, min(k, n_reference))
-    best = Candidates(np.full((n_query, 0), -math.inf), np.zeros((n_query, 0), np.int64), np.zeros((n_query, 0), bool))
     if n_query == 0 or k == 0:
-        return best
-    plain = _IntegerRows.of(query)
-    # NCC(mirror(q), r) == NCC(q, mirror(r)): mirroring the smaller query side is enough.
-    mirror = _IntegerRows.of(query[:, :, ::-1])
+        shape = (n_query, 0)
+        return Candidates(np.full(shape, -math.inf), np.zeros(shape, np.int64), np.zeros(shape, bool))
+    parts = []
     with torch.no_grad():
-        for start in range(0, n_reference, reference_block):
-            block = _IntegerRows.of(reference[start : start + reference_block])
-            parts = [best]
-            for q0 in range(0, n_query, query_block):
-                q1 = min(q0 + query_block, n_query)
-                rows = slice(q0, q1)
-                parts.append(_block_top(_slice(plain, rows), _slice(mirror, rows), block, start, k))
-            found = Candidates(*(np.concatenate([getattr(p, name) for p in parts[1:]]) for name in _FIELDS))
-            best = merge_candidates([best, found], k)
-            if on_block is not None:
-                on_block()
-    return best
+        for q0 in range(0, n_query, query_block):
+            thumbs = np.asarray(query[q0 : q0 + query_block])
+            plain = _IntegerRows.of(thumbs)
+            # NCC(mirror(q), r) == NCC(q, mirror(r)): mirroring the query side is enough.
+            mirror = _IntegerRows.of(thumbs[:, :, ::-1])
+            width = len(thumbs), 0
+            best = Candidates(np.full(width, -math.inf), np.zeros(width, np.int64), np.zeros(width, bool))
+            for start in range(0, n_reference, reference_block):
+                block = _IntegerRows.of(np.asarray(reference[start : start + reference_block]))
+                best = merge_candidates([best, _block_top(plain, mirror, block, start, k)], k)
+                if on_block is not None:
+                    on_block()
+            parts.append(best)
+    return Candidates(*(np.concatenate([getattr(p, name) for p in parts]) for name in _FIELDS))
 
 
 _FIELDS = ("scores", "indices", "mirrored")
-
-
-def _slice(rows: _IntegerRows, part: slice) -> _IntegerRows:
-    return _IntegerRows(rows.rows[part], rows.sums[part], rows.spread_sqrt[part])
 
 
 def _block_top(plain: _IntegerRows, mirror: _IntegerRows, block: _IntegerRows, start: int, k: int) -> Candidates:
