@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -48,7 +49,13 @@ STAGES = ("train", "evaluate", "predict", "audit")
 
 
 def build_tree(data: Path, tree: Path, count: int, seed: int = 0) -> None:
-    """``count`` augmented copies of the Training images, in their class folders under ``tree/Training``."""
+    """``count`` augmented copies of the Training images, in their class folders under ``tree/Training``.
+
+    A tree already built in ``--work`` is kept: the build is seeded, so building it again writes the same files.
+    It counts as built when it holds ``count`` images and the last one written decodes.
+    """
+    if _built(tree, count):
+        return
     sources = sorted(path for path in (data / "Training").rglob("*") if path.suffix.lower() in {".jpg", ".jpeg"})
     rng = np.random.default_rng(seed)
     for index in range(count):
@@ -57,6 +64,19 @@ def build_tree(data: Path, tree: Path, count: int, seed: int = 0) -> None:
         folder = tree / "Training" / source.parent.name
         folder.mkdir(parents=True, exist_ok=True)
         image.save(folder / f"{index:06d}.jpg", quality=90)
+
+
+def _built(tree: Path, count: int) -> bool:
+    images = sorted((tree / "Training").rglob("*.jpg")) if (tree / "Training").is_dir() else []
+    if len(images) != count:
+        return False
+    last = max(images, key=lambda path: path.name)
+    try:
+        with Image.open(last) as image:
+            image.load()
+    except OSError:
+        return False
+    return True
 
 
 def run_command(arguments: list[str]) -> dict[str, Any]:
@@ -108,12 +128,13 @@ def merge_committed(
     earlier = json.loads(committed.read_text(encoding="utf-8"))
     if earlier["sizes"] != sizes:
         raise SystemExit(f"{committed} has sizes {earlier['sizes']}, not {sizes}: re-run every stage")
+    date = earlier.get("date") or _caption_date(committed.with_suffix(".md"))
     merged: dict[int, dict[str, dict[str, Any]]] = {}
     for size in sizes:
         kept = earlier["results"][str(size)]
         for stage in kept.values():
-            stage.setdefault("measured_by", earlier["command"])
-            stage.setdefault("date", earlier.get("date", "an earlier run"))
+            stage.setdefault("measured_by", earlier["command"].strip())
+            stage.setdefault("date", date)
         merged[size] = {**kept, **results[size]}
     return merged
 
@@ -127,6 +148,12 @@ def table(sizes: list[int], results: dict[int, dict[str, dict[str, Any]]], capti
         rss = [results[size][stage]["peak_rss_mb"] for size in sizes]
         lines.append(markdown_row([stage, *rates, *map(str, rss), f"{rss[-1] / rss[0]:.2f}"]))
     return "\n".join([*lines, "", caption, ""])
+
+
+def _caption_date(markdown: Path) -> str:
+    """The date in a results table's caption (results written before the JSON kept one)."""
+    found = re.findall(r"(\d{4}-\d{2}-\d{2})\.", markdown.read_text(encoding="utf-8")) if markdown.exists() else []
+    return found[0] if found else "date not recorded"
 
 
 def provenance(results: dict[int, dict[str, dict[str, Any]]], sizes: list[int], caption: str) -> str:
@@ -171,7 +198,7 @@ def main() -> None:
         tree = work / f"tree-{size}"
         started = time.perf_counter()
         build_tree(args.data, tree, size)
-        print(f"tree of {size} images in {time.perf_counter() - started:.0f} s: {tree}", flush=True)
+        print(f"tree of {size} images ready in {time.perf_counter() - started:.0f} s: {tree}", flush=True)
         results[size] = measure_size(tree, work / f"out-{size}", size, overrides, stages)
         print(json.dumps(results[size]), flush=True)
     sizes_option = option("--sizes", sizes, [3000, 30000])

@@ -49,7 +49,7 @@ from braintumor.training.tracking import (
     describe_logger,
     flatten_params,
 )
-from braintumor.training.validation import validation_metrics
+from braintumor.training.validation import head_validation_metrics, validation_metrics
 
 RUN_FILE = "run.json"
 PROBE_FILE = "probe-final.safetensors"
@@ -252,9 +252,17 @@ class Selection:
     val_metrics: dict[str, Any]
 
 
-def select_best(model: BrainTumorNet, context: FitContext) -> Selection:
-    """The best epoch over the whole history and the kept weights' validation metrics."""
-    val_metrics = validation_metrics(model, context.val_set, context.prep, context.recipe.precision())
+def select_best(model: BrainTumorNet, context: FitContext, outcome: FitOutcome | None = None) -> Selection:
+    """The best epoch over the whole history and the kept weights' validation metrics.
+
+    With the frozen backbone's cached clean features in ``outcome`` only the head runs: the same numbers as a
+    pass over the validation images, without decoding them and running the backbone again.
+    """
+    precision = context.recipe.precision()
+    if outcome is not None and outcome.clean_features is not None:
+        val_metrics = head_validation_metrics(model, context.val_set, outcome.clean_features[1], precision)
+    else:
+        val_metrics = validation_metrics(model, context.val_set, context.prep, precision)
     val_losses = [row.get("val_loss", float("inf")) for row in context.history.rows]
     return Selection(int(np.argmin(val_losses)) + 1 if val_losses else 0, val_metrics)
 

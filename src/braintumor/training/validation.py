@@ -42,3 +42,32 @@ def validation_metrics(
     """:func:`~braintumor.evaluation.metrics.classification_metrics` of ``model`` on the validation split."""
     probabilities = predict_probabilities(model, val_set, prep, precision=precision)
     return classification_metrics(val_set.labels.numpy(), probabilities, list(CLASS_NAMES))
+
+
+@torch.inference_mode()
+def head_probabilities(
+    model: BrainTumorNet, features: torch.Tensor, batch_size: int = INFERENCE_BATCH_SIZE, precision: str = "32-true"
+) -> np.ndarray:
+    """:func:`predict_probabilities` from cached backbone features ``[N, D]``: only the head runs.
+
+    A frozen backbone's cached clean features are bitwise what it gives on the images
+    (:mod:`braintumor.training.features`), and the head runs on the same batches under the same autocast, so the
+    probabilities are the same numbers without decoding the images or running the backbone again.
+    """
+    model.eval()
+    with autocast(precision):
+        logits = torch.cat(
+            [
+                model.forward_head(features[start : start + batch_size]).float()
+                for start in range(0, len(features), batch_size)
+            ]
+        )
+    return probabilities_from_logits(logits)
+
+
+def head_validation_metrics(
+    model: BrainTumorNet, val_set: ImageSet, features: torch.Tensor, precision: str
+) -> dict[str, Any]:
+    """:func:`validation_metrics` from the validation split's cached backbone features (:func:`head_probabilities`)."""
+    probabilities = head_probabilities(model, features, precision=precision)
+    return classification_metrics(val_set.labels.numpy(), probabilities, list(CLASS_NAMES))

@@ -128,7 +128,7 @@ def train_recipe(
     outcome = fit(model, context)
     if rank_zero_only.rank != 0:
         return None
-    selection = select_best(model, context)
+    selection = select_best(model, context, outcome)
     duration = time.perf_counter() - started
     record = training_record(
         context, data, outcome, selection, data_root=data_root, duration=duration, tracking=tracking
