@@ -20,6 +20,11 @@ import numpy as np
 T = TypeVar("T")
 
 
+# What makes PyTorch and oneDNN run their AVX2 kernels only (and ``precision: auto`` resolve to fp32): a CPU
+# without AVX-512 or bf16 units, seen on one that has them. Set it before torch is imported (a child process).
+AVX2_ENVIRONMENT = {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
+
+
 def script_parser(doc: str | None, *, whole_doc: bool = False) -> argparse.ArgumentParser:
     """An argument parser described by the script's docstring: its first line, or all of it as written."""
     if whole_doc:

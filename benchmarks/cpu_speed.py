@@ -15,8 +15,9 @@ images with ``--bundle`` (wall time: decoding, model, metrics, plots), and the v
 ``--bundle`` (and of ``--bf16-bundle``, a network whose default is bf16) with 95% bootstrap intervals.
 In the default path only: the bare network's images/s beside the product's clean and augmented feature views
 of ``lite0-lpft-cached`` (streamed from disk as training reads them), and the augmented view's time over the
-clean view's. To see a CPU without bf16 units on one that has them, run it with ``ONEDNN_MAX_CPU_ISA=AVX2
-ATEN_CPU_CAPABILITY=avx2`` (oneDNN and PyTorch then use their AVX2 kernels, and ``precision: auto`` picks fp32).
+clean view's. ``--avx2`` runs both paths on oneDNN's and PyTorch's AVX2 kernels only (``ONEDNN_MAX_CPU_ISA=AVX2
+ATEN_CPU_CAPABILITY=avx2``; ``precision: auto`` then picks fp32), as on a CPU without AVX-512 or bf16 units, and
+writes ``cpu_speed_avx2.json``; the core's clock and caches stay this machine's.
 Writes ``benchmarks/results/cpu_speed.json`` with ``train_speedup``, ``feature_speedup`` (the smaller of the
 two backbones') and ``evaluate_speedup``. ``--quick``: a few batches each (under 3 minutes), for a check.
 """
@@ -32,9 +33,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from common import command_line, data_parser, option, produced_by, use_weights_dir, write_json
+from common import AVX2_ENVIRONMENT, command_line, data_parser, option, produced_by, use_weights_dir, write_json
 
 RESULTS = Path(__file__).resolve().parent / "results" / "cpu_speed.json"
+AVX2_RESULTS = RESULTS.with_name("cpu_speed_avx2.json")
 PATHS = ("eager", "default")
 FEATURE_RECIPES = ("lite0-probe", "lite2-probe")
 # The recipe whose training encodes augmented views (clean view + 2 augmented, each a pass over Training).
@@ -50,7 +52,12 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--eval-images", type=int, default=1520, help="Images evaluate reads.")
     parser.add_argument("--view-images", type=int, default=512, help="Images per feature view timed.")
     parser.add_argument("--quick", action="store_true", help="A few batches each, for a check.")
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--avx2", action="store_true", help="Both paths on AVX2 kernels only, as on a CPU without AVX-512 or bf16."
+    )
+    parser.add_argument(
+        "--out", type=Path, default=None, help="Results JSON (default: the committed file; --quick: a temporary one)."
+    )
     # Set by the parent for its child processes only.
     parser.add_argument("--path", choices=PATHS, help=argparse.SUPPRESS)
     parser.add_argument("--child-out", type=Path, help=argparse.SUPPRESS)
@@ -101,6 +108,8 @@ def _run_child(args: argparse.Namespace, path: str) -> dict[str, Any]:
     out = Path(tempfile.mkdtemp(prefix="cpu-speed-")) / f"{path}.json"
     command = [sys.executable, __file__, *sys.argv[1:], "--path", path, "--child-out", str(out)]
     environment = dict(os.environ, BRAINTUMOR_CPU_TUNING="0" if path == "eager" else "1")
+    if args.avx2:
+        environment.update(AVX2_ENVIRONMENT)
     subprocess.run(command, check=True, env=environment)
     return json.loads(out.read_text(encoding="utf-8"))
 
@@ -165,9 +174,13 @@ def main() -> None:
         option("--bundle", args.bundle),
         option("--bf16-bundle", args.bf16_bundle),
         option("--quick", args.quick),
+        option("--avx2", args.avx2),
     )
+    committed = AVX2_RESULTS if args.avx2 else RESULTS
+    out = args.out or (Path(tempfile.mkdtemp(prefix="cpu-speed-")) / committed.name if args.quick else committed)
+    print(f"results: {out}")
     write_json(
-        args.out,
+        out,
         {**summary, "eager": eager, "default": default, "quick": args.quick, "produced_by": produced_by(command)},
     )
 

@@ -27,10 +27,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import command_line, data_parser, option, produced_by, write_json
+from common import AVX2_ENVIRONMENT, command_line, data_parser, option, produced_by, write_json
 
 RESULTS = Path(__file__).resolve().parent / "results"
-AVX2_ENVIRONMENT = {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
 
 
 def cpu_description() -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -52,6 +53,16 @@ def test_precision_is_a_validated_recipe_field() -> None:
     assert load_recipe("lite0-lpft").precision() == resolve_precision("auto")
     with pytest.raises(ValueError, match="choose one of"):
         resolve_precision("fp8")
+
+
+def test_auto_precision_is_fp32_when_onednn_is_capped_at_avx2() -> None:
+    # How a machine with bf16 units is made to run as an AVX2-only CPU (benchmarks' --avx2): auto must follow.
+    code = "from braintumor.config import load_recipe; print(load_recipe('seed-cnn').precision())"
+    environment = {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env={**os.environ, **environment}
+    )
+    assert result.stdout.strip() == "32-true"
 
 
 def test_a_bf16_training_step_runs_channels_last_under_autocast() -> None:
