@@ -12,6 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
+import braintumor.data.dataset as dataset_module
 import braintumor.workflows.adapt as run
 from braintumor.adaptation.network import adabn, backbone_features, head_state
 from braintumor.bundle import load_bundle, save_bundle
@@ -21,7 +22,7 @@ from braintumor.data.layout import Sample, discover_split
 from braintumor.data.preprocessing import Preprocessing, eval_transform
 from braintumor.data.synthetic import make_synthetic_dataset
 from braintumor.guard import fit_guard, model_outputs
-from braintumor.guard.guard import head_outputs
+from braintumor.guard.guard import head_outputs, images_evidence
 from braintumor.models import create_model, resolve_preprocessing
 from braintumor.models.ensemble import EnsembleNet
 from braintumor.workflows.export import OnnxStatus
@@ -105,6 +106,27 @@ def test_an_ensembles_guard_inputs_of_a_streamed_set_match_the_in_memory_ones(ro
     assert torch.equal(run.guard_inputs(bundle, features, loaded.images).evidence, streamed.evidence)
 
 
+def test_the_guard_evidence_is_read_in_the_features_pass(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Decoding in this process, so every decode is counted: the features and the evidence take one pass.
+    monkeypatch.setenv(DECODE_WORKERS_ENV, "0")
+    recipe = Recipe.model_validate(
+        {"name": "tiny", "data": {"image_size": 32}, "model": {"architecture": "custom_cnn", "conv_channels": [4]}}
+    )
+    members = [create_model(recipe).eval() for _ in range(2)]
+    samples = _site_files(root)
+    loaded, scanned = load_images(samples, PREP, show_progress=False), scan_images(samples, PREP, show_progress=False)
+    decoded: list[Path] = []
+    decode = dataset_module.decode_path
+    monkeypatch.setattr(dataset_module, "decode_path", lambda path, prep: decoded.append(path) or decode(path, prep))
+    transform = eval_transform(PREP)
+    features, evidence = run._features_and_evidence(members, scanned, transform, with_evidence=True)
+    assert len(decoded) == 2 * len(scanned)  # one pass per member, none for the evidence
+    assert evidence is not None and torch.equal(evidence, images_evidence(loaded.images))
+    for member, part in zip(members, features, strict=True):
+        assert torch.equal(part, backbone_features(member.backbone, loaded.images, transform))
+    assert run._features_and_evidence(members[:1], scanned, transform, with_evidence=False)[1] is None
+
+
 def _bundle(folder: Path, root: Path) -> Path:
     """A tiny MobileNetV3 probe (BatchNorm in the backbone, for AdaBN) with a guard fitted on the site's class
     folders (an untrained network's features of 16 Training images would flag every site image)."""
@@ -158,8 +180,10 @@ def test_a_streamed_adaptation_is_the_in_memory_one(
     with monkeypatch.context() as patch:
         patch.setattr(run, "scan_images", load_images)
         patch.setattr(run, "adabn", lambda b, images, *a, **k: adabn(b, _tensor_of(images), *a, **k))
-        patch.setattr(run, "backbone_features", lambda b, images, *a: backbone_features(b, _tensor_of(images), *a))
-        patch.setattr(run, "head_outputs", lambda m, f, images: head_outputs(m, f, _tensor_of(images)))
+        patch.setattr(
+            run, "backbone_features", lambda b, images, *a, **k: backbone_features(b, _tensor_of(images), *a, **k)
+        )
+        patch.setattr(run, "head_outputs", lambda m, f, images, *a: head_outputs(m, f, _tensor_of(images), *a))
         in_memory, in_memory_state = _adapt(bundle, root, tmp_path / "in-memory")
     assert streamed.applied == in_memory.applied == ("adabn", "standardize", "em")
     ignored = {"created_utc"}

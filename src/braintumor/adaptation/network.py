@@ -134,12 +134,14 @@ def backbone_features(
     transform: Callable[[torch.Tensor], torch.Tensor],
     *,
     batch_size: int = ADABN_BATCH_SIZE,
+    on_batch: Callable[[torch.Tensor], None] | None = None,
 ) -> torch.Tensor:
     """Pooled backbone features ``[N, D]`` (float32, eval mode, NHWC), through a copy with BatchNorm folded
     into the convolutions (:func:`~braintumor.models.fusion.fold_batchnorm`, as prediction runs it).
 
     ``images`` is ``[N, 3, S, S]`` uint8 or an :class:`~braintumor.data.dataset.ImageSet` (a streaming one is
-    decoded from disk batch by batch, in order); both give the same features.
+    decoded from disk batch by batch, in order); both give the same features. ``on_batch`` sees each uint8
+    batch, in order (what else needs the pixels reads them in the same pass).
     """
     backbone.eval()
     to_channels_last(backbone)
@@ -148,5 +150,9 @@ def backbone_features(
     if first is None:
         return torch.zeros((0, 0))
     network = fold_batchnorm(backbone, channels_last_batch(transform(first[:2]))).model
-    chunks = [network(channels_last_batch(transform(batch))).float() for batch in itertools.chain([first], batches)]
+    chunks = []
+    for batch in itertools.chain([first], batches):
+        if on_batch is not None:
+            on_batch(batch)
+        chunks.append(network(channels_last_batch(transform(batch))).float())
     return torch.cat(chunks)

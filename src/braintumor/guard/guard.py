@@ -133,7 +133,10 @@ def images_evidence(images: torch.Tensor | ImageSet, batch_size: int = 64) -> to
 
 @torch.inference_mode()
 def head_outputs(
-    model: torch.nn.Module, backbone_features: torch.Tensor, images: torch.Tensor | ImageSet
+    model: torch.nn.Module,
+    backbone_features: torch.Tensor,
+    images: torch.Tensor | ImageSet,
+    evidence: torch.Tensor | None = None,
 ) -> GuardInputs:
     """:class:`GuardInputs` from cached backbone features of a frozen backbone: only the head runs.
 
@@ -141,12 +144,13 @@ def head_outputs(
         model: a :class:`~braintumor.models.network.BrainTumorNet` whose backbone made ``backbone_features``.
         backbone_features: ``[N, D]`` features of the clean (unaugmented) images.
         images: the same images, ``[N, 3, S, S]`` uint8 or an image set (for the image evidence).
+        evidence: their :func:`images_evidence` when it was computed already (saves decoding a streamed set again).
     """
     was_training = model.training
     model.eval()
     features, logits = model.head_penultimate_and_logits(backbone_features)
     model.train(was_training)
-    return GuardInputs(features.float(), logits.float(), images_evidence(images))
+    return GuardInputs(features.float(), logits.float(), images_evidence(images) if evidence is None else evidence)
 
 
 def _normalised(scores: torch.Tensor, median: float, threshold: float) -> torch.Tensor:

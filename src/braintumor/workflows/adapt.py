@@ -11,6 +11,7 @@ so a site of any size fits in memory.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -35,6 +36,7 @@ from braintumor.bundle import AdaptationRecord, Bundle, load_bundle, read_bundle
 from braintumor.data.dataset import ImageSet, scan_images
 from braintumor.data.layout import Sample
 from braintumor.data.preprocessing import eval_transform
+from braintumor.guard.evidence import image_evidence
 from braintumor.guard.guard import SOURCE_MEAN, SOURCE_STD, GuardInputs, head_outputs, images_evidence
 from braintumor.inference.predictor import expand_inputs, probabilities_from_logits
 from braintumor.models.ensemble import EnsembleNet
@@ -155,18 +157,25 @@ def _scan(files: list[Path], bundle: Bundle, show_progress: bool) -> ImageSet:
     )
 
 
-def guard_inputs(bundle: Bundle, features: list[torch.Tensor], images: torch.Tensor | ImageSet) -> GuardInputs:
+def guard_inputs(
+    bundle: Bundle,
+    features: list[torch.Tensor],
+    images: torch.Tensor | ImageSet,
+    evidence: torch.Tensor | None = None,
+) -> GuardInputs:
     """What the guard reads of ``images`` (uint8 ``[N, 3, S, S]`` or an image set), from each member's backbone
-    ``features`` (a single network is one member): only the heads run."""
+    ``features`` (a single network is one member): only the heads run. ``evidence``: the images' evidence when it
+    was computed in the features' pass (a streamed set is then not decoded again)."""
     members = network_members(bundle.model)
     if len(members) == 1:
-        return head_outputs(members[0], features[0], images)
+        return head_outputs(members[0], features[0], images, evidence)
     parts = [_head_outputs(member, part) for member, part in zip(members, features, strict=True)]
     assert isinstance(bundle.model, EnsembleNet)
     with torch.no_grad():
         logits = bundle.model.combine([z for _, z in parts])
     # The image evidence once for all members: each pass over a streaming set decodes every file again.
-    return GuardInputs(torch.cat([p for p, _ in parts], dim=1), logits, images_evidence(images))
+    evidence = images_evidence(images) if evidence is None else evidence
+    return GuardInputs(torch.cat([p for p, _ in parts], dim=1), logits, evidence)
 
 
 @torch.inference_mode()
@@ -178,11 +187,13 @@ def _head_outputs(member: BrainTumorNet, features: torch.Tensor) -> tuple[torch.
     return penultimate_features.float(), logits.float()
 
 
-def _guard_filter(bundle: Bundle, images: ImageSet, features: list[torch.Tensor]) -> tuple[torch.Tensor, float]:
+def _guard_filter(
+    bundle: Bundle, images: ImageSet, features: list[torch.Tensor], evidence: torch.Tensor | None
+) -> tuple[torch.Tensor, float]:
     """A mask of the images the guard accepts (all when there is no guard) and the flagged share."""
     if bundle.guard is None:
         return torch.ones(len(images), dtype=torch.bool), 0.0
-    flagged = bundle.guard.score(guard_inputs(bundle, features, images)).flagged
+    flagged = bundle.guard.score(guard_inputs(bundle, features, images, evidence)).flagged
     return ~flagged, float(flagged.float().mean())
 
 
@@ -275,8 +286,8 @@ def _fit(
     members = network_members(bundle.model)
     scanned = _scan(files, bundle, show_progress)
     transform = eval_transform(bundle.preprocessing)
-    features = [backbone_features(member.backbone, scanned, transform) for member in members]
-    accepted, flagged_share = _guard_filter(bundle, scanned, features)
+    features, evidence = _features_and_evidence(members, scanned, transform, with_evidence=bundle.guard is not None)
+    accepted, flagged_share = _guard_filter(bundle, scanned, features, evidence)
     kept = scanned.subset(torch.nonzero(accepted).flatten())
     rejected = [str(p) for p, ok in zip(scanned.paths, accepted.tolist(), strict=True) if not ok]
     if len(kept) < min_images(methods):
@@ -308,6 +319,27 @@ def _fit(
         "warnings": warnings,
     }
     return _record(bundle, images, kept, rejected, evidence, details), evidence, applied
+
+
+def _features_and_evidence(
+    members: list[BrainTumorNet],
+    images: ImageSet,
+    transform: Callable[[torch.Tensor], torch.Tensor],
+    *,
+    with_evidence: bool,
+) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+    """Each member's backbone features and, read in the first member's pass, the images' guard evidence
+    (each pass over a streamed set decodes every file: the evidence costs no pass of its own)."""
+    parts: list[torch.Tensor] = []
+
+    def evidence_of(batch: torch.Tensor) -> None:
+        parts.append(image_evidence(batch))
+
+    features = []
+    for index, member in enumerate(members):
+        on_batch = evidence_of if with_evidence and index == 0 else None
+        features.append(backbone_features(member.backbone, images, transform, on_batch=on_batch))
+    return features, (torch.cat(parts) if parts else None)
 
 
 def _predicted_mix(bundle: Bundle, penultimates: list[torch.Tensor]) -> torch.Tensor:
