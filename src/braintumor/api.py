@@ -696,7 +696,7 @@ class Bundle:
             method: ``gradcam``, ``gradcam++``, ``shap``, ``rollout`` (vision transformers only), a comma list of
                 them, or ``all`` (every method that applies to the network).
             target: Explain this class instead of the predicted one.
-            sanity: Run the model randomisation sanity check and the deletion curves.
+            sanity: Run the model and label randomisation sanity checks and the deletion curves.
             show_progress: Progress bars.
             **settings: Further options of :func:`braintumor.explain.run.explain_paths` (``layer``...).
 

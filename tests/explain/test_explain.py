@@ -22,7 +22,13 @@ from braintumor.explain import Explainer, ExplainError, find_target_layer, gradc
 from braintumor.explain.attributions import background_images
 from braintumor.explain.gradcam import class_activation_maps
 from braintumor.explain.run import cam_grid, method_explain_function
-from braintumor.explain.sanity import DeletionSettings, deletion_curve, model_randomisation_test
+from braintumor.explain.sanity import (
+    DeletionSettings,
+    deletion_curve,
+    label_randomisation_test,
+    model_randomisation_test,
+    random_label_copy,
+)
 from braintumor.guard.reasons import NOT_AN_MRI
 from braintumor.inference import Predictor
 from braintumor.models import create_model
@@ -175,6 +181,30 @@ def test_randomisation_test_fails_for_a_map_that_ignores_the_weights(bundle, tes
     assert gradcam.mean_abs_rank_correlation < edges.mean_abs_rank_correlation
 
 
+def test_label_randomisation_memorises_shuffled_labels_and_catches_a_map_that_ignores_them(
+    bundle, test_images: list[Path]
+) -> None:
+    explainer = Explainer(bundle)
+    inputs = explainer.to_inputs([Image.open(p).convert("RGB") for p in test_images])
+    targets = explainer.probabilities(inputs).argmax(dim=1).tolist()
+    size = bundle.preprocessing.image_size
+    labelled = torch.rand(32, 3, size, size, generator=torch.Generator().manual_seed(0))  # 32 distinct images
+    with torch.no_grad():
+        features = explainer.model.forward_features(labelled).float()
+    labels = torch.arange(len(features)) % 4
+    head_before = [p.clone() for p in explainer.model.head.parameters()]
+    shuffled, accuracy = random_label_copy(explainer.model, features, labels, seed=0)
+    assert accuracy >= 0.9  # the head memorised labels that say nothing about the images
+    assert all(torch.equal(a, b) for a, b in zip(head_before, explainer.model.head.parameters(), strict=True))
+    assert not torch.equal(shuffled.head[-1].weight, explainer.model.head[-1].weight)
+    edges = label_randomisation_test(explainer.model, inputs, targets, _edges, features, labels, scope="head only")
+    assert not edges.passed and edges.mean_abs_rank_correlation == pytest.approx(1.0)
+    assert edges.n_labelled == len(labels) and edges.scope == "head only"
+    gradcam = method_explain_function(explainer, "gradcam")
+    result = label_randomisation_test(explainer.model, inputs, targets, gradcam, features, labels, scope="head only")
+    assert result.mean_abs_rank_correlation < edges.mean_abs_rank_correlation
+
+
 def test_deletion_curve_ranks_gradcam_above_random_and_inverted_orders(bundle, test_images: list[Path]) -> None:
     explainer = Explainer(bundle)
     inputs = explainer.to_inputs([Image.open(p).convert("RGB") for p in test_images])
@@ -217,6 +247,11 @@ def test_explain_command_writes_figures_json_and_sanity(trained_run, test_images
             assert figure.format == "PNG" and figure.width > 600 and figure.height > 400
     sanity = json.loads((out / "sanity.json").read_text())
     assert set(sanity["methods"]) == {"gradcam", "gradcam++", "shap"}
+    # The bundle's validation images are on this machine: the label randomisation test ran on them.
+    for values in sanity["methods"].values():
+        labels = values["label_randomisation"]
+        assert labels["n_labelled"] > 0 and 0.0 <= labels["mean_abs_rank_correlation"] <= 1.0
+        assert labels["scope"] == "head only"  # the custom CNN trained end to end
     assert (out / "deletion_curves.png").stat().st_size > 1000
     assert "Sanity checks" in result.output
 

@@ -18,6 +18,7 @@ from braintumor.cli import app
 from braintumor.config import Recipe
 from braintumor.errors import BrainTumorError
 from braintumor.explain import Explainer, ExplainError, explain_paths, find_target_layer, gradcam_overlay
+from braintumor.explain.attributions import LabelledImages
 from braintumor.explain.gradcam import class_activation_maps
 from braintumor.explain.run import cam_grid, parse_methods, sanity_checks
 from braintumor.explain.sanity import randomised_copy
@@ -185,11 +186,22 @@ def test_randomisation_redraws_the_tokens_and_sanity_checks_run(vit_bundle: Path
     assert reset > 0
     inputs = explainer.to_inputs([Image.open(path).convert("RGB") for path in images])
     targets = explainer.probabilities(inputs).argmax(dim=1).tolist()
-    sanity = sanity_checks(explainer, inputs, targets, ["gradcam", "rollout"], steps=4, random_orders=1)
+    size = bundle.preprocessing.image_size
+    generator = torch.Generator().manual_seed(0)
+    labelled = LabelledImages(
+        torch.randint(0, 256, (24, 3, size, size), dtype=torch.uint8, generator=generator), torch.arange(24) % 4
+    )
+    sanity = sanity_checks(
+        explainer, inputs, targets, ["gradcam", "rollout"], steps=4, random_orders=1, labelled=labelled
+    )
     assert sanity["layer"] == "backbone.blocks.1.norm1"
     for method in ("gradcam", "rollout"):
         values = sanity["methods"][method]
         assert len(values["randomisation"]["rank_correlations"]) == 3
+        # The transformer trained end to end: only its head learns the shuffled labels.
+        labels = values["label_randomisation"]
+        assert labels["scope"] == "head only" and labels["n_labelled"] == 24
+        assert len(labels["rank_correlations"]) == 3 and labels["fit_accuracy"] > 0.25
         assert values["deletion"]["random_grid"] == [4, 4]
         assert np.isfinite(values["deletion"]["auc_attributed"])
 

@@ -159,11 +159,11 @@ def explanations_table(images: Sequence[ExplainedImage], out_dir: Path) -> Table
 
 
 def sanity_table(sanity: dict[str, Any]) -> Table:
-    """``braintumor explain --sanity``: the randomisation test and the deletion curve per method."""
+    """``braintumor explain --sanity``: the two randomisation tests and the deletion curve per method."""
     from braintumor.explain.run import summarise_sanity
 
     table = Table(title=f"Sanity checks on {sanity['n_images']} images (layer {sanity['layer']})")
-    for column in ("method", "model randomisation", "deletion curve"):
+    for column in ("method", "model randomisation", "label randomisation", "deletion curve"):
         table.add_column(column)
     for row in summarise_sanity(sanity):
         table.add_row(*row)

@@ -47,7 +47,7 @@ def explain_command(
         DEFAULT_SHAP_SAMPLES, "--shap-samples", min=1, help="GradientShap samples per image."
     ),
     sanity: bool = typer.Option(
-        False, "--sanity", help="Also run the model randomisation test and the deletion curve on these images."
+        False, "--sanity", help="Also run the model and label randomisation tests and the deletion curve on them."
     ),
     sanity_images: int = typer.Option(
         DEFAULT_SANITY_IMAGES, "--sanity-images", min=1, help="Images used by --sanity (the first N)."

@@ -380,7 +380,8 @@ def _failure_modes(data: ReportData) -> list[str]:
         lines.append("Selective prediction: " + selective_text(data.probabilities, data.labels, threshold) + ".")
     if data.sanity is not None:
         for method, values in data.sanity["methods"].items():
-            if not values["randomisation"]["passed"] or not values["deletion"]["passed"]:
+            labels = values.get("label_randomisation", {"passed": True})
+            if not (values["randomisation"]["passed"] and labels["passed"] and values["deletion"]["passed"]):
                 lines.append(f"The {method} maps failed a sanity check (see Explanations): do not trust them.")
     return lines
 
@@ -533,6 +534,17 @@ def mistakes_section(data: ReportData, *, explainer: Explainer, count: int) -> d
     return {"mistakes": mistakes, "mistakes_note": note}
 
 
+def _label_test_cells(labels: dict[str, Any] | None) -> dict[str, Any]:
+    """The label randomisation test's text and verdict (None: not run) for the sanity table."""
+    if labels is None:
+        return {"labels_text": "not run: no labelled validation images here", "labels_pass": None}
+    text = (
+        f"mean |Spearman rho| {labels['mean_abs_rank_correlation']:.3f} (threshold < {labels['threshold']}; "
+        f"re-fitted: {labels['scope']})"
+    )
+    return {"labels_text": text, "labels_pass": labels["passed"]}
+
+
 def sanity_section(data: ReportData, *, sanity: dict[str, Any]) -> dict[str, Any]:
     """The sanity checks of the maps: a table per method and the deletion curves."""
     from braintumor.explain.run import plot_deletion_curves
@@ -551,6 +563,7 @@ def sanity_section(data: ReportData, *, sanity: dict[str, Any]) -> dict[str, Any
                 "auc_random": f"{deletion['auc_random']:.3f}",
                 "del_pass": deletion["passed"],
                 "wins": f"{deletion['images_faster_than_random']} of {len(deletion['per_image_auc_random'])}",
+                **_label_test_cells(values.get("label_randomisation")),
             }
         )
     deletion_curves = Figure(
@@ -563,7 +576,9 @@ def sanity_section(data: ReportData, *, sanity: dict[str, Any]) -> dict[str, Any
     note = (
         f"On {sanity['n_images']} {data.split} images spread over the classes, explaining the predicted class. "
         "Model randomisation: every layer re-initialised; the maps must stop agreeing with the trained "
-        "model's (Adebayo et al., 2018). SHAP sanity checks: braintumor explain --method shap --sanity."
+        "model's (Adebayo et al., 2018). Label randomisation: the head fitted again to shuffled labels of "
+        "validation images; the maps must stop agreeing too. SHAP sanity checks: braintumor explain --method "
+        "shap --sanity."
     )
     return {"sanity_rows": rows, "sanity_figures": [deletion_curves], "sanity_note": note}
 

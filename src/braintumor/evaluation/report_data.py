@@ -38,6 +38,9 @@ if TYPE_CHECKING:
     from braintumor.explain.explainer import Explainer
 
 _KEPT_KEYS = ("paths", "kept_paths", "image_paths")
+# Validation images whose shuffled labels the report's label randomisation test fits (fewer than explain's: the
+# report must stay quick on a CPU).
+REPORT_LABELLED_IMAGES = 64
 _DROPPED_KEYS = ("excluded_paths", "removed_paths", "dropped_paths")
 
 
@@ -191,6 +194,7 @@ def report_sanity_checks(
     result: EvaluationResult, explainer: Explainer, predicted: np.ndarray, count: int, seed: int
 ) -> dict[str, Any] | None:
     """Randomisation and deletion checks of Grad-CAM and Grad-CAM++ on ``count`` images; ``None`` if none decodes."""
+    from braintumor.explain.attributions import labelled_images
     from braintumor.explain.run import sanity_checks
 
     loaded: list[tuple[torch.Tensor, int]] = []
@@ -210,6 +214,7 @@ def report_sanity_checks(
         steps=10,
         random_orders=2,
         seed=seed,
+        labelled=labelled_images(explainer.bundle, count=REPORT_LABELLED_IMAGES, seed=seed),
     )
 
 

@@ -162,12 +162,16 @@ diagnose, treat or triage patients. Its outputs are for research and education o
 <h3>Sanity checks of the maps</h3>
 {% if sanity_rows %}
 <table>
-  <tr><th>method</th><th class="text">model randomisation test</th><th class="text">deletion curve</th></tr>
+  <tr><th>method</th><th class="text">model randomisation test</th><th class="text">label randomisation test</th>
+      <th class="text">deletion curve</th></tr>
   {% for row in sanity_rows %}
   <tr><td>{{ row.method }}</td>
       <td class="text">mean |Spearman rho| {{ row.rho }} (threshold &lt; {{ row.threshold }}{% if row.constant %};
           {{ row.constant }} randomised maps were empty, counted as rho 0{% endif %}):
           <span class="{{ 'pass' if row.rand_pass else 'fail' }}">{{ 'pass' if row.rand_pass else 'FAIL' }}</span></td>
+      <td class="text">{{ row.labels_text }}{% if row.labels_pass is not none %}:
+          <span class="{{ 'pass' if row.labels_pass else 'fail' }}">{{ 'pass' if row.labels_pass else 'FAIL' }}</span>
+          {% endif %}</td>
       <td class="text">AUC {{ row.auc_attr }} vs random order {{ row.auc_random }}
           (faster on {{ row.wins }} images):
           <span class="{{ 'pass' if row.del_pass else 'fail' }}">{{ 'pass' if row.del_pass else 'FAIL' }}</span>

@@ -32,9 +32,11 @@ from captum.attr import GradientShap
 from torchvision.transforms.v2 import functional as TF
 
 from braintumor.bundle import Bundle
+from braintumor.bundle.validation import validation_samples
 from braintumor.data.dataset import load_images
 from braintumor.data.layout import Sample, discover_split
 from braintumor.errors import BrainTumorError, DatasetLayoutError
+from braintumor.explain.defaults import DEFAULT_LABELLED_IMAGES
 from braintumor.inference.predictor import expand_inputs
 
 # The share of |attribution| above which a map saturates: a few extreme pixels must not wash out the rest.
@@ -154,3 +156,28 @@ def shap_maps(
             )
             maps.append(attribution.detach().sum(dim=1))
     return scale_signed(torch.cat(maps))
+
+
+@dataclass
+class LabelledImages:
+    """uint8 images ``[N, 3, S, S]`` with their class labels, for the label randomisation test; or a note saying
+    why there are none (``images`` None)."""
+
+    images: torch.Tensor | None
+    labels: torch.Tensor | None
+    note: str | None = None
+
+
+def labelled_images(bundle: Bundle, count: int = DEFAULT_LABELLED_IMAGES, seed: int = 0) -> LabelledImages:
+    """Up to ``count`` images of the bundle's validation split, spread over the classes, with their labels."""
+    try:
+        samples = [sample for sample in validation_samples(bundle) if sample.path.is_file()]
+    except BrainTumorError as error:
+        return LabelledImages(None, None, f"no label randomisation test: {error}")
+    if len({sample.label for sample in samples}) < 2:
+        where = bundle.config.training.data_root or "its data root"
+        return LabelledImages(
+            None, None, f"no label randomisation test: the bundle's validation images under {where} are not here"
+        )
+    image_set = load_images(_sample_evenly(samples, count, seed), bundle.preprocessing, show_progress=False, workers=2)
+    return LabelledImages(image_set.images, image_set.labels)

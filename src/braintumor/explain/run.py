@@ -35,7 +35,14 @@ from PIL import Image
 from braintumor.bundle import Bundle, load_bundle
 from braintumor.data.images import SkippedFile, load_image_rgb
 from braintumor.errors import ImageDecodeError
-from braintumor.explain.attributions import Background, background_images, fallback_baselines, shap_maps
+from braintumor.explain.attributions import (
+    Background,
+    LabelledImages,
+    background_images,
+    fallback_baselines,
+    labelled_images,
+    shap_maps,
+)
 from braintumor.explain.defaults import DEFAULT_SANITY_IMAGES, DEFAULT_SHAP_SAMPLES
 from braintumor.explain.explainer import METHODS, ROLLOUT_METHODS, Explainer
 from braintumor.explain.gradcam import CAM_METHODS, ExplainError, class_activation_maps
@@ -44,6 +51,7 @@ from braintumor.explain.sanity import (
     DeletionSettings,
     ExplainFunction,
     deletion_curve,
+    label_randomisation_test,
     model_randomisation_test,
     random_deletion_scores,
 )
@@ -128,8 +136,10 @@ def sanity_checks(
     random_orders: int = 3,
     seed: int = 0,
     on_method_done: Callable[[str], None] | None = None,
+    labelled: LabelledImages | None = None,
 ) -> dict[str, Any]:
-    """Model randomisation test and deletion curve for each method, as JSON-ready numbers.
+    """Model randomisation test, label randomisation test (with ``labelled`` images) and deletion curve for each
+    method, as JSON-ready numbers.
 
     The random-order deletion curve uses random maps with the method's granularity (the Grad-CAM layer's
     grid, a transformer's patch grid for rollout, or single pixels for SHAP) and is computed once per granularity.
@@ -141,6 +151,9 @@ def sanity_checks(
         "random_orders": random_orders,
         "methods": {},
     }
+    shuffled = _label_test_inputs(explainer, labelled)
+    if isinstance(shuffled, str):
+        results["label_randomisation_note"] = shuffled
     random_by_grid: dict[tuple[int, int] | None, np.ndarray] = {}
     for method in methods:
         grid = explainer.map_grid(method, inputs)
@@ -156,9 +169,35 @@ def sanity_checks(
             explainer.model, inputs, targets, maps, explainer.black, settings, random_scores=random_by_grid[grid]
         )
         results["methods"][method] = {"randomisation": randomisation.to_dict(), "deletion": deletion.to_dict()}
+        if not isinstance(shuffled, str):
+            features, labels, scope = shuffled
+            label_test = label_randomisation_test(
+                explainer.model, inputs, targets, explain, features, labels, scope=scope, seed=seed, original=maps
+            )
+            results["methods"][method]["label_randomisation"] = label_test.to_dict()
         if on_method_done is not None:
             on_method_done(method)
     return results
+
+
+def _label_test_inputs(
+    explainer: Explainer, labelled: LabelledImages | None
+) -> tuple[torch.Tensor, torch.Tensor, str] | str:
+    """The backbone's features of the labelled images, their labels and the test's scope; or why there is no test."""
+    if labelled is None:
+        return "no label randomisation test: no labelled images were given"
+    if labelled.images is None or labelled.labels is None:
+        return labelled.note or "no label randomisation test: no labelled images"
+    model = explainer.model
+    if not isinstance(getattr(model, "head", None), torch.nn.Module):
+        return "no label randomisation test for an ensemble: explain a member bundle for it"
+    with torch.no_grad():
+        inputs = explainer.to_inputs(labelled.images)
+        features = torch.cat([model.forward_features(part).float() for part in inputs.split(32)])
+    # A frozen backbone that no stage fine-tuned learnt nothing from the labels: the head is all training fitted.
+    fine_tuned = bool(explainer.bundle.config.recipe.train.finetune_stages)
+    scope = "head (all that training fitted)" if model.frozen_backbone and not fine_tuned else "head only"
+    return features, labelled.labels, scope
 
 
 def plot_deletion_curves(sanity: dict[str, Any], path: Path) -> Path:
@@ -413,6 +452,7 @@ def _sanity_on(
     explainer: Explainer, kept: list[_Explained], plan: _ImagePlan, out_dir: Path, show_progress: bool
 ) -> dict[str, Any]:
     """Run :func:`sanity_checks` on the kept images and write ``sanity.json`` and ``deletion_curves.png``."""
+    labelled = labelled_images(explainer.bundle)
     with progress_bar(show_progress) as progress:
         task = progress.add_task(f"Sanity checks ({len(kept)} images)", total=len(plan.methods))
         sanity = sanity_checks(
@@ -423,6 +463,7 @@ def _sanity_on(
             background=plan.background,
             n_samples=plan.shap_samples,
             on_method_done=lambda _: progress.advance(task),
+            labelled=labelled,
         )
     write_json_atomic(out_dir / "sanity.json", sanity)
     plot_deletion_curves(sanity, out_dir / "deletion_curves.png")
@@ -447,7 +488,7 @@ def explain_paths(
     """Explain every decodable image under ``inputs`` and write ``<out_dir>/<image>.png`` + ``explanations.json``.
 
     ``target`` is a class name, ``"all"`` (every class), or ``None``/``"predicted"`` for the predicted
-    class. With ``sanity``, the model randomisation test and the deletion curve run on the first
+    class. With ``sanity``, the model and label randomisation tests and the deletion curve run on the first
     ``sanity_images`` of these images (explaining their predicted class, or the named one) and go to
     ``sanity.json`` and ``deletion_curves.png``. An image the input guard flags is not drawn (it is listed in
     ``flagged`` and the notes) unless ``explain_flagged``; the sanity checks never use flagged images.
@@ -473,6 +514,8 @@ def explain_paths(
     kept = _explain_images(explainer, paths, plan, run, sanity_images, show_progress)
     if sanity and kept:
         run.sanity = _sanity_on(explainer, kept, plan, out_dir, show_progress)
+        if "label_randomisation_note" in run.sanity:
+            run.notes.append(run.sanity["label_randomisation_note"])
     write_json_atomic(
         out_dir / "explanations.json",
         {
@@ -490,16 +533,24 @@ def explain_paths(
     return run
 
 
-def summarise_sanity(sanity: dict[str, Any]) -> list[tuple[str, str, str]]:
-    """Rows ``(method, randomisation, deletion)`` in words and numbers, for the terminal and the report."""
+def summarise_sanity(sanity: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    """Rows ``(method, model randomisation, label randomisation, deletion)`` in words and numbers, for the
+    terminal and the report."""
     rows = []
     for method, values in sanity["methods"].items():
         rand, deletion = values["randomisation"], values["deletion"]
+        labels = values.get("label_randomisation")
         rows.append(
             (
                 method,
                 f"mean |rank corr.| {rand['mean_abs_rank_correlation']:.3f} "
                 f"({'pass' if rand['passed'] else 'FAIL'}: < {rand['threshold']})",
+                (
+                    f"mean |rank corr.| {labels['mean_abs_rank_correlation']:.3f} "
+                    f"({'pass' if labels['passed'] else 'FAIL'}: < {labels['threshold']}; {labels['scope']})"
+                    if labels
+                    else "not run (see notes)"
+                ),
                 f"AUC {deletion['auc_attributed']:.3f} vs random {deletion['auc_random']:.3f} "
                 f"({'pass' if deletion['passed'] else 'FAIL'}; faster on "
                 f"{deletion['images_faster_than_random']} of {len(deletion['per_image_auc_random'])} images)",

@@ -4,6 +4,10 @@
   every weight and explain the same images again. A map that explains the model must change; one that
   only traces the image's edges does not. Reported as Spearman rank correlation between the maps
   before and after; the check passes when the mean absolute correlation is below 0.5.
+* Label randomisation test (the same paper's data randomisation test): fit the head again to the labels of
+  labelled images shuffled at random, so that they say nothing about the images, and explain again; the maps
+  must stop agreeing as well. For a frozen-backbone bundle the head is all that training fitted, so this is the
+  paper's test; for a network trained end to end only the head forgets the labels (``scope`` says which).
 * Deletion curve (Petsiuk et al., 2018, RISE): black out the most-attributed pixels first, in steps,
   and follow the target class's probability. A faithful map makes it fall faster than deleting in a
   random order; reported as the areas under both curves (lower is faster), which must be ordered.
@@ -159,17 +163,109 @@ def model_randomisation_test(
     if original is None:
         original = explain(model, inputs, targets)
     randomised_model, reset = randomised_copy(model, seed)
-    randomised = explain(randomised_model, inputs, targets)
+    rhos, constant = _rank_correlations(original, explain(randomised_model, inputs, targets))
+    mean_abs = float(np.mean(np.abs(rhos))) if rhos else float("nan")
+    return RandomisationResult(rhos, mean_abs, threshold, bool(mean_abs < threshold), reset, constant)
+
+
+@dataclass
+class LabelRandomisationResult:
+    """Rank correlations between maps of the trained model and of one whose head learnt random labels.
+
+    ``scope`` is what was re-trained: the head (for a frozen-backbone bundle that is everything training fitted;
+    for a network trained end to end the backbone keeps what the true labels taught it, a weaker test).
+    ``fit_accuracy`` is the head's accuracy on the shuffled labels it learnt: near 1 when it memorised them.
+    """
+
+    rank_correlations: list[float]
+    mean_abs_rank_correlation: float
+    threshold: float
+    passed: bool
+    scope: str
+    n_labelled: int
+    fit_accuracy: float
+    constant_maps: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# Full-batch Adam steps that fit a re-initialised head to shuffled labels (a few hundred images memorise in fewer).
+LABEL_FIT_STEPS = 300
+LABEL_FIT_LR = 0.01
+
+
+def random_label_copy(
+    model: nn.Module, features: torch.Tensor, labels: torch.Tensor, seed: int = 0
+) -> tuple[nn.Module, float]:
+    """A copy of ``model`` whose head was re-initialised and fitted to a random permutation of ``labels``.
+
+    The data randomisation test of Adebayo et al. (2018) trains on permuted labels, so the labels carry no
+    information about the images; here the head is what is re-trained, on the backbone's ``features`` of labelled
+    images. Returns the copy (eval mode, frozen) and its accuracy on the permuted labels.
+    """
+    clone = copy.deepcopy(model)
+    head = clone.head
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        shuffled = labels[torch.randperm(len(labels))]
+        for module in head.modules():
+            if callable(getattr(module, "reset_parameters", None)):
+                module.reset_parameters()
+        head.requires_grad_(True)
+        head.train()
+        optimizer = torch.optim.Adam(head.parameters(), lr=LABEL_FIT_LR)
+        with torch.enable_grad():
+            for _ in range(LABEL_FIT_STEPS):
+                optimizer.zero_grad(set_to_none=True)
+                F.cross_entropy(head(features), shuffled).backward()
+                optimizer.step()
+    clone.eval()
+    clone.requires_grad_(False)
+    with torch.no_grad():
+        accuracy = float((head(features).argmax(dim=1) == shuffled).float().mean())
+    return clone, accuracy
+
+
+def label_randomisation_test(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    targets: Sequence[int],
+    explain: ExplainFunction,
+    labelled_features: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    scope: str,
+    seed: int = 0,
+    threshold: float = RANDOMISATION_MAX_MEAN_ABS_RHO,
+    original: torch.Tensor | None = None,
+) -> LabelRandomisationResult:
+    """Explain ``inputs`` with ``model`` and with a copy whose head learnt shuffled labels; maps must stop agreeing.
+
+    ``labelled_features`` are the backbone's features of labelled images (``labels``); the copy's head is fitted
+    to those labels permuted (:func:`random_label_copy`). A map that only reflects the image, not what the labels
+    taught, survives the shuffle and fails.
+    """
+    if original is None:
+        original = explain(model, inputs, targets)
+    shuffled_model, fit_accuracy = random_label_copy(model, labelled_features, labels, seed)
+    rhos, constant = _rank_correlations(original, explain(shuffled_model, inputs, targets))
+    mean_abs = float(np.mean(np.abs(rhos))) if rhos else float("nan")
+    passed = bool(mean_abs < threshold)
+    return LabelRandomisationResult(rhos, mean_abs, threshold, passed, scope, len(labels), fit_accuracy, constant)
+
+
+def _rank_correlations(before: torch.Tensor, after: torch.Tensor) -> tuple[list[float], int]:
+    """Spearman's rho of each pair of maps; a map that became constant counts as 0 (it keeps no ranking)."""
     rhos: list[float] = []
     constant = 0
-    for before, after in zip(original, randomised, strict=True):
-        rho = rank_correlation(before, after)
+    for first, second in zip(before, after, strict=True):
+        rho = rank_correlation(first, second)
         if rho is None:
             constant += 1
             rho = 0.0
         rhos.append(rho)
-    mean_abs = float(np.mean(np.abs(rhos))) if rhos else float("nan")
-    return RandomisationResult(rhos, mean_abs, threshold, bool(mean_abs < threshold), reset, constant)
+    return rhos, constant
 
 
 @torch.no_grad()
