@@ -221,6 +221,12 @@ class DistillConfig(_Strict):
         0.5, ge=0.0, le=1.0, description="Share of the distillation term; the true labels' loss gets 1 - weight."
     )
     temperature: float = Field(4.0, gt=0.0, description="Softmax temperature of the soft loss (T^2 scales it back).")
+    token: bool = Field(
+        False,
+        description="DeiT's distillation token (Touvron et al. 2021), for a ViT backbone that has one (timm's "
+        "deit_*_distilled_*): the class token learns the labels and the distillation token the teacher, through "
+        "the one linear head; prediction averages the two tokens (the average of their logits).",
+    )
 
 
 class TrainConfig(_Strict):
@@ -377,6 +383,26 @@ class Recipe(_Strict):
             raise ValueError(
                 "train.finetune_stages start from a head trained on the frozen backbone: they need "
                 "model.architecture: transfer and model.freeze_backbone: true"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _check_distillation_token(self) -> Recipe:
+        if self.train.distill is None or not self.train.distill.token:
+            return self
+        model = self.model
+        if model.architecture != "transfer" or "distilled" not in (model.backbone or "") or model.freeze_backbone:
+            raise ValueError(
+                "train.distill.token trains a ViT's distillation token: it needs a trainable timm backbone with one "
+                "(model.backbone: deit_tiny_distilled_patch16_224 or another deit_*_distilled_*, "
+                "model.freeze_backbone: false)"
+            )
+        if model.head != "linear" or model.head_standardize:
+            # The average of the two tokens' logits is the head of their average only for an affine head, and a
+            # standardising BatchNorm would learn its statistics from each token's batch, not from their average.
+            raise ValueError(
+                "train.distill.token needs model.head: linear and model.head_standardize: false (both tokens share "
+                "the one linear head)"
             )
         return self
 

@@ -12,8 +12,8 @@ from tests.conftest import load_benchmark
 def test_shipped_recipes_validate(name: str) -> None:
     recipe = load_recipe(name)
     assert recipe.name == name
-    sizes = {"demo-cnn": (64,), "vit-tiny": (128,), "vit-tiny-distilled": (128,)}.get(name, (224, 260))
-    assert recipe.data.image_size in sizes
+    sizes = {"demo-cnn": (64,), "vit-tiny": (128,), "vit-tiny-distilled": (128,), "vit-tiny-deit": (128,)}
+    assert recipe.data.image_size in sizes.get(name, (224, 260))
 
 
 def test_every_benchmarked_recipe_is_shipped() -> None:

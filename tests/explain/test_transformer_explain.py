@@ -248,3 +248,17 @@ def test_the_server_draws_rollout_for_a_transformer_and_refuses_it_for_a_cnn(vit
     cnn_app = create_app(tiny_bundle(tmp_path / "cnn"), settings)
     cnn = TestClient(cnn_app).post("/v1/explain?method=rollout", files=upload)
     assert cnn.status_code == 422 and "needs a vision transformer" in cnn.json()["detail"]
+
+
+def test_a_vit_with_a_distillation_token_is_explained_on_its_patches(tmp_path: Path) -> None:
+    raw = {**TINY_VIT, "model": {**TINY_VIT["model"], "backbone": "deit_tiny_distilled_patch16_224"}}
+    recipe = Recipe.model_validate(raw)
+    torch.manual_seed(0)
+    model = create_model(recipe)
+    bundle = load_bundle(save_bundle(tmp_path / "deit", model, recipe, resolve_preprocessing(recipe, model)))
+    explainer = Explainer(bundle)
+    assert explainer.tokens is not None and explainer.tokens.prefix_tokens == 2  # class and distillation tokens
+    inputs = torch.rand(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
+    for method in ("gradcam", "rollout"):
+        maps = explainer.maps(inputs, [0, 1], method)
+        assert maps.shape == (2, SIZE, SIZE) and float(maps.max()) == pytest.approx(1.0)

@@ -8,15 +8,24 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from braintumor.bundle import read_bundle_config
-from braintumor.config import DistillConfig
+from braintumor.config import DistillConfig, Recipe
 from braintumor.data.preprocessing import Preprocessing
-from braintumor.training.distill import DistillationError, TeacherOnStudentInputs, distillation_loss, load_teacher
+from braintumor.models import create_model
+from braintumor.training.distill import (
+    DistillationError,
+    Teacher,
+    TeacherOnStudentInputs,
+    distillation_loss,
+    load_teacher,
+)
 from braintumor.training.features import FeatureViewDataset
+from braintumor.training.module import ClassifierModule
 from braintumor.workflows.train import train_recipe
-from tests.conftest import tiny_recipe
+from tests.conftest import TINY_VIT, tiny_recipe
 
 
 def test_the_soft_term_is_zero_when_the_student_matches_and_pulls_towards_the_teacher() -> None:
@@ -119,3 +128,60 @@ def test_a_student_learns_the_teachers_answers_and_records_its_teacher(
     first, last = run.history[0], run.history[-1]
     assert last["train_loss"] < 0.5 * first["train_loss"]
     assert last["train_acc"] <= 0.3 and last["val_acc"] <= 0.3
+
+
+def _token_recipe(teacher: str, **train: object) -> Recipe:
+    """The tests' tiny ViT with a distillation token, taught by ``teacher`` through it."""
+    model = {
+        **TINY_VIT["model"],
+        "backbone": "deit_tiny_distilled_patch16_224",
+        "dropout": 0.0,
+        "head_standardize": False,
+    }
+    distill = {"teacher": teacher, "token": True, "loss": "hard", "weight": 0.5}
+    # The teacher's validation split (the tiny CNN's val_fraction), which the student must share.
+    data = {**TINY_VIT["data"], "val_fraction": 0.25}
+    return Recipe.model_validate(
+        {**TINY_VIT, "name": "tiny-deit", "data": data, "model": model, "train": {"distill": distill, **train}}
+    )
+
+
+def test_the_distillation_token_needs_a_distilled_vit_and_a_linear_head() -> None:
+    assert _token_recipe("t").train.distill.token
+    with pytest.raises(ValueError, match="deit_tiny_distilled_patch16_224"):
+        Recipe.model_validate({**TINY_VIT, "train": {"distill": {"teacher": "t", "token": True}}})
+    raw = _token_recipe("t").model_dump()
+    with pytest.raises(ValueError, match=r"model\.head: linear"):
+        Recipe.model_validate({**raw, "model": {**raw["model"], "head": "seed"}})
+
+
+def test_the_class_token_learns_the_labels_and_the_distillation_token_the_teacher() -> None:
+    recipe = _token_recipe("t")
+    model = create_model(recipe).train()
+    teacher_network = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 4)).eval()
+    teacher = Teacher(teacher_network, recipe.train.distill, "32-true", {})  # type: ignore[arg-type]
+    module = ClassifierModule(model, recipe.train, 4, teacher=teacher)
+    inputs, targets = torch.randn(6, 3, 32, 32), torch.tensor([0, 1, 2, 3, 0, 1])
+    with torch.no_grad():
+        tokens = model.backbone.forward_features(inputs)
+        class_logits, distillation_logits = model.head(tokens[:, 0]), model.head(tokens[:, 1])
+        expected = 0.5 * F.cross_entropy(class_logits, targets) + 0.5 * F.cross_entropy(
+            distillation_logits, teacher_network(inputs).argmax(dim=1)
+        )
+        loss = module.training_step((inputs, targets), 0)
+    assert torch.allclose(loss, expected)
+    # Prediction averages the two tokens: the one linear head of their average is the average of their logits.
+    model.eval()
+    with torch.no_grad():
+        assert torch.allclose(model(inputs), (class_logits + distillation_logits) / 2, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_a_vit_trains_with_a_distillation_token_and_records_it(
+    trained_run, synthetic_root: Path, tmp_path: Path
+) -> None:
+    recipe = _token_recipe(str(trained_run.bundle_dir), max_epochs=2)
+    run = train_recipe(recipe, synthetic_root, tmp_path / "deit", show_progress=False)
+    record = read_bundle_config(run.bundle_dir).training.distillation
+    assert record["token"] is True and record["loss"] == "hard"
+    assert len(run.history) == 2 and all(row["train_loss"] > 0 for row in run.history)

@@ -2,9 +2,11 @@
 
 The student learns ``(1 - w) * label loss + w * distillation term``, where the term is the KL divergence to the
 teacher's softened probabilities (``soft``, Hinton et al. 2015, scaled by ``T^2``) or the cross-entropy to the
-teacher's predicted class (``hard``, as DeiT). The teacher sees exactly the student's augmented view: the
-student's network input is mapped back to pixels and re-normalised (and resized) for the teacher. On cached
-views (a frozen backbone's feature cache) the teacher's outputs are computed once per view, not once per epoch.
+teacher's predicted class (``hard``, as DeiT). With ``token`` (DeiT's distillation token, for a distilled ViT) the
+label loss is the class token's and the distillation term the distillation token's (:func:`token_logits`).
+The teacher sees exactly the student's augmented view: the student's network input is mapped back to pixels and
+re-normalised (and resized) for the teacher. On cached views (a frozen backbone's feature cache) the teacher's
+outputs are computed once per view, not once per epoch.
 
 Choices are made on validation only: among several candidate teachers the one with the best validation accuracy
 is used, and a teacher that trained on any of the student's validation images is refused (the student's early
@@ -111,6 +113,23 @@ def distillation_loss(
     return (1.0 - config.weight) * label_loss + config.weight * term
 
 
+def token_logits(network: nn.Module, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The class token's and the distillation token's logits of a distilled ViT (timm's ``deit_*_distilled_*``),
+    each through the network's one linear head.
+
+    timm's distilled ViT pools its two tokens by their average; a linear head of that average is the average of
+    the two tokens' logits, so prediction is DeiT's average of the two heads with the heads tied.
+    """
+    backbone = network.backbone
+    if getattr(backbone, "dist_token", None) is None:
+        raise DistillationError(
+            f"{type(backbone).__name__} has no distillation token: train.distill.token needs a deit_*_distilled_* "
+            "backbone"
+        )
+    tokens = backbone.forward_features(inputs)
+    return network.forward_head(tokens[:, 0]), network.forward_head(tokens[:, 1])
+
+
 def _candidate_paths(config: DistillConfig) -> list[Path]:
     paths = [config.teacher] if isinstance(config.teacher, str) else list(config.teacher)
     if not paths:
@@ -193,6 +212,7 @@ def load_teacher(config: DistillConfig, student: Preprocessing, val_paths: list[
         "loss": config.loss,
         "weight": config.weight,
         "temperature": config.temperature if config.loss == "soft" else None,
+        "token": config.token,
     }
     wrapped = TeacherOnStudentInputs(network, student, chosen.preprocessing)
     return Teacher(wrapped, config, chosen.recipe.precision(), record)

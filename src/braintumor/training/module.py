@@ -12,7 +12,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from braintumor.config import TrainConfig
 from braintumor.runtime import channels_last_batch, has_convolutions, to_channels_last
-from braintumor.training.distill import Teacher, distillation_loss
+from braintumor.training.distill import Teacher, distillation_loss, token_logits
 from braintumor.training.losses import training_loss
 
 
@@ -91,11 +91,23 @@ class ClassifierModule(L.LightningModule):
         teacher_logits = cached[0] if cached else self.teacher.network(inputs)
         return distillation_loss(logits, teacher_logits, loss, self.teacher.config)
 
+    def _token_distilled(self, inputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """DeiT's distillation token: the class token's logits learn the labels, the distillation token's the
+        teacher, through the one linear head; the logits reported are their average (what prediction gives)."""
+        assert self.teacher is not None
+        class_logits, distillation_logits = token_logits(self.network, inputs)
+        label_loss = self._loss(class_logits, targets)
+        loss = distillation_loss(distillation_logits, self.teacher.network(inputs), label_loss, self.teacher.config)
+        return (class_logits + distillation_logits) / 2, loss
+
     def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> torch.Tensor:
         # (inputs, labels), or (inputs, labels, teacher logits) on cached views with a teacher.
         inputs, targets, *cached = batch
-        logits = self(inputs)
-        loss = self._distilled(inputs, logits, self._loss(logits, targets), cached)
+        if self.teacher is not None and self.teacher.config.token:
+            logits, loss = self._token_distilled(inputs, targets)
+        else:
+            logits = self(inputs)
+            loss = self._distilled(inputs, logits, self._loss(logits, targets), cached)
         self.train_accuracy(logits, targets)
         self.log(
             "train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(targets), sync_dist=True
