@@ -74,7 +74,7 @@ def summarise(run_dir: Path) -> dict[str, Any]:
         "best_epoch": training.get("best_epoch"),
         "val_accuracy": training["val_metrics"]["accuracy"],
         "test_accuracy": testing.get("accuracy"),
-        "precision": training.get("devices", {}).get("precision"),
+        "inference_precision": testing.get("inference_precision"),
     }
 
 

@@ -13,6 +13,7 @@ import hashlib
 import json
 import mmap
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +24,8 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from braintumor.config import Recipe
-from braintumor.data.preprocessing import eval_transform, train_transform
+from braintumor.data.batch_augment import batch_augmentation
+from braintumor.data.preprocessing import Preprocessing, eval_transform, train_transform
 from braintumor.models.network import BrainTumorNet
 from braintumor.training.features import Allocate, build_view_features
 from braintumor.training.fitting import FitContext
@@ -93,14 +95,30 @@ def encode_views(
         "channels_last": recipe.train.channels_last,
     }
     store = store or FeatureStore(None, 0)
-    augmented = train_transform(recipe.augment, prep)
+    augmented, per_image = augmented_view_transform(recipe, prep)
     views = cache_views(recipe)
     train = build_view_features(
-        encoder, context.train_set, clean, augmented, views=views, out=store.allocator("train"), **run
+        encoder,
+        context.train_set,
+        clean,
+        augmented,
+        views=views,
+        out=store.allocator("train"),
+        augmented_per_image=per_image,
+        **run,
     )
     val = build_view_features(encoder, context.val_set, clean, clean, views=1, out=store.allocator("val"), **run)
     store.release()
     return train, val
+
+
+def augmented_view_transform(
+    recipe: Recipe, prep: Preprocessing
+) -> tuple[Callable[[torch.Tensor], torch.Tensor], bool]:
+    """The augmented views' transform and whether it runs image by image: a rotation, zoom, translation and
+    mirroring augmentation runs on whole batches (:mod:`braintumor.data.batch_augment`), any other image by image."""
+    batched = batch_augmentation(recipe.augment, prep)
+    return (train_transform(recipe.augment, prep), True) if batched is None else (batched, False)
 
 
 def teacher_view_logits(context: FitContext) -> torch.Tensor | None:
@@ -112,11 +130,13 @@ def teacher_view_logits(context: FitContext) -> torch.Tensor | None:
     if context.teacher is None:
         return None
     recipe, prep = context.recipe, context.prep
+    augmented, per_image = augmented_view_transform(recipe, prep)
     return build_view_features(
         context.teacher.network,
         context.train_set,
         eval_transform(prep),
-        train_transform(recipe.augment, prep),
+        augmented,
+        augmented_per_image=per_image,
         views=cache_views(recipe),
         seed=recipe.train.seed,
         show_progress=context.options.show_progress,
@@ -134,6 +154,8 @@ def _fingerprint(context: FitContext) -> str:
                 recipe.augment.model_dump(mode="json"),
                 context.prep.model_dump(mode="json"),
                 cache_views(recipe),
+                # How the augmented views are drawn: on whole batches or image by image (another draw).
+                "batched views" if batch_augmentation(recipe.augment, context.prep) is not None else "per image",
                 recipe.train.seed,
                 # bf16 features differ from fp32 ones in the last bits: a cache from the other precision is stale.
                 recipe.precision(),

@@ -89,9 +89,11 @@ def build_view_features(
     precision: str = "32-true",
     channels_last: bool = True,
     out: Allocate | None = None,
+    augmented_per_image: bool = True,
 ) -> torch.Tensor:
     """Features ``[views, N, D]``: view 0 clean (``clean_transform`` is deterministic), the others augmented
-    with seeds ``seed + view``.
+    with seeds ``seed + view`` (``augmented_transform`` applied image by image, or to each whole batch when
+    ``augmented_per_image`` is False: :mod:`braintumor.data.batch_augment`).
 
     ``out(views, shape)`` allocates the float32 ``[views, *shape]`` result (default in memory); each view is
     written into it as it is computed, so no second copy is made.
@@ -103,7 +105,9 @@ def build_view_features(
         torch.manual_seed(seed + view)
         slots.view = view
         description = f"Features (augmented view {view}/{views - 1})"
-        extract_features(model, image_set, augmented_transform, description=description, **run)
+        extract_features(
+            model, image_set, augmented_transform, description=description, per_image=augmented_per_image, **run
+        )
         kill_point(f"features:{view}")
     assert slots.result is not None  # extract_features fails on an empty set
     return slots.result
