@@ -34,6 +34,7 @@ from braintumor.runtime import (
     resolve_precision,
     to_channels_last,
 )
+from braintumor.training.feature_cache import augmented_view_transform
 from braintumor.training.features import extract_features
 
 
@@ -153,9 +154,9 @@ def validation_accuracy(bundle_dir: Path, data_root: Path | None, precision: str
 def view_throughput(recipe_ref: str, data: Path, images: int) -> dict[str, Any]:
     """Images/s of the bare network beside the product's clean and augmented feature views, as training runs them.
 
-    The views stream from disk as training reads them (decoding in worker processes, the augmentation drawn per
-    image); the bare network runs on inputs prepared beforehand, so it is what the views could reach at best.
-    Each is warmed up on one batch first.
+    The views stream from disk as training reads them (decoding in worker processes, the augmentation drawn as
+    training draws it); the bare network runs on inputs prepared beforehand, so it is what the views could reach
+    at best. Each runs twice and the second run is timed.
     """
     recipe = load_recipe(recipe_ref)
     model = create_model(recipe)
@@ -164,7 +165,8 @@ def view_throughput(recipe_ref: str, data: Path, images: int) -> dict[str, Any]:
     image_set = scan_images(samples, prep, show_progress=False)
     precision, channels_last = recipe.precision(), recipe.train.channels_last
     run = {"show_progress": False, "precision": precision, "channels_last": channels_last}
-    clean, augmented = eval_transform(prep), train_transform(recipe.augment, prep)
+    # The augmented views as training encodes them: whole batches for a geometric augmentation, else per image.
+    clean, (augmented, per_image) = eval_transform(prep), augmented_view_transform(recipe, prep)
     inputs = clean(load_images(samples, prep, show_progress=False).images)
     backbone = model.backbone.eval()
     if channels_last:
@@ -183,7 +185,7 @@ def view_throughput(recipe_ref: str, data: Path, images: int) -> dict[str, Any]:
     works = {
         "bare network": bare,
         "clean view": lambda: view(clean, False),
-        "augmented view": lambda: view(augmented, True),
+        "augmented view": lambda: view(augmented, per_image),
     }
     rates = {name: _images_per_s(work, len(samples)) for name, work in works.items()}
     return {
