@@ -56,6 +56,7 @@ from braintumor.guard.evidence import image_evidence
 from braintumor.inference.defaults import DEFAULT_OPSET
 from braintumor.inference.predictor import GuardVerdicts, Predictor, with_header_flags
 from braintumor.inference.tta import tta_views
+from braintumor.runtime import INFERENCE_BATCH_SIZE
 
 INPUT_NAME = "image"
 OUTPUT_NAME = "logits"
@@ -315,7 +316,7 @@ class OnnxPredictor(Predictor):
         onnx_path: Path | str | None = None,
         threads: int | None = None,
         spin: bool = False,
-        batch_size: int = 32,
+        batch_size: int = INFERENCE_BATCH_SIZE,
         tta: bool = False,
     ) -> None:
         super().__init__(bundle, batch_size=batch_size, tta=tta)

@@ -44,6 +44,7 @@ from braintumor.guard.reasons import UNEXPLAINED, FlagReason
 from braintumor.inference.tta import tta_views
 from braintumor.models.fusion import fold_batchnorm
 from braintumor.runtime import (
+    INFERENCE_BATCH_SIZE,
     autocast,
     channels_last_batch,
     one_thread,
@@ -197,7 +198,8 @@ class Predictor:
     Args:
         bundle: a loaded bundle; its ``extras`` may hold a ``temperature`` (probabilities are
             ``softmax(logits / T)``) and a ``refer_threshold`` (see ``braintumor calibrate``).
-        batch_size: images per forward pass.
+        batch_size: images per forward pass (:data:`braintumor.runtime.INFERENCE_BATCH_SIZE`: larger batches
+            cost memory and run no faster on a CPU).
         tta: test-time augmentation: average the logits of the views of :func:`~braintumor.inference.tta.tta_views`
             (6 forward passes per image). Logits rather than probabilities are averaged so that the
             temperature fitted on logits keeps its meaning.
@@ -207,7 +209,12 @@ class Predictor:
     """
 
     def __init__(
-        self, bundle: Bundle, *, batch_size: int = 32, tta: bool = False, precision: str | None = None
+        self,
+        bundle: Bundle,
+        *,
+        batch_size: int = INFERENCE_BATCH_SIZE,
+        tta: bool = False,
+        precision: str | None = None,
     ) -> None:
         tune_cpu_runtime()
         self.bundle = bundle
