@@ -20,7 +20,7 @@ from braintumor.errors import BrainTumorError
 from braintumor.explain import Explainer, ExplainError, explain_paths, find_target_layer, gradcam_overlay
 from braintumor.explain.attributions import LabelledImages
 from braintumor.explain.gradcam import class_activation_maps
-from braintumor.explain.run import cam_grid, parse_methods, sanity_checks
+from braintumor.explain.run import cam_grid, parse_methods, sanity_checks, summarise_sanity
 from braintumor.explain.sanity import randomised_copy
 from braintumor.explain.transformer import (
     NotATransformerError,
@@ -204,6 +204,12 @@ def test_randomisation_redraws_the_tokens_and_sanity_checks_run(vit_bundle: Path
         assert len(labels["rank_correlations"]) == 3 and labels["fit_accuracy"] > 0.25
         assert values["deletion"]["random_grid"] == [4, 4]
         assert np.isfinite(values["deletion"]["auc_attributed"])
+    # Rollout reads only the attention: re-fitting the head leaves its maps exactly as they were, and says why.
+    rollout_labels = sanity["methods"]["rollout"]["label_randomisation"]
+    assert rollout_labels["mean_abs_rank_correlation"] > 0.999 and not rollout_labels["passed"]
+    assert "does not read the head" in rollout_labels["note"]
+    assert "note" not in sanity["methods"]["gradcam"]["label_randomisation"]
+    assert "does not read the head" in summarise_sanity(sanity)[1][2]
 
 
 def test_overlay_with_rollout_for_a_transformer_bundle(vit_bundle: Path) -> None:

@@ -61,6 +61,11 @@ from braintumor.inference.volume_outputs import FLAG_REASON
 from braintumor.io import write_json_atomic
 from braintumor.progress import progress_bar
 
+# The label test's scope for a network trained end to end: only its head learns the shuffled labels.
+HEAD_ONLY = "head only"
+# Rollout reads the attention weights alone: a test that re-fits only the head cannot change its maps.
+ROLLOUT_LABEL_NOTE = "rollout does not read the head, so a head-only re-fit cannot change its maps"
+
 
 @dataclass
 class ExplainRun:
@@ -175,6 +180,8 @@ def sanity_checks(
                 explainer.model, inputs, targets, explain, features, labels, scope=scope, seed=seed, original=maps
             )
             results["methods"][method]["label_randomisation"] = label_test.to_dict()
+            if method == "rollout" and scope == HEAD_ONLY:
+                results["methods"][method]["label_randomisation"]["note"] = ROLLOUT_LABEL_NOTE
         if on_method_done is not None:
             on_method_done(method)
     return results
@@ -196,7 +203,7 @@ def _label_test_inputs(
         features = torch.cat([model.forward_features(part).float() for part in inputs.split(32)])
     # A frozen backbone that no stage fine-tuned learnt nothing from the labels: the head is all training fitted.
     fine_tuned = bool(explainer.bundle.config.recipe.train.finetune_stages)
-    scope = "head (all that training fitted)" if model.frozen_backbone and not fine_tuned else "head only"
+    scope = "head (all that training fitted)" if model.frozen_backbone and not fine_tuned else HEAD_ONLY
     return features, labelled.labels, scope
 
 
@@ -548,6 +555,7 @@ def summarise_sanity(sanity: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                 (
                     f"mean |rank corr.| {labels['mean_abs_rank_correlation']:.3f} "
                     f"({'pass' if labels['passed'] else 'FAIL'}: < {labels['threshold']}; {labels['scope']})"
+                    + (f"; {labels['note']}" if labels.get("note") else "")
                     if labels
                     else "not run (see notes)"
                 ),
