@@ -45,7 +45,7 @@ DEFAULT_RECIPES = [
     "seed-cnn-keras",
     "seed-cnn-distilled",
     "vit-tiny",
-    "vit-tiny-distilled",
+    "vit-tiny-deit",
 ]
 
 

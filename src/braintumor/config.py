@@ -237,6 +237,13 @@ class TrainConfig(_Strict):
     early_stopping_patience: int = Field(5, ge=1)
     lr_patience: int = Field(2, ge=1, description="ReduceLROnPlateau patience (epochs).")
     lr_factor: float = Field(0.5, gt=0.0, lt=1.0)
+    schedule: Literal["plateau", "cosine"] = Field(
+        "plateau",
+        description="Learning-rate schedule: plateau (ReduceLROnPlateau on validation loss: lr_patience, lr_factor) "
+        "or cosine (linear warm-up over warmup_epochs, then cosine decay to zero at max_epochs, step by step; the "
+        "schedule transformers trained from scratch are trained with).",
+    )
+    warmup_epochs: int = Field(0, ge=0, description="Linear warm-up of the cosine schedule (epochs).")
     seed: int = 42
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
     loss: Literal["cross_entropy", "focal"] = Field(
@@ -293,6 +300,10 @@ class TrainConfig(_Strict):
         # Label smoothing is defined for cross-entropy; silently ignoring it under focal loss would mislead.
         if self.loss == "focal" and self.label_smoothing > 0:
             raise ValueError("label_smoothing applies to loss: cross_entropy only; set it to 0 with loss: focal")
+        if self.warmup_epochs and self.schedule != "cosine":
+            raise ValueError("warmup_epochs belongs to schedule: cosine")
+        if self.warmup_epochs >= self.max_epochs:
+            raise ValueError(f"warmup_epochs ({self.warmup_epochs}) must be fewer than max_epochs ({self.max_epochs})")
         if self.wise_alphas and not self.finetune_stages:
             raise ValueError("wise_alphas interpolate probed and fine-tuned weights: add finetune_stages")
         for index, stage in enumerate(self.finetune_stages, start=1):

@@ -136,3 +136,25 @@ def test_balanced_class_weights_reach_the_training_record(synthetic_root: Path, 
     result = train_recipe(recipe, synthetic_root, tmp_path / "run", show_progress=False)
     weights = json.loads((result.bundle_dir / "config.json").read_text())["training"]["class_weights"]
     assert weights == pytest.approx([1.0, 1.0, 1.0, 1.0])  # the synthetic classes are balanced
+
+
+def test_cosine_schedule_warms_up_then_decays_to_zero(synthetic_root: Path, tmp_path: Path) -> None:
+    recipe = tiny_recipe(
+        train={"max_epochs": 4, "early_stopping_patience": 4, "schedule": "cosine", "warmup_epochs": 1}
+    )
+    result = train_recipe(recipe, synthetic_root, tmp_path / "cosine", show_progress=False)
+    rates = [row["learning_rate"] for row in result.history]
+    peak = recipe.train.learning_rate
+    # The rate logged after each epoch: the warm-up has reached the peak after epoch 1, then it only falls.
+    assert rates[0] == pytest.approx(peak, rel=0.05)
+    assert all(later < earlier for earlier, later in zip(rates, rates[1:], strict=False))
+    assert rates[-1] < 1e-3 * peak
+
+
+def test_warmup_needs_the_cosine_schedule() -> None:
+    from braintumor.config import RecipeError
+
+    with pytest.raises((RecipeError, ValueError), match="warmup_epochs belongs to schedule: cosine"):
+        tiny_recipe(train={"warmup_epochs": 2})
+    with pytest.raises((RecipeError, ValueError), match="must be fewer than max_epochs"):
+        tiny_recipe(train={"schedule": "cosine", "warmup_epochs": 5, "max_epochs": 5})

@@ -135,6 +135,18 @@ class ClassifierModule(L.LightningModule):
         if not isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):  # plateau: on_train_epoch_end
             scheduler.step()
 
+    def _cosine(self, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
+        """Linear warm-up from 1/100 of the rate over ``warmup_epochs``, then cosine decay to zero at
+        ``max_epochs``, stepped every batch (DeiT's schedule, shortened)."""
+        epochs = self.trainer.max_epochs or self.train_config.max_epochs  # --epochs may shorten the recipe's
+        steps = max(1, int(self.trainer.estimated_stepping_batches))
+        warmup = min(steps - 1, steps * self.train_config.warmup_epochs // max(1, epochs))
+        cosine = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, steps - warmup))
+        if warmup == 0:
+            return cosine
+        ramp = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=0.01, total_iters=warmup)
+        return torch.optim.lr_scheduler.SequentialLR(optimizer, [ramp, cosine], milestones=[warmup])
+
     def configure_optimizers(self) -> dict[str, Any]:
         optimizer_class = torch.optim.AdamW if self.train_config.optimizer == "adamw" else torch.optim.Adam
         if self.optimizer_groups is not None:
@@ -152,6 +164,8 @@ class ClassifierModule(L.LightningModule):
         optimizer = optimizer_class(
             parameters, lr=self.train_config.learning_rate, weight_decay=self.train_config.weight_decay
         )
+        if self.train_config.schedule == "cosine":
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self._cosine(optimizer), "interval": "step"}}
         scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
             optimizer, mode="min", factor=self.train_config.lr_factor, patience=self.train_config.lr_patience
         )
