@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 from pathlib import Path
 
@@ -147,7 +148,7 @@ def test_cosine_schedule_warms_up_then_decays_to_zero(synthetic_root: Path, tmp_
     peak = recipe.train.learning_rate
     # The rate logged after each epoch: the warm-up has reached the peak after epoch 1, then it only falls.
     assert rates[0] == pytest.approx(peak, rel=0.05)
-    assert all(later < earlier for earlier, later in zip(rates, rates[1:], strict=False))
+    assert all(later < earlier for earlier, later in itertools.pairwise(rates))
     assert rates[-1] < 1e-3 * peak
 
 
