@@ -243,7 +243,9 @@ class TrainConfig(_Strict):
         "or cosine (linear warm-up over warmup_epochs, then cosine decay to zero at max_epochs, step by step; the "
         "schedule transformers trained from scratch are trained with).",
     )
-    warmup_epochs: int = Field(0, ge=0, description="Linear warm-up of the cosine schedule (epochs).")
+    warmup_epochs: int = Field(
+        0, ge=0, description="Linear warm-up of the cosine schedule (epochs; a shorter run only warms up)."
+    )
     seed: int = 42
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
     loss: Literal["cross_entropy", "focal"] = Field(
@@ -302,8 +304,6 @@ class TrainConfig(_Strict):
             raise ValueError("label_smoothing applies to loss: cross_entropy only; set it to 0 with loss: focal")
         if self.warmup_epochs and self.schedule != "cosine":
             raise ValueError("warmup_epochs belongs to schedule: cosine")
-        if self.warmup_epochs >= self.max_epochs:
-            raise ValueError(f"warmup_epochs ({self.warmup_epochs}) must be fewer than max_epochs ({self.max_epochs})")
         if self.wise_alphas and not self.finetune_stages:
             raise ValueError("wise_alphas interpolate probed and fine-tuned weights: add finetune_stages")
         for index, stage in enumerate(self.finetune_stages, start=1):
