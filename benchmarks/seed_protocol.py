@@ -5,7 +5,9 @@ generator as ``validation_data`` and keeps the epoch with the best validation lo
 best Testing epoch: the choice of epoch reads Testing's labels. This script re-runs the Keras-faithful recipe
 (``seed-cnn-keras``) that way: trained on all of Training (no validation split taken from it), validated on
 Testing, early stopping and the kept epoch decided by Testing's loss, and prints that figure beside the honest one
-(the same recipe with its epoch chosen on a validation split of Training, from ``seed_table.py``'s results).
+(the same recipe with its epoch chosen on a validation split of Training, from ``seed_table.py``'s results). It
+also prints the best Testing accuracy of any epoch of the same run: what the other common pattern,
+``ModelCheckpoint(monitor="val_accuracy")`` on the test generator, would have kept.
 
 Only this benchmark ever does this; the product never reads Testing labels for a choice.
 
@@ -63,7 +65,9 @@ def leaky_run(data: Path, run_dir: Path, overrides: list[str]) -> dict[str, Any]
     started = time.perf_counter()
     fit(model, context)
     metrics = validation_metrics(model, testing, prep, recipe.precision())
-    losses = [row["val_loss"] for row in context.history.rows]
+    rows = context.history.rows
+    losses = [row["val_loss"] for row in rows]
+    accuracies = [row["val_acc"] for row in rows]
     return {
         "recipe": RECIPE,
         "protocol": "leaky: Testing as validation data, epoch chosen on Testing's loss; never a result",
@@ -72,6 +76,13 @@ def leaky_run(data: Path, run_dir: Path, overrides: list[str]) -> dict[str, Any]
         "macro_f1": metrics["macro_f1"],
         "epochs_run": len(losses),
         "best_epoch": int(torch.tensor(losses).argmin().item()) + 1,
+        # The other common Keras pattern, ModelCheckpoint(monitor="val_accuracy"), keeps the epoch with the best
+        # Testing accuracy of the same run (read from the epoch's own validation pass).
+        "best_accuracy_epoch": int(torch.tensor(accuracies).argmax().item()) + 1,
+        "best_epoch_accuracy": max(accuracies),
+        "testing_per_epoch": [
+            {"epoch": row["epoch"], "loss": row["val_loss"], "accuracy": row["val_acc"]} for row in rows
+        ],
         "n_train": len(training),
         "training_s": round(time.perf_counter() - started, 2),
     }
@@ -104,6 +115,10 @@ def main() -> None:
     print(
         f"LEAKY protocol (Testing chooses the epoch; not a result): {leaky['test_accuracy']:.2%} on Testing, "
         f"loss {leaky['test_loss']:.4f}, best epoch {leaky['best_epoch']} of {leaky['epochs_run']}"
+    )
+    print(
+        f"LEAKY protocol (Testing accuracy chooses the epoch; not a result): {leaky['best_epoch_accuracy']:.2%} "
+        f"at epoch {leaky['best_accuracy_epoch']}"
     )
     if honest:
         print(

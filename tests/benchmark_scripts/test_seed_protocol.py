@@ -19,3 +19,8 @@ def test_the_leaky_run_trains_on_all_of_training_and_chooses_its_epoch_on_testin
     assert row["protocol"].startswith("leaky") and 0.0 <= row["test_accuracy"] <= 1.0
     history = (tmp_path / "history.csv").read_text().splitlines()
     assert len(history) == 3  # the validation loss it chose on was Testing's, one row per epoch
+    # The checkpoint-on-accuracy variant reads the same per-epoch Testing figures.
+    per_epoch = row["testing_per_epoch"]
+    assert [entry["epoch"] for entry in per_epoch] == [1, 2]
+    assert row["best_epoch_accuracy"] == max(entry["accuracy"] for entry in per_epoch)
+    assert per_epoch[row["best_accuracy_epoch"] - 1]["accuracy"] == row["best_epoch_accuracy"]

@@ -12,7 +12,9 @@ import torch
 from braintumor.bundle import load_bundle
 from braintumor.config import FineTuneStage, Recipe, RecipeError, apply_overrides
 from braintumor.models import create_model
-from braintumor.training.finetune import prepare_stage, split_backbone
+from braintumor.data.dataset import ImageSet
+from braintumor.training.features import build_view_features, encode_stored_views
+from braintumor.training.finetune import prepare_stage, split_backbone, stage_split
 from braintumor.training.fitting import RunOptions
 from braintumor.workflows.train import train_recipe
 from tests.conftest import tiny_recipe
@@ -31,6 +33,29 @@ def test_split_at_the_unfrozen_groups_reproduces_the_backbone(unfreeze: int) -> 
     assert {id(p) for p in top.parameters()} == {id(p) for p in model.backbone.parameters() if p.requires_grad}
     x = torch.randn(2, 3, 64, 64)
     torch.testing.assert_close(top(bottom(x)), model.backbone(x))
+
+
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
+def test_features_through_the_stage_bottom_are_bitwise_the_backbone_features(precision: str) -> None:
+    """The probe's features computed as top(bottom(views)) (so that the first cached stage can reuse the bottom's
+    activations) are exactly those of the whole backbone over the same seeded views."""
+    model = create_model(tiny_recipe(model={**TINY_LITE, "head": "linear", "freeze_backbone": True}))
+    stage = FineTuneStage(epochs=1, unfreeze=3, cache_frozen_layers=True)
+    bottom, top = stage_split(model.backbone, stage)
+    # Computed before the stage unfreezes anything: the split the stage itself will find after prepare_stage.
+    assert not any(p.requires_grad for p in model.backbone.parameters())
+    pixels = torch.randint(0, 256, (20, 3, 48, 48), dtype=torch.uint8)
+    images = ImageSet(pixels, torch.zeros(20, dtype=torch.long), [Path(f"{i}.png") for i in range(20)], ["x"] * 20)
+    clean = lambda batch: batch.float() / 255.0  # noqa: E731
+    mirrored = lambda image: image.flip(-1).float() / 255.0  # noqa: E731
+    run = {"views": 2, "seed": 3, "show_progress": False, "precision": precision}
+    whole = build_view_features(model.backbone, images, clean, mirrored, **run)
+    activations = build_view_features(bottom, images, clean, mirrored, **run)
+    staged = encode_stored_views(top, activations, show_progress=False, precision=precision)
+    assert torch.equal(staged, whole)
+    prepare_stage(model, stage, weight_decay=0.0)
+    after_bottom, _ = split_backbone(model.backbone)
+    assert [id(m) for m in after_bottom] == [id(m) for m in bottom]
 
 
 def test_split_handles_resnets_and_refuses_what_it_cannot_cache() -> None:

@@ -27,8 +27,9 @@ from braintumor.config import Recipe
 from braintumor.data.batch_augment import batch_augmentation
 from braintumor.data.preprocessing import Preprocessing, eval_transform, train_transform
 from braintumor.models.network import BrainTumorNet
-from braintumor.training.features import Allocate, build_view_features
-from braintumor.training.fitting import FitContext
+from braintumor.training.features import Allocate, build_view_features, encode_stored_views
+from braintumor.training.finetune import stage_split
+from braintumor.training.fitting import BottomActivations, FitContext
 
 FEATURE_CACHE_FILE = "feature_cache.safetensors"
 # The default folder (inside the run folder) of features over the memory budget.
@@ -227,7 +228,7 @@ def cached_features(model: BrainTumorNet, context: FitContext) -> tuple[torch.Te
         (folder / DONE_FILE).unlink(missing_ok=True)
     # Other ranks compute their features in memory: only rank zero writes the cache.
     store = FeatureStore(folder if rank_zero_only.rank == 0 else None, _memory_budget(context))
-    train_features, val_views = encode_views(model.backbone, context, store)
+    train_features, val_views = _encode_features(model, context, store)
     val_features = val_views[0]
     if rank_zero_only.rank != 0:
         return train_features, val_features, False
@@ -247,6 +248,34 @@ def cached_features(model: BrainTumorNet, context: FitContext) -> tuple[torch.Te
     )
     temporary.replace(cache_file)
     return train_features, val_features, False
+
+
+def _encode_features(
+    model: BrainTumorNet, context: FitContext, store: FeatureStore
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The backbone's features of every view; through the first fine-tuning stage's frozen bottom when that stage
+    trains on cached activations: ``top(bottom(x))`` is ``backbone(x)``, and the stage reuses the bottom's
+    activations instead of running the bottom over every view again (``context.bottom_activations``)."""
+    stages = context.recipe.train.finetune_stages
+    split = stage_split(model.backbone, stages[0]) if stages and stages[0].cache_frozen_layers else None
+    if split is None:
+        return encode_views(model.backbone, context, store)
+    bottom, top = split
+    activation_store = stage_activation_store(context, 1)
+    train_activations, val_activations = encode_views(bottom, context, activation_store)
+    context.bottom_activations = BottomActivations(
+        train_activations, val_activations, lambda: remove_stage_activations(activation_store)
+    )
+    recipe = context.recipe
+    run = {
+        "show_progress": context.options.show_progress,
+        "precision": recipe.precision(),
+        "channels_last": recipe.train.channels_last,
+    }
+    train = encode_stored_views(top, train_activations, out=store.allocator("train"), **run)
+    val = encode_stored_views(top, val_activations, out=store.allocator("val"), **run)
+    store.release()
+    return train, val
 
 
 def clear_feature_cache(run_dir: Path) -> None:

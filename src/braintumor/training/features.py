@@ -7,7 +7,8 @@ is the clean image, views 1..K-1 are seeded augmented copies, and epoch ``e`` tr
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from typing import Protocol
 
 import torch
 from torch.utils.data import Dataset
@@ -21,13 +22,35 @@ from braintumor.training.determinism import kill_point
 Allocate = Callable[[int, torch.Size], torch.Tensor]
 
 
+class Batches(Protocol):
+    """What :func:`extract_features` reads: a sized source of consecutive input batches (an ``ImageSet``)."""
+
+    def __len__(self) -> int: ...
+
+    def batches(self, batch_size: int) -> Iterator[torch.Tensor]: ...
+
+
+class _StoredBatches:
+    """Rows of a stored tensor (cached activations) served as :class:`Batches`."""
+
+    def __init__(self, rows: torch.Tensor) -> None:
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def batches(self, batch_size: int) -> Iterator[torch.Tensor]:
+        for start in range(0, len(self.rows), batch_size):
+            yield self.rows[start : start + batch_size]
+
+
 def _in_memory(count: int, shape: torch.Size) -> torch.Tensor:
     return torch.empty((count, *shape), dtype=torch.float32)
 
 
 def extract_features(
     model: torch.nn.Module,
-    image_set: ImageSet,
+    image_set: ImageSet | Batches,
     transform: Callable[[torch.Tensor], torch.Tensor],
     *,
     batch_size: int = INFERENCE_BATCH_SIZE,
@@ -42,7 +65,7 @@ def extract_features(
 
     Args:
         model: a backbone (pooled features) or the frozen bottom of a partly fine-tuned one (activation maps).
-        image_set: the decoded uint8 images.
+        image_set: the decoded uint8 images (or any :class:`Batches`: stored activations).
         transform: uint8 image to network input; applied per image when ``per_image`` (augmentation draws per
             image), else to each whole batch (a deterministic transform: the same result, faster).
         batch_size, description, show_progress: batching and the progress bar.
@@ -111,6 +134,32 @@ def build_view_features(
         kill_point(f"features:{view}")
     assert slots.result is not None  # extract_features fails on an empty set
     return slots.result
+
+
+def encode_stored_views(
+    model: torch.nn.Module,
+    inputs: torch.Tensor,
+    *,
+    show_progress: bool = True,
+    precision: str = "32-true",
+    channels_last: bool = True,
+    out: Allocate | None = None,
+) -> torch.Tensor:
+    """``model``'s outputs ``[views, N, ...]`` on stored inputs ``[views, N, ...]`` (a frozen bottom's activations),
+    in the batches :func:`build_view_features` uses, so that ``top`` over the bottom's views gives exactly the
+    features of the whole backbone over the images."""
+    slots = _ViewSlots(out or _in_memory, len(inputs))
+    run = {"show_progress": show_progress, "precision": precision, "channels_last": channels_last, "out": slots}
+    for view, rows in enumerate(inputs):
+        slots.view = view
+        description = f"Features from stored activations (view {view + 1}/{len(inputs)})"
+        extract_features(model, _StoredBatches(rows), _unchanged, description=description, per_image=False, **run)
+    assert slots.result is not None  # extract_features fails on an empty set
+    return slots.result
+
+
+def _unchanged(batch: torch.Tensor) -> torch.Tensor:
+    return batch
 
 
 class _ViewSlots:

@@ -75,12 +75,13 @@ def _staged_layout(backbone: nn.Module) -> tuple[list[nn.Module], list[nn.Module
     return None
 
 
-def split_backbone(backbone: nn.Module) -> tuple[nn.Module, nn.Module] | None:
+def split_backbone(backbone: nn.Module, trainable: set[int] | None = None) -> tuple[nn.Module, nn.Module] | None:
     """Split a timm backbone at the boundary of its trainable parameters: ``(frozen bottom, trainable top)``.
 
     ``bottom(x)`` gives the activations entering the first trainable stage and ``top(bottom(x))`` equals
     ``backbone(x)``. The split exists only when the trainable parameters are exactly the top stages (and the
     tail), which is what :func:`prepare_stage` makes; otherwise (or for unknown backbones) ``None``.
+    ``trainable`` (the ``id`` of each parameter that will train) defaults to those with ``requires_grad``.
 
     Example:
         >>> import timm
@@ -97,11 +98,12 @@ def split_backbone(backbone: nn.Module) -> tuple[nn.Module, nn.Module] | None:
     if layout is None:
         return None
     stem, stages, tail = layout
-    trainable = {id(p) for p in backbone.parameters() if p.requires_grad}
+    if trainable is None:
+        trainable = {id(p) for p in backbone.parameters() if p.requires_grad}
     for start in range(len(stages) + 1):
         top_params = {id(p) for module in [*stages[start:], *tail] for p in module.parameters()}
         # The top must hold every trainable parameter and nothing frozen, else the cache would be wrong.
-        if top_params == trainable and not any(p.requires_grad for m in stages[:start] for p in m.parameters()):
+        if top_params == trainable and not any(id(p) in trainable for m in stages[:start] for p in m.parameters()):
             return nn.Sequential(*stem, *stages[:start]), _StagedTop(backbone, stages[start:], tail)
     return None
 
@@ -137,6 +139,21 @@ class FineTuneNet(nn.Module):
         return self.network(x)
 
 
+def unfrozen_groups(backbone: nn.Module, stage: FineTuneStage) -> list[list[str]]:
+    """The parameter names of each backbone layer group ``stage`` unfreezes, the top group first."""
+    groups = backbone_layer_groups(backbone)
+    count = len(groups) if stage.unfreeze == "all" else min(stage.unfreeze, len(groups))
+    return [names for _, names in reversed(groups[len(groups) - count :])]
+
+
+def stage_split(backbone: nn.Module, stage: FineTuneStage) -> tuple[nn.Module, nn.Module] | None:
+    """:func:`split_backbone` at the groups ``stage`` will unfreeze, before it unfreezes anything: the probe
+    runs the frozen bottom once and hands its activations to the stage."""
+    parameters = dict(backbone.named_parameters())
+    trainable = {id(parameters[name]) for names in unfrozen_groups(backbone, stage) for name in names}
+    return split_backbone(backbone, trainable)
+
+
 def prepare_stage(network: BrainTumorNet, stage: FineTuneStage, weight_decay: float) -> list[dict[str, Any]]:
     """Unfreeze the stage's top backbone groups and return optimizer parameter groups with their LRs.
 
@@ -145,13 +162,11 @@ def prepare_stage(network: BrainTumorNet, stage: FineTuneStage, weight_decay: fl
     """
     network.frozen_backbone = False
     network.backbone.requires_grad_(False)
-    groups = backbone_layer_groups(network.backbone)
-    count = len(groups) if stage.unfreeze == "all" else min(stage.unfreeze, len(groups))
     parameters = dict(network.backbone.named_parameters())
     optimizer_groups: list[dict[str, Any]] = [
         {"params": list(network.head.parameters()), "lr": stage.head_learning_rate or stage.learning_rate}
     ]
-    for depth, (_, names) in enumerate(reversed(groups[len(groups) - count :])):
+    for depth, names in enumerate(unfrozen_groups(network.backbone, stage)):
         params = [parameters[name] for name in names]
         for param in params:
             param.requires_grad_(True)

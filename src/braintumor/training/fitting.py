@@ -65,6 +65,16 @@ class RunOptions:
 
 
 @dataclass
+class BottomActivations:
+    """The frozen bottom's activations the probe computed on its way to the features, for the first fine-tuning
+    stage (which then does not run the bottom again), and how to free them once the stage is done."""
+
+    train: torch.Tensor  # [views, N, C, H, W]
+    val: torch.Tensor  # [1, N, C, H, W]
+    release: Callable[[], None]
+
+
+@dataclass
 class FitContext:
     """What every fit of one run shares: recipe, split, run folder, options, history, logger, loss weights."""
 
@@ -85,6 +95,8 @@ class FitContext:
     resume_warnings: list[str] = field(default_factory=list)
     # The distillation teacher (recipe train.distill), wrapped for the student's inputs.
     teacher: Teacher | None = None
+    # Handed from the probe to the first cached fine-tuning stage (:mod:`braintumor.training.feature_cache`).
+    bottom_activations: BottomActivations | None = None
 
 
 def quiet_lightning() -> None:

@@ -8,6 +8,8 @@ WiSE-FT choice is recomputed from the probed and fine-tuned weights, a pure func
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import lightning as L
@@ -19,7 +21,6 @@ from braintumor.config import FineTuneStage
 from braintumor.errors import BrainTumorError
 from braintumor.models.network import BrainTumorNet
 from braintumor.training.feature_cache import (
-    FeatureStore,
     encode_views,
     remove_stage_activations,
     stage_activation_store,
@@ -56,6 +57,7 @@ def finetune(model: BrainTumorNet, context: FitContext) -> tuple[dict[str, Any],
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         if context.resume and final_file.is_file():
             load_weights(model, final_file, context.history)
+            _release_handed_activations(context)
             record["stages"].append({"stage": index, "reused": True, "trainable_parameters": trainable})
             continue
         context.say(
@@ -80,32 +82,30 @@ def _fit_stage(
     """One stage's fit (continued from its ``last.ckpt`` when resuming), its final weights saved."""
     stage_dir = context.run_dir / "checkpoints" / f"stage-{index}"
     last = stage_dir / "last.ckpt"
-    store = stage_activation_store(context, index)
-    network, loaders, callbacks = _stage_inputs(model, context, index, stage, store)
+    network, loaders, release = _stage_inputs(model, context, index, stage)
     module = classifier(network, context, optimizer_groups)
     context.history.stage = f"finetune-{index}"
     trainer = fit_module(
         module,
         loaders,
         context,
-        callbacks=callbacks,
         resume_from=last if context.resume and last.is_file() else None,
         max_epochs=stage.epochs,
         checkpoint_dir=stage_dir,
     )
     save_weights(model, stage_dir / FINAL_FILE, context.history)
-    remove_stage_activations(store)
+    release()
     return trainer
 
 
 def _stage_inputs(
-    model: BrainTumorNet, context: FitContext, index: int, stage: FineTuneStage, store: FeatureStore
-) -> tuple[FineTuneNet, tuple[DataLoader, DataLoader], list[L.Callback]]:
-    """What a stage trains and on what: the whole network on images, or its top on cached bottom activations
-    (in ``store``: memory-mapped files when they are over the run's memory budget)."""
+    model: BrainTumorNet, context: FitContext, index: int, stage: FineTuneStage
+) -> tuple[FineTuneNet, tuple[DataLoader, DataLoader], Callable[[], None]]:
+    """What a stage trains, on what, and what frees its inputs after: the whole network on images, or its top on
+    cached bottom activations (memory-mapped files when they are over the run's memory budget)."""
     frozen = context.recipe.train.finetune_batchnorm == "frozen"
     if not stage.cache_frozen_layers:
-        return FineTuneNet(model, model.backbone if frozen else None), image_loaders(context), []
+        return FineTuneNet(model, model.backbone if frozen else None), image_loaders(context), _nothing
     split = split_backbone(model.backbone)
     if split is None:
         raise BrainTumorError(
@@ -114,12 +114,30 @@ def _stage_inputs(
             "set cache_frozen_layers: false"
         )
     bottom, top = split
-    # The frozen bottom's activations are computed once per cached view, not once per epoch.
-    train_activations, val_activations = encode_views(bottom, context, store)
+    # The frozen bottom's activations are computed once per cached view, not once per epoch; the first stage
+    # gets them from the probe, which computed them on its way to the features.
+    handed, context.bottom_activations = context.bottom_activations, None
+    if index == 1 and handed is not None:
+        train_activations, val_activations, release = handed.train, handed.val, handed.release
+    else:
+        store = stage_activation_store(context, index)
+        train_activations, val_activations = encode_views(bottom, context, store)
+        release = partial(remove_stage_activations, store)
     teacher_views = teacher_view_logits(context)
     val_batch = context.recipe.data.batch_size * 2
     loaders = view_loaders(train_activations, val_activations, context, val_batch, teacher_views)
-    return FineTuneNet(nn.Sequential(top, model.head), top if frozen else None), loaders, []
+    return FineTuneNet(nn.Sequential(top, model.head), top if frozen else None), loaders, release
+
+
+def _release_handed_activations(context: FitContext) -> None:
+    """Free the probe's bottom activations when the stage they were for is not run (a resumed run had it done)."""
+    handed, context.bottom_activations = context.bottom_activations, None
+    if handed is not None:
+        handed.release()
+
+
+def _nothing() -> None:
+    return None
 
 
 def _choose_wise_alpha(
