@@ -11,8 +11,8 @@ import torch
 
 from braintumor.bundle import load_bundle
 from braintumor.config import FineTuneStage, Recipe, RecipeError, apply_overrides
-from braintumor.models import create_model
 from braintumor.data.dataset import ImageSet
+from braintumor.models import create_model
 from braintumor.training.features import build_view_features, encode_stored_views
 from braintumor.training.finetune import prepare_stage, split_backbone, stage_split
 from braintumor.training.fitting import RunOptions
