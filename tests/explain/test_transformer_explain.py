@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import timm
 import torch
 from PIL import Image
 from typer.testing import CliRunner
@@ -28,6 +29,9 @@ from braintumor.explain.transformer import (
     attention_rollout,
     capture_attentions,
     find_transformer,
+    from_last_block,
+    last_block_inputs,
+    last_block_onwards,
     rollout,
     rollout_relevance,
 )
@@ -198,18 +202,45 @@ def test_randomisation_redraws_the_tokens_and_sanity_checks_run(vit_bundle: Path
     for method in ("gradcam", "rollout"):
         values = sanity["methods"][method]
         assert len(values["randomisation"]["rank_correlations"]) == 3
-        # The transformer trained end to end: only its head learns the shuffled labels.
+        # The transformer trained end to end: its last block learns the shuffled labels with the head.
         labels = values["label_randomisation"]
-        assert labels["scope"] == "head only" and labels["n_labelled"] == 24
+        assert labels["scope"] == "last block and head" and labels["n_labelled"] == 24
         assert len(labels["rank_correlations"]) == 3 and labels["fit_accuracy"] > 0.25
         assert values["deletion"]["random_grid"] == [4, 4]
         assert np.isfinite(values["deletion"]["auc_attributed"])
-    # Rollout reads only the attention: re-fitting the head leaves its maps exactly as they were, and says why.
+        assert "note" not in labels
+    # Rollout reads the attention, which the re-fitted last block changed: its maps no longer agree exactly.
     rollout_labels = sanity["methods"]["rollout"]["label_randomisation"]
+    assert rollout_labels["mean_abs_rank_correlation"] < 0.999
+
+
+def test_rollout_after_a_head_only_refit_says_why_it_cannot_change(vit_bundle: Path, images: list[Path]) -> None:
+    """A head-only re-fit (the test of a frozen backbone) leaves rollout's maps exactly as they were, and says why."""
+    explainer = Explainer(load_bundle(vit_bundle))
+    inputs = explainer.to_inputs([Image.open(path).convert("RGB") for path in images])
+    targets = explainer.probabilities(inputs).argmax(dim=1).tolist()
+    size = explainer.bundle.preprocessing.image_size
+    labelled = LabelledImages(torch.randint(0, 256, (12, 3, size, size), dtype=torch.uint8), torch.arange(12) % 4)
+    explainer.model.frozen_backbone = True  # as a probe on a frozen transformer would be
+    sanity = sanity_checks(explainer, inputs, targets, ["rollout"], steps=4, random_orders=1, labelled=labelled)
+    rollout_labels = sanity["methods"]["rollout"]["label_randomisation"]
+    assert rollout_labels["scope"].startswith("head")
     assert rollout_labels["mean_abs_rank_correlation"] > 0.999 and not rollout_labels["passed"]
     assert "does not read the head" in rollout_labels["note"]
-    assert "note" not in sanity["methods"]["gradcam"]["label_randomisation"]
-    assert "does not read the head" in summarise_sanity(sanity)[1][2]
+    assert "does not read the head" in summarise_sanity(sanity)[0][2]
+
+
+@pytest.mark.parametrize("backbone", ["vit_tiny_patch16_224", "deit_tiny_distilled_patch16_224"])
+def test_the_top_from_the_last_blocks_inputs_is_the_whole_transformer(backbone: str) -> None:
+    transformer = timm.create_model(
+        backbone, pretrained=False, num_classes=0, img_size=32, patch_size=8, depth=2, embed_dim=48, num_heads=2
+    ).eval()
+    x = torch.randn(3, 3, 32, 32)
+    tokens = last_block_inputs(transformer, x)
+    assert tokens.shape == (3, 16 + transformer.num_prefix_tokens, 48)
+    with torch.no_grad():
+        torch.testing.assert_close(from_last_block(transformer, tokens), transformer(x))
+    assert transformer.blocks[-1] in last_block_onwards(transformer)
 
 
 def test_overlay_with_rollout_for_a_transformer_bundle(vit_bundle: Path) -> None:

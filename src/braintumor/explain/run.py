@@ -48,21 +48,31 @@ from braintumor.explain.explainer import METHODS, ROLLOUT_METHODS, Explainer
 from braintumor.explain.gradcam import CAM_METHODS, ExplainError, class_activation_maps
 from braintumor.explain.overlay import Panel, save_explanation_figure
 from braintumor.explain.sanity import (
+    HEAD,
     DeletionSettings,
     ExplainFunction,
+    RefitPart,
     deletion_curve,
     label_randomisation_test,
     model_randomisation_test,
     random_deletion_scores,
 )
-from braintumor.explain.transformer import attention_rollout
+from braintumor.explain.transformer import (
+    attention_rollout,
+    find_transformer,
+    from_last_block,
+    last_block_inputs,
+    last_block_onwards,
+)
 from braintumor.inference.predictor import GuardVerdicts, expand_inputs
 from braintumor.inference.volume_outputs import FLAG_REASON
 from braintumor.io import write_json_atomic
 from braintumor.progress import progress_bar
 
-# The label test's scope for a network trained end to end: only its head learns the shuffled labels.
+# The label test's scope for a network trained end to end: only its head learns the shuffled labels (a vision
+# transformer's last block learns them too).
 HEAD_ONLY = "head only"
+LAST_BLOCK_AND_HEAD = "last block and head"
 # Rollout reads the attention weights alone: a test that re-fits only the head cannot change its maps.
 ROLLOUT_LABEL_NOTE = "rollout does not read the head, so a head-only re-fit cannot change its maps"
 
@@ -175,12 +185,13 @@ def sanity_checks(
         )
         results["methods"][method] = {"randomisation": randomisation.to_dict(), "deletion": deletion.to_dict()}
         if not isinstance(shuffled, str):
-            features, labels, scope = shuffled
+            features, labels, scope, refit = shuffled
             label_test = label_randomisation_test(
-                explainer.model, inputs, targets, explain, features, labels, scope=scope, seed=seed, original=maps
-            )
+                explainer.model, inputs, targets, explain, features, labels,
+                scope=scope, seed=seed, original=maps, refit=refit,
+            )  # fmt: skip
             results["methods"][method]["label_randomisation"] = label_test.to_dict()
-            if method == "rollout" and scope == HEAD_ONLY:
+            if method == "rollout" and refit is HEAD:
                 results["methods"][method]["label_randomisation"]["note"] = ROLLOUT_LABEL_NOTE
         if on_method_done is not None:
             on_method_done(method)
@@ -189,8 +200,14 @@ def sanity_checks(
 
 def _label_test_inputs(
     explainer: Explainer, labelled: LabelledImages | None
-) -> tuple[torch.Tensor, torch.Tensor, str] | str:
-    """The backbone's features of the labelled images, their labels and the test's scope; or why there is no test."""
+) -> tuple[torch.Tensor, torch.Tensor, str, RefitPart] | str:
+    """What the label test re-fits, on which inputs of the labelled images, their labels and the test's scope; or
+    why there is no test.
+
+    A frozen backbone that no stage fine-tuned learnt nothing from the labels: the head is all training fitted. A
+    vision transformer trained (or fine-tuned) end to end re-fits its last block with the head, so that its attention and tokens
+    (what Grad-CAM and rollout read) forget the labels too; another network trained end to end re-fits its head.
+    """
     if labelled is None:
         return "no label randomisation test: no labelled images were given"
     if labelled.images is None or labelled.labels is None:
@@ -198,13 +215,28 @@ def _label_test_inputs(
     model = explainer.model
     if not isinstance(getattr(model, "head", None), torch.nn.Module):
         return "no label randomisation test for an ensemble: explain a member bundle for it"
-    with torch.no_grad():
-        inputs = explainer.to_inputs(labelled.images)
-        features = torch.cat([model.forward_features(part).float() for part in inputs.split(32)])
-    # A frozen backbone that no stage fine-tuned learnt nothing from the labels: the head is all training fitted.
+    inputs = explainer.to_inputs(labelled.images).split(32)
+    transformer = find_transformer(model)
     fine_tuned = bool(explainer.bundle.config.recipe.train.finetune_stages)
+    with torch.no_grad():
+        if transformer is not None and (fine_tuned or not model.frozen_backbone):
+            tokens = torch.cat([last_block_inputs(transformer, part).float() for part in inputs])
+            return tokens, labelled.labels, LAST_BLOCK_AND_HEAD, TRANSFORMER_TOP
+        features = torch.cat([model.forward_features(part).float() for part in inputs])
     scope = "head (all that training fitted)" if model.frozen_backbone and not fine_tuned else HEAD_ONLY
-    return features, labelled.labels, scope
+    return features, labelled.labels, scope, HEAD
+
+
+def _transformer_top_parts(model: torch.nn.Module) -> list[torch.nn.Module]:
+    return [*last_block_onwards(model.backbone), model.head]
+
+
+def _transformer_top_logits(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    return model.forward_head(from_last_block(model.backbone, tokens))
+
+
+# A transformer's last block, final norms and head, re-fitted on the tokens entering that block.
+TRANSFORMER_TOP = RefitPart(_transformer_top_parts, _transformer_top_logits)
 
 
 def plot_deletion_curves(sanity: dict[str, Any], path: Path) -> Path:

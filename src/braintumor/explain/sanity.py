@@ -195,35 +195,53 @@ LABEL_FIT_STEPS = 300
 LABEL_FIT_LR = 0.01
 
 
+@dataclass(frozen=True)
+class RefitPart:
+    """What a label randomisation test re-trains: ``parts(copy)`` are the modules of a copy of the model that are
+    re-initialised and fitted, and ``logits(copy, inputs)`` reads the cached inputs of those parts (the backbone's
+    features for the head; a transformer's tokens entering its last block for that block and the head)."""
+
+    parts: Callable[[nn.Module], list[nn.Module]]
+    logits: Callable[[nn.Module, torch.Tensor], torch.Tensor]
+
+
+# The head alone, on the backbone's features.
+HEAD = RefitPart(lambda model: [model.head], lambda model, features: model.head(features))
+
+
 def random_label_copy(
-    model: nn.Module, features: torch.Tensor, labels: torch.Tensor, seed: int = 0
+    model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, seed: int = 0, refit: RefitPart = HEAD
 ) -> tuple[nn.Module, float]:
-    """A copy of ``model`` whose head was re-initialised and fitted to a random permutation of ``labels``.
+    """A copy of ``model`` whose ``refit`` part (default the head) was re-initialised and fitted to a random
+    permutation of ``labels``.
 
     The data randomisation test of Adebayo et al. (2018) trains on permuted labels, so the labels carry no
-    information about the images; here the head is what is re-trained, on the backbone's ``features`` of labelled
+    information about the images; here the re-trained part learns them from its cached ``inputs`` for labelled
     images. Returns the copy (eval mode, frozen) and its accuracy on the permuted labels.
     """
     clone = copy.deepcopy(model)
-    head = clone.head
+    parts = refit.parts(clone)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         shuffled = labels[torch.randperm(len(labels))]
-        for module in head.modules():
-            if callable(getattr(module, "reset_parameters", None)):
-                module.reset_parameters()
-        head.requires_grad_(True)
-        head.train()
-        optimizer = torch.optim.Adam(head.parameters(), lr=LABEL_FIT_LR)
+        parameters = []
+        for part in parts:
+            for module in part.modules():
+                if callable(getattr(module, "reset_parameters", None)):
+                    module.reset_parameters()
+            part.requires_grad_(True)
+            part.train()
+            parameters += list(part.parameters())
+        optimizer = torch.optim.Adam(parameters, lr=LABEL_FIT_LR)
         with torch.enable_grad():
             for _ in range(LABEL_FIT_STEPS):
                 optimizer.zero_grad(set_to_none=True)
-                F.cross_entropy(head(features), shuffled).backward()
+                F.cross_entropy(refit.logits(clone, inputs), shuffled).backward()
                 optimizer.step()
     clone.eval()
     clone.requires_grad_(False)
     with torch.no_grad():
-        accuracy = float((head(features).argmax(dim=1) == shuffled).float().mean())
+        accuracy = float((refit.logits(clone, inputs).argmax(dim=1) == shuffled).float().mean())
     return clone, accuracy
 
 
@@ -239,16 +257,18 @@ def label_randomisation_test(
     seed: int = 0,
     threshold: float = RANDOMISATION_MAX_MEAN_ABS_RHO,
     original: torch.Tensor | None = None,
+    refit: RefitPart = HEAD,
 ) -> LabelRandomisationResult:
     """Explain ``inputs`` with ``model`` and with a copy whose head learnt shuffled labels; maps must stop agreeing.
 
-    ``labelled_features`` are the backbone's features of labelled images (``labels``); the copy's head is fitted
-    to those labels permuted (:func:`random_label_copy`). A map that only reflects the image, not what the labels
-    taught, survives the shuffle and fails.
+    ``labelled_features`` are the inputs of the ``refit`` part (default: the backbone's features, for the head) for
+    labelled images (``labels``); that part of the copy is fitted to those labels permuted
+    (:func:`random_label_copy`). A map that only reflects the image, not what the labels taught, survives the
+    shuffle and fails.
     """
     if original is None:
         original = explain(model, inputs, targets)
-    shuffled_model, fit_accuracy = random_label_copy(model, labelled_features, labels, seed)
+    shuffled_model, fit_accuracy = random_label_copy(model, labelled_features, labels, seed, refit)
     rhos, constant = _rank_correlations(original, explain(shuffled_model, inputs, targets))
     mean_abs = float(np.mean(np.abs(rhos))) if rhos else float("nan")
     passed = bool(mean_abs < threshold)

@@ -201,3 +201,28 @@ def attention_rollout(model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
     )
     peak = upsampled.flatten(1).amax(dim=1).clamp_min(1e-12).view(-1, 1, 1)
     return (upsampled[:, 0] / peak).clamp(0.0, 1.0)
+
+
+def last_block_inputs(transformer: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+    """The tokens ``[N, T, C]`` entering the transformer's last block for ``inputs`` (caught by a pre-hook, so
+    whatever the model does before its blocks is its own code)."""
+    caught: list[torch.Tensor] = []
+    handle = transformer.blocks[-1].register_forward_pre_hook(lambda _, args: caught.append(args[0].detach()))
+    try:
+        with torch.no_grad():
+            transformer(inputs)
+    finally:
+        handle.remove()
+    return caught[0]
+
+
+def from_last_block(transformer: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """The transformer's output (its pooled features) from the tokens entering its last block: the last block,
+    the final norm, then timm's pooling head; ``from_last_block(t, last_block_inputs(t, x))`` equals ``t(x)``."""
+    return transformer.forward_head(transformer.norm(transformer.blocks[-1](tokens)))
+
+
+def last_block_onwards(transformer: nn.Module) -> list[nn.Module]:
+    """The modules :func:`from_last_block` runs that hold parameters: the last block, the final norms."""
+    parts = [transformer.blocks[-1], transformer.norm, getattr(transformer, "fc_norm", None)]
+    return [part for part in parts if isinstance(part, nn.Module) and any(True for _ in part.parameters())]
