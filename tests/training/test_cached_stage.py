@@ -13,6 +13,7 @@ from braintumor.bundle import load_bundle
 from braintumor.config import FineTuneStage, Recipe, RecipeError, apply_overrides
 from braintumor.data.dataset import ImageSet
 from braintumor.models import create_model
+from braintumor.training import stages
 from braintumor.training.features import build_view_features, encode_stored_views
 from braintumor.training.finetune import prepare_stage, split_backbone, stage_split
 from braintumor.training.fitting import RunOptions
@@ -140,3 +141,37 @@ def test_cached_stage_uses_augmented_views(synthetic_root: Path, tmp_path: Path)
     model = load_bundle(result.bundle_dir).model
     assert isinstance(model.head[0], torch.nn.Identity)
     assert model(torch.zeros(1, 3, 48, 48)).shape == (1, 4)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
+def test_wise_ft_on_cached_validation_activations_gives_the_image_paths_losses(
+    synthetic_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, precision: str
+) -> None:
+    """WiSE-FT's validation passes run only the top on the last stage's cached bottom activations: the same losses
+    per alpha (so the same choice) as passes over the validation images."""
+    recipe = tiny_recipe(
+        model={**TINY_LITE, "head": "linear", "head_standardize": False, "freeze_backbone": True},
+        augment={"enabled": False},
+        train={
+            "max_epochs": 1,
+            "precision": precision,
+            "finetune_stages": [{"epochs": 1, "unfreeze": 2, "cache_frozen_layers": True}],
+            "wise_alphas": [0.0, 0.5, 1.0],
+        },
+    )
+
+    def wise_losses(name: str) -> dict[str, float]:
+        result = train_recipe(recipe, synthetic_root, tmp_path / name, show_progress=False)
+        return json.loads((result.bundle_dir / "config.json").read_text())["training"]["finetuning"]["wise_ft"]
+
+    with monkeypatch.context() as patch:
+
+        def no_image_pass(*_: object) -> None:
+            raise AssertionError("WiSE-FT ran the whole network over the validation images")
+
+        patch.setattr(stages, "validation_metrics", no_image_pass)
+        cached = wise_losses("cached")
+    monkeypatch.setattr(stages, "_bottom_unchanged", lambda *_: False)
+    images = wise_losses("images")
+    assert cached == images

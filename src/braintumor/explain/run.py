@@ -205,8 +205,9 @@ def _label_test_inputs(
     why there is no test.
 
     A frozen backbone that no stage fine-tuned learnt nothing from the labels: the head is all training fitted. A
-    vision transformer trained (or fine-tuned) end to end re-fits its last block with the head, so that its attention and tokens
-    (what Grad-CAM and rollout read) forget the labels too; another network trained end to end re-fits its head.
+    vision transformer trained (or fine-tuned) end to end re-fits its last block with the head, so that its
+    attention and tokens (what Grad-CAM and rollout read) forget the labels too; another network trained end to
+    end re-fits its head.
     """
     if labelled is None:
         return "no label randomisation test: no labelled images were given"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -26,6 +27,7 @@ from braintumor.training.feature_cache import (
     stage_activation_store,
     teacher_view_logits,
 )
+from braintumor.training.features import encode_stored_views
 from braintumor.training.finetune import FineTuneNet, interpolate_weights, prepare_stage, split_backbone
 from braintumor.training.fitting import (
     FitContext,
@@ -36,7 +38,7 @@ from braintumor.training.fitting import (
     save_weights,
     view_loaders,
 )
-from braintumor.training.validation import validation_metrics
+from braintumor.training.validation import head_validation_metrics, validation_metrics
 
 FINAL_FILE = "final.safetensors"
 
@@ -51,10 +53,14 @@ def finetune(model: BrainTumorNet, context: FitContext) -> tuple[dict[str, Any],
     probe_state = _copy_state(model)
     record: dict[str, Any] = {"stages": []}
     trainer: L.Trainer | None = None
+    inputs: StageInputs | None = None  # the last stage's, kept for WiSE-FT's validation passes
     for index, stage in enumerate(stages, start=1):
         final_file = context.run_dir / "checkpoints" / f"stage-{index}" / FINAL_FILE
         optimizer_groups = prepare_stage(model, stage, context.recipe.train.weight_decay)
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        if inputs is not None:
+            inputs.release()
+            inputs = None
         if context.resume and final_file.is_file():
             load_weights(model, final_file, context.history)
             _release_handed_activations(context)
@@ -66,46 +72,60 @@ def finetune(model: BrainTumorNet, context: FitContext) -> tuple[dict[str, Any],
             f"{trainable:,} trainable parameters"
         )
         started = time.perf_counter()
-        trainer = _fit_stage(model, context, index, stage, optimizer_groups)
+        trainer, inputs = _fit_stage(model, context, index, stage, optimizer_groups)
         record["stages"].append(
             {"stage": index, "trainable_parameters": trainable, "seconds": round(time.perf_counter() - started, 2)}
         )
     if context.recipe.train.wise_alphas:
-        record["wise_ft"] = _choose_wise_alpha(model, probe_state, context)
+        cached = inputs if inputs is not None and _bottom_unchanged(model, inputs, probe_state) else None
+        record["wise_ft"] = _choose_wise_alpha(model, probe_state, context, cached)
+    if inputs is not None:
+        inputs.release()
     model.requires_grad_(False)
     return record, trainer
 
 
+@dataclass
+class StageInputs:
+    """What a stage trains (``network``), on what (``loaders``), and what frees those inputs (``release``); for a
+    stage on cached activations also its ``bottom`` and ``top`` and the validation images' bottom activations."""
+
+    network: FineTuneNet
+    loaders: tuple[DataLoader, DataLoader]
+    release: Callable[[], None]
+    bottom: nn.Module | None = None
+    top: nn.Module | None = None
+    val_activations: torch.Tensor | None = None  # [1, N, C, H, W]
+
+
 def _fit_stage(
     model: BrainTumorNet, context: FitContext, index: int, stage: FineTuneStage, optimizer_groups: list[dict[str, Any]]
-) -> L.Trainer:
-    """One stage's fit (continued from its ``last.ckpt`` when resuming), its final weights saved."""
+) -> tuple[L.Trainer, StageInputs]:
+    """One stage's fit (continued from its ``last.ckpt`` when resuming), its final weights saved; its inputs are
+    the caller's to release."""
     stage_dir = context.run_dir / "checkpoints" / f"stage-{index}"
     last = stage_dir / "last.ckpt"
-    network, loaders, release = _stage_inputs(model, context, index, stage)
-    module = classifier(network, context, optimizer_groups)
+    inputs = _stage_inputs(model, context, index, stage)
+    module = classifier(inputs.network, context, optimizer_groups)
     context.history.stage = f"finetune-{index}"
     trainer = fit_module(
         module,
-        loaders,
+        inputs.loaders,
         context,
         resume_from=last if context.resume and last.is_file() else None,
         max_epochs=stage.epochs,
         checkpoint_dir=stage_dir,
     )
     save_weights(model, stage_dir / FINAL_FILE, context.history)
-    release()
-    return trainer
+    return trainer, inputs
 
 
-def _stage_inputs(
-    model: BrainTumorNet, context: FitContext, index: int, stage: FineTuneStage
-) -> tuple[FineTuneNet, tuple[DataLoader, DataLoader], Callable[[], None]]:
-    """What a stage trains, on what, and what frees its inputs after: the whole network on images, or its top on
-    cached bottom activations (memory-mapped files when they are over the run's memory budget)."""
+def _stage_inputs(model: BrainTumorNet, context: FitContext, index: int, stage: FineTuneStage) -> StageInputs:
+    """What a stage trains and on what: the whole network on images, or its top on cached bottom activations
+    (memory-mapped files when they are over the run's memory budget)."""
     frozen = context.recipe.train.finetune_batchnorm == "frozen"
     if not stage.cache_frozen_layers:
-        return FineTuneNet(model, model.backbone if frozen else None), image_loaders(context), _nothing
+        return StageInputs(FineTuneNet(model, model.backbone if frozen else None), image_loaders(context), _nothing)
     split = split_backbone(model.backbone)
     if split is None:
         raise BrainTumorError(
@@ -126,7 +146,19 @@ def _stage_inputs(
     teacher_views = teacher_view_logits(context)
     val_batch = context.recipe.data.batch_size * 2
     loaders = view_loaders(train_activations, val_activations, context, val_batch, teacher_views)
-    return FineTuneNet(nn.Sequential(top, model.head), top if frozen else None), loaders, release
+    network = FineTuneNet(nn.Sequential(top, model.head), top if frozen else None)
+    return StageInputs(network, loaders, release, bottom, top, val_activations)
+
+
+def _bottom_unchanged(model: BrainTumorNet, inputs: StageInputs, probe_state: dict[str, torch.Tensor]) -> bool:
+    """Whether the last stage's frozen bottom holds the probed weights and statistics: then every WiSE-FT mix has
+    that bottom too, and its cached validation activations stand for the images."""
+    if inputs.bottom is None or inputs.val_activations is None:
+        return False
+    names = {id(tensor): name for name, tensor in (*model.named_parameters(), *model.named_buffers())}
+    tuned = model.state_dict()
+    held = (*inputs.bottom.parameters(), *inputs.bottom.buffers())
+    return all(torch.equal(tuned[names[id(tensor)]], probe_state[names[id(tensor)]]) for tensor in held)
 
 
 def _release_handed_activations(context: FitContext) -> None:
@@ -141,15 +173,25 @@ def _nothing() -> None:
 
 
 def _choose_wise_alpha(
-    model: BrainTumorNet, probe_state: dict[str, torch.Tensor], context: FitContext
+    model: BrainTumorNet, probe_state: dict[str, torch.Tensor], context: FitContext, cached: StageInputs | None
 ) -> dict[str, Any]:
-    """WiSE-FT: keep the interpolation of probed and fine-tuned weights with the lowest validation loss."""
+    """WiSE-FT: keep the interpolation of probed and fine-tuned weights with the lowest validation loss.
+
+    With ``cached`` (the last stage's inputs, its bottom unchanged since the probe) only the top and the head run,
+    on the validation images' cached bottom activations: ``top(bottom(x))`` is bitwise ``backbone(x)``, so the
+    losses are those of a pass over the images.
+    """
     tuned_state = _copy_state(model)
     losses: dict[str, float] = {}
+    precision = context.recipe.precision()
     for alpha in sorted(set(context.recipe.train.wise_alphas)):
         model.load_state_dict(interpolate_weights(probe_state, tuned_state, alpha))
         # The same validation cross-entropy as the rest of the run reports.
-        metrics = validation_metrics(model, context.val_set, context.prep, context.recipe.precision())
+        if cached is not None and cached.top is not None and cached.val_activations is not None:
+            features = encode_stored_views(cached.top, cached.val_activations, show_progress=False, precision=precision)
+            metrics = head_validation_metrics(model, context.val_set, features[0], precision)
+        else:
+            metrics = validation_metrics(model, context.val_set, context.prep, precision)
         losses[f"{alpha:g}"] = metrics["loss"]
     best = min(losses, key=losses.__getitem__)
     model.load_state_dict(interpolate_weights(probe_state, tuned_state, float(best)))
