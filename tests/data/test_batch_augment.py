@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torchvision.transforms.v2.functional as TF
 from torchvision.transforms import InterpolationMode
@@ -72,3 +73,26 @@ def test_only_a_purely_geometric_augmentation_is_batched() -> None:
     assert batch_augmentation(load_recipe("vit-tiny").augment, PREP) is None  # crops, jitter, blur: image by image
     assert batch_augmentation(AugmentConfig(enabled=False), PREP) is None
     assert batch_augmentation(AugmentConfig(noise_std=0.05), PREP) is None
+
+
+def test_a_view_is_the_same_draw_at_any_batch_size() -> None:
+    """Within an announced view the parameters are drawn for blocks of 32 images: batches of 16 (or 7) give the
+    images the augmentation that batches of 32 gave them."""
+    transform = batch_augmentation(AugmentConfig(rotation_degrees=10, zoom=0.1, translate=0.1), PREP)
+    assert transform is not None
+    images = torch.randint(0, 256, (70, 3, 32, 32), dtype=torch.uint8)
+
+    def view(batch: int, announce: bool = True) -> torch.Tensor:
+        torch.manual_seed(5)
+        if announce:
+            transform.start_view(len(images))
+        return torch.cat([transform(part) for part in images.split(batch)])
+
+    in_blocks_of_32 = view(32, announce=False)  # what unannounced batches of 32 draw
+    assert torch.equal(view(16), in_blocks_of_32)
+    assert torch.equal(view(7), in_blocks_of_32)
+    assert torch.equal(view(70), in_blocks_of_32)
+    torch.manual_seed(5)
+    transform.start_view(4)
+    with pytest.raises(ValueError, match="more images"):
+        transform(images[:5])

@@ -12,6 +12,9 @@ zoom]``, black outside the image, bilinear sampling, rounded back to uint8) and 
 probability 1/2. The views are another draw of the same augmentation, not torchvision's pixels: a view encoded this
 way is not bitwise the view encoded image by image.
 
+Within a view announced by :meth:`BatchAffine.start_view` the parameters are drawn for consecutive blocks of
+:data:`DRAW_BLOCK` images, whatever batches the network runs: a view is the same draw at any inference batch size.
+
 Example:
     >>> import torch
     >>> from braintumor.config import AugmentConfig
@@ -33,6 +36,11 @@ import torch.nn.functional as F
 from braintumor.config import AugmentConfig
 from braintumor.data.preprocessing import Preprocessing
 
+# Images per draw of parameters within a view (the batch the views were first encoded in).
+DRAW_BLOCK = 32
+
+Drawn = dict[str, torch.Tensor]
+
 
 class BatchAffine:
     """Random rotation, zoom, translation and mirroring of uint8 batches ``[N, 3, H, W]``, then normalisation."""
@@ -43,8 +51,31 @@ class BatchAffine:
         self.degrees, self.translate, self.zoom, self.flip = degrees, translate, zoom, flip
         self.mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1) * 255.0
         self.std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1) * 255.0
+        # Within an announced view: images not drawn for yet, and parameters drawn and not used yet.
+        self._undrawn: int | None = None
+        self._pending: Drawn | None = None
 
-    def parameters(self, count: int, height: int, width: int) -> dict[str, torch.Tensor]:
+    def start_view(self, count: int) -> None:
+        """Announce a view of ``count`` images (after seeding torch's generator for it): parameters are then drawn
+        for blocks of :data:`DRAW_BLOCK` images in order, so the view does not depend on the batches it is run in."""
+        self._undrawn, self._pending = count, None
+
+    def _take(self, count: int, height: int, width: int) -> Drawn:
+        if self._undrawn is None:
+            return self.parameters(count, height, width)
+        while self._pending is None or len(self._pending["angle"]) < count:
+            block = min(DRAW_BLOCK, self._undrawn)
+            if block <= 0:
+                raise ValueError("more images than the view announced by start_view")
+            drawn = self.parameters(block, height, width)
+            self._undrawn -= block
+            pending = self._pending
+            self._pending = drawn if pending is None else {k: torch.cat([pending[k], v]) for k, v in drawn.items()}
+        taken = {key: value[:count] for key, value in self._pending.items()}
+        self._pending = {key: value[count:] for key, value in self._pending.items()}
+        return taken
+
+    def parameters(self, count: int, height: int, width: int) -> Drawn:
         """Each image's angle (degrees), shift (pixels), scale and mirroring, drawn from torch's generator."""
         angle = (torch.rand(count) * 2 - 1) * self.degrees
         shift_x = torch.round((torch.rand(count) * 2 - 1) * self.translate * width)
@@ -55,7 +86,7 @@ class BatchAffine:
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         count, _, height, width = images.shape
-        drawn = self.parameters(count, height, width)
+        drawn = self._take(count, height, width)
         pixels = images.float()
         if self.degrees or self.translate or self.zoom:
             pixels = self._affine(pixels, drawn).round_().clamp_(0.0, 255.0)
@@ -63,7 +94,7 @@ class BatchAffine:
         return (pixels - self.mean) / self.std
 
     @staticmethod
-    def _affine(pixels: torch.Tensor, drawn: dict[str, torch.Tensor]) -> torch.Tensor:
+    def _affine(pixels: torch.Tensor, drawn: Drawn) -> torch.Tensor:
         """Sample each output pixel at its pre-image: the inverse of rotate-scale-shift about the centre."""
         height, width = pixels.shape[-2:]
         radians = drawn["angle"] * (math.pi / 180.0)

@@ -156,7 +156,9 @@ def _fingerprint(context: FitContext) -> str:
                 context.prep.model_dump(mode="json"),
                 cache_views(recipe),
                 # How the augmented views are drawn: on whole batches or image by image (another draw).
-                "batched views" if batch_augmentation(recipe.augment, context.prep) is not None else "per image",
+                "batched views, drawn in blocks of 32"
+                if batch_augmentation(recipe.augment, context.prep) is not None
+                else "per image",
                 recipe.train.seed,
                 # bf16 features differ from fp32 ones in the last bits: a cache from the other precision is stale.
                 recipe.precision(),

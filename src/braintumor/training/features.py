@@ -126,6 +126,9 @@ def build_view_features(
     extract_features(model, image_set, clean_transform, description="Features (clean view)", per_image=False, **run)
     for view in range(1, views):
         torch.manual_seed(seed + view)
+        start_view = getattr(augmented_transform, "start_view", None)
+        if callable(start_view):  # a batched augmentation draws for fixed blocks of images, whatever the batch
+            start_view(len(image_set))
         slots.view = view
         description = f"Features (augmented view {view}/{views - 1})"
         extract_features(
