@@ -1,4 +1,4 @@
-"""Issue 4's accuracy benchmark: train recipes from scratch (seeded), calibrate on validation, evaluate on Testing.
+"""The accuracy benchmark: train recipes from scratch (seeded), calibrate on validation, evaluate on Testing.
 
 For every recipe: train on Training (a stratified validation split taken out of it), fit the temperature
 and the referral threshold on that validation split (``calibrate``), then evaluate once on the official

@@ -1,4 +1,4 @@
-"""Issue 18's table on real images: an uninterrupted run against one killed with SIGKILL and resumed.
+"""Exact resume on real images: an uninterrupted run against one killed with SIGKILL and resumed.
 
 A small data root of symlinks (``--per-class`` images per class in Training and Testing) is built under
 ``--work``; every run is the CLI a user types. Per precision: the recipe trained twice uninterrupted (is it

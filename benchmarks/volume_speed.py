@@ -11,7 +11,7 @@ each is then read (:func:`braintumor.data.volumes.load_volume`: parse, order, di
 predicted (:func:`braintumor.inference.volume.predict_volume`: the bundle's preprocessing, model, input guard
 and the study rule) ``--runs`` times; the table gives the fastest and the median wall seconds (a shared
 machine only adds time). The backend is the one ``predict`` uses (``auto``): PyTorch in NHWC order, the
-fastest on batches; ``--backend onnx`` times onnxruntime instead. Target (issue 16): <= 3 s end to end on
+fastest on batches; ``--backend onnx`` times onnxruntime instead. Target: <= 3 s end to end on
 2 cores with the main bundle.
 
 Without BUNDLE a tiny CNN is trained on synthetic images first (a few seconds): its time says nothing about

@@ -27,11 +27,11 @@ from braintumor.explain.transformer import (
     NotATransformerError,
     TokenLayout,
     attention_rollout,
+    block_inputs,
+    blocks_onwards,
     capture_attentions,
     find_transformer,
-    from_last_block,
-    last_block_inputs,
-    last_block_onwards,
+    from_block,
     rollout,
     rollout_relevance,
 )
@@ -202,14 +202,16 @@ def test_randomisation_redraws_the_tokens_and_sanity_checks_run(vit_bundle: Path
     for method in ("gradcam", "rollout"):
         values = sanity["methods"][method]
         assert len(values["randomisation"]["rank_correlations"]) == 3
-        # The transformer trained end to end: its last block learns the shuffled labels with the head.
+        # The transformer trained end to end: the blocks the method reads learn the shuffled labels with the head
+        # (Grad-CAM reads the last block; rollout multiplies every block's attention).
         labels = values["label_randomisation"]
-        assert labels["scope"] == "last block and head" and labels["n_labelled"] == 24
+        scope = "last block and head" if method == "gradcam" else "every block and head"
+        assert labels["scope"] == scope and labels["n_labelled"] == 24
         assert len(labels["rank_correlations"]) == 3 and labels["fit_accuracy"] > 0.25
         assert values["deletion"]["random_grid"] == [4, 4]
         assert np.isfinite(values["deletion"]["auc_attributed"])
         assert "note" not in labels
-    # Rollout reads the attention, which the re-fitted last block changed: its maps no longer agree exactly.
+    # Rollout reads the attention, which the re-fitted blocks changed: its maps no longer agree exactly.
     rollout_labels = sanity["methods"]["rollout"]["label_randomisation"]
     assert rollout_labels["mean_abs_rank_correlation"] < 0.999
 
@@ -231,16 +233,19 @@ def test_rollout_after_a_head_only_refit_says_why_it_cannot_change(vit_bundle: P
 
 
 @pytest.mark.parametrize("backbone", ["vit_tiny_patch16_224", "deit_tiny_distilled_patch16_224"])
-def test_the_top_from_the_last_blocks_inputs_is_the_whole_transformer(backbone: str) -> None:
+@pytest.mark.parametrize("first", [-1, 0, 1])
+def test_the_top_from_a_blocks_inputs_is_the_whole_transformer(backbone: str, first: int) -> None:
     transformer = timm.create_model(
-        backbone, pretrained=False, num_classes=0, img_size=32, patch_size=8, depth=2, embed_dim=48, num_heads=2
+        backbone, pretrained=False, num_classes=0, img_size=32, patch_size=8, depth=3, embed_dim=48, num_heads=2
     ).eval()
     x = torch.randn(3, 3, 32, 32)
-    tokens = last_block_inputs(transformer, x)
+    tokens = block_inputs(transformer, x, first)
     assert tokens.shape == (3, 16 + transformer.num_prefix_tokens, 48)
     with torch.no_grad():
-        torch.testing.assert_close(from_last_block(transformer, tokens), transformer(x))
-    assert transformer.blocks[-1] in last_block_onwards(transformer)
+        torch.testing.assert_close(from_block(transformer, tokens, first), transformer(x))
+    parts = blocks_onwards(transformer, first)
+    assert transformer.blocks[-1] in parts and transformer.norm in parts
+    assert len([part for part in parts if part in list(transformer.blocks)]) == len(transformer.blocks[first:])
 
 
 def test_overlay_with_rollout_for_a_transformer_bundle(vit_bundle: Path) -> None:

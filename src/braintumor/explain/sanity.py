@@ -203,6 +203,8 @@ class RefitPart:
 
     parts: Callable[[nn.Module], list[nn.Module]]
     logits: Callable[[nn.Module, torch.Tensor], torch.Tensor]
+    steps: int = LABEL_FIT_STEPS
+    learning_rate: float = LABEL_FIT_LR
 
 
 # The head alone, on the backbone's features.
@@ -232,9 +234,9 @@ def random_label_copy(
             part.requires_grad_(True)
             part.train()
             parameters += list(part.parameters())
-        optimizer = torch.optim.Adam(parameters, lr=LABEL_FIT_LR)
+        optimizer = torch.optim.Adam(parameters, lr=refit.learning_rate)
         with torch.enable_grad():
-            for _ in range(LABEL_FIT_STEPS):
+            for _ in range(refit.steps):
                 optimizer.zero_grad(set_to_none=True)
                 F.cross_entropy(refit.logits(clone, inputs), shuffled).backward()
                 optimizer.step()

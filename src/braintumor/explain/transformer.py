@@ -203,11 +203,11 @@ def attention_rollout(model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
     return (upsampled[:, 0] / peak).clamp(0.0, 1.0)
 
 
-def last_block_inputs(transformer: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
-    """The tokens ``[N, T, C]`` entering the transformer's last block for ``inputs`` (caught by a pre-hook, so
-    whatever the model does before its blocks is its own code)."""
+def block_inputs(transformer: nn.Module, inputs: torch.Tensor, first: int = -1) -> torch.Tensor:
+    """The tokens ``[N, T, C]`` entering block ``first`` (default the last) of the transformer for ``inputs``
+    (caught by a pre-hook, so whatever the model does before its blocks is its own code)."""
     caught: list[torch.Tensor] = []
-    handle = transformer.blocks[-1].register_forward_pre_hook(lambda _, args: caught.append(args[0].detach()))
+    handle = transformer.blocks[first].register_forward_pre_hook(lambda _, args: caught.append(args[0].detach()))
     try:
         with torch.no_grad():
             transformer(inputs)
@@ -216,13 +216,15 @@ def last_block_inputs(transformer: nn.Module, inputs: torch.Tensor) -> torch.Ten
     return caught[0]
 
 
-def from_last_block(transformer: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
-    """The transformer's output (its pooled features) from the tokens entering its last block: the last block,
-    the final norm, then timm's pooling head; ``from_last_block(t, last_block_inputs(t, x))`` equals ``t(x)``."""
-    return transformer.forward_head(transformer.norm(transformer.blocks[-1](tokens)))
+def from_block(transformer: nn.Module, tokens: torch.Tensor, first: int = -1) -> torch.Tensor:
+    """The transformer's output (its pooled features) from the tokens entering block ``first``: the blocks from
+    there on, the final norm, then timm's pooling head; ``from_block(t, block_inputs(t, x, i), i)`` equals ``t(x)``."""
+    for block in transformer.blocks[first:]:
+        tokens = block(tokens)
+    return transformer.forward_head(transformer.norm(tokens))
 
 
-def last_block_onwards(transformer: nn.Module) -> list[nn.Module]:
-    """The modules :func:`from_last_block` runs that hold parameters: the last block, the final norms."""
-    parts = [transformer.blocks[-1], transformer.norm, getattr(transformer, "fc_norm", None)]
+def blocks_onwards(transformer: nn.Module, first: int = -1) -> list[nn.Module]:
+    """The modules :func:`from_block` runs that hold parameters: the blocks from ``first`` on, the final norms."""
+    parts = [*transformer.blocks[first:], transformer.norm, getattr(transformer, "fc_norm", None)]
     return [part for part in parts if isinstance(part, nn.Module) and any(True for _ in part.parameters())]
