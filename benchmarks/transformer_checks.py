@@ -50,6 +50,8 @@ def _sanity_rows(sanity: dict[str, Any]) -> list[dict[str, Any]]:
                 "label_passed": labels["passed"] if labels else None,
                 "label_scope": labels["scope"] if labels else None,
                 "label_note": labels.get("note") if labels else None,
+                "label_images": labels["n_labelled"] if labels else None,
+                "label_fit_accuracy": labels["fit_accuracy"] if labels else None,
                 "deletion_auc": deletion["auc_attributed"],
                 "deletion_auc_random": deletion["auc_random"],
                 "deletion_passed": deletion["passed"],
@@ -101,6 +103,14 @@ def _onnx(bundle: braintumor.Bundle, images: list[Path]) -> dict[str, Any]:
     }
 
 
+def _label_details(row: dict[str, Any]) -> str:
+    """What the label test re-fitted, on how many images, how well it memorised their shuffled labels."""
+    if row["label_scope"] is None:
+        return "not run"
+    details = f"{row['label_scope']}; {row['label_images']} images, fit {row['label_fit_accuracy']:.0%}"
+    return details + (f"; {row['label_note']}" if row["label_note"] else "")
+
+
 def _markdown(result: dict[str, Any], command: str) -> str:
     lines = [f"`{result['recipe']}` on {result['n_images']} {result['split']} images (layer `{result['layer']}`):", ""]
     lines += markdown_header(["method", "model randomisation", "label randomisation", "deletion AUC: map vs random"])
@@ -110,8 +120,7 @@ def _markdown(result: dict[str, Any], command: str) -> str:
         cells = [
             row["method"],
             f"{row['model_randomisation']:.3f}, {verdict[row['model_passed']]}",
-            f"{label}, {verdict[row['label_passed']]} ({row['label_scope']}"
-            + (f"; {row['label_note']})" if row["label_note"] else ")"),
+            f"{label}, {verdict[row['label_passed']]} ({_label_details(row)})",
             f"{row['deletion_auc']:.3f} vs {row['deletion_auc_random']:.3f}, {verdict[row['deletion_passed']]}",
         ]
         lines.append(markdown_row(cells))
