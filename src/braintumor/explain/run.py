@@ -171,6 +171,7 @@ def sanity_checks(
         "methods": {},
     }
     random_by_grid: dict[tuple[int, int] | None, np.ndarray] = {}
+    label_inputs: dict[bool, tuple[torch.Tensor, torch.Tensor, str, RefitPart] | str] = {}  # by "is rollout"
     for method in methods:
         grid = explainer.map_grid(method, inputs)
         settings = DeletionSettings(
@@ -185,7 +186,9 @@ def sanity_checks(
             explainer.model, inputs, targets, maps, explainer.black, settings, random_scores=random_by_grid[grid]
         )
         results["methods"][method] = {"randomisation": randomisation.to_dict(), "deletion": deletion.to_dict()}
-        shuffled = _label_test_inputs(explainer, labelled, method)
+        if (method == "rollout") not in label_inputs:
+            label_inputs[method == "rollout"] = _label_test_inputs(explainer, labelled, method)
+        shuffled = label_inputs[method == "rollout"]
         if isinstance(shuffled, str):
             results["label_randomisation_note"] = shuffled
         else:
