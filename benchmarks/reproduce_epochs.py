@@ -68,21 +68,27 @@ def _retrain_first_epochs(run_dir: Path, epochs: int, scratch: Path) -> tuple[li
     return history[:epochs], seconds
 
 
-def _compare(run_dir: Path, epochs: int, scratch: Path) -> dict[str, Any]:
-    recorded = _read_history(run_dir)[:epochs]
-    retrained, seconds = _retrain_first_epochs(run_dir, epochs, scratch)
-    differences = [
+def differences(recorded: list[dict[str, str]], retrained: list[dict[str, str]], epochs: int) -> list[str]:
+    """Every compared figure that differs between two histories' first ``epochs`` rows, in words."""
+    if not len(retrained) == len(recorded) == epochs:
+        return [f"the re-training wrote {len(retrained)} of {epochs} epochs (the run has {len(recorded)})"]
+    return [
         f"epoch {old['epoch']} {column}: {old[column]} then, {new[column]} now"
-        for old, new in zip(recorded, retrained, strict=False)
+        for old, new in zip(recorded, retrained, strict=True)
         for column in COMPARED
         if old[column] != new[column]
     ]
-    complete = len(retrained) == len(recorded) == epochs
+
+
+def _compare(run_dir: Path, epochs: int, scratch: Path) -> dict[str, Any]:
+    recorded = _read_history(run_dir)[:epochs]
+    retrained, seconds = _retrain_first_epochs(run_dir, epochs, scratch)
+    found = differences(recorded, retrained, epochs)
     return {
         "run": str(run_dir),
         "epochs_compared": min(len(recorded), len(retrained)),
-        "identical": complete and not differences,
-        "differences": differences if complete else [f"the re-training wrote {len(retrained)} of {epochs} epochs"],
+        "identical": not found,
+        "differences": found,
         "seconds": round(seconds, 1),
         "first_epoch": {"then": recorded[0], "now": retrained[0] if retrained else None},
     }
