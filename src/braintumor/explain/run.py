@@ -70,12 +70,13 @@ from braintumor.io import write_json_atomic
 from braintumor.progress import progress_bar
 
 # The label test's scope for a network trained end to end: only its head learns the shuffled labels (a vision
-# transformer's last block learns them too).
+# transformer's blocks that a method reads learn them too).
 HEAD_ONLY = "head only"
 LAST_BLOCK_AND_HEAD = "last block and head"
 EVERY_BLOCK_AND_HEAD = "every block and head"
-# Re-fitting every block costs a full forward and backward pass per step: on 2 CPU cores about 3 s for 128 images
-# of a 12-block DeiT-Tiny at 128 px, so that test memorises fewer images in fewer, gentler steps (0.01 diverges).
+# Re-fitting every block costs a full forward and backward pass per step (seconds for 128 images of a 12-block
+# DeiT-Tiny at 128 px on 2 CPU cores), so that test memorises fewer images in fewer steps, at a learning rate
+# suited to transformer blocks rather than the head's.
 EVERY_BLOCK_REFIT_IMAGES, EVERY_BLOCK_REFIT_STEPS, EVERY_BLOCK_REFIT_LR = 32, 100, 1e-3
 # Rollout reads the attention weights alone: a test that re-fits only the head cannot change its maps.
 ROLLOUT_LABEL_NOTE = "rollout does not read the head, so a head-only re-fit cannot change its maps"
