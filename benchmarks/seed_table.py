@@ -38,6 +38,7 @@ SEED_PUBLISHED = {
     "seed-cnn-distilled": ("64.72%", "1.2796"),
     "seed-resnet50": ("70.81%", "1.2345"),
 }
+DEFAULT_OUT = Path("benchmarks/results/seed_table.md")
 DEFAULT_RECIPES = [
     "lite0-frozen",
     "seed-resnet50",
@@ -137,7 +138,7 @@ def main() -> None:
     parser = data_parser(__doc__)
     parser.add_argument("--recipes", nargs="+", default=DEFAULT_RECIPES)
     parser.add_argument("--runs-dir", type=Path, default=Path("runs/seed-table"))
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/seed_table.md"))
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--evaluate-only", action="store_true", help="Only re-evaluate existing bundles.")
     parser.add_argument("--reuse", action="store_true", help="Re-evaluate recipes whose bundle exists; train the rest.")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (1 is faster on a busy machine).")
@@ -158,6 +159,7 @@ def main() -> None:
         option("--reuse", args.reuse),
         option("--threads", args.threads or None),
         option("--recipes", args.recipes, DEFAULT_RECIPES),
+        option("--out", args.out, DEFAULT_OUT),
         *(option("--set", override) for override in args.overrides),
     )
     if args.threads:
