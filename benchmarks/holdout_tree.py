@@ -1,8 +1,8 @@
 """A Training tree without one class's other-source images (symbolic links, nothing copied), to train a
 fine-tuned recipe's site-adaptation proxy on (``benchmarks/site_adaptation.py --proxy-bundle``).
 
-    python benchmarks/holdout_tree.py --data ../shared/data/brain-tumor-mri --held-out meningioma --out /tmp/holdout-m
-    braintumor train lite0-lpft-cached --data /tmp/holdout-m --out /tmp/proxy-m --tracker none --no-onnx
+    python benchmarks/holdout_tree.py --data ../shared/data/brain-tumor-mri --held-out meningioma --out holdouts/meningioma
+    braintumor train lite0-lpft-cached --data holdouts/meningioma --out runs/proxy-meningioma --tracker none --no-onnx
 
 The held-out images are the ones ``lib.source_holdout.holdout_split`` holds out: the class's
 images that are not from the main 512x512 source.
