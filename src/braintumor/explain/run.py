@@ -187,9 +187,10 @@ def sanity_checks(
             explainer.model, inputs, targets, maps, explainer.black, settings, random_scores=random_by_grid[grid]
         )
         results["methods"][method] = {"randomisation": randomisation.to_dict(), "deletion": deletion.to_dict()}
-        if (method == "rollout") not in label_inputs:
-            label_inputs[method == "rollout"] = _label_test_inputs(explainer, labelled, method)
-        shuffled = label_inputs[method == "rollout"]
+        kind = method == "rollout"
+        if kind not in label_inputs:
+            label_inputs[kind] = _label_test_inputs(explainer, labelled, method)
+        shuffled = label_inputs[kind]
         if isinstance(shuffled, str):
             results["label_randomisation_note"] = shuffled
         else:
@@ -225,21 +226,28 @@ def _label_test_inputs(
     model = explainer.model
     if not isinstance(getattr(model, "head", None), torch.nn.Module):
         return "no label randomisation test for an ensemble: explain a member bundle for it"
-    inputs = explainer.to_inputs(labelled.images).split(32)
     transformer = find_transformer(model)
     fine_tuned = bool(explainer.bundle.config.recipe.train.finetune_stages)
     with torch.no_grad():
         if transformer is not None and (fine_tuned or not model.frozen_backbone):
             if method != "rollout":
-                tokens = torch.cat([block_inputs(transformer, part).float() for part in inputs])
+                batches = _batches(explainer, labelled.images)
+                tokens = torch.cat([block_inputs(transformer, part).float() for part in batches])
                 return tokens, labelled.labels, LAST_BLOCK_AND_HEAD, transformer_refit()
-            # Evenly spaced, so that the classes stay mixed whatever order the labelled images come in.
+            # Evenly spaced, so that the classes stay mixed whatever order the labelled images come in; only those
+            # images go through the network.
             keep = torch.linspace(0, len(labelled.labels) - 1, EVERY_BLOCK_REFIT_IMAGES).long().unique()
-            tokens = torch.cat([block_inputs(transformer, part, 0).float() for part in inputs])[keep]
+            batches = _batches(explainer, labelled.images[keep])
+            tokens = torch.cat([block_inputs(transformer, part, 0).float() for part in batches])
             return tokens, labelled.labels[keep], EVERY_BLOCK_AND_HEAD, transformer_refit(0)
-        features = torch.cat([model.forward_features(part).float() for part in inputs])
+        features = torch.cat([model.forward_features(part).float() for part in _batches(explainer, labelled.images)])
     scope = "head (all that training fitted)" if model.frozen_backbone and not fine_tuned else HEAD_ONLY
     return features, labelled.labels, scope, HEAD
+
+
+def _batches(explainer: Explainer, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """uint8 images as the network's normalised inputs, 32 at a time."""
+    return explainer.to_inputs(images).split(32)
 
 
 def transformer_refit(first: int = -1) -> RefitPart:
